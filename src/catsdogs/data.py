@@ -1,0 +1,285 @@
+"""Datasets: finding the images and their labels, the integrity scan, splits, tf.data pipelines."""
+
+import collections
+import dataclasses
+import hashlib
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+from tqdm.auto import tqdm
+
+from catsdogs.images import ImageError, describe_quirks, load_image, open_image
+
+log = logging.getLogger(__name__)
+
+SPLIT_ALIASES = {
+    "train": "train", "training": "train", "training_set": "train", "trainingset": "train",
+    "val": "val", "valid": "val", "validation": "val", "validation_set": "val",
+    "test": "test", "testing": "test", "test_set": "test", "testset": "test",
+}
+SPLITS = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """A dataset folder that cannot be used as given, with what to do about it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    path: str
+    label: int
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Images found in a folder: class names and the samples of each split found there.
+
+    `splits` has some of "train", "val", "test", or only "all" for a plain folder of classes.
+    """
+
+    root: str
+    class_names: list
+    splits: dict
+
+
+def _visible_entries(folder):
+    return sorted((e for e in os.scandir(folder) if not e.name.startswith(".")), key=lambda e: e.name)
+
+
+def _unwrap_doubled(folder):
+    """Kaggle archives repeat the split folder: training_set/training_set/cats."""
+    entries = _visible_entries(folder)
+    if len(entries) == 1 and entries[0].is_dir() and entries[0].name == os.path.basename(folder):
+        return entries[0].path
+    return folder
+
+
+def _files_below(folder):
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith("."))
+    return found
+
+
+def _class_folders(folder):
+    classes = {e.name: e.path for e in _visible_entries(folder) if e.is_dir()}
+    if not classes:
+        loose = [e.name for e in _visible_entries(folder) if e.is_file()]
+        raise DataError(
+            f"{folder}: no class subfolders. Expected one folder per class, e.g. "
+            f"{folder}/cats/1.jpg and {folder}/dogs/2.jpg"
+            + (f" (found {len(loose)} loose files such as {loose[0]!r})" if loose else "")
+        )
+    return classes
+
+
+def discover(data_dir):
+    """Finds the images of a dataset folder and labels them by their class folder.
+
+    Accepted layouts: the Kaggle one (training_set/[training_set/]cats, test_set/[test_set/]dogs),
+    train/ [val/] test/ folders of classes, or one folder of class folders.
+
+    Args:
+        data_dir: the dataset folder.
+
+    Returns:
+        a `Dataset`.
+    """
+    data_dir = os.fspath(data_dir)
+    if not os.path.isdir(data_dir):
+        raise DataError(f"{data_dir}: no such folder")
+    split_folders = {}
+    for entry in _visible_entries(data_dir):
+        split = SPLIT_ALIASES.get(entry.name.lower())
+        if entry.is_dir() and split:
+            if split in split_folders:
+                raise DataError(f"{data_dir}: two folders for the {split} split: "
+                                f"{split_folders[split]} and {entry.path}")
+            split_folders[split] = _unwrap_doubled(entry.path)
+    if not split_folders:
+        split_folders = {"all": data_dir}
+    classes_per_split = {split: _class_folders(folder) for split, folder in split_folders.items()}
+    reference = classes_per_split.get("train") or classes_per_split.get("all") or next(iter(classes_per_split.values()))
+    class_names = sorted(reference)
+    for split, classes in classes_per_split.items():
+        unknown = sorted(set(classes) - set(class_names))
+        if unknown:
+            raise DataError(f"{split_folders[split]}: classes {unknown} do not exist in the training "
+                            f"folder, which has {class_names}")
+    if len(class_names) < 2:
+        raise DataError(f"{data_dir}: found only the class {class_names}; at least two class folders are needed")
+    splits = {
+        split: [Sample(path, class_names.index(name)) for name, folder in sorted(classes.items())
+                for path in _files_below(folder)]
+        for split, classes in classes_per_split.items()
+    }
+    for split, samples in splits.items():
+        if not samples:
+            raise DataError(f"{split_folders[split]}: the class folders hold no files")
+    return Dataset(data_dir, class_names, splits)
+
+
+@dataclasses.dataclass
+class ScanReport:
+    """What the integrity scan found. Paths map to content hashes, problems and quirks."""
+
+    hashes: dict = dataclasses.field(default_factory=dict)
+    problems: dict = dataclasses.field(default_factory=dict)
+    quirks: dict = dataclasses.field(default_factory=dict)
+    duplicates: list = dataclasses.field(default_factory=list)
+    leaks: list = dataclasses.field(default_factory=list)
+
+    def add_problem(self, path, reason):
+        self.problems[path] = reason
+        self.hashes.pop(path, None)
+
+    def to_json(self):
+        return {
+            "skipped": [{"path": p, "problem": r} for p, r in sorted(self.problems.items())],
+            "handled_quirks": [{"path": p, "quirks": q} for p, q in sorted(self.quirks.items())],
+            "duplicate_groups": self.duplicates,
+            "test_train_leaks": self.leaks,
+        }
+
+    def summary_lines(self):
+        lines = [f"{len(self.hashes)} images usable, {len(self.problems)} skipped, "
+                 f"{len(self.quirks)} read with conversions, {len(self.duplicates)} groups of "
+                 f"identical files, {len(self.leaks)} test images identical to training images"]
+        lines += [f"  skipped {p}: {r}" for p, r in sorted(self.problems.items())]
+        lines += [f"  duplicates: {' = '.join(group)}" for group in self.duplicates]
+        lines += [f"  leak: test {leak['test']} = {leak['train']}" for leak in self.leaks]
+        return lines
+
+
+def _scan_file(path):
+    """Hashes one file and reads its header; returns (sha256, quirks) or raises ImageError."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as error:
+        raise ImageError(path, f"cannot read file ({error.strerror or error})") from None
+    with open_image(data, path) as image:
+        quirks = describe_quirks(image, path)
+    return hashlib.sha256(data).hexdigest(), quirks
+
+
+def scan(dataset, workers=8):
+    """Integrity scan: hashes every file, reads its header, finds duplicates and test leaks.
+
+    Files that are empty, unreadable or not images are listed as problems; the pixels are
+    decoded later, where a truncated or corrupt image is added to the same report.
+
+    Args:
+        dataset: from `discover`.
+        workers: threads reading files.
+
+    Returns:
+        a `ScanReport`.
+    """
+    report = ScanReport()
+    paths = [s.path for samples in dataset.splits.values() for s in samples]
+    with ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(_scan_file, p) for p in paths]
+        for path, future in tqdm(zip(paths, futures), total=len(paths), desc="scan", unit="file", leave=False, disable=None):
+            try:
+                report.hashes[path], quirks = future.result()
+            except ImageError as error:
+                report.problems[path] = error.reason
+            else:
+                if quirks:
+                    report.quirks[path] = quirks
+    by_hash = collections.defaultdict(list)
+    for path, digest in report.hashes.items():
+        by_hash[digest].append(path)
+    report.duplicates = [group for group in by_hash.values() if len(group) > 1]
+    split_of = {s.path: split for split, samples in dataset.splits.items() for s in samples}
+    for group in report.duplicates:
+        seen_in_training = [p for p in group if split_of[p] in ("train", "val")]
+        report.leaks += [{"test": p, "train": seen_in_training[0]}
+                         for p in group if split_of[p] == "test" and seen_in_training]
+    return report
+
+
+def _grouped_stratified_split(samples, hashes, fraction, seed):
+    """Splits off `fraction` of the samples, stratified by label; identical files stay together."""
+    groups = collections.defaultdict(list)
+    for sample in samples:
+        groups[hashes[sample.path]].append(sample)
+    keys = sorted(groups)
+    labels = [groups[k][0].label for k in keys]
+    try:
+        kept, held = train_test_split(keys, test_size=fraction, stratify=labels, random_state=seed)
+    except ValueError as error:
+        raise DataError(f"cannot split {len(samples)} images into {1 - fraction:.0%}/{fraction:.0%} "
+                        f"with every class on both sides: {error}") from None
+    return [s for k in kept for s in groups[k]], [s for k in held for s in groups[k]]
+
+
+def make_splits(dataset, report, val_fraction, test_fraction, seed):
+    """Returns usable train, val and test samples, carving missing splits out of the training data.
+
+    A test split is taken from the images only when the dataset has none; the validation split
+    comes from the training images (stratified, shuffled with `seed`) unless a val folder exists.
+
+    Returns:
+        dict split name -> list of `Sample`, without the files the scan rejected.
+    """
+    usable = {split: [s for s in samples if s.path in report.hashes]
+              for split, samples in dataset.splits.items()}
+    train = usable.get("train", usable.get("all"))
+    if train is None:
+        raise DataError(f"{dataset.root}: no training images (expected a train or training_set folder)")
+    test = usable.get("test")
+    if test is None:
+        train, test = _grouped_stratified_split(train, report.hashes, test_fraction, seed)
+    val = usable.get("val")
+    if val is None:
+        train, val = _grouped_stratified_split(train, report.hashes, val_fraction, seed)
+    return {"train": train, "val": val, "test": test}
+
+
+class ImagePipeline:
+    """A tf.data pipeline from image files to resized float batches, decoding with Pillow.
+
+    Decoding runs in parallel and overlaps the model; files that fail to decode are recorded in
+    `errors` (path -> reason) and arrive as a blank image with `ok` false, so nothing stops.
+    """
+
+    def __init__(self, resize, batch_size):
+        """Args:
+            resize: the model's own resizing layer, so inputs match what the model does.
+            batch_size: images per batch.
+        """
+        self.resize = resize
+        self.batch_size = batch_size
+        self.errors = {}
+        self._lock = threading.Lock()
+
+    def _decode(self, path):
+        path = path.decode()
+        try:
+            return load_image(path), True
+        except ImageError as error:
+            with self._lock:
+                self.errors[path] = error.reason
+            return np.zeros((1, 1, 3), np.uint8), False
+
+    def dataset(self, paths):
+        """Returns a tf.data.Dataset of (images, ok, index) batches in the order of `paths`."""
+        import tensorflow as tf
+
+        def decode(path, index):
+            image, ok = tf.numpy_function(self._decode, [path], [tf.uint8, tf.bool], stateful=False)
+            image.set_shape([None, None, 3])
+            ok.set_shape([])
+            return self.resize(tf.cast(image, tf.float32)), ok, index
+
+        paths = [os.fspath(p) for p in paths]
+        ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), tf.range(len(paths))))
+        ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.batch(self.batch_size).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,161 @@
+"""Metrics of predicted probabilities against true labels, and evaluating a saved model."""
+
+import datetime
+import json
+import os
+
+import numpy as np
+from sklearn import metrics as skm
+
+from catsdogs import data, features, report
+from catsdogs import model as model_lib
+
+
+def predicted_classes(probabilities, threshold=0.5):
+    """Two classes: the second wins at `threshold`; more classes: the most probable."""
+    probabilities = np.asarray(probabilities)
+    if probabilities.shape[1] == 2:
+        return (probabilities[:, 1] >= threshold).astype(int)
+    return probabilities.argmax(axis=1)
+
+
+def compute_metrics(y_true, probabilities, class_names, threshold=0.5):
+    """Accuracy, per-class and averaged precision/recall/F1, ROC-AUC, log-loss, confusion matrix.
+
+    Args:
+        y_true: true class indices.
+        probabilities: (n, classes) predicted probabilities.
+        class_names: in label order.
+        threshold: decision threshold for two classes.
+
+    Returns:
+        a JSON-ready dict.
+    """
+    y_true = np.asarray(y_true)
+    probabilities = np.asarray(probabilities, np.float64)
+    y_pred = predicted_classes(probabilities, threshold)
+    labels = list(range(len(class_names)))
+    report = skm.classification_report(y_true, y_pred, labels=labels, target_names=class_names,
+                                       output_dict=True, zero_division=0)
+    result = {
+        "images": int(len(y_true)),
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "errors": int((y_true != y_pred).sum()),
+        "per_class": {name: _prf(report[name]) for name in class_names},
+        "macro_avg": _prf(report["macro avg"]),
+        "weighted_avg": _prf(report["weighted avg"]),
+        # float32 outputs sum to 1 only within float32 rounding, which log_loss warns about.
+        "log_loss": float(skm.log_loss(y_true, probabilities / probabilities.sum(axis=1, keepdims=True), labels=labels)),
+        "roc_auc": None,
+        "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "class_names": list(class_names),
+        "threshold": float(threshold),
+    }
+    if len(np.unique(y_true)) == len(class_names):
+        scores = probabilities[:, 1] if len(class_names) == 2 else probabilities
+        result["roc_auc"] = float(skm.roc_auc_score(y_true, scores, multi_class="ovr", labels=labels))
+    return result
+
+
+def _prf(row):
+    return {"precision": row["precision"], "recall": row["recall"], "f1": row["f1-score"],
+            "support": int(row["support"])}
+
+
+def format_metrics(metrics):
+    """A classification_report-style table followed by the threshold-free scores."""
+    names = metrics["class_names"]
+    width = max(12, *(len(n) for n in names))
+    lines = [f"{'':>{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}"]
+    rows = [(n, metrics["per_class"][n]) for n in names]
+    rows += [("macro avg", metrics["macro_avg"]), ("weighted avg", metrics["weighted_avg"])]
+    for name, row in rows:
+        lines.append(f"{name:>{width}} {row['precision']:9.4f} {row['recall']:9.4f} {row['f1']:9.4f} {row['support']:8d}")
+    lines.append("")
+    lines.append(f"accuracy {metrics['accuracy']:.4f} ({metrics['errors']} errors in {metrics['images']} images)")
+    auc = f"{metrics['roc_auc']:.4f}" if metrics["roc_auc"] is not None else "n/a"
+    lines.append(f"ROC-AUC {auc}   log-loss {metrics['log_loss']:.4f}")
+    return "\n".join(lines)
+
+
+FIGURES = (
+    ("The study's grid: 25 random test images", "grid.png"),
+    ("Learning curves", "curves.png"),
+    ("Confusion matrix", "confusion.png"),
+    ("Most confident mistakes", "errors.png"),
+)
+
+
+def write_evaluation(folder, paths, y_true, probabilities, class_names, threshold, integrity, title, config=None):
+    """Writes metrics.json, predictions.csv, the figures and report.html of a test evaluation.
+
+    Args:
+        folder: output folder (a run directory or an evaluation folder).
+        paths: the test images.
+        y_true: their true class indices.
+        probabilities: (n, classes) predicted probabilities.
+        class_names: in label order.
+        threshold: decision threshold for two classes.
+        integrity: `ScanReport.to_json()` of the data.
+        title: report title.
+        config: settings to show in the report, if any.
+
+    Returns:
+        the metrics dict.
+    """
+    metrics = compute_metrics(y_true, probabilities, class_names, threshold)
+    rows = report.prediction_rows(paths, y_true, probabilities, predicted_classes(probabilities, threshold), class_names)
+    with open(os.path.join(folder, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    report.write_csv(rows, os.path.join(folder, "predictions.csv"))
+    with open(os.path.join(folder, "integrity.json"), "w") as f:
+        json.dump(integrity, f, indent=2)
+    report.plot_grid(rows, os.path.join(folder, "grid.png"))
+    report.plot_confusion(metrics["confusion_matrix"], class_names, os.path.join(folder, "confusion.png"))
+    mistakes = report.plot_errors(rows, os.path.join(folder, "errors.png"))
+    all_mistakes = sorted((r for r in rows if r["predicted"] != r["true"]), key=lambda r: -r["loss"])
+    report.write_html(folder, title, FIGURES, metrics, all_mistakes[:100] or mistakes, integrity, config)
+    return metrics
+
+
+def evaluate_model(run_or_model, data_dir, output_dir=None, batch_size=32):
+    """Evaluates a saved model on labelled images and writes the evaluation files.
+
+    Args:
+        run_or_model: a run directory or .keras file.
+        data_dir: a dataset with a test split, or one folder of class folders.
+        output_dir: where metrics, predictions, figures and report.html go; by default an
+            `eval-<time>` folder beside the model.
+        batch_size: images per forward pass.
+
+    Returns:
+        (output folder, metrics dict).
+    """
+    model_path = model_lib.resolve_model_path(run_or_model)
+    model = model_lib.load(model_path)
+    info = model_lib.describe(model)
+    dataset = data.discover(data_dir)
+    split = "test" if "test" in dataset.splits else "all"
+    if split not in dataset.splits:
+        raise data.DataError(f"{data_dir}: no test folder, and not a folder of class folders")
+    unknown = sorted(set(dataset.class_names) - set(info.class_names))
+    if unknown:
+        raise data.DataError(f"{data_dir}: classes {unknown} are unknown to the model, which knows {info.class_names}")
+    only_split = data.Dataset(dataset.root, dataset.class_names, {split: dataset.splits[split]})
+    scan = data.scan(only_split)
+    samples = [s for s in dataset.splits[split] if s.path in scan.hashes]
+    paths = [s.path for s in samples]
+    y_true = np.array([info.class_names.index(dataset.class_names[s.label]) for s in samples])
+    errors = {}
+    probabilities = np.full((len(paths), len(info.class_names)), np.nan)
+    for indices, outputs in features.run_on_files(model, paths, info.image_size, batch_size, errors, desc="evaluate"):
+        probabilities[indices] = outputs
+    for path, reason in errors.items():
+        scan.add_problem(path, reason)
+    ok = ~np.isnan(probabilities).any(axis=1)
+    output_dir = output_dir or os.path.join(os.path.dirname(model_path), f"eval-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    os.makedirs(output_dir, exist_ok=True)
+    metrics = write_evaluation(
+        output_dir, [p for p, k in zip(paths, ok) if k], y_true[ok], probabilities[ok], info.class_names,
+        info.threshold, scan.to_json(), f"catsdogs evaluation of {model_path} on {data_dir}")
+    return output_dir, metrics

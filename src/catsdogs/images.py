@@ -1,0 +1,113 @@
+"""Reading one image file into RGB pixels with Pillow, whatever its format or quirks."""
+
+import io
+import os
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Guards against decompression bombs; a photo this size (about 50 megapixels) is already rare.
+DEFAULT_MAX_PIXELS = 50_000_000
+EXIF_ORIENTATION = 0x0112
+
+
+class ImageError(ValueError):
+    """An image that cannot be used, with the file it came from and what is wrong with it."""
+
+    def __init__(self, source, reason):
+        super().__init__(f"{source}: {reason}")
+        self.source = str(source)
+        self.reason = reason
+
+
+def open_image(data, source, max_pixels=DEFAULT_MAX_PIXELS):
+    """Opens an image lazily (header only) and checks its size before anything is decoded.
+
+    Args:
+        data: the file's bytes.
+        source: a name for error messages (usually the path).
+        max_pixels: images with more pixels are refused.
+
+    Returns:
+        an unloaded `PIL.Image.Image`.
+    """
+    if not data:
+        raise ImageError(source, "empty file (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageError(source, "not an image (no known image format)") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageError(source, f"unreadable image header ({error})") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(source, f"too large: {width}x{height} pixels, limit {max_pixels}")
+    return image
+
+
+def to_rgb_array(image, source):
+    """Decodes an opened image fully and returns it upright, as RGB uint8 pixels.
+
+    EXIF orientation is applied, transparency is composed onto white, and grayscale, palette,
+    CMYK and 16-bit images are converted to RGB.
+
+    Args:
+        image: from `open_image`.
+        source: a name for error messages.
+
+    Returns:
+        a numpy array of shape (height, width, 3) and dtype uint8.
+    """
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            image = Image.fromarray((np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8))
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            image = Image.new("RGB", rgba.size, (255, 255, 255))
+            image.paste(rgba, mask=rgba.getchannel("A"))
+        elif image.mode != "RGB":
+            image = image.convert("RGB")
+        return np.asarray(image, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ImageError(source, f"corrupt or truncated image ({error})") from None
+
+
+def decode_image(data, source="image", max_pixels=DEFAULT_MAX_PIXELS):
+    """Decodes image bytes into upright RGB uint8 pixels (see `to_rgb_array`)."""
+    return to_rgb_array(open_image(data, source, max_pixels), source)
+
+
+def load_image(path, max_pixels=DEFAULT_MAX_PIXELS):
+    """Reads and decodes an image file into upright RGB uint8 pixels.
+
+    Raises:
+        ImageError: naming the file and the problem.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as error:
+        raise ImageError(path, f"cannot read file ({error.strerror or error})") from None
+    return decode_image(data, os.fspath(path), max_pixels)
+
+
+def describe_quirks(image, path):
+    """Lists what is unusual about an opened image but handled when it is read.
+
+    Returns:
+        list of short phrases, e.g. ["PNG data named .jpg", "CMYK converted to RGB"].
+    """
+    quirks = []
+    extension = os.path.splitext(str(path))[1].lower().lstrip(".")
+    expected = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP",
+                "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF"}.get(extension)
+    if image.format and expected != image.format:
+        quirks.append(f"{image.format} data named .{extension}" if extension else f"{image.format} data without extension")
+    if image.mode != "RGB":
+        quirks.append(f"{image.mode} converted to RGB")
+    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    if orientation != 1:
+        quirks.append(f"EXIF orientation {orientation} applied")
+    return quirks

@@ -1,0 +1,101 @@
+"""The classifier: heads on backbone features, the end-to-end model, saving and loading it."""
+
+import dataclasses
+import os
+
+import keras
+from keras import layers
+
+from catsdogs.backbones import resize_layer
+from catsdogs.layers import ClassProbabilities
+
+MODEL_FILE = "model.keras"
+HEADS = ("dense", "linear")
+
+
+def build_head(feature_dim, num_classes, kind="dense", hidden_units=(256,), dropout=0.5, l2=0.0):
+    """A small classifier on pooled features: features in, logits out.
+
+    Args:
+        feature_dim: length of the backbone's feature vector.
+        num_classes: two gives one logit (sigmoid), more give one logit per class.
+        kind: "dense" (fully connected hidden layers with dropout, as in the study) or
+            "linear" (logistic / softmax regression).
+        hidden_units: sizes of the hidden layers of a dense head.
+        dropout: dropout rate after each hidden layer.
+        l2: L2 penalty on the kernels.
+
+    Returns:
+        a `keras.Model` named "head".
+    """
+    if kind not in HEADS:
+        raise ValueError(f"unknown head {kind!r}; choose one of {HEADS}")
+    regularizer = keras.regularizers.L2(l2) if l2 else None
+    inputs = keras.Input((feature_dim,), name="features")
+    x = inputs
+    if kind == "dense":
+        for i, units in enumerate(hidden_units):
+            x = layers.Dense(units, activation="relu", kernel_regularizer=regularizer, name=f"hidden{i}")(x)
+            x = layers.Dropout(dropout, name=f"dropout{i}")(x)
+    logits = layers.Dense(1 if num_classes == 2 else num_classes, kernel_regularizer=regularizer, name="logits")(x)
+    return keras.Model(inputs, logits, name="head")
+
+
+def assemble(extractor, head, class_names, temperature=1.0, threshold=0.5):
+    """One end-to-end model: RGB pixels of any size in [0, 255] in, class probabilities out.
+
+    Args:
+        extractor: the backbone from `backbones.build_feature_extractor`.
+        head: from `build_head`, trained on that backbone's features.
+        class_names: in label order.
+        temperature: logits are divided by it (calibration).
+        threshold: for two classes, the probability of the second at which it is predicted.
+
+    Returns:
+        a `keras.Model` named "catsdogs".
+    """
+    image = keras.Input((None, None, 3), name="image")
+    x = resize_layer(extractor.input_shape[1])(image)
+    logits = head(extractor(x))
+    probabilities = ClassProbabilities(class_names, temperature, threshold, name="probabilities")(logits)
+    return keras.Model(image, probabilities, name="catsdogs")
+
+
+@dataclasses.dataclass
+class ModelInfo:
+    """What a saved model says about itself."""
+
+    class_names: list
+    backbone: str
+    image_size: int
+    threshold: float
+    temperature: float
+
+
+def describe(model):
+    probabilities = model.get_layer("probabilities")
+    extractor = next(layer for layer in model.layers if isinstance(layer, keras.Model) and layer.name != "head")
+    return ModelInfo(probabilities.class_names, extractor.name, model.get_layer("resize").height,
+                     probabilities.threshold, probabilities.temperature)
+
+
+def save(model, path):
+    """Writes the model atomically: a crash never leaves a half-written model file."""
+    partial = f"{path}.partial.keras"
+    model.save(partial)
+    os.replace(partial, path)
+
+
+def resolve_model_path(run_or_model):
+    """The model file of a run directory, or the given .keras file."""
+    path = os.fspath(run_or_model)
+    if os.path.isdir(path):
+        path = os.path.join(path, MODEL_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{run_or_model}: neither a run directory with {MODEL_FILE} nor a .keras model file")
+    return path
+
+
+def load(run_or_model):
+    """Loads a catsdogs model from a run directory or a .keras file."""
+    return keras.models.load_model(resolve_model_path(run_or_model))
