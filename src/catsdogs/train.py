@@ -103,7 +103,6 @@ def train(config):
     Returns:
         (run directory, test metrics dict).
     """
-    keras.utils.set_random_seed(config.seed)
     dataset = data.discover(config.data_dir)
     log.info("%s: classes %s, %s", config.data_dir, dataset.class_names,
              ", ".join(f"{len(v)} {k} files" for k, v in dataset.splits.items()))
@@ -119,7 +118,8 @@ def train(config):
         writer.writerow(["path", "split", "label"])
         writer.writerows((s.path, split, dataset.class_names[s.label]) for split, ss in splits.items() for s in ss)
 
-    extractor = backbones.build_feature_extractor(config.backbone, config.weights, config.image_size, config.precision)
+    extractor = backbones.build_feature_extractor(
+        config.backbone, config.weights, config.image_size, config.precision, config.cache_dir)
     image_size = extractor.input_shape[1]
     cache = features.FeatureCache(config.cache_dir, features.cache_key(
         config.backbone, image_size, config.precision, backbones.weights_fingerprint(extractor)))
@@ -127,6 +127,7 @@ def train(config):
     for line in scan.summary_lines():
         log.info("%s", line)
 
+    keras.utils.set_random_seed(config.seed)  # here: building the backbone may or may not draw numbers
     head = model_lib.build_head(extractor.output_shape[-1], len(dataset.class_names), config.head,
                                 config.hidden_units, config.dropout, config.l2)
     history_path = os.path.join(run_dir, "history.csv")

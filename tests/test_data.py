@@ -1,0 +1,134 @@
+"""Dataset layouts, the integrity scan, and repeatable stratified splits."""
+
+import collections
+import zlib
+
+import numpy as np
+import pytest
+
+from catsdogs import data
+from conftest import gradient, image_bytes
+
+
+def make_images(folder, count, start=0, fmt="PNG"):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(start, start + count):
+        pixels = gradient()
+        pixels[0, 0] = (i % 256, i // 256, zlib.crc32(str(folder).encode()) % 256)  # every file different
+        (folder / f"img{i}.png").write_bytes(image_bytes(pixels, fmt))
+
+
+@pytest.mark.parametrize("layout", [
+    ("training_set/training_set", "test_set/test_set"),  # Kaggle archive
+    ("training_set", "test_set"),  # Kaggle, unpacked once (as in the shared data)
+    ("train", "test"),
+])
+def test_split_folder_layouts(tmp_path, layout):
+    train, test = layout
+    for cls in ("cats", "dogs"):
+        make_images(tmp_path / train / cls, 3)
+        make_images(tmp_path / test / cls, 2)
+    dataset = data.discover(tmp_path)
+    assert dataset.class_names == ["cats", "dogs"]
+    assert {k: len(v) for k, v in dataset.splits.items()} == {"train": 6, "test": 4}
+    assert {s.label for s in dataset.splits["test"] if "/dogs/" in s.path} == {1}
+
+
+def test_plain_folder_of_classes_is_split_three_ways(tmp_path):
+    for cls, count in (("ants", 20), ("bees", 20), ("wasps", 20)):
+        make_images(tmp_path / cls, count)
+    dataset = data.discover(tmp_path)
+    assert dataset.class_names == ["ants", "bees", "wasps"] and list(dataset.splits) == ["all"]
+    report = data.scan(dataset)
+    splits = data.make_splits(dataset, report, val_fraction=0.25, test_fraction=0.25, seed=1)
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [33, 12, 15]
+    for split in splits.values():  # stratified: every class on every side, in proportion
+        assert set(collections.Counter(s.label for s in split).values()) <= {4, 5, 11}
+    assert len({s.path for v in splits.values() for s in v}) == 60
+
+
+def test_validation_split_is_repeatable_and_shuffled(tmp_path):
+    for cls in ("cats", "dogs"):
+        make_images(tmp_path / "train" / cls, 30)
+        make_images(tmp_path / "test" / cls, 2)
+    dataset = data.discover(tmp_path)
+    report = data.scan(dataset)
+
+    def val_paths(seed):
+        return [s.path for s in data.make_splits(dataset, report, 0.2, 0.2, seed)["val"]]
+
+    assert val_paths(3) == val_paths(3)
+    assert val_paths(3) != val_paths(4)
+    val = data.make_splits(dataset, report, 0.2, 0.2, 3)["val"]
+    assert collections.Counter(s.label for s in val) == {0: 6, 1: 6}  # not the last 20% (all dogs)
+
+
+def test_identical_files_stay_on_one_side_of_the_split(tmp_path):
+    make_images(tmp_path / "cats", 20)
+    make_images(tmp_path / "dogs", 20)
+    for i in range(5):  # five cats that also exist under another name
+        (tmp_path / "cats" / f"copy{i}.png").write_bytes((tmp_path / "cats" / f"img{i}.png").read_bytes())
+    dataset = data.discover(tmp_path)
+    report = data.scan(dataset)
+    assert len(report.duplicates) == 5
+    for seed in range(5):
+        splits = data.make_splits(dataset, report, 0.3, 0.3, seed)
+        side = {s.path: name for name, v in splits.items() for s in v}
+        assert all(side[str(tmp_path / "cats" / f"img{i}.png")] == side[str(tmp_path / "cats" / f"copy{i}.png")]
+                   for i in range(5))
+
+
+def test_scan_reports_broken_files_duplicates_and_test_leaks(tmp_path):
+    for cls in ("cats", "dogs"):
+        make_images(tmp_path / "train" / cls, 4)
+        make_images(tmp_path / "test" / cls, 2, start=100)
+    (tmp_path / "train" / "cats" / "empty.jpg").write_bytes(b"")
+    (tmp_path / "train" / "dogs" / "notes.jpg").write_bytes(b"not a picture")
+    (tmp_path / "train" / "dogs" / "twin.png").write_bytes((tmp_path / "train" / "dogs" / "img0.png").read_bytes())
+    (tmp_path / "test" / "cats" / "seen.png").write_bytes((tmp_path / "train" / "cats" / "img1.png").read_bytes())
+    (tmp_path / "train" / "cats" / ".DS_Store").write_bytes(b"junk")  # hidden files are ignored
+    report = data.scan(data.discover(tmp_path))
+    assert {p.rsplit("/", 1)[1]: r for p, r in report.problems.items()} == {
+        "empty.jpg": "empty file (0 bytes)", "notes.jpg": "not an image (no known image format)"}
+    assert len(report.hashes) == 8 + 4 + 2
+    assert sorted(sorted(p.rsplit("/", 1)[1] for p in g) for g in report.duplicates) == [
+        ["img0.png", "twin.png"], ["img1.png", "seen.png"]]
+    assert [(leak["test"].rsplit("/", 1)[1], leak["train"].rsplit("/", 1)[1]) for leak in report.leaks] == [
+        ("seen.png", "img1.png")]
+    summary = "\n".join(report.summary_lines())
+    assert "empty.jpg: empty file" in summary and "leak: test" in summary
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda root: None, "no class subfolders"),
+    (lambda root: (root / "loose.jpg").write_bytes(b"x"), "1 loose files"),
+    (lambda root: make_images(root / "cats", 2), "at least two class folders"),
+    (lambda root: (make_images(root / "train" / "cats", 2), make_images(root / "train" / "dogs", 2),
+                   make_images(root / "test" / "birds", 2)), "classes ['birds'] do not exist"),
+])
+def test_unusable_layouts_say_what_is_wrong(tmp_path, setup, message):
+    setup(tmp_path)
+    with pytest.raises(data.DataError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        data.discover(tmp_path)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(data.DataError, match="no such folder"):
+        data.discover(tmp_path / "nowhere")
+
+
+def test_pipeline_resizes_in_order_and_reports_undecodable_files(tmp_path):
+    import keras
+
+    good = tmp_path / "good.png"
+    good.write_bytes(image_bytes(gradient(30, 50), "PNG"))
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(image_bytes(gradient(200, 200), "JPEG")[:300])
+    pipeline = data.ImagePipeline(keras.layers.Resizing(16, 16), batch_size=2)
+    batches = list(pipeline.dataset([good, bad, good]))
+    images = np.concatenate([b[0].numpy() for b in batches])
+    ok = np.concatenate([b[1].numpy() for b in batches])
+    order = np.concatenate([b[2].numpy() for b in batches])
+    assert images.shape == (3, 16, 16, 3) and ok.tolist() == [True, False, True] and order.tolist() == [0, 1, 2]
+    assert np.array_equal(images[0], images[2])
+    assert list(pipeline.errors) == [str(bad)] and "truncated" in pipeline.errors[str(bad)].lower()

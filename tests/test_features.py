@@ -1,0 +1,78 @@
+"""The feature cache: computed once, reused, recomputed exactly when the image or extractor changes."""
+
+import glob
+import hashlib
+import shutil
+
+import numpy as np
+import pytest
+
+from catsdogs import backbones, features
+from conftest import photo
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return backbones.build_feature_extractor("efficientnet_lite0")
+
+
+def sha256(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def cache_for(extractor, root):
+    return features.FeatureCache(root, features.cache_key(
+        extractor.name, extractor.input_shape[1], "float32", backbones.weights_fingerprint(extractor)))
+
+
+def stored_entries(cache):
+    return sum(len(np.load(chunk)["hashes"]) for chunk in glob.glob(f"{cache.folder}/chunk-*.npz"))
+
+
+def test_features_are_computed_once_and_recomputed_only_for_changed_images(tmp_path, lite0):
+    images = []
+    for i, (cls, number) in enumerate([("cats", 4001), ("cats", 4002), ("dogs", 4001), ("dogs", 4002)]):
+        images.append(tmp_path / f"img{i}.jpg")
+        shutil.copy(photo("test", cls, number), images[-1])
+    paths = [str(p) for p in images]
+    cache = cache_for(lite0, tmp_path / "cache")
+    first, errors = features.cached_features(lite0, paths, [sha256(p) for p in paths], cache, batch_size=3)
+    assert first.shape == (4, 1280) and not errors and stored_entries(cache) == 4
+
+    reopened = cache_for(lite0, tmp_path / "cache")
+    again, _ = features.cached_features(lite0, paths, [sha256(p) for p in paths], reopened, batch_size=3)
+    assert stored_entries(reopened) == 4  # nothing recomputed
+    np.testing.assert_array_equal(again, first)
+
+    shutil.copy(photo("test", "dogs", 4003), images[1])  # the same path now holds another photo
+    changed, _ = features.cached_features(lite0, paths, [sha256(p) for p in paths], reopened, batch_size=3)
+    assert stored_entries(reopened) == 5
+    np.testing.assert_array_equal(changed[[0, 2, 3]], first[[0, 2, 3]])
+    assert not np.allclose(changed[1], first[1])
+
+    # Features match a direct forward pass of the extractor on the same pipeline.
+    direct = np.concatenate([out for _, out in features.run_on_files(lite0, paths, 224, 4, {})])
+    np.testing.assert_allclose(changed, direct, rtol=1e-5, atol=1e-5)
+
+
+def test_the_key_follows_size_precision_and_weights(lite0):
+    fingerprint = backbones.weights_fingerprint(lite0)
+    keys = {features.cache_key("efficientnet_lite0", 224, "float32", fingerprint),
+            features.cache_key("efficientnet_lite0", 260, "float32", fingerprint),
+            features.cache_key("efficientnet_lite0", 224, "bfloat16", fingerprint),
+            features.cache_key("efficientnet_lite0", 224, "float32", "0" * 64),
+            features.cache_key("resnet50", 224, "float32", fingerprint)}
+    assert len(keys) == 5
+
+
+def test_undecodable_files_get_nan_rows_and_are_not_cached(tmp_path, lite0):
+    good = tmp_path / "good.jpg"
+    shutil.copy(photo("test", "cats", 4001), good)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(good.read_bytes()[:2000])
+    cache = cache_for(lite0, tmp_path / "cache")
+    matrix, errors = features.cached_features(
+        lite0, [str(good), str(bad)], [sha256(good), sha256(bad)], cache, batch_size=2)
+    assert not np.isnan(matrix[0]).any() and np.isnan(matrix[1]).all()
+    assert list(errors) == [str(bad)] and stored_entries(cache) == 1
+    assert not glob.glob(f"{cache.folder}/*partial*")

@@ -1,0 +1,90 @@
+"""Decoding any common image into upright RGB, and clear errors for files that are not usable."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from catsdogs.images import ImageError, decode_image, describe_quirks, load_image, open_image
+from conftest import gradient, image_bytes
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "BMP", "WEBP", "TIFF"])
+def test_lossless_formats_decode_exactly_even_when_named_jpg(tmp_path, fmt):
+    pixels = gradient()
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(image_bytes(pixels, fmt, **({"lossless": True} if fmt == "WEBP" else {})))
+    assert np.array_equal(load_image(path), pixels)
+    with open_image(path.read_bytes(), path) as image:
+        assert describe_quirks(image, path) == [f"{fmt} data named .jpg"]
+
+
+def test_gif_palette_becomes_rgb(tmp_path):
+    path = tmp_path / "anim.gif"
+    path.write_bytes(image_bytes(gradient(), "GIF"))
+    decoded = load_image(path)
+    assert decoded.shape == (40, 60, 3) and decoded.dtype == np.uint8
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK", "I;16"])
+def test_other_colour_modes_become_rgb(mode):
+    if mode == "I;16":
+        data = image_bytes((np.arange(40 * 60, dtype=np.uint16).reshape(40, 60) * 27), "PNG")
+    else:
+        data = image_bytes(gradient(mode=mode), "JPEG" if mode == "CMYK" else "PNG")
+    decoded = decode_image(data)
+    assert decoded.shape == (40, 60, 3) and decoded.dtype == np.uint8
+    if mode == "L":
+        assert np.array_equal(decoded[..., 0], decoded[..., 2])
+
+
+def test_transparency_is_composed_on_white():
+    rgba = np.zeros((10, 10, 4), np.uint8)
+    rgba[:, :5] = (255, 0, 0, 255)  # opaque red left half, transparent black right half
+    decoded = decode_image(image_bytes(rgba, "PNG"))
+    assert decoded[0, 0].tolist() == [255, 0, 0]
+    assert decoded[0, 9].tolist() == [255, 255, 255]
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    pixels = gradient(20, 30)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: viewers rotate 90 degrees clockwise
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(pixels).save(path, "JPEG", quality=100, exif=exif.tobytes())
+    decoded = load_image(path)
+    assert decoded.shape == (30, 20, 3)
+    expected = np.rot90(pixels, k=-1)
+    assert np.abs(decoded.astype(int) - expected).mean() < 8  # JPEG is lossy
+    with open_image(path.read_bytes(), path) as image:
+        assert "EXIF orientation 6 applied" in describe_quirks(image, path)
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"", "empty file"),
+    (b"hello, I am a text file\n", "not an image"),
+])
+def test_unusable_files_name_the_file_and_the_problem(tmp_path, content, reason):
+    path = tmp_path / "bad.jpg"
+    path.write_bytes(content)
+    with pytest.raises(ImageError) as error:
+        load_image(path)
+    assert str(path) in str(error.value) and reason in str(error.value)
+
+
+def test_truncated_jpeg_is_an_error_not_a_grey_image(tmp_path):
+    data = image_bytes(gradient(200, 200), "JPEG")
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match="corrupt or truncated"):
+        load_image(path)
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    data = image_bytes(np.zeros((100, 100, 3), np.uint8), "PNG")
+    with pytest.raises(ImageError, match="too large: 100x100"):
+        decode_image(data, "bomb.png", max_pixels=5000)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ImageError, match="cannot read file"):
+        load_image(tmp_path / "nothing.jpg")

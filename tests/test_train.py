@@ -1,0 +1,110 @@
+"""Training end to end on real photos: accuracy, the run directory, the saved model, the cache."""
+
+import json
+import shutil
+
+import pytest
+from PIL import Image
+
+from catsdogs import model as model_lib
+from catsdogs import predict
+from catsdogs.config import TrainConfig
+from catsdogs.images import load_image
+from catsdogs.report import read_csv
+from catsdogs.train import train
+from conftest import gradient, image_bytes, link_photos, photo, real_dataset
+
+RUN_FILES = {"config.json", "model.keras", "history.csv", "metrics.json", "predictions.csv", "splits.csv",
+             "integrity.json", "grid.png", "curves.png", "confusion.png", "errors.png", "report.html"}
+
+
+def test_lite0_on_100_photos_per_class_is_far_above_chance(lite0_run):
+    run_dir, metrics, _ = lite0_run
+    assert metrics["images"] == 200
+    assert metrics["accuracy"] >= 0.95
+    assert metrics["macro_avg"]["precision"] >= 0.95 and metrics["macro_avg"]["recall"] >= 0.95
+    assert metrics["roc_auc"] > 0.98
+    assert RUN_FILES <= {p.name for p in run_dir.iterdir()}
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["accuracy"] == metrics["accuracy"] and len(saved["confusion_matrix"]) == 2
+    assert json.loads((run_dir / "config.json").read_text())["backbone"] == "efficientnet_lite0"
+    html = (run_dir / "report.html").read_text()
+    assert all(f'src="{name}"' in html for name in ("grid.png", "curves.png", "confusion.png", "errors.png"))
+
+
+def test_saved_model_is_end_to_end_and_agrees_with_the_run(lite0_run):
+    run_dir, _, _ = lite0_run
+    model = model_lib.load(run_dir)
+    info = model_lib.describe(model)
+    assert (info.class_names, info.backbone, info.image_size) == (["cats", "dogs"], "efficientnet_lite0", 224)
+    rows = read_csv(run_dir / "predictions.csv")[:16]
+    predicted = predict.predict_files(model, [r["path"] for r in rows])
+    for row, new in zip(rows, predicted):
+        assert new["label"] == row["predicted"]
+        assert abs(new["probabilities"]["dogs"] - float(row["p_dogs"])) < 1e-4
+    # Raw pixels of any size go straight in: the model resizes and preprocesses by itself.
+    pixels = load_image(rows[0]["path"])[None].astype("float32")
+    direct = model.predict(pixels, verbose=0)[0]
+    assert abs(direct[1] - float(rows[0]["p_dogs"])) < 1e-4
+
+
+def test_second_run_reuses_the_cached_features(lite0_run, tmp_path, isolated_cache):
+    run_dir, metrics, data = lite0_run
+    chunks = sorted(isolated_cache.glob("features/*/chunk-*.npz"))
+    config = TrainConfig(data_dir=str(data), backbone="efficientnet_lite0", runs_dir=str(tmp_path), name="again")
+    again_dir, again = train(config)
+    assert sorted(isolated_cache.glob("features/*/chunk-*.npz")) == chunks
+    assert again["accuracy"] == metrics["accuracy"]  # same seed, same features, same head
+
+
+def test_predict_reports_unreadable_files_and_predicts_the_rest(lite0_run, tmp_path):
+    run_dir, _, _ = lite0_run
+    folder = tmp_path / "photos"
+    link_photos(folder, "test", "dogs", [4101, 4102])
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    rows = predict.predict_files(model_lib.load(run_dir), [photo("test", "cats", 4101), folder])
+    assert [r.get("label") for r in rows] == ["cats", None, "dogs", "dogs"]
+    assert rows[1]["path"].endswith("broken.jpg") and "truncated" in rows[1]["error"].lower()
+    table = predict.format_table(rows)
+    assert "ERROR" in table and table.count("\n") == 4
+
+
+def test_broken_files_are_skipped_and_reported(tmp_path):
+    root = tmp_path / "data"
+    for cls in ("cats", "dogs"):
+        link_photos(root / "train" / cls, "train", cls, range(1, 13))
+        link_photos(root / "test" / cls, "test", cls, range(4001, 4005))
+    cats = root / "train" / "cats"
+    (cats / "zero.jpg").write_bytes(b"")
+    (cats / "readme.jpg").write_text("this is text")
+    (cats / "half.jpg").write_bytes(photo("train", "cats", 20).read_bytes()[:5000])
+    (cats / "png_named.jpg").write_bytes(image_bytes(Image.open(photo("train", "cats", 21)), "PNG"))
+    (cats / "cmyk.jpg").write_bytes(image_bytes(Image.open(photo("train", "cats", 22)).convert("CMYK"), "JPEG"))
+    (root / "train" / "dogs" / "gray.png").write_bytes(image_bytes(gradient(mode="L"), "PNG"))
+    shutil.copy(photo("train", "cats", 1), root / "test" / "cats" / "leaked.jpg")
+    config = TrainConfig(data_dir=str(root), backbone="efficientnet_lite0", runs_dir=str(tmp_path / "runs"),
+                         name="broken", max_epochs=5)
+    run_dir, metrics = train(config)
+    integrity = json.loads(open(f"{run_dir}/integrity.json").read())
+    skipped = {item["path"].rsplit("/", 1)[1]: item["problem"] for item in integrity["skipped"]}
+    assert set(skipped) == {"zero.jpg", "readme.jpg", "half.jpg"}
+    assert "empty" in skipped["zero.jpg"] and "not an image" in skipped["readme.jpg"]
+    assert "truncated" in skipped["half.jpg"].lower()
+    quirks = {item["path"].rsplit("/", 1)[1]: item["quirks"] for item in integrity["handled_quirks"]}
+    assert quirks["png_named.jpg"] == ["PNG data named .jpg"] and quirks["cmyk.jpg"] == ["CMYK converted to RGB"]
+    assert quirks["gray.png"] == ["L converted to RGB"]
+    assert [leak["test"].rsplit("/", 1)[1] for leak in integrity["test_train_leaks"]] == ["leaked.jpg"]
+    assert metrics["images"] == 9
+    html = open(f"{run_dir}/report.html").read()
+    assert all(name in html for name in ("zero.jpg", "readme.jpg", "half.jpg", "leaked.jpg"))
+
+
+@pytest.mark.slow
+def test_resnet50_path_with_random_weights_trains_and_saves(tmp_path):
+    root = real_dataset(tmp_path / "data", train_per_class=10, test_per_class=4)
+    config = TrainConfig(data_dir=str(root), backbone="resnet50", weights="random", runs_dir=str(tmp_path),
+                         head="linear", max_epochs=3)
+    run_dir, metrics = train(config)
+    assert metrics["images"] == 8
+    info = model_lib.describe(model_lib.load(run_dir))
+    assert (info.backbone, info.image_size) == ("resnet50", 224)
