@@ -5,13 +5,24 @@ import json
 import logging
 import sys
 
-from catsdogs.config import TrainConfig, default_cache_dir
+from catsdogs.config import EXPORT_FORMATS, PRECISIONS, QUANTIZATIONS, RUNTIMES, TrainConfig, default_cache_dir
 
 EPILOG = "Run `catsdogs COMMAND -h` for the options of a command."
 
 
 def _int_list(text):
     return tuple(int(part) for part in text.split(",") if part.strip())
+
+
+def _name_list(choices=None):
+    """An argument type: comma-separated names, each one of `choices` if given."""
+    def parse(text):
+        names = tuple(part.strip() for part in text.split(",") if part.strip())
+        unknown = [name for name in names if choices and name not in choices]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"{', '.join(unknown) or repr(text)}: choose from {', '.join(choices or ())}")
+        return names
+    return parse
 
 
 def _add_train(commands):
@@ -28,8 +39,10 @@ def _add_train(commands):
     p.add_argument("--weights", default=defaults.weights,
                    help="imagenet (default), random (no pretraining, for trying the pipeline), or a weights file")
     p.add_argument("--image-size", type=int, default=defaults.image_size, help="input side in pixels (default: the backbone's)")
-    p.add_argument("--precision", choices=("float32", "bfloat16"), default=defaults.precision,
-                   help="compute precision of the backbone")
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default=defaults.precision,
+                   help="compute precision of the backbone; auto (default): bfloat16 on CPUs with native bfloat16 "
+                        "(AVX512_BF16 or AMX), where it was measured faster and as accurate, else float32. "
+                        "The head and the model's output are float32 either way")
     p.add_argument("--head", choices=("dense", "linear"), default=defaults.head,
                    help="dense: fully connected hidden layers with dropout, as in the study; linear: logistic regression")
     p.add_argument("--hidden-units", type=_int_list, default=defaults.hidden_units,
@@ -70,10 +83,9 @@ def _evaluate(args):
 
 
 def _predict(args):
-    from catsdogs import model as model_lib
-    from catsdogs import predict, report
+    from catsdogs import predict, report, runtimes
 
-    rows = predict.predict_files(model_lib.load(args.model), args.inputs, args.batch_size)
+    rows = predict.predict_files(runtimes.load(args.model, args.runtime), args.inputs, args.batch_size)
     if args.json:
         print(json.dumps(rows, indent=2))
     elif args.csv:
@@ -87,6 +99,70 @@ def _predict(args):
     failed = sum("error" in r for r in rows)
     if failed:
         logging.getLogger("catsdogs").warning("%d of %d files could not be read", failed, len(rows))
+
+
+def _export(args):
+    from catsdogs.export import export_model, format_parity
+
+    folder, parity = export_model(args.model, args.format, args.output, args.quantization, args.data,
+                                  args.parity_images, args.calibration_images, args.batch_size)
+    print(format_parity(folder, parity))
+
+
+def _bench(args):
+    from catsdogs.bench import format_report, run_bench
+
+    report = run_bench(args.backbone, args.precision, args.batch_sizes, args.images, args.data, args.repeats,
+                       args.quick, args.onnx)
+    print(format_report(report))
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"results written to {args.output}")
+
+
+def _add_export(commands):
+    p = commands.add_parser(
+        "export", help="export a trained model to another format and check it against the Keras model",
+        description="Writes the model as Keras, TensorFlow SavedModel, ONNX or TFLite into a folder with "
+                    "export.json (inputs, outputs, class names) and parity.json: agreement and largest probability "
+                    "difference with the Keras model on real test photos, speed and size. Exported models take "
+                    "resized pixels; `catsdogs predict EXPORT_DIR` decodes and resizes photos for them as for "
+                    "the Keras model. ONNX needs pip install 'catsdogs[onnx]', TFLite 'catsdogs[tflite]'.")
+    p.add_argument("model", help="run directory or .keras model file")
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    p.add_argument("--quantization", choices=QUANTIZATIONS, default="float32",
+                   help="TFLite only: float32; float16 weights; int8 weights and activations, calibrated on "
+                        "training photos (post-training quantization)")
+    p.add_argument("--output", help="export folder (default: exports/FORMAT beside the model)")
+    p.add_argument("--data", help="dataset to take photos from (default: the run's splits.csv)")
+    p.add_argument("--parity-images", type=int, default=200,
+                   help="test photos to check the export on, drawn at random (0: all; default: %(default)s)")
+    p.add_argument("--calibration-images", type=int, default=200,
+                   help="training photos that calibrate int8 quantization (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=_export)
+
+
+def _add_bench(commands):
+    p = commands.add_parser(
+        "bench", help="measure the speed of each backbone and precision on this machine",
+        description="Images/s of the model alone (forward) and from files (decoding included, as predict and "
+                    "feature extraction), at several batch sizes; achieved GFLOP/s against the peak of a matrix "
+                    "multiplication measured in the same run; peak memory. Runs on random weights where "
+                    "pretrained ones are unavailable (speed does not depend on them) and says so.")
+    p.add_argument("--backbone", type=_name_list(), default=None,
+                   help="comma-separated backbones (default: all; see `catsdogs backbones`)")
+    p.add_argument("--precision", type=_name_list(PRECISIONS), default=None,
+                   help="comma-separated precisions (default: float32,bfloat16 where the CPU has native bfloat16)")
+    p.add_argument("--batch-sizes", type=_int_list, default=(16, 32, 64), help="default: 16,32,64")
+    p.add_argument("--images", type=int, default=256, help="photos to predict from files (default: %(default)s)")
+    p.add_argument("--data", help="folder of photos (default: synthetic 500x375 JPEG photos)")
+    p.add_argument("--repeats", type=int, default=5, help="timed forward passes; the median is reported")
+    p.add_argument("--onnx", action="store_true", help="also time float32 ONNX Runtime, as a reference")
+    p.add_argument("--quick", action="store_true", help="a smoke test in seconds, not a measurement")
+    p.add_argument("--output", metavar="FILE", help="write the results as JSON")
+    p.set_defaults(func=_bench)
 
 
 def _backbones(args):
@@ -112,13 +188,19 @@ def build_parser():
     p.set_defaults(func=_evaluate)
 
     p = commands.add_parser("predict", help="predict the class of photos")
-    p.add_argument("model", help="run directory or .keras model file")
+    p.add_argument("model", help="run directory, .keras model file, or export folder (from catsdogs export)")
     p.add_argument("inputs", nargs="+", help="image files and folders")
     output = p.add_mutually_exclusive_group()
     output.add_argument("--csv", metavar="FILE", help="write the predictions to a CSV file")
     output.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--runtime", choices=RUNTIMES,
+                   help="engine to run the model in; it must match what MODEL holds (default: what it holds: "
+                        "a run directory or .keras file is Keras, an export folder its format)")
     p.set_defaults(func=_predict)
+
+    _add_export(commands)
+    _add_bench(commands)
 
     p = commands.add_parser("backbones", help="list the available backbones")
     p.set_defaults(func=_backbones)
@@ -128,15 +210,17 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    for noisy in ("absl", "tensorflow", "h5py", "matplotlib", "PIL"):
+    for noisy in ("absl", "tensorflow", "h5py", "matplotlib", "PIL", "tf2onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from catsdogs.backbones import WeightsError
     from catsdogs.data import DataError
     from catsdogs.images import ImageError
+    from catsdogs.runtimes import MissingDependency
 
     try:
         args.func(args)
-    except (DataError, WeightsError, ImageError, FileNotFoundError, ValueError) as error:
+    except (DataError, WeightsError, ImageError, MissingDependency, FileNotFoundError, FileExistsError,
+            ValueError) as error:
         print(f"catsdogs {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -5,6 +5,13 @@ import json
 import os
 
 
+# Choices offered by the command line, here so that parsing it needs no TensorFlow.
+PRECISIONS = ("float32", "bfloat16")  # compute precision of a backbone
+EXPORT_FORMATS = ("keras", "savedmodel", "onnx", "tflite")
+QUANTIZATIONS = ("float32", "float16", "int8")  # of TFLite exports
+RUNTIMES = EXPORT_FORMATS  # what runs a model: Keras itself, or the runtime of an export format
+
+
 def default_cache_dir():
     """Where features and converted weights are cached: $CATSDOGS_CACHE, else the user cache."""
     if os.environ.get("CATSDOGS_CACHE"):
@@ -21,7 +28,7 @@ class TrainConfig:
     backbone: str = "resnet50"
     weights: str = "imagenet"  # "imagenet", "random" or a weights file
     image_size: int = 0  # 0: the backbone's own
-    precision: str = "float32"  # of the backbone: "float32" or "bfloat16"
+    precision: str = "auto"  # of the backbone: "float32", "bfloat16", or "auto" (bfloat16 where the CPU has it)
     head: str = "dense"  # "dense" (the study's fully connected layers) or "linear"
     hidden_units: tuple = (256,)
     dropout: float = 0.5

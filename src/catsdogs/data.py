@@ -243,6 +243,11 @@ def make_splits(dataset, report, val_fraction, test_fraction, seed):
     return {"train": train, "val": val, "test": test}
 
 
+def usable_cpus():
+    """CPU cores this process may run on (its affinity where the platform tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class ImagePipeline:
     """A tf.data pipeline from image files to resized float batches, decoding with Pillow.
 
@@ -281,5 +286,10 @@ class ImagePipeline:
 
         paths = [os.fspath(p) for p in paths]
         ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), tf.range(len(paths))))
-        ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.batch(self.batch_size).prefetch(tf.data.AUTOTUNE)
+        # Fixed parallelism (one decoder per core, two batches ahead) instead of tf.data's autotuning,
+        # which was measured to take CPU from the model it feeds and, when a second pipeline of
+        # the same process ends, to stall for 10-40 s (docs/BENCHMARKS.md).
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        ds = ds.map(decode, num_parallel_calls=usable_cpus(), deterministic=True)
+        return ds.batch(self.batch_size).prefetch(2).with_options(options)

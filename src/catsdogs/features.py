@@ -12,6 +12,7 @@ import os
 import time
 import uuid
 
+import keras
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -55,11 +56,19 @@ def cache_key(backbone_name, image_size, precision, fingerprint):
     return f"{backbone_name}-{image_size}px-{precision}-w{fingerprint[:16]}-p{PIPELINE_VERSION}"
 
 
+def keras_forward(model):
+    """The inference pass of a Keras model as one compiled TensorFlow graph, retraced only for new shapes."""
+    import tensorflow as tf
+
+    return tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+
+
 def run_on_files(model, paths, image_size, batch_size, errors, desc="images"):
     """Runs a model over image files, decoding and resizing in a parallel tf.data pipeline.
 
     Args:
-        model: takes (batch, image_size, image_size, 3) pixels in [0, 255].
+        model: a Keras model, or any callable such as an exported model's runtime, taking
+            (batch, image_size, image_size, 3) float32 pixels in [0, 255].
         paths: image files.
         image_size: side of the resized square images.
         batch_size: images per forward pass.
@@ -69,19 +78,25 @@ def run_on_files(model, paths, image_size, batch_size, errors, desc="images"):
     Yields:
         (indices into paths, model outputs) per batch, for the images that decoded.
     """
-    import tensorflow as tf
-
     from catsdogs.backbones import resize_layer
 
     pipeline = ImagePipeline(resize_layer(image_size), batch_size)
-    forward = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+    forward = keras_forward(model) if isinstance(model, keras.Model) else model
     with tqdm(total=len(paths), desc=desc, unit="img", leave=False, disable=None) as progress:
         for images, ok, indices in pipeline.dataset(paths):
-            outputs = forward(images).numpy()
+            outputs = np.asarray(forward(images))
             ok = ok.numpy()
             progress.update(len(ok))
             yield indices.numpy()[ok], outputs[ok]
     errors.update(pipeline.errors)
+
+
+def decoded_images(paths, image_size, batch_size=32):
+    """The images of the paths that decode, resized as every model's input is: (n, size, size, 3) float32."""
+    from catsdogs.backbones import resize_layer
+
+    pipeline = ImagePipeline(resize_layer(image_size), batch_size)
+    return np.concatenate([images.numpy()[ok.numpy()] for images, ok, _ in pipeline.dataset(paths)])
 
 
 def cached_features(extractor, paths, hashes, cache, batch_size, desc="features"):

@@ -61,6 +61,33 @@ def assemble(extractor, head, class_names, temperature=1.0, threshold=0.5):
     return keras.Model(image, probabilities, name="catsdogs")
 
 
+def _float32_layer(layer):
+    return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+
+def fixed_size_model(model):
+    """The model after its resize layer, computing in float32, for exporters.
+
+    Exporters need a fixed input shape, and ONNX Runtime and TFLite have no bfloat16
+    convolutions on CPU. Resizing is left to the runtime's input pipeline, which uses the same
+    layer (`backbones.resize_layer`), so an exported model sees what the Keras model sees.
+
+    Args:
+        model: an end-to-end model from `assemble` (or loaded).
+
+    Returns:
+        a `keras.Model`: (batch, size, size, 3) float32 RGB pixels in [0, 255] in, class
+        probabilities out.
+    """
+    info = describe(model)
+    float32 = keras.models.clone_model(model, clone_function=_float32_layer, recursive=True)
+    float32.set_weights(model.get_weights())
+    pixels = keras.Input((info.image_size, info.image_size, 3), name="pixels")
+    features = float32.get_layer(info.backbone)(pixels)
+    probabilities = float32.get_layer("probabilities")(float32.get_layer("head")(features))
+    return keras.Model(pixels, probabilities, name="catsdogs")
+
+
 @dataclasses.dataclass
 class ModelInfo:
     """What a saved model says about itself."""

@@ -6,6 +6,7 @@ import numpy as np
 
 from catsdogs import evaluate, features
 from catsdogs import model as model_lib
+from catsdogs.runtimes import ExportedModel
 
 
 def expand_inputs(inputs):
@@ -26,7 +27,7 @@ def predict_files(model, inputs, batch_size=32):
     """Predicts every image among the inputs; an unreadable one gets an error, not an exception.
 
     Args:
-        model: a loaded catsdogs model.
+        model: a loaded catsdogs Keras model, or an exported one (`runtimes.load`).
         inputs: files and folders.
         batch_size: images per forward pass.
 
@@ -34,7 +35,7 @@ def predict_files(model, inputs, batch_size=32):
         one dict per file, in order: path, label, probability (of that label) and probabilities
         per class; or path and error.
     """
-    info = model_lib.describe(model)
+    info = model.info if isinstance(model, ExportedModel) else model_lib.describe(model)
     paths = expand_inputs(inputs)
     errors = {}
     probabilities = np.full((len(paths), len(info.class_names)), np.nan)

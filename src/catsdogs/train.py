@@ -1,6 +1,7 @@
 """`catsdogs train`: features once from the frozen backbone, then a head trained in seconds."""
 
 import csv
+import dataclasses
 import datetime
 import logging
 import os
@@ -103,6 +104,7 @@ def train(config):
     Returns:
         (run directory, test metrics dict).
     """
+    config = dataclasses.replace(config, precision=backbones.resolve_precision(config.precision))
     dataset = data.discover(config.data_dir)
     log.info("%s: classes %s, %s", config.data_dir, dataset.class_names,
              ", ".join(f"{len(v)} {k} files" for k, v in dataset.splits.items()))

@@ -1,0 +1,252 @@
+"""`catsdogs export`: a trained model in another format, checked against the Keras model on real photos.
+
+Each export is a folder: the exported file, `export.json` (what the model needs and returns, see
+`runtimes`) and `parity.json` (how closely it agrees with the Keras model on real test photos, and
+how fast and large it is). The formats are written by Keras' own exporters (`Model.export`: tf2onnx
+for ONNX, the TFLite converter for TFLite).
+"""
+
+import datetime
+import importlib
+import json
+import os
+import shutil
+import time
+import warnings
+
+import keras
+import numpy as np
+
+from catsdogs import data, features, predict, report, runtimes
+from catsdogs import model as model_lib
+from catsdogs.bench import forward_rate
+from catsdogs.config import EXPORT_FORMATS, QUANTIZATIONS
+
+FILE_NAMES = {"keras": model_lib.MODEL_FILE, "savedmodel": "saved_model", "onnx": "model.onnx", "tflite": "model.tflite"}
+PARITY_FILE = "parity.json"
+ONNX_OPSET = 17
+# Whose versions export.json records: what wrote the export and what runs it.
+VERSIONED_MODULES = {
+    "keras": ("keras", "tensorflow"),
+    "savedmodel": ("keras", "tensorflow"),
+    "onnx": ("keras", "tensorflow", "tf2onnx", "onnxruntime"),
+    "tflite": ("keras", "tensorflow", "ai_edge_litert"),
+}
+
+
+def default_output(model_path, format, quantization="float32"):
+    """<folder of the model>/exports/<format>, or tflite-<quantization> for TFLite."""
+    name = f"tflite-{quantization}" if format == "tflite" else format
+    return os.path.join(os.path.dirname(os.path.abspath(model_path)), "exports", name)
+
+
+def sample(paths, count, seed=0):
+    """`count` of the paths drawn at random with `seed`, in their original order; all for count <= 0."""
+    if count <= 0 or count >= len(paths):
+        return list(paths)
+    chosen = np.random.default_rng(seed).choice(len(paths), count, replace=False)
+    return [paths[i] for i in sorted(chosen)]
+
+
+def known_photos(model_path, data_dir=None):
+    """Training and test photos for calibrating and checking an export.
+
+    Args:
+        model_path: the model's file; its run directory's splits.csv lists the photos it used.
+        data_dir: a dataset folder instead (train and test folders, or one folder of classes).
+
+    Returns:
+        (training photo paths, test photo paths).
+    """
+    if data_dir:
+        dataset = data.discover(data_dir)
+        train = dataset.splits.get("train") or dataset.splits.get("all")
+        test = dataset.splits.get("test") or dataset.splits.get("all")
+        return [s.path for s in train], [s.path for s in test]
+    splits_file = os.path.join(os.path.dirname(model_path), "splits.csv")
+    if not os.path.isfile(splits_file):
+        raise data.DataError(f"{model_path} is not in a run directory with splits.csv, so the photos to check the "
+                             f"export on are unknown: pass --data DATASET_DIR")
+    rows = report.read_csv(splits_file)
+    return [r["path"] for r in rows if r["split"] == "train"], [r["path"] for r in rows if r["split"] == "test"]
+
+
+def _tflite_options(quantization, calibration_images):
+    """TFLite converter settings: float32; float16 weights; or int8 weights and activations, calibrated.
+
+    Only builtin TFLite operations are allowed, so that the plain LiteRT interpreter runs the model.
+    Input and output stay float32 in every case (int8 quantizes and dequantizes inside the model).
+    """
+    import tensorflow as tf
+
+    if quantization == "float32":
+        return {"target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}}
+    if quantization == "float16":
+        return {"optimizations": [tf.lite.Optimize.DEFAULT],
+                "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS], "supported_types": [tf.float16]}}
+    return {"optimizations": [tf.lite.Optimize.DEFAULT],
+            "representative_dataset": lambda: ([image[None]] for image in calibration_images),
+            "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]}}
+
+
+def write_export(model, format, path, quantization="float32", calibration_images=None):
+    """Writes the model in a format.
+
+    Args:
+        model: the end-to-end Keras model.
+        format: one of `config.EXPORT_FORMATS`.
+        path: the file (a folder for savedmodel) to write.
+        quantization: for TFLite, one of `config.QUANTIZATIONS`.
+        calibration_images: for TFLite int8, resized training images (n, size, size, 3).
+    """
+    import tensorflow as tf
+
+    if format == "keras":  # the end-to-end model itself: any image size, resizing inside
+        model_lib.save(model, path)
+        return
+    fixed = model_lib.fixed_size_model(model)
+    signature = [tf.TensorSpec(fixed.input_shape, tf.float32, name="pixels")]
+    if format == "savedmodel":
+        fixed.export(path, format="tf_saved_model", input_signature=signature, verbose=False)
+    elif format == "onnx":
+        with warnings.catch_warnings():  # Keras' numpy 2 patch of tf2onnx touches np.object
+            warnings.filterwarnings("ignore", "In the future `np.object`", FutureWarning)
+            fixed.export(path, format="onnx", input_signature=signature, opset_version=ONNX_OPSET, verbose=False)
+    else:
+        fixed.export(path, format="litert", input_signature=signature, verbose=False,
+                     **_tflite_options(quantization, calibration_images))
+
+
+def size_in_bytes(path):
+    """Size of a file, or of all files below a folder."""
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def compare_predictions(reference, exported, paths, batch_size=32):
+    """How closely an exported model agrees with the Keras model, photo by photo.
+
+    Args:
+        reference: the Keras model.
+        exported: the exported model in its runtime (or another Keras model).
+        paths: photos to compare on.
+        batch_size: images per forward pass.
+
+    Returns:
+        dict: images compared, max and mean absolute probability difference, agreement rate of
+        the predicted labels, and the photos where the labels differ.
+    """
+    class_names = model_lib.describe(reference).class_names
+    expected = predict.predict_files(reference, paths, batch_size)
+    got = predict.predict_files(exported, paths, batch_size)
+    pairs = [(e, g) for e, g in zip(expected, got) if "error" not in e and "error" not in g]
+    if not pairs:
+        raise data.DataError("none of the photos to compare on could be read")
+    first = np.array([[e["probabilities"][c] for c in class_names] for e, _ in pairs])
+    second = np.array([[g["probabilities"][c] for c in class_names] for _, g in pairs])
+    difference = np.abs(first - second)
+    agree = np.array([e["label"] == g["label"] for e, g in pairs])
+    return {
+        "images": len(pairs),
+        "max_abs_probability_difference": float(difference.max()),
+        "mean_abs_probability_difference": float(difference.mean()),
+        "agreement": float(agree.mean()),
+        "disagreements": [{"path": e["path"], "keras": e["probabilities"], "exported": g["probabilities"]}
+                          for (e, g), same in zip(pairs, agree) if not same],
+    }
+
+
+def _prepare_folder(folder):
+    """An empty folder for an export; replaces an earlier export there, never anything else."""
+    if os.path.exists(folder):
+        if not os.path.isfile(os.path.join(folder, runtimes.EXPORT_INFO_FILE)) and os.listdir(folder):
+            raise FileExistsError(f"{folder} exists and is not an earlier export; choose another --output")
+        shutil.rmtree(folder)
+    os.makedirs(folder)
+
+
+def export_model(run_or_model, format, output=None, quantization="float32", data_dir=None, parity_images=200,
+                 calibration_images=200, batch_size=32):
+    """Exports a model, then checks the export against the Keras model on real test photos.
+
+    Args:
+        run_or_model: a run directory or .keras file.
+        format: one of `config.EXPORT_FORMATS`.
+        output: the export folder (default: `default_output`).
+        quantization: for TFLite: float32, float16 (weights) or int8 (weights and activations).
+        data_dir: a dataset to take photos from, instead of the run's splits.csv.
+        parity_images: test photos to compare on, drawn at random (0: all).
+        calibration_images: training photos that calibrate int8 quantization.
+        batch_size: images per forward pass.
+
+    Returns:
+        (export folder, parity dict as written to parity.json).
+    """
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"unknown format {format!r}; choose one of {EXPORT_FORMATS}")
+    if quantization not in QUANTIZATIONS or (format != "tflite" and quantization != "float32"):
+        raise ValueError(f"quantization {quantization!r}: TFLite takes one of {QUANTIZATIONS}, other formats float32")
+    runtimes.require(format)
+    model_path = model_lib.resolve_model_path(run_or_model)
+    model = model_lib.load(model_path)
+    info = model_lib.describe(model)
+    train_paths, test_paths = known_photos(model_path, data_dir)
+    calibration = None
+    if quantization == "int8":
+        calibration = features.decoded_images(sample(train_paths, calibration_images), info.image_size, batch_size)
+
+    folder = output or default_output(model_path, format, quantization)
+    _prepare_folder(folder)
+    start = time.perf_counter()
+    write_export(model, format, os.path.join(folder, FILE_NAMES[format]), quantization, calibration)
+    seconds = time.perf_counter() - start
+    metadata = {
+        "format": format,
+        "quantization": quantization,
+        "file": FILE_NAMES[format],
+        "model": {"class_names": info.class_names, "backbone": info.backbone, "image_size": info.image_size,
+                  "threshold": info.threshold, "temperature": info.temperature},
+        "input": "keras end-to-end model: (batch, height, width, 3) RGB pixels in [0, 255], any size" if format == "keras"
+                 else f"pixels: (batch, {info.image_size}, {info.image_size}, 3) float32 RGB in [0, 255], resized from "
+                      f"the photo by bilinear interpolation with antialiasing (tf.image.resize, antialias=True), no crop",
+        "output": f"probabilities of {info.class_names}",
+        "source": os.path.abspath(model_path),
+        "calibration_images": len(calibration) if calibration is not None else 0,
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "versions": {module: importlib.import_module(module).__version__ for module in VERSIONED_MODULES[format]},
+    }
+    with open(os.path.join(folder, runtimes.EXPORT_INFO_FILE), "w") as f:
+        json.dump(metadata, f, indent=2)
+
+    exported = runtimes.load(folder)
+    parity = compare_predictions(model, exported, sample(test_paths, parity_images), batch_size)
+    batch = features.decoded_images(test_paths[:batch_size], info.image_size, batch_size)
+    parity.update({
+        "format": format,
+        "quantization": quantization,
+        "bytes": size_in_bytes(os.path.join(folder, FILE_NAMES[format])),
+        "export_seconds": round(seconds, 1),
+        "batch_size": len(batch),
+        "images_per_second": forward_rate(
+            features.keras_forward(exported) if isinstance(exported, keras.Model) else exported, batch),
+        "keras_images_per_second": forward_rate(features.keras_forward(model), batch),
+    })
+    with open(os.path.join(folder, PARITY_FILE), "w") as f:
+        json.dump(parity, f, indent=2)
+    return folder, parity
+
+
+def format_parity(folder, parity):
+    """A few lines for the terminal: agreement, probability difference, speed and size."""
+    lines = [
+        f"exported {parity['format']}"
+        + (f" ({parity['quantization']})" if parity["format"] == "tflite" else "") + f" to {folder}",
+        f"parity with the Keras model on {parity['images']} test photos: {parity['agreement']:.2%} same label, "
+        f"max probability difference {parity['max_abs_probability_difference']:.2e} "
+        f"(mean {parity['mean_abs_probability_difference']:.2e})",
+        f"speed (forward pass, batch {parity['batch_size']}): {parity['images_per_second']:.1f} images/s "
+        f"(Keras: {parity['keras_images_per_second']:.1f})   size: {parity['bytes'] / 1e6:.1f} MB",
+    ]
+    lines += [f"  differs: {d['path']}" for d in parity["disagreements"][:10]]
+    return "\n".join(lines)

@@ -1,0 +1,169 @@
+"""Exported models in their runtimes (ONNX Runtime, LiteRT/TFLite, TensorFlow SavedModel).
+
+An export folder written by `catsdogs export` holds the exported file and `export.json`: the
+class names, threshold and input size of the model it came from. Every exported model takes
+(batch, size, size, 3) float32 RGB pixels in [0, 255], already resized to size x size by
+`backbones.resize_layer` (bilinear with antialiasing, no crop), and returns one probability per
+class: the Keras model after its own resize layer. `predict.predict_files` runs them like the
+Keras model, through the same decoding and resizing.
+"""
+
+import importlib
+import json
+import os
+
+import numpy as np
+
+from catsdogs import model as model_lib
+from catsdogs.data import usable_cpus
+
+EXPORT_INFO_FILE = "export.json"
+# Optional packages per format: (module, PyPI package), and the extra of catsdogs that has them.
+REQUIREMENTS = {
+    "onnx": ([("tf2onnx", "tf2onnx"), ("onnxruntime", "onnxruntime")], "onnx"),
+    "tflite": ([("ai_edge_litert.interpreter", "ai-edge-litert")], "tflite"),
+}
+
+
+class MissingDependency(RuntimeError):
+    """An optional package that a format needs is not installed; says what to install."""
+
+
+def require(format):
+    """Checks that the optional packages of an export format or runtime are installed.
+
+    Raises:
+        MissingDependency: naming the packages and the pip command that installs them.
+    """
+    modules, extra = REQUIREMENTS.get(format, ([], None))
+    missing = []
+    for module, package in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(package)
+    if missing:
+        raise MissingDependency(f"the {format} format needs {' and '.join(missing)}, which "
+                                f"{'is' if len(missing) == 1 else 'are'} not installed. Install with: "
+                                f"pip install 'catsdogs[{extra}]'  (or: pip install {' '.join(missing)})")
+
+
+class ExportedModel:
+    """An exported model loaded in its runtime: resized pixels in, class probabilities out.
+
+    Attributes:
+        folder: the export folder.
+        metadata: the contents of its export.json.
+        info: the `model.ModelInfo` of the model it was exported from.
+        path: the exported file (or SavedModel folder).
+    """
+
+    runtime = None
+
+    def __init__(self, folder):
+        self.folder = folder
+        with open(os.path.join(folder, EXPORT_INFO_FILE)) as f:
+            self.metadata = json.load(f)
+        self.info = model_lib.ModelInfo(**self.metadata["model"])
+        self.path = os.path.join(folder, self.metadata["file"])
+
+    def __call__(self, images):
+        """Class probabilities, (batch, classes), of (batch, size, size, 3) float32 pixels in [0, 255]."""
+        raise NotImplementedError
+
+
+class OnnxModel(ExportedModel):
+    """An ONNX model in ONNX Runtime (CPU)."""
+
+    runtime = "onnx"
+
+    def __init__(self, folder):
+        super().__init__(folder)
+        require("onnx")
+        import onnxruntime
+
+        self.session = onnxruntime.InferenceSession(self.path, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, images):
+        return self.session.run(None, {self.input_name: np.asarray(images, np.float32)})[0]
+
+
+class TFLiteModel(ExportedModel):
+    """A TFLite model in the LiteRT interpreter (XNNPACK on CPU)."""
+
+    runtime = "tflite"
+
+    def __init__(self, folder):
+        super().__init__(folder)
+        require("tflite")
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=self.path, num_threads=usable_cpus())
+        self.input_index = self.interpreter.get_input_details()[0]["index"]
+        self.output_index = self.interpreter.get_output_details()[0]["index"]
+        self.batch_shape = None
+
+    def __call__(self, images):
+        images = np.asarray(images, np.float32)
+        if images.shape != self.batch_shape:  # TFLite tensors have one shape at a time
+            self.interpreter.resize_tensor_input(self.input_index, images.shape)
+            self.interpreter.allocate_tensors()
+            self.batch_shape = images.shape
+        self.interpreter.set_tensor(self.input_index, images)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.output_index).copy()
+
+
+class SavedModelModel(ExportedModel):
+    """A TensorFlow SavedModel, through its "serve" endpoint."""
+
+    runtime = "savedmodel"
+
+    def __init__(self, folder):
+        super().__init__(folder)
+        import tensorflow as tf
+
+        self.saved_model = tf.saved_model.load(self.path)  # holds the variables that "serve" uses
+
+    def __call__(self, images):
+        return self.saved_model.serve(images).numpy()
+
+
+EXPORTED_MODELS = {cls.runtime: cls for cls in (OnnxModel, TFLiteModel, SavedModelModel)}
+
+
+def export_folder_of(path):
+    """The export folder that `path` is or holds the exported file of, or None."""
+    for candidate in (path, os.path.dirname(path)):
+        if os.path.isfile(os.path.join(candidate, EXPORT_INFO_FILE)):
+            return candidate
+    return None
+
+
+def load(path, runtime=None):
+    """Loads a model to predict with, in the runtime that its format needs.
+
+    Args:
+        path: a run directory or .keras file, or an export folder (or the exported file in it).
+        runtime: one of `config.RUNTIMES`, checked against what `path` holds; None: whatever it holds.
+
+    Returns:
+        a `keras.Model` for the Keras runtime, else an `ExportedModel`.
+    """
+    path = os.fspath(path)
+    folder = export_folder_of(path)
+    if folder:
+        with open(os.path.join(folder, EXPORT_INFO_FILE)) as f:
+            held = json.load(f)["format"]
+    else:
+        held = "keras"
+    if runtime and runtime != held:
+        exports = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "exports")
+        found = sorted(os.listdir(exports)) if not folder and os.path.isdir(exports) else []
+        raise ValueError(f"{path} holds a {held} model, not a {runtime} one. "
+                         + (f"Its exports are in {exports}: {', '.join(found)}; pass one of them. " if found else "")
+                         + f"To make one: catsdogs export {path} --format {runtime}")
+    if held == "keras":
+        return model_lib.load(path)
+    return EXPORTED_MODELS[held](folder)
