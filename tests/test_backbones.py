@@ -109,3 +109,60 @@ def test_caffe_preprocessing_matches_keras():
     pixels = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
     ours = keras.ops.convert_to_numpy(CaffePreprocessing()(pixels))
     np.testing.assert_allclose(ours, keras.applications.resnet50.preprocess_input(pixels.copy()), atol=1e-4)
+
+
+def real_pixels(*photos):
+    return np.concatenate([backbones.resize_layer(224)(load_image(p)[None].astype("float32")) for p in photos])
+
+
+def test_folding_batch_normalization_keeps_the_features():
+    keras.utils.set_random_seed(0)
+    original = backbones.build_feature_extractor("efficientnet_lite0", fold_batch_norm=False)
+    folded = backbones.fold_batch_normalization(original)
+    assert not [layer for layer in folded.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(original.layers) - len(folded.layers) == 49  # every BatchNormalization of Lite0 follows a convolution
+    assert folded.name == "efficientnet_lite0" and folded.get_layer(efficientnet_lite.LAST_CONV_LAYER)
+    pixels = real_pixels(photo("test", "cats", 4001), photo("test", "dogs", 4003))
+    np.testing.assert_allclose(folded.predict(pixels, verbose=0), original.predict(pixels, verbose=0),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_batch_normalization_whose_input_is_also_used_elsewhere_is_not_folded():
+    inputs = keras.Input((8, 8, 3))
+    conv = keras.layers.Conv2D(4, 3, use_bias=False, name="conv")(inputs)
+    normalized = keras.layers.BatchNormalization(name="bn")(conv)
+    model = keras.Model(inputs, keras.layers.Add()([normalized, conv]))
+    bn = model.get_layer("bn")
+    bn.set_weights([np.full(4, 2.0), np.ones(4), np.full(4, 0.5), np.full(4, 4.0)])
+    folded = backbones.fold_batch_normalization(model)
+    assert folded.get_layer("bn") and not folded.get_layer("conv").use_bias
+    pixels = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(folded.predict(pixels, verbose=0), model.predict(pixels, verbose=0), rtol=1e-5)
+
+
+def test_bfloat16_backbone_computes_in_bfloat16_and_returns_float32():
+    extractor = backbones.build_feature_extractor("efficientnet_lite0", precision="bfloat16")
+    convolutions = [layer for layer in extractor.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convolutions and all(layer.compute_dtype == "bfloat16" for layer in convolutions)
+    assert all(weight.dtype == "float32" for weight in extractor.weights)
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is left alone
+    pixels = real_pixels(photo("test", "cats", 4001), photo("test", "dogs", 4003))
+    features = extractor.predict(pixels, verbose=0)
+    assert features.dtype == np.float32
+    exact = backbones.build_feature_extractor("efficientnet_lite0").predict(pixels, verbose=0)
+    cosine = (features * exact).sum(1) / np.linalg.norm(features, axis=1) / np.linalg.norm(exact, axis=1)
+    assert (cosine > 0.99).all() and not np.allclose(features, exact, rtol=1e-4)  # close, and really bf16
+
+
+def test_precision_auto_is_bfloat16_only_where_the_cpu_has_it(tmp_path, monkeypatch):
+    with_bf16, without = tmp_path / "zen4", tmp_path / "old"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert backbones.cpu_has_bfloat16(with_bf16) and not backbones.cpu_has_bfloat16(without)
+    assert not backbones.cpu_has_bfloat16(tmp_path / "missing")
+    for has_it, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(backbones, "cpu_has_bfloat16", lambda: has_it)
+        assert backbones.resolve_precision("auto") == expected
+        assert backbones.resolve_precision("float32") == "float32"
+    with pytest.raises(ValueError, match="unknown precision 'float16'"):
+        backbones.resolve_precision("float16")

@@ -108,3 +108,19 @@ def test_resnet50_path_with_random_weights_trains_and_saves(tmp_path):
     assert metrics["images"] == 8
     info = model_lib.describe(model_lib.load(run_dir))
     assert (info.backbone, info.image_size) == ("resnet50", 224)
+
+
+def test_bfloat16_run_saves_a_model_with_float32_output_that_predicts_as_in_training(tmp_path):
+    root = real_dataset(tmp_path / "data", train_per_class=20, test_per_class=10)
+    config = TrainConfig(data_dir=str(root), backbone="efficientnet_lite0", precision="bfloat16",
+                         runs_dir=str(tmp_path / "runs"), name="bf16", max_epochs=20)
+    run_dir, metrics = train(config)
+    assert json.loads(open(f"{run_dir}/config.json").read())["precision"] == "bfloat16"
+    model = model_lib.load(run_dir)  # a fresh load: the dtype policies come from the file
+    assert model.get_layer("efficientnet_lite0").get_layer("stem_conv").compute_dtype == "bfloat16"
+    assert model.get_layer("head").compute_dtype == "float32" and model.output.dtype == "float32"
+    rows = read_csv(f"{run_dir}/predictions.csv")
+    predicted = predict.predict_files(model, [r["path"] for r in rows])
+    assert [p["label"] for p in predicted] == [r["predicted"] for r in rows]
+    difference = [abs(p["probabilities"]["dogs"] - float(r["p_dogs"])) for p, r in zip(predicted, rows)]
+    assert max(difference) < 1e-5  # the same bfloat16 computation as when the features were cached

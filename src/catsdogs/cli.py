@@ -207,11 +207,20 @@ def build_parser():
     return parser
 
 
+class _NoRetracingWarnings(logging.Filter):
+    """Drops TensorFlow's warning that a graph was traced again: catsdogs does so on purpose, once
+    per model and batch shape (the last batch is smaller)."""
+
+    def filter(self, record):
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     for noisy in ("absl", "tensorflow", "h5py", "matplotlib", "PIL", "tf2onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("tensorflow").addFilter(_NoRetracingWarnings())
     from catsdogs.backbones import WeightsError
     from catsdogs.data import DataError
     from catsdogs.images import ImageError

@@ -124,22 +124,18 @@ def size_in_bytes(path):
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
-def compare_predictions(reference, exported, paths, batch_size=32):
-    """How closely an exported model agrees with the Keras model, photo by photo.
+def compare_predictions(expected, got, class_names):
+    """How closely two models' predictions of the same photos agree, photo by photo.
 
     Args:
-        reference: the Keras model.
-        exported: the exported model in its runtime (or another Keras model).
-        paths: photos to compare on.
-        batch_size: images per forward pass.
+        expected: rows of `predict.predict_files` by the reference model.
+        got: rows by the other model, same photos in the same order.
+        class_names: the models' classes.
 
     Returns:
         dict: images compared, max and mean absolute probability difference, agreement rate of
         the predicted labels, and the photos where the labels differ.
     """
-    class_names = model_lib.describe(reference).class_names
-    expected = predict.predict_files(reference, paths, batch_size)
-    got = predict.predict_files(exported, paths, batch_size)
     pairs = [(e, g) for e, g in zip(expected, got) if "error" not in e and "error" not in g]
     if not pairs:
         raise data.DataError("none of the photos to compare on could be read")
@@ -212,6 +208,7 @@ def export_model(run_or_model, format, output=None, quantization="float32", data
                       f"the photo by bilinear interpolation with antialiasing (tf.image.resize, antialias=True), no crop",
         "output": f"probabilities of {info.class_names}",
         "source": os.path.abspath(model_path),
+        "source_precision": model_lib.compute_precision(model),
         "calibration_images": len(calibration) if calibration is not None else 0,
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "versions": {module: importlib.import_module(module).__version__ for module in VERSIONED_MODULES[format]},
@@ -219,8 +216,20 @@ def export_model(run_or_model, format, output=None, quantization="float32", data
     with open(os.path.join(folder, runtimes.EXPORT_INFO_FILE), "w") as f:
         json.dump(metadata, f, indent=2)
 
+    # The reference is the Keras model in the precision of the export: float32, unless it is the
+    # Keras model itself. A model that computes in bfloat16 is also compared as it is.
     exported = runtimes.load(folder)
-    parity = compare_predictions(model, exported, sample(test_paths, parity_images), batch_size)
+    photos = sample(test_paths, parity_images)
+    got = predict.predict_files(exported, photos, batch_size)
+    as_saved = predict.predict_files(model, photos, batch_size)
+    precision = model_lib.compute_precision(model)
+    if format == "keras" or precision == "float32":
+        parity = {"reference": f"the Keras model ({precision})", **compare_predictions(as_saved, got, info.class_names)}
+    else:
+        float32 = predict.predict_files(model_lib.float32_model(model), photos, batch_size)
+        parity = {"reference": "the Keras model computing in float32",
+                  **compare_predictions(float32, got, info.class_names),
+                  "saved_bfloat16_model": compare_predictions(as_saved, got, info.class_names)}
     batch = features.decoded_images(test_paths[:batch_size], info.image_size, batch_size)
     parity.update({
         "format": format,
@@ -239,14 +248,16 @@ def export_model(run_or_model, format, output=None, quantization="float32", data
 
 def format_parity(folder, parity):
     """A few lines for the terminal: agreement, probability difference, speed and size."""
-    lines = [
-        f"exported {parity['format']}"
-        + (f" ({parity['quantization']})" if parity["format"] == "tflite" else "") + f" to {folder}",
-        f"parity with the Keras model on {parity['images']} test photos: {parity['agreement']:.2%} same label, "
-        f"max probability difference {parity['max_abs_probability_difference']:.2e} "
-        f"(mean {parity['mean_abs_probability_difference']:.2e})",
-        f"speed (forward pass, batch {parity['batch_size']}): {parity['images_per_second']:.1f} images/s "
-        f"(Keras: {parity['keras_images_per_second']:.1f})   size: {parity['bytes'] / 1e6:.1f} MB",
-    ]
+    def agreement(result, reference):
+        return (f"parity with {reference} on {result['images']} test photos: {result['agreement']:.2%} same label, "
+                f"max probability difference {result['max_abs_probability_difference']:.2e} "
+                f"(mean {result['mean_abs_probability_difference']:.2e})")
+
+    lines = [f"exported {parity['format']}" + (f" ({parity['quantization']})" if parity["format"] == "tflite" else "")
+             + f" to {folder}", agreement(parity, parity["reference"])]
     lines += [f"  differs: {d['path']}" for d in parity["disagreements"][:10]]
+    if "saved_bfloat16_model" in parity:
+        lines.append(agreement(parity["saved_bfloat16_model"], "the Keras model as saved (bfloat16)"))
+    lines.append(f"speed (forward pass, batch {parity['batch_size']}): {parity['images_per_second']:.1f} images/s "
+                 f"(Keras: {parity['keras_images_per_second']:.1f})   size: {parity['bytes'] / 1e6:.1f} MB")
     return "\n".join(lines)

@@ -61,8 +61,26 @@ def assemble(extractor, head, class_names, temperature=1.0, threshold=0.5):
     return keras.Model(image, probabilities, name="catsdogs")
 
 
+def compute_precision(model):
+    """"bfloat16" if any layer of the model computes in bfloat16 (mixed precision), else "float32"."""
+    layers_below = [model]
+    while layers_below:
+        layer = layers_below.pop()
+        if layer.compute_dtype == "bfloat16":
+            return "bfloat16"
+        layers_below += getattr(layer, "layers", [])
+    return "float32"
+
+
 def _float32_layer(layer):
     return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+
+def float32_model(model):
+    """The same model, with the same weights, computing in float32 throughout."""
+    float32 = keras.models.clone_model(model, clone_function=_float32_layer, recursive=True)
+    float32.set_weights(model.get_weights())
+    return float32
 
 
 def fixed_size_model(model):
@@ -80,8 +98,7 @@ def fixed_size_model(model):
         probabilities out.
     """
     info = describe(model)
-    float32 = keras.models.clone_model(model, clone_function=_float32_layer, recursive=True)
-    float32.set_weights(model.get_weights())
+    float32 = float32_model(model)
     pixels = keras.Input((info.image_size, info.image_size, 3), name="pixels")
     features = float32.get_layer(info.backbone)(pixels)
     probabilities = float32.get_layer("probabilities")(float32.get_layer("head")(features))

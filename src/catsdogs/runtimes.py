@@ -141,6 +141,19 @@ def export_folder_of(path):
     return None
 
 
+def _exports_in_format(run_dir, format):
+    """Export folders below run_dir/exports whose format is `format`."""
+    exports = os.path.join(run_dir, "exports")
+    found = []
+    for name in sorted(os.listdir(exports)) if os.path.isdir(exports) else []:
+        info_file = os.path.join(exports, name, EXPORT_INFO_FILE)
+        if os.path.isfile(info_file):
+            with open(info_file) as f:
+                if json.load(f)["format"] == format:
+                    found.append(os.path.join(exports, name))
+    return found
+
+
 def load(path, runtime=None):
     """Loads a model to predict with, in the runtime that its format needs.
 
@@ -159,11 +172,10 @@ def load(path, runtime=None):
     else:
         held = "keras"
     if runtime and runtime != held:
-        exports = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "exports")
-        found = sorted(os.listdir(exports)) if not folder and os.path.isdir(exports) else []
-        raise ValueError(f"{path} holds a {held} model, not a {runtime} one. "
-                         + (f"Its exports are in {exports}: {', '.join(found)}; pass one of them. " if found else "")
-                         + f"To make one: catsdogs export {path} --format {runtime}")
+        found = [] if folder else _exports_in_format(path if os.path.isdir(path) else os.path.dirname(path), runtime)
+        raise ValueError(f"{path} holds a {held} model, but runtime {runtime} runs {runtime} exports. "
+                         + (f"Pass one of its {runtime} exports: {', '.join(found)}" if found
+                            else f"To make one: catsdogs export {path} --format {runtime}"))
     if held == "keras":
         return model_lib.load(path)
     return EXPORTED_MODELS[held](folder)

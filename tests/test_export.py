@@ -1,0 +1,92 @@
+"""Exports checked against the Keras model on real photos, and predicting with them."""
+
+import json
+
+import pytest
+
+from catsdogs import export, predict, runtimes
+from catsdogs.cli import main
+from conftest import photo
+
+PARITY_FILE_FIELDS = {"reference", "images", "max_abs_probability_difference", "mean_abs_probability_difference",
+                      "agreement", "disagreements", "format", "quantization", "bytes", "images_per_second",
+                      "keras_images_per_second", "batch_size", "export_seconds"}
+
+
+@pytest.fixture(scope="module")
+def exports(lite0_run, tmp_path_factory):
+    """The lite0 run exported to ONNX, TFLite float32 and TFLite int8, each checked on 12 test photos."""
+    run_dir = lite0_run[0]
+    folders = {}
+    for format, quantization in (("onnx", "float32"), ("tflite", "float32"), ("tflite", "int8")):
+        folders[format, quantization], _ = export.export_model(
+            run_dir, format, quantization=quantization, parity_images=12, calibration_images=16, batch_size=8)
+    return folders
+
+
+@pytest.mark.parametrize("format, quantization", [("onnx", "float32"), ("tflite", "float32"), ("tflite", "int8")])
+def test_export_agrees_with_the_keras_model_on_real_photos(exports, lite0_run, format, quantization):
+    folder = exports[format, quantization]
+    assert folder == export.default_output(lite0_run[0] / "model.keras", format, quantization)
+    parity = json.loads(open(f"{folder}/{export.PARITY_FILE}").read())
+    assert PARITY_FILE_FIELDS <= set(parity) and parity["images"] == 12
+    assert parity["bytes"] > 1e6 and parity["images_per_second"] > 0
+    if quantization == "float32":
+        assert parity["agreement"] == 1.0 and parity["max_abs_probability_difference"] < 1e-4
+    else:  # int8 quantization changes probabilities visibly, and may flip a borderline photo
+        assert parity["agreement"] >= 10 / 12 and 1e-4 < parity["mean_abs_probability_difference"] < 0.1
+        assert parity["bytes"] < 0.4 * json.loads(open(f"{exports['tflite', 'float32']}/parity.json").read())["bytes"]
+    metadata = json.loads(open(f"{folder}/{runtimes.EXPORT_INFO_FILE}").read())
+    assert metadata["model"]["class_names"] == ["cats", "dogs"] and metadata["format"] == format
+    assert metadata["calibration_images"] == (16 if quantization == "int8" else 0)
+
+
+def test_predict_runs_exports_like_the_keras_model(exports, lite0_run, capsys):
+    run_dir = lite0_run[0]
+    photos = [str(photo("test", "cats", 4300)), str(photo("test", "dogs", 4300)), str(photo("test", "dogs", 4301))]
+    keras_rows = predict.predict_files(runtimes.load(run_dir), photos)
+    for (format, quantization), folder in exports.items():
+        runtime = format
+        assert main(["predict", folder, *photos, "--runtime", runtime, "--json"]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        assert [r["path"] for r in rows] == photos
+        if quantization == "float32":
+            assert [r["label"] for r in rows] == [r["label"] for r in keras_rows]
+            for row, expected in zip(rows, keras_rows):
+                # The run's model computes in bfloat16 where the CPU has it; exports compute in float32.
+                assert abs(row["probabilities"]["dogs"] - expected["probabilities"]["dogs"]) < 0.05
+    loaded = runtimes.load(f"{exports['onnx', 'float32']}/model.onnx")  # the file itself will do
+    assert isinstance(loaded, runtimes.OnnxModel) and loaded.info.image_size == 224
+
+
+def test_wrong_runtime_says_how_to_export(exports, lite0_run, capsys):
+    run_dir = lite0_run[0]
+    cat = str(photo("test", "cats", 4001))
+    assert main(["predict", str(run_dir), cat, "--runtime", "tflite"]) == 2
+    error = capsys.readouterr().err
+    assert "holds a keras model, but runtime tflite runs tflite exports" in error
+    assert f"{exports['tflite', 'float32']}, {exports['tflite', 'int8']}" in error
+    assert main(["predict", str(run_dir), cat, "--runtime", "savedmodel"]) == 2
+    assert f"To make one: catsdogs export {run_dir} --format savedmodel" in capsys.readouterr().err
+    assert main(["predict", exports["onnx", "float32"], cat, "--runtime", "tflite"]) == 2
+    assert "holds a onnx model" in capsys.readouterr().err
+
+
+def test_missing_runtime_package_says_what_to_install(lite0_run, monkeypatch, capsys):
+    real_import = runtimes.importlib.import_module
+
+    def without_onnxruntime(name):
+        if name == "onnxruntime":
+            raise ImportError(name)
+        return real_import(name)
+
+    monkeypatch.setattr(runtimes.importlib, "import_module", without_onnxruntime)
+    assert main(["export", str(lite0_run[0]), "--format", "onnx"]) == 2
+    error = capsys.readouterr().err
+    assert "onnxruntime" in error and "pip install 'catsdogs[onnx]'" in error
+
+
+def test_export_never_overwrites_a_folder_it_did_not_write(lite0_run, tmp_path, capsys):
+    (tmp_path / "precious.txt").write_text("keep me")
+    assert main(["export", str(lite0_run[0]), "--format", "keras", "--output", str(tmp_path)]) == 2
+    assert "not an earlier export" in capsys.readouterr().err and (tmp_path / "precious.txt").exists()
