@@ -33,7 +33,7 @@ def test_bench_runs_offline_resnet50_on_random_weights_and_says_why(tmp_path, mo
 
     monkeypatch.setattr(config, "_KERAS_DIR", str(tmp_path))  # nothing cached
     monkeypatch.setattr(resnet, "BASE_WEIGHTS_PATH", "http://127.0.0.1:9/")  # nothing listens there
-    extractor, weights, why = bench._extractor_with_fallback("resnet50", "float32")
+    extractor, weights, why = bench.extractor_with_available_weights("resnet50", "float32")
     assert weights == "random" and "ImageNet weights are not in the Keras cache" in why
     assert extractor.output_shape == (None, 2048)
 

@@ -112,15 +112,21 @@ def peak_rss_mb():
     return peak / 2**20 if platform.system() == "Darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
-def _extractor_with_fallback(backbone, precision):
-    """The backbone with ImageNet weights, or with random ones (and why) where those cannot be had."""
+def extractor_with_available_weights(backbone, precision, fold_batch_norm=True):
+    """The backbone with ImageNet weights, or with random ones where those cannot be had.
+
+    Returns:
+        (extractor, "imagenet" or "random", why not ImageNet or "").
+    """
     from catsdogs.backbones import WeightsError, build_feature_extractor
 
     try:
-        return build_feature_extractor(backbone, "imagenet", precision=precision), "imagenet", ""
+        return build_feature_extractor(backbone, "imagenet", precision=precision,
+                                       fold_batch_norm=fold_batch_norm), "imagenet", ""
     except WeightsError as error:
         reason = str(error).splitlines()[0]
-        return build_feature_extractor(backbone, "random", precision=precision), "random", reason
+        return build_feature_extractor(backbone, "random", precision=precision,
+                                       fold_batch_norm=fold_batch_norm), "random", reason
 
 
 def measure(backbone, precision, batch_sizes, paths, repeats):
@@ -135,7 +141,7 @@ def measure(backbone, precision, batch_sizes, paths, repeats):
     from catsdogs import features
     from catsdogs import model as model_lib
 
-    extractor, weights, weights_note = _extractor_with_fallback(backbone, precision)
+    extractor, weights, weights_note = extractor_with_available_weights(backbone, precision)
     image_size = extractor.input_shape[1]
     keras.utils.set_random_seed(0)
     head = model_lib.build_head(extractor.output_shape[-1], 2)
@@ -161,7 +167,7 @@ def export_onnx(backbone, path):
     """
     import tensorflow as tf
 
-    extractor, weights, weights_note = _extractor_with_fallback(backbone, "float32")
+    extractor, weights, weights_note = extractor_with_available_weights(backbone, "float32")
     image_size = extractor.input_shape[1]
     signature = [tf.TensorSpec((None, image_size, image_size, 3), tf.float32, name="pixels")]
     with warnings.catch_warnings():  # Keras' numpy 2 patch of tf2onnx touches np.object

@@ -5,7 +5,8 @@ import json
 import logging
 import sys
 
-from catsdogs.config import EXPORT_FORMATS, PRECISIONS, QUANTIZATIONS, RUNTIMES, TrainConfig, default_cache_dir
+from catsdogs.config import (EXPORT_FORMATS, INFERENCE_BATCH_SIZE, PRECISIONS, QUANTIZATIONS, RUNTIMES, TrainConfig,
+                             default_cache_dir)
 
 EPILOG = "Run `catsdogs COMMAND -h` for the options of a command."
 
@@ -58,7 +59,8 @@ def _add_train(commands):
     p.add_argument("--test-fraction", type=float, default=defaults.test_fraction,
                    help="fraction held out for testing when the dataset has no test folder")
     p.add_argument("--seed", type=int, default=defaults.seed, help="makes splits and training repeatable")
-    p.add_argument("--extract-batch-size", type=int, default=defaults.extract_batch_size)
+    p.add_argument("--extract-batch-size", type=int, default=defaults.extract_batch_size,
+                   help="images per forward pass of the backbone (default: %(default)s)")
     p.add_argument("--cache-dir", default=default_cache_dir(), help="feature and weights cache (default: %(default)s)")
     p.add_argument("--runs-dir", default=defaults.runs_dir, help="where run directories are created")
     p.add_argument("--name", default="", help="run directory name (default: backbone and time)")
@@ -140,7 +142,7 @@ def _add_export(commands):
                    help="test photos to check the export on, drawn at random (0: all; default: %(default)s)")
     p.add_argument("--calibration-images", type=int, default=200,
                    help="training photos that calibrate int8 quantization (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=INFERENCE_BATCH_SIZE, help="images per forward pass")
     p.set_defaults(func=_export)
 
 
@@ -184,7 +186,7 @@ def build_parser():
     p.add_argument("model", help="run directory or .keras model file")
     p.add_argument("--data", required=True, help="dataset with a test folder, or a folder of class folders")
     p.add_argument("--output", help="folder for metrics, predictions, figures and report.html")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=INFERENCE_BATCH_SIZE, help="images per forward pass")
     p.set_defaults(func=_evaluate)
 
     p = commands.add_parser("predict", help="predict the class of photos")
@@ -193,7 +195,7 @@ def build_parser():
     output = p.add_mutually_exclusive_group()
     output.add_argument("--csv", metavar="FILE", help="write the predictions to a CSV file")
     output.add_argument("--json", action="store_true", help="print the predictions as JSON")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=INFERENCE_BATCH_SIZE, help="images per forward pass")
     p.add_argument("--runtime", choices=RUNTIMES,
                    help="engine to run the model in; it must match what MODEL holds (default: what it holds: "
                         "a run directory or .keras file is Keras, an export folder its format)")

@@ -10,6 +10,9 @@ PRECISIONS = ("float32", "bfloat16")  # compute precision of a backbone
 EXPORT_FORMATS = ("keras", "savedmodel", "onnx", "tflite")
 QUANTIZATIONS = ("float32", "float16", "int8")  # of TFLite exports
 RUNTIMES = EXPORT_FORMATS  # what runs a model: Keras itself, or the runtime of an export format
+# Images per forward pass when extracting features or predicting: measured fastest of 16, 32 and 64
+# for both backbones and precisions on a 2-core Zen CPU (docs/BENCHMARKS.md), and small enough in memory.
+INFERENCE_BATCH_SIZE = 64
 
 
 def default_cache_dir():
@@ -40,7 +43,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     test_fraction: float = 0.2  # only when the dataset has no test folder
     seed: int = 42
-    extract_batch_size: int = 32
+    extract_batch_size: int = INFERENCE_BATCH_SIZE
     cache_dir: str = dataclasses.field(default_factory=default_cache_dir)
     runs_dir: str = "runs"
     name: str = ""

@@ -9,6 +9,7 @@ from sklearn import metrics as skm
 
 from catsdogs import data, features, report
 from catsdogs import model as model_lib
+from catsdogs.config import INFERENCE_BATCH_SIZE
 
 
 def predicted_classes(probabilities, threshold=0.5):
@@ -118,7 +119,7 @@ def write_evaluation(folder, paths, y_true, probabilities, class_names, threshol
     return metrics
 
 
-def evaluate_model(run_or_model, data_dir, output_dir=None, batch_size=32):
+def evaluate_model(run_or_model, data_dir, output_dir=None, batch_size=INFERENCE_BATCH_SIZE):
     """Evaluates a saved model on labelled images and writes the evaluation files.
 
     Args:

@@ -20,7 +20,7 @@ import numpy as np
 from catsdogs import data, features, predict, report, runtimes
 from catsdogs import model as model_lib
 from catsdogs.bench import forward_rate
-from catsdogs.config import EXPORT_FORMATS, QUANTIZATIONS
+from catsdogs.config import EXPORT_FORMATS, INFERENCE_BATCH_SIZE, QUANTIZATIONS
 
 FILE_NAMES = {"keras": model_lib.MODEL_FILE, "savedmodel": "saved_model", "onnx": "model.onnx", "tflite": "model.tflite"}
 PARITY_FILE = "parity.json"
@@ -60,15 +60,24 @@ def known_photos(model_path, data_dir=None):
     """
     if data_dir:
         dataset = data.discover(data_dir)
-        train = dataset.splits.get("train") or dataset.splits.get("all")
-        test = dataset.splits.get("test") or dataset.splits.get("all")
-        return [s.path for s in train], [s.path for s in test]
-    splits_file = os.path.join(os.path.dirname(model_path), "splits.csv")
-    if not os.path.isfile(splits_file):
-        raise data.DataError(f"{model_path} is not in a run directory with splits.csv, so the photos to check the "
-                             f"export on are unknown: pass --data DATASET_DIR")
-    rows = report.read_csv(splits_file)
-    return [r["path"] for r in rows if r["split"] == "train"], [r["path"] for r in rows if r["split"] == "test"]
+        train = dataset.splits.get("train") or dataset.splits.get("all") or []
+        test = dataset.splits.get("test") or dataset.splits.get("all") or []
+        train, test = [s.path for s in train], [s.path for s in test]
+        source = data_dir
+    else:
+        source = os.path.join(os.path.dirname(model_path), "splits.csv")
+        if not os.path.isfile(source):
+            raise data.DataError(f"{model_path} is not in a run directory with splits.csv, so the photos to check "
+                                 f"the export on are unknown: pass --data DATASET_DIR")
+        rows = report.read_csv(source)
+        train = [r["path"] for r in rows if r["split"] == "train"]
+        test = [r["path"] for r in rows if r["split"] == "test"]
+        if test and not os.path.exists(test[0]):
+            raise data.DataError(f"the photos that {source} lists are not found from here (e.g. {test[0]}): run from "
+                                 f"the folder where the model was trained, or pass --data DATASET_DIR")
+    if not test:
+        raise data.DataError(f"{source}: no test photos to check the export on")
+    return train, test
 
 
 def _tflite_options(quantization, calibration_images):
@@ -163,7 +172,7 @@ def _prepare_folder(folder):
 
 
 def export_model(run_or_model, format, output=None, quantization="float32", data_dir=None, parity_images=200,
-                 calibration_images=200, batch_size=32):
+                 calibration_images=200, batch_size=INFERENCE_BATCH_SIZE):
     """Exports a model, then checks the export against the Keras model on real test photos.
 
     Args:
@@ -190,6 +199,9 @@ def export_model(run_or_model, format, output=None, quantization="float32", data
     train_paths, test_paths = known_photos(model_path, data_dir)
     calibration = None
     if quantization == "int8":
+        if not train_paths:
+            raise data.DataError("int8 quantization is calibrated on training photos, and none are known: "
+                                 "pass --data DATASET_DIR with a training folder")
         calibration = features.decoded_images(sample(train_paths, calibration_images), info.image_size, batch_size)
 
     folder = output or default_output(model_path, format, quantization)

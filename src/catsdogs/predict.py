@@ -6,6 +6,7 @@ import numpy as np
 
 from catsdogs import evaluate, features
 from catsdogs import model as model_lib
+from catsdogs.config import INFERENCE_BATCH_SIZE
 from catsdogs.runtimes import ExportedModel
 
 
@@ -23,7 +24,7 @@ def expand_inputs(inputs):
     return paths
 
 
-def predict_files(model, inputs, batch_size=32):
+def predict_files(model, inputs, batch_size=INFERENCE_BATCH_SIZE):
     """Predicts every image among the inputs; an unreadable one gets an error, not an exception.
 
     Args:

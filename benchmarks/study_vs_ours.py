@@ -1,0 +1,156 @@
+"""The study's way of training against catsdogs' way, on the same photos, backbone and machine.
+
+The study's way (the original notebook): a Keras image generator decodes every photo on every
+epoch and the frozen backbone runs on all of them each time, inside `fit(epochs=10,
+validation_data=...)`. Keras 3 no longer has `ImageDataGenerator`; its replacement,
+`keras.utils.image_dataset_from_directory`, decodes and resizes every photo on every epoch in the
+same way (and faster, with TensorFlow's decoder and prefetching). The backbone is the plain
+Keras one in float32 with its BatchNormalization layers, as the study had it.
+
+catsdogs' way: `catsdogs train` with a cold feature cache, so that computing the features counts:
+integrity scan, features once (bfloat16 where the CPU has it, BatchNormalization folded), the
+same head (256 ReLU units, dropout 0.5, Adam 1e-3, batch 32) for the same 10 epochs on cached
+features, evaluation, figures and report. It runs a second time in float32 to show what the
+cache alone gives.
+
+Timing uses ResNet-50 with random weights (ImageNet weights cannot be downloaded here; the time
+does not depend on them); accuracy uses EfficientNet-Lite0 with its real ImageNet weights. Each
+way runs in a fresh process; the time is measured inside it, from the start of the work to the
+test accuracy, so that importing TensorFlow counts for neither.
+
+    flock /tmp/catsdogs-heavy.lock .venv/bin/python benchmarks/study_vs_ours.py
+"""
+
+import argparse
+import concurrent.futures
+import json
+import multiprocessing
+import os
+import pathlib
+import shutil
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EPOCHS = 10
+BATCH_SIZE = 32
+SEED = 42
+
+
+def link_slice(source, target, train_per_class, test_per_class):
+    """A Kaggle-layout dataset of symlinks to the first photos of each class (never copies)."""
+    for split, folder, count in (("train", "training_set", train_per_class), ("test", "test_set", test_per_class)):
+        for cls in ("cats", "dogs"):
+            photos = sorted((source / folder / cls).iterdir(), key=lambda p: int(p.stem.split(".")[1]))[:count]
+            (target / folder / cls).mkdir(parents=True)
+            for photo in photos:
+                (target / folder / cls / photo.name).symlink_to(photo)
+    return target
+
+
+def study_way(data_dir, backbone, weights, cache_dir):
+    """The notebook's training: generator over files, frozen float32 backbone on every photo every epoch.
+
+    Returns:
+        dict: seconds, test accuracy, epochs.
+    """
+    os.environ["CATSDOGS_CACHE"] = cache_dir
+    import keras
+
+    from catsdogs.backbones import build_feature_extractor
+
+    start = time.perf_counter()
+    train, val = keras.utils.image_dataset_from_directory(
+        f"{data_dir}/training_set", label_mode="binary", image_size=(224, 224), batch_size=BATCH_SIZE,
+        validation_split=0.2, subset="both", seed=SEED)
+    test = keras.utils.image_dataset_from_directory(
+        f"{data_dir}/test_set", label_mode="binary", image_size=(224, 224), batch_size=BATCH_SIZE, shuffle=False)
+    keras.utils.set_random_seed(SEED)
+    extractor = build_feature_extractor(backbone, weights, precision="float32", fold_batch_norm=False)
+    inputs = keras.Input((224, 224, 3))
+    x = keras.layers.Dense(256, activation="relu")(extractor(inputs))
+    x = keras.layers.Dropout(0.5)(x)
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+    model.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy", metrics=["accuracy"])
+    model.fit(train, validation_data=val, epochs=EPOCHS, verbose=2)
+    _, accuracy = model.evaluate(test, verbose=0)
+    return {"seconds": time.perf_counter() - start, "accuracy": float(accuracy), "epochs": EPOCHS}
+
+
+def our_way(data_dir, backbone, weights, cache_dir, precision, runs_dir):
+    """`catsdogs train` with a cold feature cache and the same head for the same epochs.
+
+    Returns:
+        dict: seconds, test accuracy, epochs, precision.
+    """
+    os.environ["CATSDOGS_CACHE"] = cache_dir
+    from catsdogs.backbones import resolve_precision
+    from catsdogs.config import TrainConfig
+    from catsdogs.train import train
+
+    config = TrainConfig(data_dir=data_dir, backbone=backbone, weights=weights, precision=precision,
+                         max_epochs=EPOCHS, patience=EPOCHS, batch_size=BATCH_SIZE, cache_dir=cache_dir,
+                         runs_dir=runs_dir, seed=SEED)
+    start = time.perf_counter()
+    _, metrics = train(config)
+    return {"seconds": time.perf_counter() - start, "accuracy": metrics["accuracy"], "epochs": EPOCHS,
+            "precision": resolve_precision(precision)}
+
+
+def converted_weights(cache_dir):
+    """Converts Lite0's ImageNet weights into a cache once, outside any timing."""
+    os.environ["CATSDOGS_CACHE"] = cache_dir
+    from catsdogs.backbones import build_feature_extractor
+
+    build_feature_extractor("efficientnet_lite0")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cats-and-dogs"))
+    parser.add_argument("--train-per-class", type=int, default=1000)
+    parser.add_argument("--test-per-class", type=int, default=250)
+    parser.add_argument("--output", help="write the results as JSON")
+    args = parser.parse_args()
+
+    context = multiprocessing.get_context("spawn")
+
+    def in_fresh_process(function, *function_args):
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+            return pool.submit(function, *function_args).result()
+
+    results = []
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = pathlib.Path(scratch)
+        data_dir = str(link_slice(pathlib.Path(args.data), scratch / "data", args.train_per_class, args.test_per_class))
+        weights_cache = str(scratch / "weights-cache")
+        in_fresh_process(converted_weights, weights_cache)
+        cases = [("timing", "resnet50", "random"), ("accuracy", "efficientnet_lite0", "imagenet")]
+        for purpose, backbone, weights in cases:
+            ways = [("study", study_way, ()), ("catsdogs", our_way, ("auto",))]
+            if purpose == "timing":
+                ways.append(("catsdogs float32", our_way, ("float32",)))
+            for way, function, extra in ways:
+                cache = scratch / f"cache-{backbone}-{way.replace(' ', '-')}"  # a cold feature cache for each
+                shutil.copytree(weights_cache, cache)
+                extra = (*extra, str(scratch / "runs")) if function is our_way else extra
+                result = in_fresh_process(function, data_dir, backbone, weights, str(cache), *extra)
+                results.append({"purpose": purpose, "backbone": backbone, "weights": weights, "way": way, **result})
+                print(f"{backbone} ({weights} weights), {way}: {result['seconds']:.1f} s, "
+                      f"test accuracy {result['accuracy']:.4f}", flush=True)
+
+    images = (f"{2 * args.train_per_class} training photos ({args.train_per_class} per class, 20% of them for "
+              f"validation) and {2 * args.test_per_class} test photos, the first of each class")
+    print(f"\n{images}; {EPOCHS} epochs each way\n")
+    print(f"{'backbone':<31}{'way':<18}{'wall time s':>12}{'speed-up':>10}{'test accuracy':>15}")
+    for result in results:
+        study = next(r for r in results if r["backbone"] == result["backbone"] and r["way"] == "study")
+        print(f"{result['backbone'] + ' (' + result['weights'] + ')':<31}{result['way']:<18}{result['seconds']:12.1f}"
+              f"{study['seconds'] / result['seconds']:9.1f}x{result['accuracy']:15.4f}")
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump({"images": images, "epochs": EPOCHS, "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
