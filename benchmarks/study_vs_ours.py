@@ -28,13 +28,13 @@ import multiprocessing
 import os
 import pathlib
 import shutil
+import statistics
 import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EPOCHS = 10
 BATCH_SIZE = 32
-SEED = 42
 
 
 def link_slice(source, target, train_per_class, test_per_class):
@@ -48,7 +48,7 @@ def link_slice(source, target, train_per_class, test_per_class):
     return target
 
 
-def study_way(data_dir, backbone, weights, cache_dir):
+def study_way(data_dir, backbone, weights, cache_dir, seed):
     """The notebook's training: generator over files, frozen float32 backbone on every photo every epoch.
 
     Returns:
@@ -62,10 +62,10 @@ def study_way(data_dir, backbone, weights, cache_dir):
     start = time.perf_counter()
     train, val = keras.utils.image_dataset_from_directory(
         f"{data_dir}/training_set", label_mode="binary", image_size=(224, 224), batch_size=BATCH_SIZE,
-        validation_split=0.2, subset="both", seed=SEED)
+        validation_split=0.2, subset="both", seed=seed)
     test = keras.utils.image_dataset_from_directory(
         f"{data_dir}/test_set", label_mode="binary", image_size=(224, 224), batch_size=BATCH_SIZE, shuffle=False)
-    keras.utils.set_random_seed(SEED)
+    keras.utils.set_random_seed(seed)
     extractor = build_feature_extractor(backbone, weights, precision="float32", fold_batch_norm=False)
     inputs = keras.Input((224, 224, 3))
     x = keras.layers.Dense(256, activation="relu")(extractor(inputs))
@@ -77,7 +77,7 @@ def study_way(data_dir, backbone, weights, cache_dir):
     return {"seconds": time.perf_counter() - start, "accuracy": float(accuracy), "epochs": EPOCHS}
 
 
-def our_way(data_dir, backbone, weights, cache_dir, precision, runs_dir):
+def our_way(data_dir, backbone, weights, cache_dir, seed, precision, runs_dir):
     """`catsdogs train` with a cold feature cache and the same head for the same epochs.
 
     Returns:
@@ -90,7 +90,7 @@ def our_way(data_dir, backbone, weights, cache_dir, precision, runs_dir):
 
     config = TrainConfig(data_dir=data_dir, backbone=backbone, weights=weights, precision=precision,
                          max_epochs=EPOCHS, patience=EPOCHS, batch_size=BATCH_SIZE, cache_dir=cache_dir,
-                         runs_dir=runs_dir, seed=SEED)
+                         runs_dir=runs_dir, seed=seed)
     start = time.perf_counter()
     _, metrics = train(config)
     return {"seconds": time.perf_counter() - start, "accuracy": metrics["accuracy"], "epochs": EPOCHS,
@@ -109,7 +109,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cats-and-dogs"))
     parser.add_argument("--train-per-class", type=int, default=1000)
-    parser.add_argument("--test-per-class", type=int, default=250)
+    parser.add_argument("--test-per-class", type=int, default=1000, help="default: the whole test folder")
+    parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], default=[42, 43, 44],
+                        help="seeds of the accuracy comparison, each way (the timing uses the first)")
     parser.add_argument("--output", help="write the results as JSON")
     args = parser.parse_args()
 
@@ -125,28 +127,34 @@ def main():
         data_dir = str(link_slice(pathlib.Path(args.data), scratch / "data", args.train_per_class, args.test_per_class))
         weights_cache = str(scratch / "weights-cache")
         in_fresh_process(converted_weights, weights_cache)
-        cases = [("timing", "resnet50", "random"), ("accuracy", "efficientnet_lite0", "imagenet")]
-        for purpose, backbone, weights in cases:
-            ways = [("study", study_way, ()), ("catsdogs", our_way, ("auto",))]
+        cases = [("timing", "resnet50", "random", args.seeds[:1]), ("accuracy", "efficientnet_lite0", "imagenet", args.seeds)]
+        for purpose, backbone, weights, seeds in cases:
+            ways = [("study", study_way, ()), ("catsdogs", our_way, ("auto", str(scratch / "runs")))]
             if purpose == "timing":
-                ways.append(("catsdogs float32", our_way, ("float32",)))
-            for way, function, extra in ways:
-                cache = scratch / f"cache-{backbone}-{way.replace(' ', '-')}"  # a cold feature cache for each
-                shutil.copytree(weights_cache, cache)
-                extra = (*extra, str(scratch / "runs")) if function is our_way else extra
-                result = in_fresh_process(function, data_dir, backbone, weights, str(cache), *extra)
-                results.append({"purpose": purpose, "backbone": backbone, "weights": weights, "way": way, **result})
-                print(f"{backbone} ({weights} weights), {way}: {result['seconds']:.1f} s, "
-                      f"test accuracy {result['accuracy']:.4f}", flush=True)
+                ways.append(("catsdogs float32", our_way, ("float32", str(scratch / "runs"))))
+            for seed in seeds:
+                for way, function, extra in ways:
+                    cache = scratch / f"cache-{backbone}-{way.replace(' ', '-')}-{seed}"  # cold for each run
+                    shutil.copytree(weights_cache, cache)
+                    result = in_fresh_process(function, data_dir, backbone, weights, str(cache), seed, *extra)
+                    results.append({"purpose": purpose, "backbone": backbone, "weights": weights, "way": way,
+                                    "seed": seed, **result})
+                    print(f"{backbone} ({weights} weights), {way}, seed {seed}: {result['seconds']:.1f} s, "
+                          f"test accuracy {result['accuracy']:.4f}", flush=True)
 
     images = (f"{2 * args.train_per_class} training photos ({args.train_per_class} per class, 20% of them for "
               f"validation) and {2 * args.test_per_class} test photos, the first of each class")
-    print(f"\n{images}; {EPOCHS} epochs each way\n")
-    print(f"{'backbone':<31}{'way':<18}{'wall time s':>12}{'speed-up':>10}{'test accuracy':>15}")
+    print(f"\n{images}; {EPOCHS} epochs each way; medians over seeds {args.seeds} for the accuracy runs\n")
+    print(f"{'backbone':<31}{'way':<18}{'wall time s':>12}{'speed-up':>10}{'test accuracy':>15}{'runs':>6}")
+    summary = {}
     for result in results:
-        study = next(r for r in results if r["backbone"] == result["backbone"] and r["way"] == "study")
-        print(f"{result['backbone'] + ' (' + result['weights'] + ')':<31}{result['way']:<18}{result['seconds']:12.1f}"
-              f"{study['seconds'] / result['seconds']:9.1f}x{result['accuracy']:15.4f}")
+        summary.setdefault((result["backbone"], result["weights"], result["way"]), []).append(result)
+    for (backbone, weights, way), runs in summary.items():
+        seconds = statistics.median(r["seconds"] for r in runs)
+        study = statistics.median(r["seconds"] for r in summary[backbone, weights, "study"])
+        accuracy = statistics.median(r["accuracy"] for r in runs)
+        print(f"{backbone + ' (' + weights + ')':<31}{way:<18}{seconds:12.1f}{study / seconds:9.1f}x"
+              f"{accuracy:15.4f}{len(runs):6d}")
     if args.output:
         with open(args.output, "w") as f:
             json.dump({"images": images, "epochs": EPOCHS, "results": results}, f, indent=2)

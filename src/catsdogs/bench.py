@@ -239,7 +239,7 @@ def run_bench(backbones=None, precisions=None, batch_sizes=DEFAULT_BATCH_SIZES, 
 
     Args:
         backbones: names from `backbones.BACKBONES`; default all.
-        precisions: from `backbones.PRECISIONS`; default both where the CPU has native bfloat16.
+        precisions: from `config.PRECISIONS`; default both where the CPU has native bfloat16.
         batch_sizes: images per forward pass to measure.
         images: photos to predict from files at each batch size.
         data_dir: a folder of photos (searched below); default: synthetic 500x375 JPEG photos.
@@ -251,7 +251,10 @@ def run_bench(backbones=None, precisions=None, batch_sizes=DEFAULT_BATCH_SIZES, 
         a JSON-ready dict: machine, settings, peaks and one result per backbone and precision.
     """
     from catsdogs.predict import expand_inputs
+    from catsdogs.runtimes import require
 
+    if onnx:
+        require("onnx")  # before minutes of measuring, not after
     backbones = [get_backbone(name).name for name in backbones or BACKBONES]  # unknown names fail here, not later
     precisions = precisions or (PRECISIONS if cpu_has_bfloat16() else ("float32",))
     repeats = 2 if quick else repeats
@@ -272,6 +275,7 @@ def run_bench(backbones=None, precisions=None, batch_sizes=DEFAULT_BATCH_SIZES, 
         else:
             paths = synthetic_photos(folder, images)
             report["photos"] = f"{len(paths)} synthetic 500x375 JPEG photos (no --data given)"
+
         def in_fresh_process(function, *args):
             with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
                 return pool.submit(function, *args).result()
@@ -281,9 +285,6 @@ def run_bench(backbones=None, precisions=None, batch_sizes=DEFAULT_BATCH_SIZES, 
             for precision in precisions:
                 report["results"].append(in_fresh_process(measure, backbone, precision, batch_sizes, paths, repeats))
             if onnx:
-                from catsdogs.runtimes import require
-
-                require("onnx")
                 path = os.path.join(folder, f"{backbone}.onnx")
                 weights, weights_note, gflop = in_fresh_process(export_onnx, backbone, path)
                 result = in_fresh_process(measure_onnx, backbone, path, batch_sizes, paths, repeats)
@@ -316,7 +317,8 @@ def format_report(report):
     lines.append("")
     lines += [f"{r['backbone']}: {r['gflop_per_image']:.2f} GFLOP per image" for r in report["results"]
               if r["precision"] == "float32" and r["runtime"] == "keras"]
-    notes = {f"{r['backbone']} ran with random weights ({r['weights_note']}); speed does not depend on them"
+    notes = {f"{r['backbone']} ran with random weights: its ImageNet weights are unavailable here (the JSON "
+             f"output says why); speed does not depend on the weights' values"
              for r in report["results"] if r["weights"] == "random"}
     lines += sorted(notes)
     lines.append("forward: the model alone on ready batches (median); files: decoding and resizing included, "
