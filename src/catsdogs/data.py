@@ -288,7 +288,7 @@ class ImagePipeline:
         ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), tf.range(len(paths))))
         # Fixed parallelism (one decoder per core, two batches ahead) instead of tf.data's autotuning,
         # which was measured to take CPU from the model it feeds and, when a second pipeline of
-        # the same process ends, to stall for 10-40 s (docs/BENCHMARKS.md).
+        # the same process ends, to stall for 9-40 s (docs/BENCHMARKS.md).
         options = tf.data.Options()
         options.autotune.enabled = False
         ds = ds.map(decode, num_parallel_calls=usable_cpus(), deterministic=True)
