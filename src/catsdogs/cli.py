@@ -30,16 +30,38 @@ def _add_train(commands):
     p.add_argument("--image-size", type=int, default=defaults.image_size, help="input side in pixels (default: the backbone's)")
     p.add_argument("--precision", choices=("float32", "bfloat16"), default=defaults.precision,
                    help="compute precision of the backbone")
-    p.add_argument("--head", choices=("dense", "linear"), default=defaults.head,
-                   help="dense: fully connected hidden layers with dropout, as in the study; linear: logistic regression")
+    p.add_argument("--head", choices=("linear", "dense"), default=defaults.head,
+                   help="linear (default, best on validation): logistic regression on standardised features, "
+                        "L2 strength chosen by cross-validation; dense: the study's fully connected layers with dropout")
     p.add_argument("--hidden-units", type=_int_list, default=defaults.hidden_units,
                    help="hidden layer sizes of a dense head, comma separated (default: 256)")
     p.add_argument("--dropout", type=float, default=defaults.dropout)
-    p.add_argument("--l2", type=float, default=defaults.l2, help="L2 penalty on the head's weights")
+    p.add_argument("--l2", type=float, default=defaults.l2, help="L2 penalty on a dense head's weights")
     p.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="head training batch size")
     p.add_argument("--max-epochs", type=int, default=defaults.max_epochs)
     p.add_argument("--patience", type=int, default=defaults.patience, help="early stopping patience in epochs")
+    p.add_argument("--fine-tune", action="store_true",
+                   help="stage 2: after the head, train the top blocks of the backbone end to end with augmentation "
+                        "(off by default: on a CPU each epoch takes minutes; the better model on validation is kept)")
+    p.add_argument("--fine-tune-blocks", type=int, default=defaults.fine_tune_blocks,
+                   help="how many of the backbone's last blocks to unfreeze (default: the backbone's own; "
+                        "ResNet-50: 3, its stage conv5)")
+    p.add_argument("--fine-tune-learning-rate", type=float, default=defaults.fine_tune_learning_rate)
+    p.add_argument("--fine-tune-epochs", type=int, default=defaults.fine_tune_epochs)
+    p.add_argument("--fine-tune-patience", type=int, default=defaults.fine_tune_patience)
+    p.add_argument("--fine-tune-batch-size", type=int, default=defaults.fine_tune_batch_size)
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=defaults.augment,
+                   help="random flips, small rotations, zooms, shifts and contrast while fine-tuning")
+    p.add_argument("--tta", action="store_true",
+                   help="also report validation and test with test-time augmentation (photo and mirror image averaged)")
+    p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=defaults.calibrate,
+                   help="temperature scaling on the validation split, so probabilities mean what they say")
+    p.add_argument("--target", default=defaults.target, metavar="METRIC:CLASS=VALUE",
+                   help="choose the decision threshold on validation for a target, e.g. precision:dogs=0.99 "
+                        "or recall:cats=0.995 (two classes only; default: threshold 0.5)")
+    p.add_argument("--exclude", default=defaults.exclude, metavar="FILE",
+                   help="file listing training images to leave out (confirmed label errors); never test images")
     p.add_argument("--val-fraction", type=float, default=defaults.val_fraction,
                    help="fraction of the training images held out for validation (stratified)")
     p.add_argument("--test-fraction", type=float, default=defaults.test_fraction,
@@ -64,7 +86,7 @@ def _train(args):
 def _evaluate(args):
     from catsdogs.evaluate import evaluate_model, format_metrics
 
-    output_dir, metrics = evaluate_model(args.model, args.data, args.output, args.batch_size)
+    output_dir, metrics = evaluate_model(args.model, args.data, args.output, args.batch_size, args.tta)
     print(format_metrics(metrics))
     print(f"\nevaluation written to {output_dir}")
 
@@ -73,7 +95,7 @@ def _predict(args):
     from catsdogs import model as model_lib
     from catsdogs import predict, report
 
-    rows = predict.predict_files(model_lib.load(args.model), args.inputs, args.batch_size)
+    rows = predict.predict_files(model_lib.load(args.model), args.inputs, args.batch_size, args.tta)
     if args.json:
         print(json.dumps(rows, indent=2))
     elif args.csv:
@@ -108,6 +130,7 @@ def build_parser():
     p.add_argument("model", help="run directory or .keras model file")
     p.add_argument("--data", required=True, help="dataset with a test folder, or a folder of class folders")
     p.add_argument("--output", help="folder for metrics, predictions, figures and report.html")
+    p.add_argument("--tta", action="store_true", help="also report test-time augmentation (photo and mirror image)")
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=_evaluate)
 
@@ -117,6 +140,7 @@ def build_parser():
     output = p.add_mutually_exclusive_group()
     output.add_argument("--csv", metavar="FILE", help="write the predictions to a CSV file")
     output.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    p.add_argument("--tta", action="store_true", help="average the photo's and its mirror image's probabilities")
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=_predict)
 

@@ -10,20 +10,21 @@ from catsdogs.backbones import resize_layer
 from catsdogs.layers import ClassProbabilities
 
 MODEL_FILE = "model.keras"
-HEADS = ("dense", "linear")
+HEADS = ("linear", "dense")
 
 
-def build_head(feature_dim, num_classes, kind="dense", hidden_units=(256,), dropout=0.5, l2=0.0):
+def build_head(feature_dim, num_classes, kind="linear", hidden_units=(256,), dropout=0.5, l2=0.0):
     """A small classifier on pooled features: features in, logits out.
 
     Args:
         feature_dim: length of the backbone's feature vector.
-        num_classes: two gives one logit (sigmoid), more give one logit per class.
-        kind: "dense" (fully connected hidden layers with dropout, as in the study) or
-            "linear" (logistic / softmax regression).
+        num_classes: two gives one logit (sigmoid), more give one logit per class (softmax).
+        kind: "linear" (standardised features into one logistic/softmax layer, fitted by
+            `train.fit_linear_head`) or "dense" (the study's fully connected hidden layers with
+            dropout, trained by gradient descent).
         hidden_units: sizes of the hidden layers of a dense head.
         dropout: dropout rate after each hidden layer.
-        l2: L2 penalty on the kernels.
+        l2: L2 penalty on the dense head's kernels.
 
     Returns:
         a `keras.Model` named "head".
@@ -33,12 +34,25 @@ def build_head(feature_dim, num_classes, kind="dense", hidden_units=(256,), drop
     regularizer = keras.regularizers.L2(l2) if l2 else None
     inputs = keras.Input((feature_dim,), name="features")
     x = inputs
-    if kind == "dense":
+    if kind == "linear":
+        x = layers.Normalization(name="standardize")(x)
+    else:
         for i, units in enumerate(hidden_units):
             x = layers.Dense(units, activation="relu", kernel_regularizer=regularizer, name=f"hidden{i}")(x)
             x = layers.Dropout(dropout, name=f"dropout{i}")(x)
     logits = layers.Dense(1 if num_classes == 2 else num_classes, kernel_regularizer=regularizer, name="logits")(x)
     return keras.Model(inputs, logits, name="head")
+
+
+def compile_classifier(model, binary, learning_rate):
+    """Compiles a model that outputs logits: cross-entropy from logits, accuracy, Adam."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.BinaryCrossentropy(from_logits=True) if binary
+        else keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy") if binary
+                 else keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
 
 
 def assemble(extractor, head, class_names, temperature=1.0, threshold=0.5):
@@ -70,6 +84,11 @@ class ModelInfo:
     image_size: int
     threshold: float
     temperature: float
+
+
+def logits_model(model):
+    """The same model without its last layer: pixels in, logits out (for calibration)."""
+    return keras.Model(model.input, model.get_layer("probabilities").input, name="logits")
 
 
 def describe(model):

@@ -22,13 +22,14 @@ def expand_inputs(inputs):
     return paths
 
 
-def predict_files(model, inputs, batch_size=32):
+def predict_files(model, inputs, batch_size=32, tta=False):
     """Predicts every image among the inputs; an unreadable one gets an error, not an exception.
 
     Args:
         model: a loaded catsdogs model.
         inputs: files and folders.
         batch_size: images per forward pass.
+        tta: average the probabilities of the photo and its mirror image.
 
     Returns:
         one dict per file, in order: path, label, probability (of that label) and probabilities
@@ -38,8 +39,10 @@ def predict_files(model, inputs, batch_size=32):
     paths = expand_inputs(inputs)
     errors = {}
     probabilities = np.full((len(paths), len(info.class_names)), np.nan)
-    for indices, outputs in features.run_on_files(model, paths, info.image_size, batch_size, errors, desc="predict"):
-        probabilities[indices] = outputs
+    views = features.TTA_VIEWS if tta else ("original",)
+    for indices, outputs in features.run_on_files(model, paths, info.image_size, batch_size, errors, views,
+                                                  desc="predict"):
+        probabilities[indices] = outputs.mean(axis=0)
     labels = evaluate.predicted_classes(np.nan_to_num(probabilities), info.threshold)
     rows = []
     for path, probs, label in zip(paths, probabilities, labels):
