@@ -32,7 +32,7 @@ class TrainConfig:
     patience: int = 10
     fine_tune: bool = False  # stage 2; off by default: minutes per epoch on a CPU
     fine_tune_blocks: int = 0  # 0: the backbone's default (ResNet-50: stage conv5)
-    fine_tune_learning_rate: float = 1e-4
+    fine_tune_learning_rate: float = 1e-5
     fine_tune_epochs: int = 8
     fine_tune_patience: int = 2
     fine_tune_batch_size: int = 32

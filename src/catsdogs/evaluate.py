@@ -76,11 +76,20 @@ def _prf(row):
             "support": int(row["support"])}
 
 
-def stage_summary(y_true, logits, class_names, seconds):
-    """Validation loss and accuracy of a training stage (uncalibrated, threshold 0.5)."""
-    probs = calibration.probabilities(logits, class_names)
-    summary = compute_metrics(y_true, probs, class_names)
-    return {"val_loss": summary["log_loss"], "val_accuracy": summary["accuracy"], "seconds": round(seconds, 1)}
+def stage_summary(val, test, class_names, seconds):
+    """Loss and accuracy of a training stage's model (uncalibrated, threshold 0.5).
+
+    Args:
+        val: (labels, logits) of the validation images: what stages are compared on.
+        test: (labels, logits) of the test images, for the record only.
+        class_names: in label order.
+        seconds: how long the stage took.
+    """
+    summary = {"seconds": round(seconds, 1)}
+    for split, (y_true, logits) in (("val", val), ("test", test)):
+        scores = compute_metrics(y_true, calibration.probabilities(logits, class_names), class_names)
+        summary.update({f"{split}_loss": scores["log_loss"], f"{split}_accuracy": scores["accuracy"]})
+    return summary
 
 
 def format_metrics(metrics):

@@ -46,7 +46,7 @@ def _show(ax, path, title, color):
         ax.imshow(load_image(path))
     except ImageError:
         ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
-    ax.set_title(title, color=color, fontsize=9)
+    ax.set_title(title, color=color, fontsize=11)
     ax.axis("off")
 
 
@@ -120,23 +120,24 @@ def plot_curves(history, path):
 
 
 def plot_reliability(curves, y_true, path, bins=15):
-    """Reliability diagram: accuracy against confidence per bin, for each set of probabilities."""
+    """Reliability diagram: accuracy against confidence per bin, marker area by image count."""
     from catsdogs.calibration import expected_calibration_error, reliability
 
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    chance = 1 / next(iter(curves.values())).shape[1]
+    ax.plot([chance, 1], [chance, 1], color="grey", linestyle=":", label="perfectly calibrated")
     for label, probs in curves.items():
         confidence, accuracy, count = reliability(probs, y_true, bins)
         ece = expected_calibration_error(probs, y_true, bins)
-        ax.plot(confidence, accuracy, marker="o", label=f"{label} (ECE {ece:.4f})")
-    low = min(0.5, ax.get_xlim()[0])
-    ax.set_xlim(low, 1.0)
-    ax.set_ylim(low, 1.0)
-    ax.set_xlabel("confidence (top probability)")
+        line, = ax.plot(confidence, accuracy, alpha=0.6, label=f"{label} (ECE {ece:.4f})")
+        ax.scatter(confidence, accuracy, s=15 + 300 * count / count.sum(), color=line.get_color())
+    ax.set_xlim(chance - 0.02, 1.02)
+    ax.set_ylim(chance - 0.02, 1.02)
+    ax.set_xlabel("confidence (top probability), marker area: images")
     ax.set_ylabel("accuracy")
-    ax.set_title("Reliability: is a printed 0.9 right nine times in ten?")
+    ax.set_title("Is a printed 0.9 right nine times in ten?")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -255,8 +255,8 @@ def train(config):
     else:
         fitted = fit_dense_head(head, split_features["train"], val, config, history_path)
     val_logits, test_logits = logits_from_features(head, val), logits_from_features(head, test)
-    stages = {"head": {**evaluate.stage_summary(val.y, val_logits[0], class_names, time.perf_counter() - start),
-                       **fitted}, "kept": "head"}
+    stages = {"head": {**evaluate.stage_summary((val.y, val_logits[0]), (test.y, test_logits[0]), class_names,
+                                                time.perf_counter() - start), **fitted}, "kept": "head"}
 
     if config.fine_tune:
         stage1_weights = (extractor.get_weights(), head.get_weights())
@@ -264,13 +264,14 @@ def train(config):
         finetune.fine_tune(
             extractor, head, (split_features["train"].paths, split_features["train"].y), (val.paths, val.y),
             config, [HistoryWriter(history_path, "fine_tune"), EpochProgress(config.fine_tune_epochs, "fine-tune")])
+        seconds = time.perf_counter() - start
         tuned_val_logits = logits_from_images(extractor, head, val.paths, config.extract_batch_size, views)
-        stages["fine_tune"] = evaluate.stage_summary(val.y, tuned_val_logits[0], class_names,
-                                                     time.perf_counter() - start)
+        tuned_test_logits = logits_from_images(extractor, head, test.paths, config.extract_batch_size, views)
+        stages["fine_tune"] = evaluate.stage_summary(
+            (val.y, tuned_val_logits[0]), (test.y, tuned_test_logits[0]), class_names, seconds)
         if stages["fine_tune"]["val_loss"] < stages["head"]["val_loss"]:
             stages["kept"] = "fine_tune"
-            val_logits = tuned_val_logits
-            test_logits = logits_from_images(extractor, head, test.paths, config.extract_batch_size, views)
+            val_logits, test_logits = tuned_val_logits, tuned_test_logits
         else:  # never leave a model worse on validation than stage 1
             extractor.set_weights(stage1_weights[0])
             head.set_weights(stage1_weights[1])
