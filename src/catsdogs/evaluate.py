@@ -9,14 +9,7 @@ from sklearn import metrics as skm
 
 from catsdogs import data, features, report
 from catsdogs import model as model_lib
-
-
-def predicted_classes(probabilities, threshold=0.5):
-    """Two classes: the second wins at `threshold`; more classes: the most probable."""
-    probabilities = np.asarray(probabilities)
-    if probabilities.shape[1] == 2:
-        return (probabilities[:, 1] >= threshold).astype(int)
-    return probabilities.argmax(axis=1)
+from catsdogs.model import predicted_classes
 
 
 def compute_metrics(y_true, probabilities, class_names, threshold=0.5):
@@ -83,10 +76,13 @@ FIGURES = (
     ("Learning curves", "curves.png"),
     ("Confusion matrix", "confusion.png"),
     ("Most confident mistakes", "errors.png"),
+    ("Grad-CAM of the most confident mistakes", "gradcam.png"),
 )
+GRADCAM_MISTAKES = 8  # Grad-CAM needs a forward and a backward pass per photo: keep it to a handful
 
 
-def write_evaluation(folder, paths, y_true, probabilities, class_names, threshold, integrity, title, config=None):
+def write_evaluation(folder, paths, y_true, probabilities, class_names, threshold, integrity, title, config=None,
+                     model=None):
     """Writes metrics.json, predictions.csv, the figures and report.html of a test evaluation.
 
     Args:
@@ -99,6 +95,7 @@ def write_evaluation(folder, paths, y_true, probabilities, class_names, threshol
         integrity: `ScanReport.to_json()` of the data.
         title: report title.
         config: settings to show in the report, if any.
+        model: the model evaluated; with it, the report shows Grad-CAM of the top mistakes.
 
     Returns:
         the metrics dict.
@@ -113,6 +110,8 @@ def write_evaluation(folder, paths, y_true, probabilities, class_names, threshol
     report.plot_grid(rows, os.path.join(folder, "grid.png"))
     report.plot_confusion(metrics["confusion_matrix"], class_names, os.path.join(folder, "confusion.png"))
     mistakes = report.plot_errors(rows, os.path.join(folder, "errors.png"))
+    if model is not None and mistakes:
+        report.plot_gradcam(mistakes[:GRADCAM_MISTAKES], model, os.path.join(folder, "gradcam.png"))
     all_mistakes = sorted((r for r in rows if r["predicted"] != r["true"]), key=lambda r: -r["loss"])
     report.write_html(folder, title, FIGURES, metrics, all_mistakes[:100] or mistakes, integrity, config)
     return metrics
@@ -157,5 +156,5 @@ def evaluate_model(run_or_model, data_dir, output_dir=None, batch_size=32):
     os.makedirs(output_dir, exist_ok=True)
     metrics = write_evaluation(
         output_dir, [p for p, k in zip(paths, ok) if k], y_true[ok], probabilities[ok], info.class_names,
-        info.threshold, scan.to_json(), f"catsdogs evaluation of {model_path} on {data_dir}")
+        info.threshold, scan.to_json(), f"catsdogs evaluation of {model_path} on {data_dir}", model=model)
     return output_dir, metrics

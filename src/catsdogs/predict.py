@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from catsdogs import evaluate, features
+from catsdogs import features
 from catsdogs import model as model_lib
 
 
@@ -40,7 +40,7 @@ def predict_files(model, inputs, batch_size=32):
     probabilities = np.full((len(paths), len(info.class_names)), np.nan)
     for indices, outputs in features.run_on_files(model, paths, info.image_size, batch_size, errors, desc="predict"):
         probabilities[indices] = outputs
-    labels = evaluate.predicted_classes(np.nan_to_num(probabilities), info.threshold)
+    labels = model_lib.predicted_classes(np.nan_to_num(probabilities), info.threshold)
     rows = []
     for path, probs, label in zip(paths, probabilities, labels):
         if path in errors or np.isnan(probs).any():

@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
+from catsdogs import explain  # noqa: E402
 from catsdogs.images import ImageError, load_image  # noqa: E402
 
 RIGHT, WRONG = "#1a7f37", "#cf222e"
@@ -85,6 +86,41 @@ def plot_errors(rows, path, count=16):
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return mistakes
+
+
+def plot_gradcam(mistakes, model, path, columns=4):
+    """Grad-CAM of mistakes: where the model saw the class it wrongly predicted.
+
+    Args:
+        mistakes: prediction rows, e.g. the most confident mistakes from `plot_errors`.
+        model: the catsdogs model that made them.
+        path: the figure file.
+        columns: photos per line.
+    """
+    explainer = explain.Explainer(model)
+    photos, shown = [], []
+    for row in mistakes:
+        try:
+            photos.append(load_image(row["path"]))
+            shown.append(row)
+        except ImageError:
+            continue  # gone since the evaluation; the other figures say so
+    if not shown:
+        return
+    batch = np.stack([explainer.prepare(pixels) for pixels in photos])
+    heatmaps = explainer.heatmaps(batch, [explainer.class_names.index(row["predicted"]) for row in shown])
+    lines = -(-len(shown) // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(2.8 * columns, 3.0 * lines), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, row, pixels, heatmap in zip(axes.flat, shown, photos, heatmaps):
+        ax.imshow(explain.overlay(pixels, heatmap))
+        ax.set_title(f"{row['predicted']} {row['probability']:.2f}, true {row['true']}\n{os.path.basename(row['path'])}",
+                     color=WRONG, fontsize=9)
+    fig.suptitle("Grad-CAM of the most confident mistakes: evidence for the predicted class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def plot_confusion(confusion, class_names, path):

@@ -142,5 +142,6 @@ def train(config):
     metrics = evaluate.write_evaluation(
         run_dir, test_paths, test_y, head_probabilities(head, test_x, dataset.class_names),
         dataset.class_names, 0.5, scan.to_json(),
-        f"catsdogs run {os.path.basename(run_dir)}: {config.backbone}, {config.head} head", config.to_dict())
+        f"catsdogs run {os.path.basename(run_dir)}: {config.backbone}, {config.head} head", config.to_dict(),
+        model=model)
     return run_dir, metrics
