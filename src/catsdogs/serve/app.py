@@ -49,6 +49,8 @@ class Job:
 
 @dataclasses.dataclass
 class Result:
+    """The model's answer for one photo."""
+
     probabilities: np.ndarray
     label: int
     heatmap: np.ndarray = None  # Grad-CAM of the predicted class, when asked for
@@ -68,7 +70,7 @@ class Predictor:
         for i, job in enumerate(jobs):
             try:
                 prepared.append((i, self.explainer.prepare(job.pixels)))
-            except Exception as error:
+            except Exception as error:  # whatever is wrong with one photo stays with that photo
                 results[i] = ImageError(job.source, f"cannot be prepared for the model ({error})")
         if not prepared:
             return results
@@ -368,7 +370,8 @@ def create_app(model, name="model", metrics=None, settings=None):
                 raise HTTPException(400, f"instances[{i}].b64: not valid base64 ({error})")
         return PredictResponse(predictions=await predict_images(images, heatmap))
 
-    @app.post("/predict", response_model=PredictResponse, response_model_exclude_none=True, responses=ERRORS,
+    @app.post("/predict", response_model=PredictResponse, response_model_exclude_none=True,
+              responses={status: response for status, response in ERRORS.items() if status != 404},
               summary="Predict uploaded images (multipart/form-data, field 'files')",
               dependencies=[Depends(_require_multipart)])
     async def upload_predict(files: list[UploadFile] = File(description="one or more image files"),
