@@ -6,6 +6,7 @@ import logging
 import sys
 
 from catsdogs.config import TrainConfig, default_cache_dir
+from catsdogs.serve import MissingDependencyError, ServeSettings
 
 EPILOG = "Run `catsdogs COMMAND -h` for the options of a command."
 
@@ -111,6 +112,52 @@ def _predict(args):
         logging.getLogger("catsdogs").warning("%d of %d files could not be read", failed, len(rows))
 
 
+def _explain(args):
+    from catsdogs import explain
+    from catsdogs import model as model_lib
+
+    explanation, output = explain.explain_photo(model_lib.load(args.model), args.photo, args.output, args.class_name)
+    print(f"{args.photo}: {explanation.label} {explanation.probabilities[explanation.label]:.4f}; "
+          f"Grad-CAM of {explanation.explained!r} written to {output}")
+
+
+def _serve(args):
+    from catsdogs.serve import check_dependencies
+
+    check_dependencies()
+    from catsdogs.serve.app import serve
+
+    settings = ServeSettings(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+                             max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
+                             max_images=args.max_images)
+    serve(args.model, args.host, args.port, settings, args.name)
+
+
+def _add_serve(commands):
+    defaults = ServeSettings()
+    p = commands.add_parser(
+        "serve", help="serve a model over HTTP: an API and a web page",
+        description="Serves a trained model: TensorFlow Serving's REST API (POST /v1/models/NAME:predict), "
+                    "multipart uploads (POST /predict), GET /healthz, GET /v1/models/NAME, a web page at / "
+                    "and API documentation at /docs. Requests that arrive together share one forward pass.")
+    p.add_argument("model", help="run directory or .keras model file")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 for every network)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s; 0 picks a free one)")
+    p.add_argument("--name", help="the model's name in /v1/models/NAME (default: the run directory's name)")
+    p.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,
+                   help="most images in one forward pass; 1 turns batching off (default: %(default)s)")
+    p.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
+                   help="how long a request waits for others to share its forward pass (default: %(default)s)")
+    p.add_argument("--max-upload-bytes", type=int, default=defaults.max_upload_bytes,
+                   help="largest request body, refused before decoding (default: %(default)s)")
+    p.add_argument("--max-pixels", type=int, default=defaults.max_pixels,
+                   help="largest image in pixels, read from its header before decoding (default: %(default)s)")
+    p.add_argument("--max-images", type=int, default=defaults.max_images,
+                   help="most images in one request (default: %(default)s)")
+    p.set_defaults(func=_serve)
+
+
 def _backbones(args):
     from catsdogs.backbones import BACKBONES
 
@@ -144,6 +191,17 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=_predict)
 
+    p = commands.add_parser("explain", help="show where in a photo the model saw its class (Grad-CAM)",
+                            description="Writes the photo with the Grad-CAM heatmap of the predicted class (or "
+                                        "--class) over it, from the backbone's last convolutional block.")
+    p.add_argument("model", help="run directory or .keras model file")
+    p.add_argument("photo", help="an image file")
+    p.add_argument("-o", "--output", help="image file to write (default: PHOTO-gradcam.png in this folder)")
+    p.add_argument("--class", dest="class_name", help="explain this class instead of the predicted one")
+    p.set_defaults(func=_explain)
+
+    _add_serve(commands)
+
     p = commands.add_parser("backbones", help="list the available backbones")
     p.set_defaults(func=_backbones)
     return parser
@@ -160,7 +218,7 @@ def main(argv=None):
 
     try:
         args.func(args)
-    except (DataError, WeightsError, ImageError, FileNotFoundError, ValueError) as error:
+    except (DataError, WeightsError, ImageError, MissingDependencyError, FileNotFoundError, ValueError) as error:
         print(f"catsdogs {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

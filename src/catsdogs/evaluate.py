@@ -11,6 +11,7 @@ from sklearn import metrics as skm
 
 from catsdogs import calibration, data, features, report
 from catsdogs import model as model_lib
+from catsdogs.model import predicted_classes
 
 log = logging.getLogger(__name__)
 
@@ -19,16 +20,10 @@ FIGURES = (
     ("Learning curves", "curves.png"),
     ("Confusion matrix", "confusion.png"),
     ("Most confident mistakes", "errors.png"),
+    ("Grad-CAM of the most confident mistakes", "gradcam.png"),
     ("Reliability of the probabilities (test)", "reliability.png"),
 )
-
-
-def predicted_classes(probabilities, threshold=0.5):
-    """Two classes: the second wins at `threshold`; more classes: the most probable."""
-    probabilities = np.asarray(probabilities)
-    if probabilities.shape[1] == 2:
-        return (probabilities[:, 1] >= threshold).astype(int)
-    return probabilities.argmax(axis=1)
+GRADCAM_MISTAKES = 8  # Grad-CAM needs a forward and a backward pass per photo: keep it to a handful
 
 
 def compute_metrics(y_true, probabilities, class_names, threshold=0.5):
@@ -139,7 +134,7 @@ class Results:
     stages: dict = None
 
 
-def write_evaluation(folder, results, integrity, title, config=None):
+def write_evaluation(folder, results, integrity, title, config=None, model=None):
     """Writes metrics.json, predictions.csv, integrity.json, the figures and report.html.
 
     Args:
@@ -148,6 +143,7 @@ def write_evaluation(folder, results, integrity, title, config=None):
         integrity: `ScanReport.to_json()` of the data.
         title: report title.
         config: settings to show in the report, if any.
+        model: the model evaluated; with it, the report shows Grad-CAM of the top mistakes.
 
     Returns:
         the metrics dict: test metrics at the top level, then "tta", "validation",
@@ -174,12 +170,14 @@ def write_evaluation(folder, results, integrity, title, config=None):
         json.dump(integrity, f, indent=2)
     report.plot_grid(rows, os.path.join(folder, "grid.png"))
     report.plot_confusion(metrics["confusion_matrix"], r.class_names, os.path.join(folder, "confusion.png"))
-    report.plot_errors(rows, os.path.join(folder, "errors.png"))
+    mistakes = sorted((row for row in rows if row["predicted"] != row["true"]), key=lambda row: -row["loss"])
+    report.plot_errors(mistakes, os.path.join(folder, "errors.png"))
+    if model is not None and mistakes:
+        report.plot_gradcam(mistakes[:GRADCAM_MISTAKES], model, os.path.join(folder, "gradcam.png"))
     curves = {"calibrated" if r.uncalibrated is not None else "model": r.probabilities}
     if r.uncalibrated is not None:
         curves = {"before calibration": r.uncalibrated, **curves}
     report.plot_reliability(curves, r.y_true, os.path.join(folder, "reliability.png"))
-    mistakes = sorted((row for row in rows if row["predicted"] != row["true"]), key=lambda row: -row["loss"])
     report.write_html(folder, title, FIGURES, metrics, mistakes[:100], integrity, config)
     return metrics
 
@@ -225,5 +223,6 @@ def evaluate_model(run_or_model, data_dir, output_dir=None, batch_size=32, tta=F
     os.makedirs(output_dir, exist_ok=True)
     results = Results([p for p, k in zip(paths, ok) if k], y_true[ok], probabilities[0, ok], info.class_names,
                       info.threshold, tta_probabilities=probabilities[:, ok].mean(axis=0) if tta else None)
-    metrics = write_evaluation(output_dir, results, scan.to_json(), f"catsdogs evaluation of {model_path} on {data_dir}")
+    metrics = write_evaluation(output_dir, results, scan.to_json(), f"catsdogs evaluation of {model_path} on {data_dir}",
+                               model=model)
     return output_dir, metrics

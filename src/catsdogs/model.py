@@ -4,6 +4,7 @@ import dataclasses
 import os
 
 import keras
+import numpy as np
 from keras import layers
 
 from catsdogs.backbones import resize_layer
@@ -96,6 +97,14 @@ def describe(model):
     extractor = next(layer for layer in model.layers if isinstance(layer, keras.Model) and layer.name != "head")
     return ModelInfo(probabilities.class_names, extractor.name, model.get_layer("resize").height,
                      probabilities.threshold, probabilities.temperature)
+
+
+def predicted_classes(probabilities, threshold=0.5):
+    """The model's decision rule. Two classes: the second wins at `threshold`; more: the most probable."""
+    probabilities = np.asarray(probabilities)
+    if probabilities.shape[1] == 2:
+        return (probabilities[:, 1] >= threshold).astype(int)
+    return probabilities.argmax(axis=1)
 
 
 def save(model, path):

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from catsdogs import evaluate, features
+from catsdogs import features
 from catsdogs import model as model_lib
 
 
@@ -43,7 +43,7 @@ def predict_files(model, inputs, batch_size=32, tta=False):
     for indices, outputs in features.run_on_files(model, paths, info.image_size, batch_size, errors, views,
                                                   desc="predict"):
         probabilities[indices] = outputs.mean(axis=0)
-    labels = evaluate.predicted_classes(np.nan_to_num(probabilities), info.threshold)
+    labels = model_lib.predicted_classes(np.nan_to_num(probabilities), info.threshold)
     rows = []
     for path, probs, label in zip(paths, probabilities, labels):
         if path in errors or np.isnan(probs).any():

@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
+from catsdogs import explain  # noqa: E402
 from catsdogs.images import ImageError, load_image  # noqa: E402
 
 RIGHT, WRONG = "#1a7f37", "#cf222e"
@@ -68,9 +69,9 @@ def plot_grid(rows, path, seed=0, side=5):
     plt.close(fig)
 
 
-def plot_errors(rows, path, count=16):
-    """The most confident mistakes, worst first, marking those whose label looks wrong."""
-    mistakes = sorted((r for r in rows if r["predicted"] != r["true"]), key=lambda r: -r["loss"])[:count]
+def plot_errors(mistakes, path, count=16):
+    """The first `count` mistakes (most confident first), marking those whose label looks wrong."""
+    mistakes = mistakes[:count]
     columns = 4
     lines = max(1, -(-len(mistakes) // columns))
     fig, axes = plt.subplots(lines, columns, figsize=(2.8 * columns, 3.0 * lines), squeeze=False)
@@ -83,6 +84,41 @@ def plot_errors(rows, path, count=16):
     if not mistakes:
         axes[0, 0].text(0, 0.5, "no mistakes", fontsize=14)
     fig.suptitle("Most confident mistakes (predicted, probability, true label)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def plot_gradcam(mistakes, model, path, columns=4):
+    """Grad-CAM of mistakes: where the model saw the class it wrongly predicted.
+
+    Args:
+        mistakes: prediction rows, most confident mistakes first.
+        model: the catsdogs model that made them.
+        path: the figure file.
+        columns: photos per line.
+    """
+    explainer = explain.Explainer(model)
+    photos, shown = [], []
+    for row in mistakes:
+        try:
+            photos.append(load_image(row["path"]))
+            shown.append(row)
+        except ImageError:
+            continue  # gone since the evaluation; the other figures say so
+    if not shown:
+        return
+    batch = np.stack([explainer.prepare(pixels) for pixels in photos])
+    heatmaps = explainer.heatmaps(batch, [explainer.class_names.index(row["predicted"]) for row in shown])
+    lines = -(-len(shown) // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(2.8 * columns, 3.0 * lines), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, row, pixels, heatmap in zip(axes.flat, shown, photos, heatmaps):
+        ax.imshow(explain.overlay(pixels, heatmap))
+        ax.set_title(f"{row['predicted']} {row['probability']:.2f}, true {row['true']}\n{os.path.basename(row['path'])}",
+                     color=WRONG, fontsize=9)
+    fig.suptitle("Grad-CAM of the most confident mistakes: evidence for the predicted class")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

@@ -302,5 +302,6 @@ def train(config):
         temperature=temperature, stages=stages)
     metrics = evaluate.write_evaluation(
         run_dir, results, scan.to_json(),
-        f"catsdogs run {os.path.basename(run_dir)}: {config.backbone}, {config.head} head", config.to_dict())
+        f"catsdogs run {os.path.basename(run_dir)}: {config.backbone}, {config.head} head", config.to_dict(),
+        model=model)
     return run_dir, metrics
