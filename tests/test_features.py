@@ -10,6 +10,8 @@ from PIL import Image
 
 from catsdogs import backbones, features
 from catsdogs.images import load_image
+
+LITE0_SIZE = backbones.get_backbone("efficientnet_lite0").default_image_size
 from conftest import photo
 
 
@@ -55,7 +57,7 @@ def test_features_are_computed_once_and_recomputed_only_for_changed_images(tmp_p
     assert not np.allclose(changed[1], first[1])
 
     # Features match a direct forward pass of the extractor on the same pipeline.
-    direct = np.concatenate([out[0] for _, out in features.run_on_files(lite0, paths, 340, 4, {})])
+    direct = np.concatenate([out[0] for _, out in features.run_on_files(lite0, paths, LITE0_SIZE, 4, {})])
     np.testing.assert_allclose(changed, direct, rtol=1e-5, atol=1e-5)
 
     # Test-time augmentation adds the mirror view: only that is computed, and it is the mirror's features.
@@ -64,7 +66,7 @@ def test_features_are_computed_once_and_recomputed_only_for_changed_images(tmp_p
     np.testing.assert_array_equal(both[0], changed[:2])
     mirrored = tmp_path / "mirrored.png"
     Image.fromarray(load_image(paths[0])[:, ::-1]).save(mirrored)
-    direct_mirror = next(features.run_on_files(lite0, [str(mirrored)], 340, 1, {}))[1][0, 0]
+    direct_mirror = next(features.run_on_files(lite0, [str(mirrored)], LITE0_SIZE, 1, {}))[1][0, 0]
     np.testing.assert_allclose(both[1, 0], direct_mirror, rtol=1e-4, atol=1e-4)
 
 

