@@ -3,6 +3,8 @@
 import io
 import os
 import pathlib
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -77,3 +79,45 @@ def lite0_run(tmp_path_factory):
     config = TrainConfig(data_dir=str(data), backbone="efficientnet_lite0", runs_dir=str(runs), name="lite0")
     run_dir, metrics = train(config)
     return pathlib.Path(run_dir), metrics, data
+
+
+class ServerThread:
+    """A real uvicorn server on a free loopback port, in a thread: `with ServerThread(app) as url:`."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 120  # start-up traces the model
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.05)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    def __exit__(self, *exc_info):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def lite0_server(lite0_run):
+    """The lite0 run served for real on loopback, with small limits so that tests can reach them.
+
+    Yields:
+        (base URL, the FastAPI app).
+    """
+    from catsdogs.serve import ServeSettings
+    from catsdogs.serve.app import create_app, load_served_model
+
+    model, name, metrics = load_served_model(lite0_run[0])
+    settings = ServeSettings(max_batch_size=8, max_wait_ms=50, max_upload_bytes=2_000_000, max_pixels=4_000_000,
+                             max_images=4)
+    app = create_app(model, name, metrics, settings)
+    with ServerThread(app) as url:
+        yield url, app

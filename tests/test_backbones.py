@@ -117,7 +117,7 @@ def real_pixels(*photos):
 
 def test_folding_batch_normalization_keeps_the_features():
     keras.utils.set_random_seed(0)
-    original = backbones.build_feature_extractor("efficientnet_lite0", fold_batch_norm=False)
+    original = backbones.build_feature_extractor("efficientnet_lite0", image_size=224, fold_batch_norm=False)
     folded = backbones.fold_batch_normalization(original)
     assert not [layer for layer in folded.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert len(original.layers) - len(folded.layers) == 49  # every BatchNormalization of Lite0 follows a convolution
@@ -141,7 +141,7 @@ def test_batch_normalization_whose_input_is_also_used_elsewhere_is_not_folded():
 
 
 def test_bfloat16_backbone_computes_in_bfloat16_and_returns_float32():
-    extractor = backbones.build_feature_extractor("efficientnet_lite0", precision="bfloat16")
+    extractor = backbones.build_feature_extractor("efficientnet_lite0", image_size=224, precision="bfloat16")
     convolutions = [layer for layer in extractor.layers if isinstance(layer, keras.layers.Conv2D)]
     assert convolutions and all(layer.compute_dtype == "bfloat16" for layer in convolutions)
     assert all(weight.dtype == "float32" for weight in extractor.weights)
@@ -149,7 +149,7 @@ def test_bfloat16_backbone_computes_in_bfloat16_and_returns_float32():
     pixels = real_pixels(photo("test", "cats", 4001), photo("test", "dogs", 4003))
     features = extractor.predict(pixels, verbose=0)
     assert features.dtype == np.float32
-    exact = backbones.build_feature_extractor("efficientnet_lite0").predict(pixels, verbose=0)
+    exact = backbones.build_feature_extractor("efficientnet_lite0", image_size=224).predict(pixels, verbose=0)
     cosine = (features * exact).sum(1) / np.linalg.norm(features, axis=1) / np.linalg.norm(exact, axis=1)
     assert (cosine > 0.99).all() and not np.allclose(features, exact, rtol=1e-4)  # close, and really bf16
 

@@ -12,13 +12,14 @@ def test_quick_bench_reports_speed_flops_peak_and_memory(tmp_path, capsys):
     link_photos(photos, "test", "cats", range(4001, 4013))
     out = tmp_path / "bench.json"
     assert main(["bench", "--backbone", "efficientnet_lite0", "--precision", "float32", "--batch-sizes", "2,4",
-                 "--images", "12", "--data", str(photos), "--quick", "--output", str(out)]) == 0
+                 "--images", "12", "--image-size", "224", "--data", str(photos), "--quick", "--output", str(out)]) == 0
     table = capsys.readouterr().out
     assert "efficientnet_lite0" in table and "GFLOP/s" in table and "12 photos from" in table
     report = json.loads(out.read_text())
     assert report["peak_gflops"]["float32"] > 10 and report["machine"]["usable_cores"] >= 1
     (result,) = report["results"]
-    assert (result["backbone"], result["precision"], result["weights"]) == ("efficientnet_lite0", "float32", "imagenet")
+    assert (result["backbone"], result["image_size"], result["precision"], result["weights"]) == (
+        "efficientnet_lite0", 224, "float32", "imagenet")
     assert 0.7 < result["gflop_per_image"] < 0.85  # EfficientNet-Lite0: about 0.39 billion multiply-adds
     assert 100 < result["peak_rss_mb"] < 8000
     assert [row["batch_size"] for row in result["rows"]] == [2, 4]

@@ -48,10 +48,11 @@ def test_predict_table_csv_and_json(lite0_run, tmp_path, capsys):
 def test_evaluate_writes_metrics_and_report(lite0_run, tmp_path, capsys):
     run_dir, metrics, data = lite0_run
     out = tmp_path / "eval"
-    assert main(["evaluate", str(run_dir), "--data", str(data), "--output", str(out)]) == 0
+    assert main(["evaluate", str(run_dir), "--data", str(data), "--output", str(out), "--tta"]) == 0
     printed = capsys.readouterr().out
-    assert "accuracy" in printed and "macro avg" in printed
+    assert "accuracy" in printed and "macro avg" in printed and "test-time augmentation" in printed
     evaluated = json.loads((out / "metrics.json").read_text())
-    assert evaluated["images"] == 200
+    assert evaluated["images"] == 200 and evaluated["tta"]["images"] == 200
+    assert set(evaluated["tta"]) <= set(evaluated)
     assert abs(evaluated["accuracy"] - metrics["accuracy"]) <= 0.005  # same model, end to end
     assert (out / "report.html").exists() and (out / "grid.png").exists()

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from catsdogs import export, predict, runtimes
+from catsdogs import model as model_lib
 from catsdogs.cli import main
 from conftest import photo
 
@@ -44,7 +45,8 @@ def test_export_agrees_with_the_keras_model_on_real_photos(exports, lite0_run, f
 def test_predict_runs_exports_like_the_keras_model(exports, lite0_run, capsys):
     run_dir = lite0_run[0]
     photos = [str(photo("test", "cats", 4300)), str(photo("test", "dogs", 4300)), str(photo("test", "dogs", 4301))]
-    keras_rows = predict.predict_files(runtimes.load(run_dir), photos)
+    keras_model = runtimes.load(run_dir)
+    keras_rows = predict.predict_files(keras_model, photos)
     for (format, quantization), folder in exports.items():
         runtime = format
         assert main(["predict", folder, *photos, "--runtime", runtime, "--json"]) == 0
@@ -56,7 +58,7 @@ def test_predict_runs_exports_like_the_keras_model(exports, lite0_run, capsys):
                 # The run's model computes in bfloat16 where the CPU has it; exports compute in float32.
                 assert abs(row["probabilities"]["dogs"] - expected["probabilities"]["dogs"]) < 0.05
     loaded = runtimes.load(f"{exports['onnx', 'float32']}/model.onnx")  # the file itself will do
-    assert isinstance(loaded, runtimes.OnnxModel) and loaded.info.image_size == 224
+    assert isinstance(loaded, runtimes.OnnxModel) and loaded.info == model_lib.describe(keras_model)
 
 
 def test_wrong_runtime_says_how_to_export(exports, lite0_run, capsys):

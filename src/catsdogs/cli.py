@@ -7,6 +7,7 @@ import sys
 
 from catsdogs.config import (EXPORT_FORMATS, INFERENCE_BATCH_SIZE, PRECISIONS, QUANTIZATIONS, RUNTIMES, TrainConfig,
                              default_cache_dir)
+from catsdogs.serve import MissingDependencyError, ServeSettings
 
 EPILOG = "Run `catsdogs COMMAND -h` for the options of a command."
 
@@ -44,16 +45,38 @@ def _add_train(commands):
                    help="compute precision of the backbone; auto (default): bfloat16 on CPUs with native bfloat16 "
                         "(AVX512_BF16 or AMX), where it was measured faster and as accurate, else float32. "
                         "The head and the model's output are float32 either way")
-    p.add_argument("--head", choices=("dense", "linear"), default=defaults.head,
-                   help="dense: fully connected hidden layers with dropout, as in the study; linear: logistic regression")
+    p.add_argument("--head", choices=("linear", "dense"), default=defaults.head,
+                   help="linear (default, best on validation): logistic regression on standardised features, "
+                        "L2 strength chosen by cross-validation; dense: the study's fully connected layers with dropout")
     p.add_argument("--hidden-units", type=_int_list, default=defaults.hidden_units,
                    help="hidden layer sizes of a dense head, comma separated (default: 256)")
     p.add_argument("--dropout", type=float, default=defaults.dropout)
-    p.add_argument("--l2", type=float, default=defaults.l2, help="L2 penalty on the head's weights")
+    p.add_argument("--l2", type=float, default=defaults.l2, help="L2 penalty on a dense head's weights")
     p.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="head training batch size")
     p.add_argument("--max-epochs", type=int, default=defaults.max_epochs)
     p.add_argument("--patience", type=int, default=defaults.patience, help="early stopping patience in epochs")
+    p.add_argument("--fine-tune", action="store_true",
+                   help="stage 2: after the head, train the top blocks of the backbone end to end with augmentation "
+                        "(off by default: on a CPU each epoch takes minutes; the better model on validation is kept)")
+    p.add_argument("--fine-tune-blocks", type=int, default=defaults.fine_tune_blocks,
+                   help="how many of the backbone's last blocks to unfreeze (default: the backbone's own; "
+                        "ResNet-50: 3, its stage conv5)")
+    p.add_argument("--fine-tune-learning-rate", type=float, default=defaults.fine_tune_learning_rate)
+    p.add_argument("--fine-tune-epochs", type=int, default=defaults.fine_tune_epochs)
+    p.add_argument("--fine-tune-patience", type=int, default=defaults.fine_tune_patience)
+    p.add_argument("--fine-tune-batch-size", type=int, default=defaults.fine_tune_batch_size)
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=defaults.augment,
+                   help="random flips, small rotations, zooms, shifts and contrast while fine-tuning")
+    p.add_argument("--tta", action="store_true",
+                   help="also report validation and test with test-time augmentation (photo and mirror image averaged)")
+    p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=defaults.calibrate,
+                   help="temperature scaling on the validation split, so probabilities mean what they say")
+    p.add_argument("--target", default=defaults.target, metavar="METRIC:CLASS=VALUE",
+                   help="choose the decision threshold on validation for a target, e.g. precision:dogs=0.99 "
+                        "or recall:cats=0.995 (two classes only; default: threshold 0.5)")
+    p.add_argument("--exclude", default=defaults.exclude, metavar="FILE",
+                   help="file listing training images to leave out (confirmed label errors); never test images")
     p.add_argument("--val-fraction", type=float, default=defaults.val_fraction,
                    help="fraction of the training images held out for validation (stratified)")
     p.add_argument("--test-fraction", type=float, default=defaults.test_fraction,
@@ -79,7 +102,7 @@ def _train(args):
 def _evaluate(args):
     from catsdogs.evaluate import evaluate_model, format_metrics
 
-    output_dir, metrics = evaluate_model(args.model, args.data, args.output, args.batch_size)
+    output_dir, metrics = evaluate_model(args.model, args.data, args.output, args.batch_size, args.tta)
     print(format_metrics(metrics))
     print(f"\nevaluation written to {output_dir}")
 
@@ -87,7 +110,7 @@ def _evaluate(args):
 def _predict(args):
     from catsdogs import predict, report, runtimes
 
-    rows = predict.predict_files(runtimes.load(args.model, args.runtime), args.inputs, args.batch_size)
+    rows = predict.predict_files(runtimes.load(args.model, args.runtime), args.inputs, args.batch_size, args.tta)
     if args.json:
         print(json.dumps(rows, indent=2))
     elif args.csv:
@@ -115,7 +138,7 @@ def _bench(args):
     from catsdogs.bench import format_report, run_bench
 
     report = run_bench(args.backbone, args.precision, args.batch_sizes, args.images, args.data, args.repeats,
-                       args.quick, args.onnx)
+                       args.quick, args.onnx, args.image_size)
     print(format_report(report))
     if args.output:
         with open(args.output, "w") as f:
@@ -159,12 +182,58 @@ def _add_bench(commands):
                    help="comma-separated precisions (default: float32,bfloat16 where the CPU has native bfloat16)")
     p.add_argument("--batch-sizes", type=_int_list, default=(16, 32, 64), help="default: 16,32,64")
     p.add_argument("--images", type=int, default=256, help="photos to predict from files (default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=0,
+                   help="input side in pixels (default: each backbone's own, see `catsdogs backbones`)")
     p.add_argument("--data", help="folder of photos (default: synthetic 500x375 JPEG photos)")
     p.add_argument("--repeats", type=int, default=5, help="timed forward passes; the median is reported")
     p.add_argument("--onnx", action="store_true", help="also time float32 ONNX Runtime, as a reference")
     p.add_argument("--quick", action="store_true", help="a smoke test in seconds, not a measurement")
     p.add_argument("--output", metavar="FILE", help="write the results as JSON")
     p.set_defaults(func=_bench)
+def _explain(args):
+    from catsdogs import explain
+    from catsdogs import model as model_lib
+
+    explanation, output = explain.explain_photo(model_lib.load(args.model), args.photo, args.output, args.class_name)
+    print(f"{args.photo}: {explanation.label} {explanation.probabilities[explanation.label]:.4f}; "
+          f"Grad-CAM of {explanation.explained!r} written to {output}")
+
+
+def _serve(args):
+    from catsdogs.serve import check_dependencies
+
+    check_dependencies()
+    from catsdogs.serve.app import serve
+
+    settings = ServeSettings(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+                             max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
+                             max_images=args.max_images)
+    serve(args.model, args.host, args.port, settings, args.name)
+
+
+def _add_serve(commands):
+    defaults = ServeSettings()
+    p = commands.add_parser(
+        "serve", help="serve a model over HTTP: an API and a web page",
+        description="Serves a trained model: TensorFlow Serving's REST API (POST /v1/models/NAME:predict), "
+                    "multipart uploads (POST /predict), GET /healthz, GET /v1/models/NAME, a web page at / "
+                    "and API documentation at /docs. Requests that arrive together share one forward pass.")
+    p.add_argument("model", help="run directory or .keras model file")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 for every network)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s; 0 picks a free one)")
+    p.add_argument("--name", help="the model's name in /v1/models/NAME (default: the run directory's name)")
+    p.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,
+                   help="most images in one forward pass; 1 turns batching off (default: %(default)s)")
+    p.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
+                   help="how long a request waits for others to share its forward pass (default: %(default)s)")
+    p.add_argument("--max-upload-bytes", type=int, default=defaults.max_upload_bytes,
+                   help="largest request body, refused before decoding (default: %(default)s)")
+    p.add_argument("--max-pixels", type=int, default=defaults.max_pixels,
+                   help="largest image in pixels, read from its header before decoding (default: %(default)s)")
+    p.add_argument("--max-images", type=int, default=defaults.max_images,
+                   help="most images in one request (default: %(default)s)")
+    p.set_defaults(func=_serve)
 
 
 def _backbones(args):
@@ -186,6 +255,7 @@ def build_parser():
     p.add_argument("model", help="run directory or .keras model file")
     p.add_argument("--data", required=True, help="dataset with a test folder, or a folder of class folders")
     p.add_argument("--output", help="folder for metrics, predictions, figures and report.html")
+    p.add_argument("--tta", action="store_true", help="also report test-time augmentation (photo and mirror image)")
     p.add_argument("--batch-size", type=int, default=INFERENCE_BATCH_SIZE, help="images per forward pass")
     p.set_defaults(func=_evaluate)
 
@@ -195,12 +265,23 @@ def build_parser():
     output = p.add_mutually_exclusive_group()
     output.add_argument("--csv", metavar="FILE", help="write the predictions to a CSV file")
     output.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    p.add_argument("--tta", action="store_true", help="average the photo's and its mirror image's probabilities")
     p.add_argument("--batch-size", type=int, default=INFERENCE_BATCH_SIZE, help="images per forward pass")
     p.add_argument("--runtime", choices=RUNTIMES,
                    help="engine to run the model in; it must match what MODEL holds (default: what it holds: "
                         "a run directory or .keras file is Keras, an export folder its format)")
     p.set_defaults(func=_predict)
 
+    p = commands.add_parser("explain", help="show where in a photo the model saw its class (Grad-CAM)",
+                            description="Writes the photo with the Grad-CAM heatmap of the predicted class (or "
+                                        "--class) over it, from the backbone's last convolutional block.")
+    p.add_argument("model", help="run directory or .keras model file")
+    p.add_argument("photo", help="an image file")
+    p.add_argument("-o", "--output", help="image file to write (default: PHOTO-gradcam.png in this folder)")
+    p.add_argument("--class", dest="class_name", help="explain this class instead of the predicted one")
+    p.set_defaults(func=_explain)
+
+    _add_serve(commands)
     _add_export(commands)
     _add_bench(commands)
 
@@ -230,8 +311,8 @@ def main(argv=None):
 
     try:
         args.func(args)
-    except (DataError, WeightsError, ImageError, MissingDependency, FileNotFoundError, FileExistsError,
-            ValueError) as error:
+    except (DataError, WeightsError, ImageError, MissingDependency, MissingDependencyError, FileNotFoundError,
+            FileExistsError, ValueError) as error:
         print(f"catsdogs {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -32,14 +32,25 @@ class TrainConfig:
     weights: str = "imagenet"  # "imagenet", "random" or a weights file
     image_size: int = 0  # 0: the backbone's own
     precision: str = "auto"  # of the backbone: "float32", "bfloat16", or "auto" (bfloat16 where the CPU has it)
-    head: str = "dense"  # "dense" (the study's fully connected layers) or "linear"
+    head: str = "linear"  # "linear" (logistic regression; best on validation) or "dense" (the study's)
     hidden_units: tuple = (256,)
     dropout: float = 0.5
-    l2: float = 0.0
+    l2: float = 0.0  # dense head only: the linear head chooses its own by cross-validation
     learning_rate: float = 1e-3
     batch_size: int = 64
     max_epochs: int = 100
     patience: int = 10
+    fine_tune: bool = False  # stage 2; off by default: minutes per epoch on a CPU
+    fine_tune_blocks: int = 0  # 0: the backbone's default (ResNet-50: stage conv5)
+    fine_tune_learning_rate: float = 1e-5
+    fine_tune_epochs: int = 8
+    fine_tune_patience: int = 2
+    fine_tune_batch_size: int = 32
+    augment: bool = True  # random flips, rotations, zooms, shifts, contrast while fine-tuning
+    tta: bool = False  # also report validation and test with test-time augmentation
+    calibrate: bool = True  # temperature scaling on the validation split
+    target: str = ""  # "precision:CLASS=VALUE" or "recall:CLASS=VALUE": threshold chosen on validation
+    exclude: str = ""  # file listing training images to leave out (confirmed label errors)
     val_fraction: float = 0.2
     test_fraction: float = 0.2  # only when the dataset has no test folder
     seed: int = 42

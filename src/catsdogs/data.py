@@ -274,8 +274,11 @@ class ImagePipeline:
                 self.errors[path] = error.reason
             return np.zeros((1, 1, 3), np.uint8), False
 
-    def dataset(self, paths):
-        """Returns a tf.data.Dataset of (images, ok, index) batches in the order of `paths`."""
+    def dataset(self, paths, shuffle_seed=None):
+        """Returns a tf.data.Dataset of (images, ok, index) batches.
+
+        In the order of `paths`, or reshuffled on every pass when `shuffle_seed` is given.
+        """
         import tensorflow as tf
 
         def decode(path, index):
@@ -286,6 +289,8 @@ class ImagePipeline:
 
         paths = [os.fspath(p) for p in paths]
         ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), tf.range(len(paths))))
+        if shuffle_seed is not None:
+            ds = ds.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
         # Fixed parallelism (one decoder per core, two batches ahead) instead of tf.data's autotuning,
         # which was measured to take CPU from the model it feeds and, when a second pipeline of
         # the same process ends, to stall for 9-40 s (docs/BENCHMARKS.md).

@@ -1,27 +1,34 @@
-"""Metrics of predicted probabilities against true labels, and evaluating a saved model."""
+"""Metrics of predicted probabilities against true labels, and the evaluation files of a run."""
 
+import dataclasses
 import datetime
 import json
+import logging
 import os
 
 import numpy as np
 from sklearn import metrics as skm
 
-from catsdogs import data, features, report
+from catsdogs import calibration, data, features, report
 from catsdogs import model as model_lib
 from catsdogs.config import INFERENCE_BATCH_SIZE
+from catsdogs.model import predicted_classes
 
+log = logging.getLogger(__name__)
 
-def predicted_classes(probabilities, threshold=0.5):
-    """Two classes: the second wins at `threshold`; more classes: the most probable."""
-    probabilities = np.asarray(probabilities)
-    if probabilities.shape[1] == 2:
-        return (probabilities[:, 1] >= threshold).astype(int)
-    return probabilities.argmax(axis=1)
+FIGURES = (
+    ("The study's grid: 25 random test images", "grid.png"),
+    ("Learning curves", "curves.png"),
+    ("Confusion matrix", "confusion.png"),
+    ("Most confident mistakes", "errors.png"),
+    ("Grad-CAM of the most confident mistakes", "gradcam.png"),
+    ("Reliability of the probabilities (test)", "reliability.png"),
+)
+GRADCAM_MISTAKES = 8  # Grad-CAM needs a forward and a backward pass per photo: keep it to a handful
 
 
 def compute_metrics(y_true, probabilities, class_names, threshold=0.5):
-    """Accuracy, per-class and averaged precision/recall/F1, ROC-AUC, log-loss, confusion matrix.
+    """Accuracy, per-class and averaged precision/recall/F1, ROC-AUC, log-loss, ECE, confusion matrix.
 
     Args:
         y_true: true class indices.
@@ -36,17 +43,19 @@ def compute_metrics(y_true, probabilities, class_names, threshold=0.5):
     probabilities = np.asarray(probabilities, np.float64)
     y_pred = predicted_classes(probabilities, threshold)
     labels = list(range(len(class_names)))
-    report = skm.classification_report(y_true, y_pred, labels=labels, target_names=class_names,
-                                       output_dict=True, zero_division=0)
+    table = skm.classification_report(y_true, y_pred, labels=labels, target_names=class_names,
+                                      output_dict=True, zero_division=0)
     result = {
         "images": int(len(y_true)),
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
         "errors": int((y_true != y_pred).sum()),
-        "per_class": {name: _prf(report[name]) for name in class_names},
-        "macro_avg": _prf(report["macro avg"]),
-        "weighted_avg": _prf(report["weighted avg"]),
+        "per_class": {name: _prf(table[name]) for name in class_names},
+        "macro_avg": _prf(table["macro avg"]),
+        "weighted_avg": _prf(table["weighted avg"]),
         # float32 outputs sum to 1 only within float32 rounding, which log_loss warns about.
-        "log_loss": float(skm.log_loss(y_true, probabilities / probabilities.sum(axis=1, keepdims=True), labels=labels)),
+        "log_loss": float(skm.log_loss(y_true, probabilities / probabilities.sum(axis=1, keepdims=True),
+                                       labels=labels)),
+        "ece": calibration.expected_calibration_error(probabilities, y_true),
         "roc_auc": None,
         "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "class_names": list(class_names),
@@ -63,6 +72,22 @@ def _prf(row):
             "support": int(row["support"])}
 
 
+def stage_summary(val, test, class_names, seconds):
+    """Loss and accuracy of a training stage's model (uncalibrated, threshold 0.5).
+
+    Args:
+        val: (labels, logits) of the validation images: what stages are compared on.
+        test: (labels, logits) of the test images, for the record only.
+        class_names: in label order.
+        seconds: how long the stage took.
+    """
+    summary = {"seconds": round(seconds, 1)}
+    for split, (y_true, logits) in (("val", val), ("test", test)):
+        scores = compute_metrics(y_true, calibration.probabilities(logits, class_names), class_names)
+        summary.update({f"{split}_loss": scores["log_loss"], f"{split}_accuracy": scores["accuracy"]})
+    return summary
+
+
 def format_metrics(metrics):
     """A classification_report-style table followed by the threshold-free scores."""
     names = metrics["class_names"]
@@ -75,51 +100,90 @@ def format_metrics(metrics):
     lines.append("")
     lines.append(f"accuracy {metrics['accuracy']:.4f} ({metrics['errors']} errors in {metrics['images']} images)")
     auc = f"{metrics['roc_auc']:.4f}" if metrics["roc_auc"] is not None else "n/a"
-    lines.append(f"ROC-AUC {auc}   log-loss {metrics['log_loss']:.4f}")
+    lines.append(f"ROC-AUC {auc}   log-loss {metrics['log_loss']:.4f}   ECE {metrics['ece']:.4f}")
+    if metrics.get("tta"):
+        tta = metrics["tta"]
+        lines.append(f"with test-time augmentation: accuracy {tta['accuracy']:.4f} ({tta['errors']} errors), "
+                     f"log-loss {tta['log_loss']:.4f}")
     return "\n".join(lines)
 
 
-FIGURES = (
-    ("The study's grid: 25 random test images", "grid.png"),
-    ("Learning curves", "curves.png"),
-    ("Confusion matrix", "confusion.png"),
-    ("Most confident mistakes", "errors.png"),
-)
+def label_issues(y_true, probabilities):
+    """Which images look mislabelled, by confident learning (cleanlab) on out-of-sample probabilities."""
+    from cleanlab.filter import find_label_issues
+
+    y_true = np.asarray(y_true)
+    if len(np.unique(y_true)) < probabilities.shape[1] or len(y_true) < 10:
+        return np.zeros(len(y_true), bool)  # too few images for per-class confidence thresholds
+    return find_label_issues(y_true, np.asarray(probabilities, np.float64))
 
 
-def write_evaluation(folder, paths, y_true, probabilities, class_names, threshold, integrity, title, config=None):
-    """Writes metrics.json, predictions.csv, the figures and report.html of a test evaluation.
+@dataclasses.dataclass
+class Results:
+    """Predictions on a test split and what the report says about them."""
+
+    paths: list
+    y_true: np.ndarray
+    probabilities: np.ndarray  # what the model outputs
+    class_names: list
+    threshold: float
+    uncalibrated: np.ndarray = None  # before temperature scaling, if known
+    tta_probabilities: np.ndarray = None  # averaged over test-time augmentation views
+    validation: dict = None
+    validation_tta: dict = None
+    temperature: float = None
+    stages: dict = None
+
+
+def write_evaluation(folder, results, integrity, title, config=None, model=None):
+    """Writes metrics.json, predictions.csv, integrity.json, the figures and report.html.
 
     Args:
         folder: output folder (a run directory or an evaluation folder).
-        paths: the test images.
-        y_true: their true class indices.
-        probabilities: (n, classes) predicted probabilities.
-        class_names: in label order.
-        threshold: decision threshold for two classes.
+        results: a `Results`.
         integrity: `ScanReport.to_json()` of the data.
         title: report title.
         config: settings to show in the report, if any.
+        model: the model evaluated; with it, the report shows Grad-CAM of the top mistakes.
 
     Returns:
-        the metrics dict.
+        the metrics dict: test metrics at the top level, then "tta", "validation",
+        "calibration" and "stages" where known.
     """
-    metrics = compute_metrics(y_true, probabilities, class_names, threshold)
-    rows = report.prediction_rows(paths, y_true, probabilities, predicted_classes(probabilities, threshold), class_names)
+    r = results
+    metrics = compute_metrics(r.y_true, r.probabilities, r.class_names, r.threshold)
+    if r.tta_probabilities is not None:
+        metrics["tta"] = compute_metrics(r.y_true, r.tta_probabilities, r.class_names, r.threshold)
+    for key, value in (("validation", r.validation), ("validation_tta", r.validation_tta), ("stages", r.stages)):
+        if value is not None:
+            metrics[key] = value
+    if r.temperature is not None:
+        metrics["calibration"] = {"temperature": r.temperature, "test_ece_after": metrics["ece"]}
+        if r.uncalibrated is not None:
+            metrics["calibration"]["test_ece_before"] = calibration.expected_calibration_error(r.uncalibrated, r.y_true)
+    y_pred = predicted_classes(r.probabilities, r.threshold)
+    rows = report.prediction_rows(r.paths, r.y_true, r.probabilities, y_pred, r.class_names,
+                                  label_issues(r.y_true, r.probabilities))
     with open(os.path.join(folder, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     report.write_csv(rows, os.path.join(folder, "predictions.csv"))
     with open(os.path.join(folder, "integrity.json"), "w") as f:
         json.dump(integrity, f, indent=2)
     report.plot_grid(rows, os.path.join(folder, "grid.png"))
-    report.plot_confusion(metrics["confusion_matrix"], class_names, os.path.join(folder, "confusion.png"))
-    mistakes = report.plot_errors(rows, os.path.join(folder, "errors.png"))
-    all_mistakes = sorted((r for r in rows if r["predicted"] != r["true"]), key=lambda r: -r["loss"])
-    report.write_html(folder, title, FIGURES, metrics, all_mistakes[:100] or mistakes, integrity, config)
+    report.plot_confusion(metrics["confusion_matrix"], r.class_names, os.path.join(folder, "confusion.png"))
+    mistakes = sorted((row for row in rows if row["predicted"] != row["true"]), key=lambda row: -row["loss"])
+    report.plot_errors(mistakes, os.path.join(folder, "errors.png"))
+    if model is not None and mistakes:
+        report.plot_gradcam(mistakes[:GRADCAM_MISTAKES], model, os.path.join(folder, "gradcam.png"))
+    curves = {"calibrated" if r.uncalibrated is not None else "model": r.probabilities}
+    if r.uncalibrated is not None:
+        curves = {"before calibration": r.uncalibrated, **curves}
+    report.plot_reliability(curves, r.y_true, os.path.join(folder, "reliability.png"))
+    report.write_html(folder, title, FIGURES, metrics, mistakes[:100], integrity, config)
     return metrics
 
 
-def evaluate_model(run_or_model, data_dir, output_dir=None, batch_size=INFERENCE_BATCH_SIZE):
+def evaluate_model(run_or_model, data_dir, output_dir=None, batch_size=INFERENCE_BATCH_SIZE, tta=False):
     """Evaluates a saved model on labelled images and writes the evaluation files.
 
     Args:
@@ -128,6 +192,7 @@ def evaluate_model(run_or_model, data_dir, output_dir=None, batch_size=INFERENCE
         output_dir: where metrics, predictions, figures and report.html go; by default an
             `eval-<time>` folder beside the model.
         batch_size: images per forward pass.
+        tta: also report test-time augmentation (original and flipped views averaged).
 
     Returns:
         (output folder, metrics dict).
@@ -142,21 +207,23 @@ def evaluate_model(run_or_model, data_dir, output_dir=None, batch_size=INFERENCE
     unknown = sorted(set(dataset.class_names) - set(info.class_names))
     if unknown:
         raise data.DataError(f"{data_dir}: classes {unknown} are unknown to the model, which knows {info.class_names}")
-    only_split = data.Dataset(dataset.root, dataset.class_names, {split: dataset.splits[split]})
-    scan = data.scan(only_split)
+    scan = data.scan(data.Dataset(dataset.root, dataset.class_names, {split: dataset.splits[split]}))
     samples = [s for s in dataset.splits[split] if s.path in scan.hashes]
     paths = [s.path for s in samples]
     y_true = np.array([info.class_names.index(dataset.class_names[s.label]) for s in samples])
+    views = features.TTA_VIEWS if tta else ("original",)
     errors = {}
-    probabilities = np.full((len(paths), len(info.class_names)), np.nan)
-    for indices, outputs in features.run_on_files(model, paths, info.image_size, batch_size, errors, desc="evaluate"):
-        probabilities[indices] = outputs
+    probabilities = np.full((len(views), len(paths), len(info.class_names)), np.nan)
+    for indices, outputs in features.run_on_files(model, paths, info.image_size, batch_size, errors, views,
+                                                  desc="evaluate"):
+        probabilities[:, indices] = outputs
     for path, reason in errors.items():
         scan.add_problem(path, reason)
-    ok = ~np.isnan(probabilities).any(axis=1)
+    ok = ~np.isnan(probabilities).any(axis=(0, 2))
     output_dir = output_dir or os.path.join(os.path.dirname(model_path), f"eval-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     os.makedirs(output_dir, exist_ok=True)
-    metrics = write_evaluation(
-        output_dir, [p for p, k in zip(paths, ok) if k], y_true[ok], probabilities[ok], info.class_names,
-        info.threshold, scan.to_json(), f"catsdogs evaluation of {model_path} on {data_dir}")
+    results = Results([p for p, k in zip(paths, ok) if k], y_true[ok], probabilities[0, ok], info.class_names,
+                      info.threshold, tta_probabilities=probabilities[:, ok].mean(axis=0) if tta else None)
+    metrics = write_evaluation(output_dir, results, scan.to_json(), f"catsdogs evaluation of {model_path} on {data_dir}",
+                               model=model)
     return output_dir, metrics

@@ -63,7 +63,16 @@ def keras_forward(model):
     return tf.function(lambda images: model(images, training=False), reduce_retracing=True)
 
 
-def run_on_files(model, paths, image_size, batch_size, errors, desc="images"):
+def _hflip(images):
+    return images[:, :, ::-1, :]
+
+
+# Views for test-time augmentation: cheap, label-preserving transformations of the resized image.
+VIEWS = {"original": lambda images: images, "hflip": _hflip}
+TTA_VIEWS = ("original", "hflip")
+
+
+def run_on_files(model, paths, image_size, batch_size, errors, views=("original",), desc="images"):
     """Runs a model over image files, decoding and resizing in a parallel tf.data pipeline.
 
     Args:
@@ -73,10 +82,12 @@ def run_on_files(model, paths, image_size, batch_size, errors, desc="images"):
         image_size: side of the resized square images.
         batch_size: images per forward pass.
         errors: dict that receives path -> reason for files that fail to decode.
+        views: names in VIEWS; the model runs on each view of every image.
         desc: progress bar label.
 
     Yields:
-        (indices into paths, model outputs) per batch, for the images that decoded.
+        (indices into paths, outputs of shape (views, images, ...)) per batch, for the images
+        that decoded.
     """
     from catsdogs.backbones import resize_layer
 
@@ -84,10 +95,10 @@ def run_on_files(model, paths, image_size, batch_size, errors, desc="images"):
     forward = keras_forward(model) if isinstance(model, keras.Model) else model
     with tqdm(total=len(paths), desc=desc, unit="img", leave=False, disable=None) as progress:
         for images, ok, indices in pipeline.dataset(paths):
-            outputs = np.asarray(forward(images))
+            outputs = np.stack([np.asarray(forward(VIEWS[view](images))) for view in views])
             ok = ok.numpy()
             progress.update(len(ok))
-            yield indices.numpy()[ok], outputs[ok]
+            yield indices.numpy()[ok], outputs[:, ok]
     errors.update(pipeline.errors)
 
 
@@ -99,8 +110,12 @@ def decoded_images(paths, image_size, batch_size=32):
     return np.concatenate([images.numpy()[ok.numpy()] for images, ok, _ in pipeline.dataset(paths)])
 
 
-def cached_features(extractor, paths, hashes, cache, batch_size, desc="features"):
-    """Features of every path, from the cache where present, computed and cached otherwise.
+def _cache_id(digest, view):
+    return digest if view == "original" else f"{digest}:{view}"
+
+
+def cached_features(extractor, paths, hashes, cache, batch_size, views=("original",), desc="features"):
+    """Features of every path and view, from the cache where present, computed and cached otherwise.
 
     Args:
         extractor: the frozen backbone.
@@ -108,34 +123,39 @@ def cached_features(extractor, paths, hashes, cache, batch_size, desc="features"
         hashes: content hash of each path (same order).
         cache: a `FeatureCache` for this extractor.
         batch_size: images per forward pass.
+        views: names in VIEWS.
         desc: progress bar label.
 
     Returns:
-        (features array aligned with paths, errors dict path -> reason). Rows of files that
+        (features of shape (views, paths, dim), errors dict path -> reason). Rows of files that
         failed to decode are NaN.
     """
-    missing = {}
+    # Images grouped by the views they lack, so that each is decoded once and nothing cached is redone.
+    todo = {}
     for path, digest in zip(paths, hashes):
-        if digest not in cache and digest not in missing:
-            missing[digest] = path
+        lacking = tuple(v for v in views if _cache_id(digest, v) not in cache)
+        if lacking:
+            todo.setdefault(lacking, {}).setdefault(digest, path)
     errors = {}
-    if missing:
-        log.info("computing features of %d images (%d cached)", len(missing), len(paths) - len(missing))
+    for lacking, missing in todo.items():
+        log.info("computing features of %d images (%s)", len(missing), ", ".join(lacking))
         todo_hashes, todo_paths = list(missing), list(missing.values())
-        pending_hashes, pending_features = [], []
+        pending_ids, pending_features = [], []
         start = time.perf_counter()
-        for indices, features in run_on_files(extractor, todo_paths, extractor.input_shape[1], batch_size, errors, desc):
-            pending_hashes += [todo_hashes[i] for i in indices]
-            pending_features += list(features)
-            if len(pending_hashes) >= CHUNK_SIZE:
-                cache.add(pending_hashes, pending_features)
-                pending_hashes, pending_features = [], []
-        cache.add(pending_hashes, pending_features)
+        for indices, features in run_on_files(
+                extractor, todo_paths, extractor.input_shape[1], batch_size, errors, lacking, desc):
+            for view, view_features in zip(lacking, features):
+                pending_ids += [_cache_id(todo_hashes[i], view) for i in indices]
+                pending_features += list(view_features)
+            if len(pending_ids) >= CHUNK_SIZE:
+                cache.add(pending_ids, pending_features)
+                pending_ids, pending_features = [], []
+        cache.add(pending_ids, pending_features)
         seconds = time.perf_counter() - start
-        log.info("computed features of %d images in %.1f s (%.1f images/s, decoding included)",
-                 len(todo_paths), seconds, len(todo_paths) / seconds)
-    matrix = np.full((len(hashes), extractor.output_shape[-1]), np.nan, np.float32)
-    for row, digest in enumerate(hashes):
-        if digest in cache:
-            matrix[row] = cache.features[digest]
+        log.info("computed them in %.1f s (%.1f images/s per view, decoding included)",
+                 seconds, len(todo_paths) * len(lacking) / seconds)
+    matrix = np.full((len(views), len(hashes), extractor.output_shape[-1]), np.nan, np.float32)
+    for v, view in enumerate(views):
+        for row, digest in enumerate(hashes):
+            matrix[v, row] = cache.features.get(_cache_id(digest, view), np.nan)
     return matrix, errors

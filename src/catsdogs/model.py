@@ -4,26 +4,28 @@ import dataclasses
 import os
 
 import keras
+import numpy as np
 from keras import layers
 
 from catsdogs.backbones import resize_layer
 from catsdogs.layers import ClassProbabilities
 
 MODEL_FILE = "model.keras"
-HEADS = ("dense", "linear")
+HEADS = ("linear", "dense")
 
 
-def build_head(feature_dim, num_classes, kind="dense", hidden_units=(256,), dropout=0.5, l2=0.0):
+def build_head(feature_dim, num_classes, kind="linear", hidden_units=(256,), dropout=0.5, l2=0.0):
     """A small classifier on pooled features: features in, logits out.
 
     Args:
         feature_dim: length of the backbone's feature vector.
-        num_classes: two gives one logit (sigmoid), more give one logit per class.
-        kind: "dense" (fully connected hidden layers with dropout, as in the study) or
-            "linear" (logistic / softmax regression).
+        num_classes: two gives one logit (sigmoid), more give one logit per class (softmax).
+        kind: "linear" (one logistic/softmax layer on the features, fitted by
+            `train.fit_linear_head`) or "dense" (the study's fully connected hidden layers with
+            dropout, trained by gradient descent).
         hidden_units: sizes of the hidden layers of a dense head.
         dropout: dropout rate after each hidden layer.
-        l2: L2 penalty on the kernels.
+        l2: L2 penalty on the dense head's kernels.
 
     Returns:
         a `keras.Model` named "head".
@@ -33,12 +35,22 @@ def build_head(feature_dim, num_classes, kind="dense", hidden_units=(256,), drop
     regularizer = keras.regularizers.L2(l2) if l2 else None
     inputs = keras.Input((feature_dim,), name="features")
     x = inputs
-    if kind == "dense":
-        for i, units in enumerate(hidden_units):
-            x = layers.Dense(units, activation="relu", kernel_regularizer=regularizer, name=f"hidden{i}")(x)
-            x = layers.Dropout(dropout, name=f"dropout{i}")(x)
+    for i, units in enumerate(hidden_units if kind == "dense" else ()):
+        x = layers.Dense(units, activation="relu", kernel_regularizer=regularizer, name=f"hidden{i}")(x)
+        x = layers.Dropout(dropout, name=f"dropout{i}")(x)
     logits = layers.Dense(1 if num_classes == 2 else num_classes, kernel_regularizer=regularizer, name="logits")(x)
     return keras.Model(inputs, logits, name="head")
+
+
+def compile_classifier(model, binary, learning_rate):
+    """Compiles a model that outputs logits: cross-entropy from logits, accuracy, Adam."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.BinaryCrossentropy(from_logits=True) if binary
+        else keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy") if binary
+                 else keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
 
 
 def assemble(extractor, head, class_names, temperature=1.0, threshold=0.5):
@@ -116,11 +128,24 @@ class ModelInfo:
     temperature: float
 
 
+def logits_model(model):
+    """The same model without its last layer: pixels in, logits out (for calibration)."""
+    return keras.Model(model.input, model.get_layer("probabilities").input, name="logits")
+
+
 def describe(model):
     probabilities = model.get_layer("probabilities")
     extractor = next(layer for layer in model.layers if isinstance(layer, keras.Model) and layer.name != "head")
     return ModelInfo(probabilities.class_names, extractor.name, model.get_layer("resize").height,
                      probabilities.threshold, probabilities.temperature)
+
+
+def predicted_classes(probabilities, threshold=0.5):
+    """The model's decision rule. Two classes: the second wins at `threshold`; more: the most probable."""
+    probabilities = np.asarray(probabilities)
+    if probabilities.shape[1] == 2:
+        return (probabilities[:, 1] >= threshold).astype(int)
+    return probabilities.argmax(axis=1)
 
 
 def save(model, path):

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from catsdogs import evaluate, features
+from catsdogs import features
 from catsdogs import model as model_lib
 from catsdogs.config import INFERENCE_BATCH_SIZE
 from catsdogs.runtimes import ExportedModel
@@ -24,13 +24,14 @@ def expand_inputs(inputs):
     return paths
 
 
-def predict_files(model, inputs, batch_size=INFERENCE_BATCH_SIZE):
+def predict_files(model, inputs, batch_size=INFERENCE_BATCH_SIZE, tta=False):
     """Predicts every image among the inputs; an unreadable one gets an error, not an exception.
 
     Args:
         model: a loaded catsdogs Keras model, or an exported one (`runtimes.load`).
         inputs: files and folders.
         batch_size: images per forward pass.
+        tta: average the probabilities of the photo and its mirror image.
 
     Returns:
         one dict per file, in order: path, label, probability (of that label) and probabilities
@@ -40,9 +41,11 @@ def predict_files(model, inputs, batch_size=INFERENCE_BATCH_SIZE):
     paths = expand_inputs(inputs)
     errors = {}
     probabilities = np.full((len(paths), len(info.class_names)), np.nan)
-    for indices, outputs in features.run_on_files(model, paths, info.image_size, batch_size, errors, desc="predict"):
-        probabilities[indices] = outputs
-    labels = evaluate.predicted_classes(np.nan_to_num(probabilities), info.threshold)
+    views = features.TTA_VIEWS if tta else ("original",)
+    for indices, outputs in features.run_on_files(model, paths, info.image_size, batch_size, errors, views,
+                                                  desc="predict"):
+        probabilities[indices] = outputs.mean(axis=0)
+    labels = model_lib.predicted_classes(np.nan_to_num(probabilities), info.threshold)
     rows = []
     for path, probs, label in zip(paths, probabilities, labels):
         if path in errors or np.isnan(probs).any():

@@ -12,17 +12,19 @@ import numpy as np  # noqa: E402
 from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
+from catsdogs import explain  # noqa: E402
 from catsdogs.images import ImageError, load_image  # noqa: E402
 
 RIGHT, WRONG = "#1a7f37", "#cf222e"
 
 
-def prediction_rows(paths, y_true, probabilities, y_pred, class_names):
-    """One dict per image: path, true and predicted class, their probabilities, and the loss."""
+def prediction_rows(paths, y_true, probabilities, y_pred, class_names, label_issues):
+    """One dict per image: path, true and predicted class, probabilities, loss, label suspicion."""
     rows = []
-    for path, true, probs, pred in zip(paths, y_true, probabilities, y_pred):
+    for path, true, probs, pred, issue in zip(paths, y_true, probabilities, y_pred, label_issues):
         row = {"path": path, "true": class_names[true], "predicted": class_names[pred],
-               "probability": float(probs[pred]), "loss": float(-np.log(max(probs[true], 1e-12)))}
+               "probability": float(probs[pred]), "loss": float(-np.log(max(probs[true], 1e-12))),
+               "label_looks_wrong": bool(issue)}
         row.update({f"p_{name}": float(p) for name, p in zip(class_names, probs)})
         rows.append(row)
     return rows
@@ -45,7 +47,7 @@ def _show(ax, path, title, color):
         ax.imshow(load_image(path))
     except ImageError:
         ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
-    ax.set_title(title, color=color, fontsize=9)
+    ax.set_title(title, color=color, fontsize=11)
     ax.axis("off")
 
 
@@ -67,16 +69,17 @@ def plot_grid(rows, path, seed=0, side=5):
     plt.close(fig)
 
 
-def plot_errors(rows, path, count=16):
-    """The most confident mistakes, worst first. Returns the rows shown."""
-    mistakes = sorted((r for r in rows if r["predicted"] != r["true"]), key=lambda r: -r["loss"])[:count]
+def plot_errors(mistakes, path, count=16):
+    """The first `count` mistakes (most confident first), marking those whose label looks wrong."""
+    mistakes = mistakes[:count]
     columns = 4
     lines = max(1, -(-len(mistakes) // columns))
     fig, axes = plt.subplots(lines, columns, figsize=(2.8 * columns, 3.0 * lines), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, row in zip(axes.flat, mistakes):
-        title = f"{row['predicted']} {row['probability']:.2f}, true {row['true']}\n{os.path.basename(row['path'])}"
+        suspect = " (label looks wrong)" if row["label_looks_wrong"] else ""
+        title = f"{row['predicted']} {row['probability']:.2f}, true {row['true']}\n{os.path.basename(row['path'])}{suspect}"
         _show(ax, row["path"], title, WRONG)
     if not mistakes:
         axes[0, 0].text(0, 0.5, "no mistakes", fontsize=14)
@@ -84,7 +87,41 @@ def plot_errors(rows, path, count=16):
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
-    return mistakes
+
+
+def plot_gradcam(mistakes, model, path, columns=4):
+    """Grad-CAM of mistakes: where the model saw the class it wrongly predicted.
+
+    Args:
+        mistakes: prediction rows, most confident mistakes first.
+        model: the catsdogs model that made them.
+        path: the figure file.
+        columns: photos per line.
+    """
+    explainer = explain.Explainer(model)
+    photos, shown = [], []
+    for row in mistakes:
+        try:
+            photos.append(load_image(row["path"]))
+            shown.append(row)
+        except ImageError:
+            continue  # gone since the evaluation; the other figures say so
+    if not shown:
+        return
+    batch = np.stack([explainer.prepare(pixels) for pixels in photos])
+    heatmaps = explainer.heatmaps(batch, [explainer.class_names.index(row["predicted"]) for row in shown])
+    lines = -(-len(shown) // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(2.8 * columns, 3.0 * lines), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, row, pixels, heatmap in zip(axes.flat, shown, photos, heatmaps):
+        ax.imshow(explain.overlay(pixels, heatmap))
+        ax.set_title(f"{row['predicted']} {row['probability']:.2f}, true {row['true']}\n{os.path.basename(row['path'])}",
+                     color=WRONG, fontsize=9)
+    fig.suptitle("Grad-CAM of the most confident mistakes: evidence for the predicted class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def plot_confusion(confusion, class_names, path):
@@ -98,20 +135,45 @@ def plot_confusion(confusion, class_names, path):
 
 
 def plot_curves(history, path):
-    """Loss and accuracy per epoch, training and validation, from history.csv rows."""
+    """Loss and accuracy per epoch, training and validation, from history.csv rows (all stages)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    epochs = range(1, len(history) + 1)
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for prefix, label in (("", "train"), ("val_", "validation")):
-            values = [float(r[prefix + metric]) for r in history if r.get(prefix + metric) not in (None, "")]
-            ax.plot(range(1, len(values) + 1), values, marker=".", label=label)
+            ax.plot(epochs, [float(r[prefix + metric]) for r in history], marker=".", label=label)
+        stages = [r["stage"] for r in history]
+        for i in range(1, len(stages)):
+            if stages[i] != stages[i - 1]:
+                ax.axvline(i + 0.5, color="grey", linestyle="--")
+                ax.text(i + 0.6, ax.get_ylim()[1], f" {stages[i].replace('_', '-')}", va="top", color="grey")
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.grid(alpha=0.3)
         ax.legend()
-    best = int(np.argmin([float(r["val_loss"]) for r in history])) + 1 if history else None
-    if best:
-        for ax in axes:
-            ax.axvline(best, color="grey", linestyle=":", label="best epoch")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_reliability(curves, y_true, path, bins=15):
+    """Reliability diagram: accuracy against confidence per bin, marker area by image count."""
+    from catsdogs.calibration import expected_calibration_error, reliability
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    chance = 1 / next(iter(curves.values())).shape[1]
+    ax.plot([chance, 1], [chance, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    for label, probs in curves.items():
+        confidence, accuracy, count = reliability(probs, y_true, bins)
+        ece = expected_calibration_error(probs, y_true, bins)
+        line, = ax.plot(confidence, accuracy, alpha=0.6, label=f"{label} (ECE {ece:.4f})")
+        ax.scatter(confidence, accuracy, s=15 + 300 * count / count.sum(), color=line.get_color())
+    ax.set_xlim(chance - 0.02, 1.02)
+    ax.set_ylim(chance - 0.02, 1.02)
+    ax.set_xlabel("confidence (top probability), marker area: images")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Is a printed 0.9 right nine times in ten?")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

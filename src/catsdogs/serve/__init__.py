@@ -1,0 +1,44 @@
+"""`catsdogs serve`: a trained model as an HTTP service and a web page (FastAPI + uvicorn).
+
+The serving libraries are an optional extra (`pip install "catsdogs[serve]"`); this module
+imports none of them, so that `check_dependencies` can say what is missing.
+"""
+
+import dataclasses
+import importlib.util
+
+from catsdogs.images import DEFAULT_MAX_PIXELS
+
+# import name -> PyPI name
+SERVING_PACKAGES = {"fastapi": "fastapi", "fastapi_offline": "fastapi-offline", "uvicorn": "uvicorn",
+                    "python_multipart": "python-multipart"}
+
+
+@dataclasses.dataclass
+class ServeSettings:
+    """Batching and limits of the service (the options of `catsdogs serve`)."""
+
+    max_batch_size: int = 16  # images in one forward pass; 1 turns batching off
+    max_wait_ms: float = 5.0  # how long a request waits for others to share its forward pass
+    max_upload_bytes: int = 32 * 2**20  # of one request body, checked before anything is decoded
+    max_pixels: int = DEFAULT_MAX_PIXELS  # of one image, read from its header before decoding
+    max_images: int = 32  # in one request
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            minimum = 0 if field.name == "max_wait_ms" else 1
+            if getattr(self, field.name) < minimum:
+                raise ValueError(f"{field.name} must be at least {minimum}, got {getattr(self, field.name)}")
+
+
+class MissingDependencyError(RuntimeError):
+    """A serving library that is not installed, with the pip command that installs it."""
+
+
+def check_dependencies():
+    """Raises `MissingDependencyError` naming every serving library that is not installed."""
+    missing = [package for module, package in SERVING_PACKAGES.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise MissingDependencyError(
+            f"serving needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed. "
+            f"Install the serving extra: pip install \"catsdogs[serve]\"  (or: pip install {' '.join(missing)})")

@@ -1,0 +1,108 @@
+"use strict";
+// The catsdogs page: every photo dropped or chosen is sent on its own to POST /predict, so that
+// results appear as they come (and the server batches the requests that arrive together).
+
+const results = document.getElementById("results");
+const template = document.getElementById("card-template");
+const dropZone = document.getElementById("drop-zone");
+const fileInput = document.getElementById("file-input");
+
+async function getJson(url) {
+  const response = await fetch(url);
+  const payload = await response.json();
+  if (!response.ok) throw new Error(payload.error || response.statusText);
+  return payload;
+}
+
+async function showModel() {
+  const info = document.getElementById("model-info");
+  try {
+    const health = await getJson("/healthz");
+    const model = await getJson(`/v1/models/${encodeURIComponent(health.model)}`);
+    const accuracy = model.metrics ? `, test accuracy ${(100 * model.metrics.accuracy).toFixed(2)}%` : "";
+    info.textContent = `Model ${model.name}: ${model.backbone}, classes ${model.classes.join(", ")}${accuracy}.`;
+  } catch (error) {
+    info.textContent = `The model's description is unavailable (${error.message}).`;
+  }
+}
+
+function percent(probability) {
+  return `${(100 * probability).toFixed(1)}%`;
+}
+
+function showPrediction(card, prediction) {
+  card.dataset.state = "done";
+  card.dataset.label = prediction.label;
+  card.querySelector(".label").textContent = `${prediction.label} ${percent(prediction.probability)}`;
+  const bars = card.querySelector(".bars");
+  for (const [name, probability] of Object.entries(prediction.probabilities)) {
+    const row = document.createElement("div");
+    row.className = name === prediction.label ? "bar-row predicted" : "bar-row";
+    row.innerHTML = '<span class="class"></span><span class="bar"><span></span></span><span class="value"></span>';
+    row.querySelector(".class").textContent = name;
+    row.querySelector(".bar span").style.width = percent(probability);
+    row.querySelector(".value").textContent = percent(probability);
+    bars.append(row);
+  }
+  const heatmap = card.querySelector(".heatmap");
+  const toggle = card.querySelector(".show-heatmap");
+  heatmap.src = `data:image/png;base64,${prediction.heatmap_png}`;
+  toggle.disabled = false;
+  toggle.addEventListener("change", () => { heatmap.hidden = !toggle.checked; });
+}
+
+function showError(card, message) {
+  card.dataset.state = "error";
+  card.querySelector(".label").textContent = "Not predicted";
+  card.querySelector(".toggle").hidden = true;
+  const error = card.querySelector(".error");
+  error.textContent = message;
+  error.hidden = false;
+}
+
+async function predict(file) {
+  const card = template.content.firstElementChild.cloneNode(true);
+  card.querySelector(".name").textContent = file.name;
+  const image = card.querySelector(".image");
+  image.alt = file.name;
+  image.src = URL.createObjectURL(file);
+  // Not every image the server reads can be shown by every browser (TIFF), nor is every file a photo.
+  image.addEventListener("error", () => { card.querySelector(".photo").hidden = true; });
+  results.prepend(card);
+  const form = new FormData();
+  form.append("files", file, file.name);
+  try {
+    const response = await fetch("/predict?heatmap=true", { method: "POST", body: form });
+    const payload = await response.json();
+    if (!response.ok) throw new Error(payload.error || response.statusText);
+    showPrediction(card, payload.predictions[0]);
+  } catch (error) {
+    showError(card, error.message);
+  }
+}
+
+function addPhotos(files) {
+  for (const file of files) predict(file);
+}
+
+fileInput.addEventListener("change", () => {
+  addPhotos(fileInput.files);
+  fileInput.value = "";  // choosing the same photo again still counts
+});
+// Photos dropped anywhere on the page count; without this the browser would open them instead.
+for (const type of ["dragenter", "dragover"]) {
+  document.addEventListener(type, (event) => {
+    event.preventDefault();
+    dropZone.classList.add("dragging");
+  });
+}
+document.addEventListener("dragleave", (event) => {
+  if (!event.relatedTarget) dropZone.classList.remove("dragging");
+});
+document.addEventListener("drop", (event) => {
+  event.preventDefault();
+  dropZone.classList.remove("dragging");
+  addPhotos(event.dataTransfer.files);
+});
+
+showModel();

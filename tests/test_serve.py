@@ -1,0 +1,255 @@
+"""The HTTP service, started for real on a loopback port and used over HTTP."""
+
+import base64
+import concurrent.futures
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from catsdogs import model as model_lib
+from catsdogs import predict
+from catsdogs.cli import main
+from catsdogs.explain import Explainer
+from catsdogs.images import ImageError, load_image
+from catsdogs.serve.app import Job, Predictor, Result
+from conftest import gradient, image_bytes, photo
+
+CAT, DOG = ("test", "cats", 4200), ("test", "dogs", 4200)
+
+
+def b64(data):
+    return base64.b64encode(data).decode()
+
+
+def instances(*files):
+    return {"instances": [{"b64": b64(data)} for data in files]}
+
+
+@pytest.fixture(scope="module")
+def client(lite0_server):
+    url, _ = lite0_server
+    with httpx.Client(base_url=url, timeout=60) as client:
+        yield client
+
+
+def test_health_and_model_status(client, lite0_run):
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok" and health["model"] == "lite0"
+    assert health["batching"]["max_batch_size"] == 8
+    status = client.get("/v1/models/lite0").json()
+    assert status["model_version_status"][0]["state"] == "AVAILABLE"  # what TF Serving clients poll
+    assert (status["name"], status["classes"], status["backbone"], status["input_size"]) == (
+        "lite0", ["cats", "dogs"], "efficientnet_lite0", [380, 380, 3])
+    assert status["metrics"]["accuracy"] == lite0_run[1]["accuracy"]
+    missing = client.get("/v1/models/other")
+    assert missing.status_code == 404 and "'other' not found" in missing.json()["error"]
+
+
+def test_tf_serving_predict_agrees_with_catsdogs_predict(client, lite0_run):
+    cat, dog = photo(*CAT), photo(*DOG)
+    response = client.post("/v1/models/lite0:predict", json=instances(cat.read_bytes(), dog.read_bytes()))
+    assert response.status_code == 200
+    predictions = response.json()["predictions"]
+    assert [p["label"] for p in predictions] == ["cats", "dogs"]
+    expected = predict.predict_files(model_lib.load(lite0_run[0]), [cat, dog])
+    for got, want in zip(predictions, expected):
+        assert got["probability"] == pytest.approx(want["probability"], abs=1e-4)
+        assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-4)
+        assert "heatmap_png" not in got  # only on request
+
+
+@pytest.mark.parametrize("headers", [{}, {"Content-Type": "application/x-www-form-urlencoded"}],
+                         ids=["no content type", "curl -d"])
+def test_tf_serving_clients_that_send_json_without_saying_so_work(client, headers):
+    # TF Serving reads JSON whatever the content type; its documented curl examples use `curl -d`.
+    body = json.dumps(instances(photo(*DOG).read_bytes()))
+    response = client.post("/v1/models/lite0:predict", content=body, headers=headers)
+    assert response.status_code == 200 and response.json()["predictions"][0]["label"] == "dogs"
+
+
+def test_multipart_upload_with_heatmaps(client):
+    cat, dog = photo(*CAT), photo(*DOG)
+    files = [("files", (cat.name, cat.read_bytes(), "image/jpeg")), ("files", (dog.name, dog.read_bytes(), "image/jpeg"))]
+    response = client.post("/predict", params={"heatmap": "true"}, files=files)
+    assert response.status_code == 200
+    predictions = response.json()["predictions"]
+    assert [p["label"] for p in predictions] == ["cats", "dogs"]
+    for path, prediction in zip((cat, dog), predictions):
+        assert prediction["probability"] > 0.5 and sum(prediction["probabilities"].values()) == pytest.approx(1)
+        heatmap = Image.open(io.BytesIO(base64.b64decode(prediction["heatmap_png"])))
+        height, width = load_image(path).shape[:2]
+        assert heatmap.format == "PNG" and heatmap.mode == "RGBA" and max(heatmap.size) == 320
+        assert heatmap.size[0] / heatmap.size[1] == pytest.approx(width / height, rel=0.02)
+        alpha = np.asarray(heatmap)[..., 3]
+        assert alpha.max() > alpha.min() + 50  # an actual map, not a flat tint
+
+
+def test_heatmap_follows_the_animal(client):
+    # The photo on one side of a grey canvas: the heatmap's weight must be on that side.
+    pixels = load_image(photo(*DOG))
+    height, width = pixels.shape[:2]
+    canvas = np.full((height, 2 * width, 3), 128, np.uint8)
+    canvas[:, :width] = pixels
+    for image, side in ((canvas, "left"), (canvas[:, ::-1], "right")):
+        response = client.post("/predict?heatmap=true", files={"files": ("canvas.png", image_bytes(np.ascontiguousarray(image), "PNG"))})
+        prediction = response.json()["predictions"][0]
+        assert prediction["label"] == "dogs"
+        alpha = np.asarray(Image.open(io.BytesIO(base64.b64decode(prediction["heatmap_png"]))))[..., 3].astype(float)
+        alpha -= alpha.min()
+        half = alpha.shape[1] // 2
+        left_share = alpha[:, :half].sum() / alpha.sum()
+        assert (left_share if side == "left" else 1 - left_share) > 0.8
+
+
+def test_concurrent_requests_share_a_forward_pass(client, lite0_server):
+    _, app = lite0_server
+    before = client.get("/healthz").json()["batching"]
+    data = photo(*CAT).read_bytes()
+
+    def one(_):
+        return client.post("/v1/models/lite0:predict", json=instances(data)).json()["predictions"][0]["label"]
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        labels = list(pool.map(one, range(6)))
+    after = client.get("/healthz").json()["batching"]
+    assert labels == ["cats"] * 6
+    assert after["images"] - before["images"] == 6
+    assert after["batches"] - before["batches"] < 6
+    assert after["largest_batch"] >= 2
+    assert app.state.batcher.stats.items == after["images"]
+
+
+def large_pixel_bomb():
+    """A PNG of 81 megapixels in a few hundred kilobytes: a decompression bomb."""
+    return image_bytes(Image.new("L", (9_000, 9_000)), "PNG", optimize=True)
+
+
+def truncated_jpeg():
+    return photo(*CAT).read_bytes()[:4000]
+
+
+def multipart(name, data):
+    return {"files": {"files": (name, data)}}
+
+
+BAD_REQUESTS = {
+    # id: (route, request arguments, status, words in the error)
+    "not an image": ("/predict", multipart("notes.jpg", b"just some text"), 422, "notes.jpg: not an image"),
+    "truncated image": ("/predict", {"files": {"files": ("half.jpg", None)}}, 422, "half.jpg: corrupt or truncated"),
+    "empty file": ("/predict", multipart("zero.jpg", b""), 422, "zero.jpg: empty file"),
+    "too many pixels": ("/predict", {"files": {"files": ("bomb.png", None)}}, 422, "too large: 9000x9000 pixels, limit 4000000"),
+    "too many bytes (multipart)": ("/predict", multipart("big.jpg", b"\xff" * 2_100_000), 413, "request body too large"),
+    "too many bytes (json)": ("/v1/models/lite0:predict", {"json": {"instances": [{"b64": "A" * 2_100_000}]}}, 413, "limit is 2000000 bytes"),
+    "too many images": ("/predict", {"files": [("files", ("a.png", image_bytes(gradient(), "PNG")))] * 5}, 413, "5 images in one request; the limit is 4"),
+    "empty multipart request": ("/predict", {"files": {"other": ("x", b"1")}}, 400, "files: Field required; send one or more images"),
+    "empty request body": ("/v1/models/lite0:predict", {"content": b"", "headers": {"Content-Type": "application/json"}}, 400, "empty request body"),
+    "no instances": ("/v1/models/lite0:predict", {"json": {"instances": []}}, 400, "no instances"),
+    "json to the upload route": ("/predict", {"json": {"instances": []}}, 415, "expected Content-Type multipart/form-data, got application/json"),
+    "image to the json route": ("/v1/models/lite0:predict", {"content": b"\xff\xd8", "headers": {"Content-Type": "image/jpeg"}}, 415, "expected Content-Type application/json, got image/jpeg"),
+    "malformed json": ("/v1/models/lite0:predict", {"content": b'{"instances": [', "headers": {"Content-Type": "application/json"}}, 400, "malformed JSON"),
+    "malformed base64": ("/v1/models/lite0:predict", {"json": {"instances": [{"b64": "not base64!"}]}}, 400, "instances[0].b64: not valid base64"),
+    "instance without b64": ("/v1/models/lite0:predict", {"json": {"instances": [{"image": "x"}]}}, 400, "instances[0].b64: Field required"),
+    "instances not a list": ("/v1/models/lite0:predict", {"json": {"instances": "abc"}}, 400, "instances: Input should be a valid array"),
+    "unknown signature": ("/v1/models/lite0:predict", {"json": {**instances(b"x"), "signature_name": "other"}}, 400, "unknown signature_name 'other'"),
+    "malformed multipart": ("/predict", {"content": b"garbage", "headers": {"Content-Type": "multipart/form-data; boundary=xyz"}}, 400, "multipart"),
+    "bad query": ("/predict", {"params": {"heatmap": "perhaps"}, **multipart("a.png", b"x")}, 400, "heatmap: Input should be a valid boolean"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=list(BAD_REQUESTS))
+def test_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(client, case):
+    route, arguments, status, words = BAD_REQUESTS[case]
+    if case == "truncated image":
+        arguments = multipart("half.jpg", truncated_jpeg())
+    elif case == "too many pixels":
+        arguments = multipart("bomb.png", large_pixel_bomb())
+        assert len(arguments["files"]["files"][1]) < 2_000_000  # under the byte limit: only the pixel guard stops it
+    start = time.perf_counter()
+    response = client.post(route, **arguments)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert words in response.json()["error"]
+    assert time.perf_counter() - start < 10  # refused, not decoded at length
+    assert client.post("/predict", files=multipart("cat.jpg", photo(*CAT).read_bytes())["files"]).status_code == 200
+
+
+def test_a_body_without_content_length_is_measured_as_it_arrives(client):
+    def chunks():  # chunked transfer encoding: no Content-Length to check up front
+        for _ in range(30):
+            yield b"A" * 100_000
+
+    response = client.post("/v1/models/lite0:predict", content=chunks(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 413 and "request body too large" in response.json()["error"]
+
+
+def test_a_failing_image_does_not_fail_its_batch(lite0_run):
+    predictor = Predictor(Explainer(model_lib.load(lite0_run[0])))
+    cat, dog = load_image(photo(*CAT)), load_image(photo(*DOG))
+    results = predictor([Job(cat, False, "cat"), Job(np.zeros((5, 5)), False, "flat"), Job(dog, True, "dog")])
+    assert isinstance(results[1], ImageError) and "flat" in str(results[1]) and "shape (5, 5)" in str(results[1])
+    assert isinstance(results[0], Result) and results[0].label == 0 and results[0].heatmap is None
+    assert isinstance(results[2], Result) and results[2].label == 1 and results[2].heatmap.shape == (12, 12)  # 380 px / stride 32
+
+
+def test_page_documentation_and_static_files_are_all_local(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    for asset in re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text):
+        response = client.get(asset)
+        assert response.status_code == 200
+        assert not re.search(r"https?://", response.text), f"{asset} refers to another host"
+    assert set(re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text)) == {"/static/style.css", "/static/app.js"}
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    for asset in re.findall(r"""(?:src|href)=["']([^"']+\.(?:js|css))""", docs.text):
+        assert asset.startswith("/"), f"/docs loads {asset} from another host"
+        assert client.get(asset).status_code == 200
+    schema = client.get("/openapi.json").json()
+    assert {"/healthz", "/predict", "/v1/models/{model_name}", "/v1/models/{model_name}:predict"} <= set(schema["paths"])
+    tf_request = schema["paths"]["/v1/models/{model_name}:predict"]["post"]["requestBody"]["content"]["application/json"]
+    assert tf_request["schema"]["properties"]["instances"]["items"]["required"] == ["b64"]
+    assert "multipart/form-data" in schema["paths"]["/predict"]["post"]["requestBody"]["content"]
+
+
+def test_the_serve_command_listens_on_loopback_and_stops_cleanly(lite0_run):
+    command = [sys.executable, "-m", "catsdogs.cli", "serve", str(lite0_run[0]), "--port", "0", "--name", "pets"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline, lines = time.monotonic() + 180, []
+        while time.monotonic() < deadline:
+            line = server.stdout.readline()
+            lines.append(line)
+            started = re.search(r"running on (http://[^ ]+)", line)
+            if started or not line:
+                break
+        assert started, "".join(lines)
+        url = started.group(1)
+        assert url.startswith("http://127.0.0.1:")
+        assert httpx.get(f"{url}/v1/models/pets", timeout=30).json()["classes"] == ["cats", "dogs"]
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=60)
+    assert server.returncode == 0
+
+
+def test_serve_without_the_serving_libraries_says_what_to_install(lite0_run, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if not installed
+    assert main(["serve", str(lite0_run[0])]) == 2
+    error = capsys.readouterr().err
+    assert 'pip install "catsdogs[serve]"' in error and "uvicorn" in error
+
+
+def test_serve_refuses_bad_limits(lite0_run, capsys):
+    assert main(["serve", str(lite0_run[0]), "--max-batch-size", "0"]) == 2
+    assert "max_batch_size must be at least 1" in capsys.readouterr().err
