@@ -18,7 +18,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from catsdogs import backbones, calibration, data, features
 from catsdogs import model as model_lib
-from catsdogs.config import TrainConfig, default_cache_dir
+from catsdogs.config import INFERENCE_BATCH_SIZE, TrainConfig, default_cache_dir
 from catsdogs.train import SplitFeatures, fit_dense_head, fit_linear_head, logits_from_features
 
 
@@ -27,10 +27,11 @@ def training_features(data_dir, backbone, size):
     samples = dataset.splits.get("train") or dataset.splits["all"]
     paths = [s.path for s in samples]
     hashes = [hashlib.sha256(open(p, "rb").read()).hexdigest() for p in paths]
-    extractor = backbones.build_feature_extractor(backbone, image_size=size)
+    precision = backbones.resolve_precision(TrainConfig(data_dir="").precision)  # as `catsdogs train` computes them
+    extractor = backbones.build_feature_extractor(backbone, image_size=size, precision=precision)
     cache = features.FeatureCache(default_cache_dir(), features.cache_key(
-        backbone, size, "float32", backbones.weights_fingerprint(extractor)))
-    matrix, _ = features.cached_features(extractor, paths, hashes, cache, batch_size=32)
+        backbone, size, precision, backbones.weights_fingerprint(extractor)))
+    matrix, _ = features.cached_features(extractor, paths, hashes, cache, batch_size=INFERENCE_BATCH_SIZE)
     return matrix[0], np.array([s.label for s in samples]), dataset.class_names
 
 

@@ -14,6 +14,7 @@ from sklearn.preprocessing import StandardScaler
 
 from catsdogs import model as model_lib
 from catsdogs import predict
+from catsdogs.backbones import get_backbone
 from catsdogs.config import TrainConfig
 from catsdogs.images import load_image
 from catsdogs.report import read_csv
@@ -33,7 +34,9 @@ def test_lite0_on_100_photos_per_class_is_far_above_chance(lite0_run):
     assert RUN_FILES <= {p.name for p in run_dir.iterdir()}
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["accuracy"] == metrics["accuracy"] and len(saved["confusion_matrix"]) == 2
-    assert json.loads((run_dir / "config.json").read_text())["backbone"] == "efficientnet_lite0"
+    saved_config = json.loads((run_dir / "config.json").read_text())
+    assert saved_config["backbone"] == "efficientnet_lite0"
+    assert saved_config["image_size"] == get_backbone("efficientnet_lite0").default_image_size  # 0 resolved
     html = (run_dir / "report.html").read_text()
     assert all(f'src="{name}"' in html for name in ("grid.png", "confusion.png", "errors.png", "reliability.png"))
     assert saved["stages"]["kept"] == "head" and saved["stages"]["head"]["C"] > 0  # linear head, cross-validated

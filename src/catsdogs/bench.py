@@ -254,10 +254,10 @@ def run_bench(backbones=None, precisions=None, batch_sizes=DEFAULT_BATCH_SIZES, 
         a JSON-ready dict: machine, settings, peaks and one result per backbone and precision.
     """
     from catsdogs.predict import expand_inputs
-    from catsdogs.runtimes import require
+    from catsdogs.extras import require
 
     if onnx:
-        require("onnx")  # before minutes of measuring, not after
+        require("onnx", "timing ONNX Runtime")  # before minutes of measuring, not after
     backbones = [get_backbone(name).name for name in backbones or BACKBONES]  # unknown names fail here, not later
     precisions = precisions or (PRECISIONS if cpu_has_bfloat16() else ("float32",))
     repeats = 2 if quick else repeats

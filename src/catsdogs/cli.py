@@ -7,7 +7,7 @@ import sys
 
 from catsdogs.config import (EXPORT_FORMATS, INFERENCE_BATCH_SIZE, PRECISIONS, QUANTIZATIONS, RUNTIMES, TrainConfig,
                              default_cache_dir)
-from catsdogs.serve import MissingDependencyError, ServeSettings
+from catsdogs.serve import ServeSettings
 
 EPILOG = "Run `catsdogs COMMAND -h` for the options of a command."
 
@@ -200,9 +200,9 @@ def _explain(args):
 
 
 def _serve(args):
-    from catsdogs.serve import check_dependencies
+    from catsdogs.extras import require
 
-    check_dependencies()
+    require("serve", "serving")
     from catsdogs.serve.app import serve
 
     settings = ServeSettings(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
@@ -307,12 +307,12 @@ def main(argv=None):
     from catsdogs.backbones import WeightsError
     from catsdogs.data import DataError
     from catsdogs.images import ImageError
-    from catsdogs.runtimes import MissingDependency
+    from catsdogs.extras import MissingDependency
 
     try:
         args.func(args)
-    except (DataError, WeightsError, ImageError, MissingDependency, MissingDependencyError, FileNotFoundError,
-            FileExistsError, ValueError) as error:
+    except (DataError, WeightsError, ImageError, MissingDependency, FileNotFoundError, FileExistsError,
+            ValueError) as error:
         print(f"catsdogs {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -10,7 +10,6 @@ import pickle
 import struct
 
 import numpy as np
-import keras
 from keras import layers
 
 # (repeats, kernel size, first stride, expand ratio, input filters, output filters) per stage,

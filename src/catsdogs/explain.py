@@ -2,9 +2,9 @@
 
 Grad-CAM (Selvaraju et al., 2017) weighs each channel of the backbone's last convolutional
 block by the mean gradient of the class score with respect to it; the positive part of the
-weighted sum is a coarse map (7x7 for 224-pixel inputs) of where that evidence lies. The map
-belongs to the model's square input, which is the whole photo resized without cropping, so it
-is stretched back over the photo and drawn in a colour map.
+weighted sum is a coarse map (7x7 for 224-pixel inputs, 12x12 for 380) of where that evidence
+lies. The map belongs to the model's square input, which is the whole photo resized without
+cropping, so it is stretched back over the photo and drawn in a colour map.
 """
 
 import dataclasses

@@ -21,6 +21,7 @@ from catsdogs import data, features, predict, report, runtimes
 from catsdogs import model as model_lib
 from catsdogs.bench import forward_rate
 from catsdogs.config import EXPORT_FORMATS, INFERENCE_BATCH_SIZE, QUANTIZATIONS
+from catsdogs.extras import EXTRAS, require
 
 FILE_NAMES = {"keras": model_lib.MODEL_FILE, "savedmodel": "saved_model", "onnx": "model.onnx", "tflite": "model.tflite"}
 PARITY_FILE = "parity.json"
@@ -192,7 +193,8 @@ def export_model(run_or_model, format, output=None, quantization="float32", data
         raise ValueError(f"unknown format {format!r}; choose one of {EXPORT_FORMATS}")
     if quantization not in QUANTIZATIONS or (format != "tflite" and quantization != "float32"):
         raise ValueError(f"quantization {quantization!r}: TFLite takes one of {QUANTIZATIONS}, other formats float32")
-    runtimes.require(format)
+    if format in EXTRAS:  # a SavedModel needs nothing beyond TensorFlow
+        require(format, f"the {format} format")
     model_path = model_lib.resolve_model_path(run_or_model)
     model = model_lib.load(model_path)
     info = model_lib.describe(model)

@@ -8,7 +8,6 @@ class: the Keras model after its own resize layer. `predict.predict_files` runs 
 Keras model, through the same decoding and resizing.
 """
 
-import importlib
 import json
 import os
 
@@ -16,36 +15,9 @@ import numpy as np
 
 from catsdogs import model as model_lib
 from catsdogs.data import usable_cpus
+from catsdogs.extras import require
 
 EXPORT_INFO_FILE = "export.json"
-# Optional packages per format: (module, PyPI package), and the extra of catsdogs that has them.
-REQUIREMENTS = {
-    "onnx": ([("tf2onnx", "tf2onnx"), ("onnxruntime", "onnxruntime")], "onnx"),
-    "tflite": ([("ai_edge_litert.interpreter", "ai-edge-litert")], "tflite"),
-}
-
-
-class MissingDependency(RuntimeError):
-    """An optional package that a format needs is not installed; says what to install."""
-
-
-def require(format):
-    """Checks that the optional packages of an export format or runtime are installed.
-
-    Raises:
-        MissingDependency: naming the packages and the pip command that installs them.
-    """
-    modules, extra = REQUIREMENTS.get(format, ([], None))
-    missing = []
-    for module, package in modules:
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            missing.append(package)
-    if missing:
-        raise MissingDependency(f"the {format} format needs {' and '.join(missing)}, which "
-                                f"{'is' if len(missing) == 1 else 'are'} not installed. Install with: "
-                                f"pip install 'catsdogs[{extra}]'  (or: pip install {' '.join(missing)})")
 
 
 class ExportedModel:
@@ -79,7 +51,7 @@ class OnnxModel(ExportedModel):
 
     def __init__(self, folder):
         super().__init__(folder)
-        require("onnx")
+        require("onnx", "the onnx format")
         import onnxruntime
 
         self.session = onnxruntime.InferenceSession(self.path, providers=["CPUExecutionProvider"])
@@ -96,7 +68,7 @@ class TFLiteModel(ExportedModel):
 
     def __init__(self, folder):
         super().__init__(folder)
-        require("tflite")
+        require("tflite", "the tflite format")
         from ai_edge_litert.interpreter import Interpreter
 
         self.interpreter = Interpreter(model_path=self.path, num_threads=usable_cpus())

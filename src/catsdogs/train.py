@@ -219,7 +219,9 @@ def train(config):
     Returns:
         (run directory, test metrics dict).
     """
-    config = dataclasses.replace(config, precision=backbones.resolve_precision(config.precision))
+    # The run's config.json says what was used: "auto" and 0 (the backbone's size) are resolved.
+    config = dataclasses.replace(config, precision=backbones.resolve_precision(config.precision),
+                                 image_size=config.image_size or backbones.get_backbone(config.backbone).default_image_size)
     dataset = data.discover(config.data_dir)
     class_names = dataset.class_names
     log.info("%s: classes %s, %s", config.data_dir, class_names,
@@ -310,6 +312,7 @@ def train(config):
         temperature=temperature, stages=stages)
     metrics = evaluate.write_evaluation(
         run_dir, results, scan.to_json(),
-        f"catsdogs run {os.path.basename(run_dir)}: {config.backbone}, {config.head} head", config.to_dict(),
+        f"catsdogs run {os.path.basename(run_dir)}: {config.backbone} at {config.image_size} px "
+        f"({config.precision}), {config.head} head", config.to_dict(),
         model=model)
     return run_dir, metrics

@@ -1,18 +1,12 @@
 """`catsdogs serve`: a trained model as an HTTP service and a web page (FastAPI + uvicorn).
 
 The serving libraries are an optional extra (`pip install "catsdogs[serve]"`); this module
-imports none of them, so that `check_dependencies` can say what is missing.
+imports none of them, so that `extras.require` can say what is missing.
 """
 
 import dataclasses
-import importlib.util
 
 from catsdogs.images import DEFAULT_MAX_PIXELS
-
-# import name -> PyPI name
-SERVING_PACKAGES = {"fastapi": "fastapi", "fastapi_offline": "fastapi-offline", "uvicorn": "uvicorn",
-                    "python_multipart": "python-multipart"}
-
 
 @dataclasses.dataclass
 class ServeSettings:
@@ -30,15 +24,3 @@ class ServeSettings:
             if getattr(self, field.name) < minimum:
                 raise ValueError(f"{field.name} must be at least {minimum}, got {getattr(self, field.name)}")
 
-
-class MissingDependencyError(RuntimeError):
-    """A serving library that is not installed, with the pip command that installs it."""
-
-
-def check_dependencies():
-    """Raises `MissingDependencyError` naming every serving library that is not installed."""
-    missing = [package for module, package in SERVING_PACKAGES.items() if importlib.util.find_spec(module) is None]
-    if missing:
-        raise MissingDependencyError(
-            f"serving needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed. "
-            f"Install the serving extra: pip install \"catsdogs[serve]\"  (or: pip install {' '.join(missing)})")
