@@ -115,7 +115,10 @@ def label_issues(y_true, probabilities):
     y_true = np.asarray(y_true)
     if len(np.unique(y_true)) < probabilities.shape[1] or len(y_true) < 10:
         return np.zeros(len(y_true), bool)  # too few images for per-class confidence thresholds
-    return find_label_issues(y_true, np.asarray(probabilities, np.float64))
+    # n_jobs=1: cleanlab's worker processes rely on module globals that a spawned process lacks
+    # (it failed inside a spawned benchmark process), and forking a process running TensorFlow is
+    # unsafe; for thousands of images one process takes milliseconds.
+    return find_label_issues(y_true, np.asarray(probabilities, np.float64), n_jobs=1)
 
 
 @dataclasses.dataclass
