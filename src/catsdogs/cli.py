@@ -46,8 +46,9 @@ def _add_train(commands):
                         "(AVX512_BF16 or AMX), where it was measured faster and as accurate, else float32. "
                         "The head and the model's output are float32 either way")
     p.add_argument("--head", choices=("linear", "dense"), default=defaults.head,
-                   help="linear (default, best on validation): logistic regression on standardised features, "
-                        "L2 strength chosen by cross-validation; dense: the study's fully connected layers with dropout")
+                   help="linear (default; best by cross-validation on the training photos): logistic regression on "
+                        "standardised features, L2 strength chosen by cross-validation; dense: the study's fully "
+                        "connected layers with dropout")
     p.add_argument("--hidden-units", type=_int_list, default=defaults.hidden_units,
                    help="hidden layer sizes of a dense head, comma separated (default: 256)")
     p.add_argument("--dropout", type=float, default=defaults.dropout)
