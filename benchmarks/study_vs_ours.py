@@ -119,6 +119,7 @@ def main():
     parser.add_argument("--test-per-class", type=int, default=1000, help="default: the whole test folder")
     parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], default=[42, 43, 44],
                         help="seeds of the accuracy comparison, each way (the timing uses the first)")
+    parser.add_argument("--purposes", default="timing,accuracy", help="which comparisons to run (default: both)")
     parser.add_argument("--output", help="write the results as JSON")
     args = parser.parse_args()
 
@@ -134,7 +135,9 @@ def main():
         data_dir = str(link_slice(pathlib.Path(args.data), scratch / "data", args.train_per_class, args.test_per_class))
         weights_cache = str(scratch / "weights-cache")
         in_fresh_process(converted_weights, weights_cache)
-        cases = [("timing", "resnet50", "random", args.seeds[:1]), ("accuracy", "efficientnet_lite0", "imagenet", args.seeds)]
+        cases = [case for case in [("timing", "resnet50", "random", args.seeds[:1]),
+                                   ("accuracy", "efficientnet_lite0", "imagenet", args.seeds)]
+                 if case[0] in args.purposes.split(",")]
         for purpose, backbone, weights, seeds in cases:
             runs = str(scratch / "runs")
             ways = [("study", study_way, ()), ("catsdogs, same head", our_way, ("auto", runs))]
