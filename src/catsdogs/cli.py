@@ -5,8 +5,8 @@ import json
 import logging
 import sys
 
-from catsdogs.config import (EXPORT_FORMATS, INFERENCE_BATCH_SIZE, PRECISIONS, QUANTIZATIONS, RUNTIMES, TrainConfig,
-                             default_cache_dir)
+from catsdogs.config import (EXPORT_FORMATS, HEADS, INFERENCE_BATCH_SIZE, PRECISIONS, QUANTIZATIONS, RUNTIMES,
+                             TrainConfig, default_cache_dir)
 from catsdogs.serve import ServeSettings
 
 EPILOG = "Run `catsdogs COMMAND -h` for the options of a command."
@@ -41,11 +41,11 @@ def _add_train(commands):
     p.add_argument("--weights", default=defaults.weights,
                    help="imagenet (default), random (no pretraining, for trying the pipeline), or a weights file")
     p.add_argument("--image-size", type=int, default=defaults.image_size, help="input side in pixels (default: the backbone's)")
-    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default=defaults.precision,
+    p.add_argument("--precision", choices=("auto", *PRECISIONS), default=defaults.precision,
                    help="compute precision of the backbone; auto (default): bfloat16 on CPUs with native bfloat16 "
                         "(AVX512_BF16 or AMX), where it was measured faster and as accurate, else float32. "
                         "The head and the model's output are float32 either way")
-    p.add_argument("--head", choices=("linear", "dense"), default=defaults.head,
+    p.add_argument("--head", choices=HEADS, default=defaults.head,
                    help="linear (default; best by cross-validation on the training photos): logistic regression on "
                         "standardised features, L2 strength chosen by cross-validation; dense: the study's fully "
                         "connected layers with dropout")

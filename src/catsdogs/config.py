@@ -7,6 +7,7 @@ import os
 
 # Choices offered by the command line, here so that parsing it needs no TensorFlow.
 PRECISIONS = ("float32", "bfloat16")  # compute precision of a backbone
+HEADS = ("linear", "dense")  # classifiers on the backbone's features (see model.build_head)
 EXPORT_FORMATS = ("keras", "savedmodel", "onnx", "tflite")
 QUANTIZATIONS = ("float32", "float16", "int8")  # of TFLite exports
 RUNTIMES = EXPORT_FORMATS  # what runs a model: Keras itself, or the runtime of an export format

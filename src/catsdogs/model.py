@@ -8,10 +8,10 @@ import numpy as np
 from keras import layers
 
 from catsdogs.backbones import resize_layer
+from catsdogs.config import HEADS
 from catsdogs.layers import ClassProbabilities
 
 MODEL_FILE = "model.keras"
-HEADS = ("linear", "dense")
 
 
 def build_head(feature_dim, num_classes, kind="linear", hidden_units=(256,), dropout=0.5, l2=0.0):

@@ -231,7 +231,7 @@ def train(config):
     log.info("%s: classes %s, %s", config.data_dir, class_names,
              ", ".join(f"{len(v)} {k} files" for k, v in dataset.splits.items()))
     if config.target and len(class_names) != 2:
-        raise ValueError("--target-precision/--target-recall need exactly two classes")
+        raise ValueError("--target needs exactly two classes")
     scan = data.scan(dataset)
     splits = data.make_splits(dataset, scan, config.val_fraction, config.test_fraction, config.seed)
     if config.exclude:
