@@ -20,12 +20,13 @@ import numpy as np
 
 def measure(backbone, precision, fold, paths, batch_size, repeats):
     """Forward images/s of one configuration (run in a fresh process)."""
-    from catsdogs import features
     from catsdogs.bench import extractor_with_available_weights, forward_rate
+    from catsdogs.inference import decoded_images
+    from catsdogs.runtimes import compiled_forward
 
     extractor = extractor_with_available_weights(backbone, precision, fold_batch_norm=fold)[0]
-    images = features.decoded_images(paths[:batch_size], extractor.input_shape[1])
-    return forward_rate(features.keras_forward(extractor), images, repeats)
+    images = decoded_images(paths[:batch_size], extractor.input_shape[1])
+    return forward_rate(compiled_forward(extractor), images, repeats)
 
 
 def main():
@@ -37,7 +38,7 @@ def main():
     parser.add_argument("--output", help="write the results as JSON")
     args = parser.parse_args()
 
-    from catsdogs.predict import expand_inputs
+    from catsdogs.classifier import expand_inputs
 
     paths = expand_inputs([args.data])
     configurations = list(itertools.product(("resnet50", "efficientnet_lite0"), ("float32", "bfloat16"), (False, True)))

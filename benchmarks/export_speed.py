@@ -22,24 +22,23 @@ def main():
     parser.add_argument("--output", help="write the results as JSON")
     args = parser.parse_args()
 
-    from catsdogs import export, features, runtimes
+    from catsdogs import export, runtimes
     from catsdogs import model as model_lib
     from catsdogs.bench import forward_rate
+    from catsdogs.inference import decoded_images
 
     keras_model = model_lib.load(args.run)
     precision = model_lib.compute_precision(keras_model)
-    models = {f"keras ({precision})": (features.keras_forward(keras_model), model_lib.resolve_model_path(args.run))}
+    models = {f"keras ({precision})": (runtimes.KerasRuntime(keras_model), model_lib.resolve_model_path(args.run))}
     if precision != "float32":
-        models["keras (float32)"] = (features.keras_forward(model_lib.float32_model(keras_model)), None)
+        models["keras (float32)"] = (runtimes.KerasRuntime(model_lib.float32_model(keras_model)), None)
     exports = os.path.join(args.run, "exports")
     for name in sorted(os.listdir(exports)):
         exported = runtimes.load(os.path.join(exports, name))
-        if isinstance(exported, runtimes.ExportedModel):
-            models[name] = (exported, exported.path)
-        else:  # a Keras export
-            models[name] = (features.keras_forward(exported), model_lib.resolve_model_path(os.path.join(exports, name)))
+        models[name] = (exported, getattr(exported, "path", None) or model_lib.resolve_model_path(
+            os.path.join(exports, name)))
     _, test_paths = export.known_photos(model_lib.resolve_model_path(args.run))
-    images = features.decoded_images(test_paths[:args.batch_size], model_lib.describe(keras_model).image_size)
+    images = decoded_images(test_paths[:args.batch_size], model_lib.describe(keras_model).image_size)
 
     rates = {name: [] for name in models}
     for _ in range(args.rounds):

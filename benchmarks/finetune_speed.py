@@ -19,7 +19,7 @@ import keras
 import numpy as np
 
 from catsdogs import backbones, finetune
-from catsdogs import model as model_lib
+from catsdogs.heads import build_head
 from catsdogs.config import TrainConfig
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cats-and-dogs", "training_set")
@@ -66,7 +66,7 @@ def main():
     precision = backbones.resolve_precision(config.precision)
     extractor = backbones.build_feature_extractor(args.backbone, weights, args.image_size, precision,
                                                   fold_batch_norm=False)
-    head = model_lib.build_head(extractor.output_shape[-1], 2, "dense")
+    head = build_head(extractor.output_shape[-1], 2, hidden_units=(256,))  # the dense head
     timer = TrainingTimer()
     validation = photos(2001 - args.batch_size // 2, args.batch_size)  # the last training photos: one batch
     finetune.fine_tune(extractor, head, photos(1, args.images), validation, config, [timer])

@@ -9,17 +9,13 @@ and scored on the other 1/5, five times over (stratified folds). The test folder
 
 import argparse
 import hashlib
-import tempfile
 
-import keras
 import numpy as np
 from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from catsdogs import backbones, calibration, data, features
-from catsdogs import model as model_lib
+from catsdogs import backbones, data, features, heads
 from catsdogs.config import INFERENCE_BATCH_SIZE, TrainConfig, default_cache_dir
-from catsdogs.train import SplitFeatures, fit_dense_head, fit_linear_head, logits_from_features
 
 
 def training_features(data_dir, backbone, size):
@@ -31,26 +27,22 @@ def training_features(data_dir, backbone, size):
     extractor = backbones.build_feature_extractor(backbone, image_size=size, precision=precision)
     cache = features.FeatureCache(default_cache_dir(), features.cache_key(
         backbone, size, precision, backbones.weights_fingerprint(extractor)))
-    matrix, _ = features.cached_features(extractor, paths, hashes, cache, batch_size=INFERENCE_BATCH_SIZE)
-    return matrix[0], np.array([s.label for s in samples]), dataset.class_names
+    outputs = features.cached_features(extractor, paths, hashes, cache, batch_size=INFERENCE_BATCH_SIZE)
+    labels = np.array([s.label for s in samples])
+    return outputs.values[0, outputs.ok], labels[outputs.ok], dataset.class_names
 
 
 def cross_validated_probabilities(x, y, class_names, head_kind, seed=0):
-    config = TrainConfig(data_dir="", head=head_kind)
     probabilities = np.zeros((len(y), len(class_names)))
     for train_index, test_index in StratifiedKFold(5, shuffle=True, random_state=seed).split(x, y):
-        keras.utils.set_random_seed(seed)
-        head = model_lib.build_head(x.shape[1], len(class_names), head_kind)
+        head = heads.make_head(TrainConfig(data_dir="", head=head_kind, seed=seed))  # as `catsdogs train` makes it
         if head_kind == "linear":
-            fit_linear_head(head, SplitFeatures(x[None, train_index], y[train_index], []), seed)
+            head.fit(x[train_index], y[train_index])
         else:  # early stopping needs its own validation images, taken from the training fold
             fit_index, stop_index = train_test_split(train_index, test_size=0.2, stratify=y[train_index],
                                                      random_state=seed)
-            with tempfile.NamedTemporaryFile(suffix=".csv") as history:
-                fit_dense_head(head, SplitFeatures(x[None, fit_index], y[fit_index], []),
-                               SplitFeatures(x[None, stop_index], y[stop_index], []), config, history.name)
-        held_out = SplitFeatures(x[None, test_index], y[test_index], [])
-        probabilities[test_index] = calibration.probabilities(logits_from_features(head, held_out)[0], class_names)
+            head.fit(x[fit_index], y[fit_index], validation_data=(x[stop_index], y[stop_index]))
+        probabilities[test_index] = head.predict_proba(x[test_index])
     return probabilities
 
 

@@ -90,14 +90,14 @@ def our_way(data_dir, backbone, weights, cache_dir, seed, precision, runs_dir, s
     os.environ["CATSDOGS_CACHE"] = cache_dir
     from catsdogs.backbones import get_backbone, resolve_precision
     from catsdogs.config import TrainConfig
-    from catsdogs.train import train
+    from catsdogs.training import train
 
     study = {"head": "dense", "image_size": STUDY_IMAGE_SIZE, "max_epochs": EPOCHS, "patience": EPOCHS,
              "batch_size": BATCH_SIZE} if study_head else {}
     config = TrainConfig(data_dir=data_dir, backbone=backbone, weights=weights, precision=precision,
                          cache_dir=cache_dir, runs_dir=runs_dir, seed=seed, **study)
     start = time.perf_counter()
-    _, metrics = train(config)
+    metrics = train(config).metrics
     return {"seconds": time.perf_counter() - start, "accuracy": metrics["accuracy"],
             "epochs": EPOCHS if study_head else None,  # the default head is fitted to convergence, not by epochs
             "precision": resolve_precision(precision),

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from catsdogs import export, predict, runtimes
-from catsdogs import model as model_lib
+import catsdogs
+from catsdogs import export, runtimes
 from catsdogs.cli import main
 from conftest import photo
 
@@ -46,8 +46,8 @@ def test_export_agrees_with_the_keras_model_on_real_photos(exports, lite0_run, f
 def test_predict_runs_exports_like_the_keras_model(exports, lite0_run, capsys):
     run_dir = lite0_run[0]
     photos = [str(photo("test", "cats", 4300)), str(photo("test", "dogs", 4300)), str(photo("test", "dogs", 4301))]
-    keras_model = runtimes.load(run_dir)
-    keras_rows = predict.predict_files(keras_model, photos)
+    classifier = catsdogs.load(run_dir)
+    keras_rows = [p.to_dict() for p in classifier.predict(photos)]
     for (format, quantization), folder in exports.items():
         runtime = format
         assert main(["predict", folder, *photos, "--runtime", runtime, "--json"]) == 0
@@ -59,7 +59,7 @@ def test_predict_runs_exports_like_the_keras_model(exports, lite0_run, capsys):
                 # The run's model computes in bfloat16 where the CPU has it; exports compute in float32.
                 assert abs(row["probabilities"]["dogs"] - expected["probabilities"]["dogs"]) < 0.05
     loaded = runtimes.load(f"{exports['onnx', 'float32']}/model.onnx")  # the file itself will do
-    assert isinstance(loaded, runtimes.OnnxModel) and loaded.info == model_lib.describe(keras_model)
+    assert isinstance(loaded, runtimes.OnnxExport) and loaded.info == classifier.info
 
 
 def test_wrong_runtime_says_how_to_export(exports, lite0_run, capsys):

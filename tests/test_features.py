@@ -10,6 +10,8 @@ from PIL import Image
 
 from catsdogs import backbones, features
 from catsdogs.images import load_image
+from catsdogs.inference import TTA_VIEWS, run_on_files
+from catsdogs.runtimes import compiled_forward
 
 LITE0_SIZE = backbones.get_backbone("efficientnet_lite0").default_image_size
 from conftest import photo
@@ -40,33 +42,33 @@ def test_features_are_computed_once_and_recomputed_only_for_changed_images(tmp_p
         shutil.copy(photo("test", cls, number), images[-1])
     paths = [str(p) for p in images]
     cache = cache_for(lite0, tmp_path / "cache")
-    first, errors = features.cached_features(lite0, paths, [sha256(p) for p in paths], cache, batch_size=3)
-    assert first.shape == (1, 4, 1280) and not errors and stored_entries(cache) == 4
-    first = first[0]
+    first = features.cached_features(lite0, paths, [sha256(p) for p in paths], cache, batch_size=3)
+    assert first.values.shape == (1, 4, 1280) and not first.errors and stored_entries(cache) == 4
+    first = first.values[0]
 
     reopened = cache_for(lite0, tmp_path / "cache")
-    again, _ = features.cached_features(lite0, paths, [sha256(p) for p in paths], reopened, batch_size=3)
+    again = features.cached_features(lite0, paths, [sha256(p) for p in paths], reopened, batch_size=3)
     assert stored_entries(reopened) == 4  # nothing recomputed
-    np.testing.assert_array_equal(again[0], first)
+    np.testing.assert_array_equal(again.values[0], first)
 
     shutil.copy(photo("test", "dogs", 4003), images[1])  # the same path now holds another photo
-    changed, _ = features.cached_features(lite0, paths, [sha256(p) for p in paths], reopened, batch_size=3)
-    changed = changed[0]
+    changed = features.cached_features(lite0, paths, [sha256(p) for p in paths], reopened, batch_size=3)
+    changed = changed.values[0]
     assert stored_entries(reopened) == 5
     np.testing.assert_array_equal(changed[[0, 2, 3]], first[[0, 2, 3]])
     assert not np.allclose(changed[1], first[1])
 
     # Features match a direct forward pass of the extractor on the same pipeline.
-    direct = np.concatenate([out[0] for _, out in features.run_on_files(lite0, paths, LITE0_SIZE, 4, {})])
+    direct = run_on_files(compiled_forward(lite0), paths, LITE0_SIZE, 4).values[0]
     np.testing.assert_allclose(changed, direct, rtol=1e-5, atol=1e-5)
 
     # Test-time augmentation adds the mirror view: only that is computed, and it is the mirror's features.
-    both, _ = features.cached_features(lite0, paths[:2], [sha256(p) for p in paths[:2]], reopened, 2, features.TTA_VIEWS)
+    both = features.cached_features(lite0, paths[:2], [sha256(p) for p in paths[:2]], reopened, 2, TTA_VIEWS).values
     assert both.shape == (2, 2, 1280) and stored_entries(reopened) == 7
     np.testing.assert_array_equal(both[0], changed[:2])
     mirrored = tmp_path / "mirrored.png"
     Image.fromarray(load_image(paths[0])[:, ::-1]).save(mirrored)
-    direct_mirror = next(features.run_on_files(lite0, [str(mirrored)], LITE0_SIZE, 1, {}))[1][0, 0]
+    direct_mirror = run_on_files(compiled_forward(lite0), [str(mirrored)], LITE0_SIZE, 1).values[0, 0]
     np.testing.assert_allclose(both[1, 0], direct_mirror, rtol=1e-4, atol=1e-4)
 
 
@@ -80,14 +82,16 @@ def test_the_key_follows_size_precision_and_weights(lite0):
     assert len(keys) == 5
 
 
-def test_undecodable_files_get_nan_rows_and_are_not_cached(tmp_path, lite0):
+def test_undecodable_files_are_errors_not_nan_rows_and_are_not_cached(tmp_path, lite0):
     good = tmp_path / "good.jpg"
     shutil.copy(photo("test", "cats", 4001), good)
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(good.read_bytes()[:2000])
     cache = cache_for(lite0, tmp_path / "cache")
-    matrix, errors = features.cached_features(
+    outputs = features.cached_features(
         lite0, [str(good), str(bad)], [sha256(good), sha256(bad)], cache, batch_size=2)
-    assert not np.isnan(matrix[0, 0]).any() and np.isnan(matrix[0, 1]).all()
-    assert list(errors) == [str(bad)] and stored_entries(cache) == 1
+    assert outputs.ok.tolist() == [True, False] and np.isfinite(outputs.values).all()
+    assert np.abs(outputs.values[0, 0]).sum() > 0
+    assert list(outputs.errors) == [str(bad)] and "truncated" in outputs.errors[str(bad)]
+    assert stored_entries(cache) == 1
     assert not glob.glob(f"{cache.folder}/*partial*")

@@ -5,10 +5,10 @@ import json
 import keras
 import numpy as np
 
+import catsdogs
 from catsdogs import backbones, finetune
-from catsdogs import model as model_lib
 from catsdogs.config import TrainConfig
-from catsdogs.train import train
+from catsdogs.heads import build_head
 from conftest import photo, real_dataset
 
 
@@ -24,7 +24,7 @@ def batch_norm_statistics(model):
 
 def test_fine_tuning_trains_the_top_blocks_only_and_keeps_batch_norm_statistics():
     extractor = backbones.build_feature_extractor("efficientnet_lite0", image_size=160, fold_batch_norm=False)
-    head = model_lib.build_head(1280, 2, "dense", (32,))
+    head = build_head(1280, 2, hidden_units=(32,))
     statistics = batch_norm_statistics(extractor)
     assert len(statistics) == 2 * 49  # every BatchNormalization of Lite0 is there to be checked
     frozen_before = extractor.get_layer("block10_project_conv").get_weights()[0].copy()
@@ -50,9 +50,9 @@ def test_unfreeze_counts_blocks_from_the_top():
 
 def test_augmentation_applies_to_training_batches_only():
     paths, labels = small_split([1, 2])
-    plain = next(iter(finetune.labelled_batches(paths, labels, 96, 4, binary=True)))[0].numpy()
-    again = next(iter(finetune.labelled_batches(paths, labels, 96, 4, binary=True)))[0].numpy()
-    augmented = next(iter(finetune.labelled_batches(paths, labels, 96, 4, binary=True,
+    plain = next(iter(finetune.labelled_batches(paths, labels, 96, 4)))[0].numpy()
+    again = next(iter(finetune.labelled_batches(paths, labels, 96, 4)))[0].numpy()
+    augmented = next(iter(finetune.labelled_batches(paths, labels, 96, 4,
                                                     augment=finetune.augmentation(seed=0))))[0].numpy()
     np.testing.assert_array_equal(plain, again)
     assert augmented.shape == plain.shape and not np.allclose(augmented, plain)
@@ -63,7 +63,7 @@ def test_a_fine_tuning_that_hurts_is_discarded(tmp_path):
     config = TrainConfig(data_dir=str(root), backbone="efficientnet_lite0", image_size=160, runs_dir=str(tmp_path),
                          name="ft", fine_tune=True, fine_tune_epochs=1, fine_tune_learning_rate=5.0,
                          fine_tune_blocks=4, calibrate=False)
-    run_dir, metrics = train(config)
+    run_dir = catsdogs.train(config).run_dir
     stages = json.load(open(f"{run_dir}/metrics.json"))["stages"]
     assert set(stages) == {"head", "fine_tune", "kept"}
     assert stages["fine_tune"]["val_loss"] > stages["head"]["val_loss"] and stages["kept"] == "head"

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import catsdogs
 from catsdogs import model as model_lib
-from catsdogs import predict
 from catsdogs.cli import main
 from catsdogs.explain import Explainer
 from catsdogs.images import ImageError, load_image
@@ -61,7 +61,7 @@ def test_tf_serving_predict_agrees_with_catsdogs_predict(client, lite0_run):
     assert response.status_code == 200
     predictions = response.json()["predictions"]
     assert [p["label"] for p in predictions] == ["cats", "dogs"]
-    expected = predict.predict_files(model_lib.load(lite0_run[0]), [cat, dog])
+    expected = [p.to_dict() for p in catsdogs.load(lite0_run[0]).predict([cat, dog])]
     for got, want in zip(predictions, expected):
         assert got["probability"] == pytest.approx(want["probability"], abs=1e-4)
         assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-4)

@@ -12,14 +12,30 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+import catsdogs
 from catsdogs import model as model_lib
-from catsdogs import predict
 from catsdogs.backbones import get_backbone
+from catsdogs.cli import format_table
 from catsdogs.config import TrainConfig
+from catsdogs.heads import LinearHead
 from catsdogs.images import load_image
 from catsdogs.report import read_csv
-from catsdogs.train import SplitFeatures, fit_linear_head, train
 from conftest import gradient, image_bytes, link_photos, photo, real_dataset
+
+
+def train(config):
+    run = catsdogs.train(config)
+    return run.run_dir, run.metrics
+
+
+def predict_files(run_dir, paths, **options):
+    return [p.to_dict() for p in catsdogs.load(run_dir).predict(paths, **options)]
+
+
+def saved_paths(run_dir, rows):
+    """The photos of predictions.csv rows: their paths are relative to the run's data folder."""
+    data_dir = json.loads(open(f"{run_dir}/config.json").read())["data_dir"]
+    return [os.path.join(data_dir, r["path"]) for r in rows]
 
 RUN_FILES = {"config.json", "model.keras", "metrics.json", "predictions.csv", "splits.csv", "integrity.json",
              "grid.png", "confusion.png", "errors.png", "reliability.png", "report.html"}
@@ -48,8 +64,8 @@ def test_linear_head_is_the_cross_validated_logistic_regression_in_one_dense_lay
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(classes), 30)
     x = rng.normal(size=(len(y), 8)) * rng.uniform(0.1, 10, 8) + rng.normal(0, 5, 8) + y[:, None]
-    head = model_lib.build_head(8, classes, "linear")
-    strength = fit_linear_head(head, SplitFeatures(x[None], y, []), seed=0)["C"]
+    fitted = LinearHead(seed=0).fit(x, y)
+    head, strength = fitted.to_keras(), fitted.C_
     assert [layer.name for layer in head.layers] == ["features", "logits"]  # exports as plain weights
     expected = make_pipeline(StandardScaler(), LogisticRegression(C=strength, max_iter=5000)).fit(x, y)
     logits = head.predict(x, verbose=0)
@@ -65,12 +81,12 @@ def test_saved_model_is_end_to_end_and_agrees_with_the_run(lite0_run):
     info = model_lib.describe(model)
     assert (info.class_names, info.backbone, info.image_size) == (["cats", "dogs"], "efficientnet_lite0", 380)
     rows = read_csv(run_dir / "predictions.csv")[:16]
-    predicted = predict.predict_files(model, [r["path"] for r in rows])
+    predicted = predict_files(run_dir, saved_paths(run_dir, rows))
     for row, new in zip(rows, predicted):
         assert new["label"] == row["predicted"]
         assert abs(new["probabilities"]["dogs"] - float(row["p_dogs"])) < 1e-4
     # Raw pixels of any size go straight in: the model resizes and preprocesses by itself.
-    pixels = load_image(rows[0]["path"])[None].astype("float32")
+    pixels = load_image(saved_paths(run_dir, rows)[0])[None].astype("float32")
     direct = model.predict(pixels, verbose=0)[0]
     assert abs(direct[1] - float(rows[0]["p_dogs"])) < 1e-4
 
@@ -89,10 +105,11 @@ def test_predict_reports_unreadable_files_and_predicts_the_rest(lite0_run, tmp_p
     folder = tmp_path / "photos"
     link_photos(folder, "test", "dogs", [4101, 4102])
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
-    rows = predict.predict_files(model_lib.load(run_dir), [photo("test", "cats", 4101), folder])
+    predictions = catsdogs.load(run_dir).predict([photo("test", "cats", 4101), folder])
+    rows = [p.to_dict() for p in predictions]
     assert [r.get("label") for r in rows] == ["cats", None, "dogs", "dogs"]
     assert rows[1]["path"].endswith("broken.jpg") and "truncated" in rows[1]["error"].lower()
-    table = predict.format_table(rows)
+    table = format_table(predictions)
     assert "ERROR" in table and table.count("\n") == 4
 
 
@@ -149,7 +166,7 @@ def test_bfloat16_run_saves_a_model_with_float32_output_that_predicts_as_in_trai
     assert model.get_layer("efficientnet_lite0").get_layer("stem_conv").compute_dtype == "bfloat16"
     assert model.get_layer("head").compute_dtype == "float32" and model.output.dtype == "float32"
     rows = read_csv(f"{run_dir}/predictions.csv")
-    predicted = predict.predict_files(model, [r["path"] for r in rows])
+    predicted = predict_files(run_dir, saved_paths(run_dir, rows))
     assert [p["label"] for p in predicted] == [r["predicted"] for r in rows]
     difference = [abs(p["probabilities"]["dogs"] - float(r["p_dogs"])) for p, r in zip(predicted, rows)]
     assert max(difference) < 1e-5  # the same bfloat16 computation as when the features were cached
@@ -165,7 +182,7 @@ def test_threshold_for_a_target_is_chosen_on_validation_and_saved_in_the_model(t
 
 def test_exclusions_drop_listed_training_images_but_never_test_images(tmp_path):
     from catsdogs.data import Sample
-    from catsdogs.train import read_exclusions
+    from catsdogs.training import read_exclusions
 
     splits = {"train": [Sample("d/train/cats/cat.1.jpg", 0), Sample("d/train/cats/cat.2.jpg", 0)],
               "val": [Sample("d/train/dogs/dog.1.jpg", 1)], "test": [Sample("d/test/cats/cat.9.jpg", 0)]}
@@ -178,9 +195,8 @@ def test_exclusions_drop_listed_training_images_but_never_test_images(tmp_path):
 
 def test_test_time_augmentation_keeps_the_output_format(lite0_run):
     run_dir, _, _ = lite0_run
-    model = model_lib.load(run_dir)
     paths = [photo("test", "cats", 4150), photo("test", "dogs", 4150)]
-    plain, averaged = predict.predict_files(model, paths), predict.predict_files(model, paths, tta=True)
+    plain, averaged = predict_files(run_dir, paths), predict_files(run_dir, paths, tta=True)
     for row, tta_row in zip(plain, averaged):
         assert row.keys() == tta_row.keys() and row["label"] == tta_row["label"]
         assert sum(tta_row["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)

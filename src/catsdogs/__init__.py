@@ -1,8 +1,57 @@
-"""catsdogs: an image classifier from a folder of photos, by transfer learning from ImageNet."""
+"""catsdogs: an image classifier from a folder of photos, by transfer learning from ImageNet.
 
+The library in three calls::
+
+    import catsdogs
+
+    run = catsdogs.train("data/cats-and-dogs", backbone="efficientnet_lite0")  # -> Run
+    clf = catsdogs.load("runs/NAME")           # -> Classifier (run dir, .keras file or export folder)
+    ev = catsdogs.evaluate(clf, "data/cats-and-dogs")  # -> Evaluation, with plot_* methods
+
+Importing catsdogs is cheap: TensorFlow, Keras, scikit-learn and matplotlib are imported when a
+function first needs them. The one global change on import: TensorFlow's C++ start-up messages
+are silenced (TF_CPP_MIN_LOG_LEVEL=2, unless already set); errors still show.
+"""
+
+import importlib
 import os
+from typing import TYPE_CHECKING
 
 # TensorFlow's C++ start-up chatter is noise to a command-line user; errors still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it, imported on first use (PEP 562).
+_PUBLIC = {
+    "train": "catsdogs.training",
+    "Run": "catsdogs.training",
+    "load": "catsdogs.classifier",
+    "Classifier": "catsdogs.classifier",
+    "Prediction": "catsdogs.classifier",
+    "evaluate": "catsdogs.evaluation",
+    "Evaluation": "catsdogs.evaluation",
+    "TrainConfig": "catsdogs.config",
+    "CatsdogsError": "catsdogs.errors",
+    "ConfigError": "catsdogs.errors",
+}
+__all__ = [*_PUBLIC, "__version__"]
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time these come from __getattr__
+    from catsdogs.classifier import Classifier, Prediction, load
+    from catsdogs.config import TrainConfig
+    from catsdogs.errors import CatsdogsError, ConfigError
+    from catsdogs.evaluation import Evaluation, evaluate
+    from catsdogs.training import Run, train
+
+
+def __getattr__(name):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module 'catsdogs' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

@@ -13,6 +13,8 @@ from keras import layers
 
 from catsdogs import efficientnet_lite
 from catsdogs.config import PRECISIONS, default_cache_dir
+from catsdogs.errors import CatsdogsError, ConfigError
+from catsdogs.files import atomic_path
 from catsdogs.layers import CaffePreprocessing
 
 log = logging.getLogger(__name__)
@@ -21,7 +23,7 @@ RESNET50_WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 RESNET50_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + RESNET50_WEIGHTS_FILE
 
 
-class WeightsError(RuntimeError):
+class WeightsError(CatsdogsError, RuntimeError):
     """Pretrained weights that cannot be had, with what to do instead."""
 
 
@@ -78,9 +80,8 @@ def _converted_lite0_weights(cache_dir):
     model = keras.Model(inputs, efficientnet_lite.build_efficientnet_lite0(inputs))
     efficientnet_lite.load_torch_weights(model, efficientnet_lite.read_torch_checkpoint(checkpoint))
     os.makedirs(os.path.dirname(cached), exist_ok=True)
-    partial = f"{cached[:-len('.weights.h5')]}.{os.getpid()}.partial.weights.h5"
-    model.save_weights(partial)
-    os.replace(partial, cached)
+    with atomic_path(cached) as partial:
+        model.save_weights(partial)
     return cached
 
 
@@ -120,7 +121,7 @@ BACKBONES = {
 
 def get_backbone(name):
     if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
+        raise ConfigError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
     return BACKBONES[name]
 
 
@@ -149,7 +150,7 @@ def resolve_precision(precision):
     if precision == "auto":
         return "bfloat16" if cpu_has_bfloat16() else "float32"
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose auto or one of {PRECISIONS}")
+        raise ConfigError(f"unknown precision {precision!r}; choose auto or one of {PRECISIONS}")
     if precision == "bfloat16" and not cpu_has_bfloat16():
         log.warning("this CPU has no native bfloat16 (%s): it is emulated and slower than float32",
                     " or ".join(BFLOAT16_CPU_FLAGS))

@@ -5,7 +5,7 @@ For every backbone and precision, in a fresh process (so that its peak memory is
 - forward: images/s of the end-to-end model alone on ready batches (real photos, decoded and
   resized beforehand): the median of several timed calls after two warm-up calls; GFLOP/s from
   the model's FLOP count (TensorFlow's profiler on the frozen graph: multiply-adds count 2).
-- from files: images/s of `features.run_on_files`, i.e. of `catsdogs predict` and of feature
+- from files: images/s of `inference.iter_batches`, i.e. of `catsdogs predict` and of feature
   extraction in `catsdogs train`, decoding and resizing included, in steady state: from the end
   of the first batch to the end of the last, so start-up and tear-down are left out.
 
@@ -24,15 +24,12 @@ import platform
 import resource
 import tempfile
 import time
-import warnings
 
 import numpy as np
 
 from catsdogs.backbones import BACKBONES, cpu_has_bfloat16, get_backbone
-from catsdogs.config import PRECISIONS
+from catsdogs.config import BENCH_BATCH_SIZES, PRECISIONS
 from catsdogs.data import usable_cpus
-
-DEFAULT_BATCH_SIZES = (16, 32, 64)
 
 
 def median_seconds(call, repeats=5):
@@ -56,18 +53,18 @@ def forward_rate(forward, images, repeats=5):
 
 
 def files_rate(model, paths, image_size, batch_size):
-    """Images/s of `features.run_on_files` over the paths, in steady state and in total.
+    """Images/s of `inference.iter_batches` over the paths, in steady state and in total.
 
     Returns:
         dict: steady (from the end of the first batch to the end of the last), total (from the
         call to the end of the iteration, start-up and tear-down included), images.
     """
-    from catsdogs import features
+    from catsdogs.inference import iter_batches
 
     start = time.perf_counter()
     finished = []  # (time, images done) after each batch
     done = 0
-    for indices, _ in features.run_on_files(model, paths, image_size, batch_size, {}, desc="bench"):
+    for indices, _, _ in iter_batches(model, paths, image_size, batch_size, desc="bench"):
         done += len(indices)
         finished.append((time.perf_counter(), done))
     end = time.perf_counter()
@@ -138,20 +135,22 @@ def measure(backbone, precision, image_size, batch_sizes, paths, repeats):
     """
     import keras
 
-    from catsdogs import features
     from catsdogs import model as model_lib
+    from catsdogs.heads import build_head
+    from catsdogs.inference import decoded_images
+    from catsdogs.runtimes import compiled_forward
 
     extractor, weights, weights_note = extractor_with_available_weights(backbone, precision, image_size)
     image_size = extractor.input_shape[1]
     keras.utils.set_random_seed(0)
-    head = model_lib.build_head(extractor.output_shape[-1], 2)
+    head = build_head(extractor.output_shape[-1], 2)
     model = model_lib.assemble(extractor, head, ["cats", "dogs"])
-    forward = features.keras_forward(model)
-    photos = features.decoded_images(paths[:max(batch_sizes)], image_size)
+    forward = compiled_forward(model)
+    photos = decoded_images(paths[:max(batch_sizes)], image_size)
     rows = []
     for batch_size in batch_sizes:
         batch = np.resize(photos, (batch_size, *photos.shape[1:]))  # repeats photos when there are fewer
-        from_files = files_rate(model, paths, image_size, batch_size)
+        from_files = files_rate(forward, paths, image_size, batch_size)
         rows.append({"batch_size": batch_size, "forward": forward_rate(forward, batch, repeats),
                      "from_files": from_files["steady"], "from_files_total": from_files["total"]})
     return {"backbone": backbone, "image_size": image_size, "precision": precision, "runtime": "keras",
@@ -168,12 +167,12 @@ def export_onnx(backbone, image_size, path):
     """
     import tensorflow as tf
 
+    from catsdogs.export import export_onnx_file
+
     extractor, weights, weights_note = extractor_with_available_weights(backbone, "float32", image_size)
     image_size = extractor.input_shape[1]
     signature = [tf.TensorSpec((None, image_size, image_size, 3), tf.float32, name="pixels")]
-    with warnings.catch_warnings():  # Keras' numpy 2 patch of tf2onnx touches np.object
-        warnings.filterwarnings("ignore", "In the future `np.object`", FutureWarning)
-        extractor.export(path, format="onnx", input_signature=signature, verbose=False)
+    export_onnx_file(extractor, path, signature)
     return weights, weights_note, count_flops(extractor, image_size) / 1e9
 
 
@@ -181,11 +180,11 @@ def measure_onnx(backbone, path, batch_sizes, paths, repeats):
     """Forward speed of an ONNX backbone in ONNX Runtime, the reference runtime (run in a fresh process)."""
     import onnxruntime
 
-    from catsdogs import features
+    from catsdogs.inference import decoded_images
 
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
-    photos = features.decoded_images(paths[:max(batch_sizes)], session.get_inputs()[0].shape[1])
+    photos = decoded_images(paths[:max(batch_sizes)], session.get_inputs()[0].shape[1])
     rows = []
     for batch_size in batch_sizes:
         batch = np.resize(photos, (batch_size, *photos.shape[1:]))
@@ -235,7 +234,7 @@ def cpu_name():
         return platform.processor()
 
 
-def run_bench(backbones=None, precisions=None, batch_sizes=DEFAULT_BATCH_SIZES, images=256,
+def run_bench(backbones=None, precisions=None, batch_sizes=BENCH_BATCH_SIZES, images=256,
               data_dir=None, repeats=5, quick=False, onnx=False, image_size=0):
     """Measures every backbone in every precision; each in its own process.
 
@@ -253,7 +252,7 @@ def run_bench(backbones=None, precisions=None, batch_sizes=DEFAULT_BATCH_SIZES, 
     Returns:
         a JSON-ready dict: machine, settings, peaks and one result per backbone and precision.
     """
-    from catsdogs.predict import expand_inputs
+    from catsdogs.classifier import expand_inputs
     from catsdogs.extras import require
 
     if onnx:

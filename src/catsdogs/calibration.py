@@ -4,6 +4,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from sklearn.metrics import log_loss, precision_recall_curve
 
+from catsdogs.errors import ConfigError
 from catsdogs.layers import ClassProbabilities
 
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
@@ -85,18 +86,21 @@ def threshold_for_target(probs, labels, class_index, metric, target):
         the threshold t: the model predicts the second class when its probability is >= t.
 
     Raises:
-        ValueError: when no threshold reaches the target on the validation images.
+        ConfigError: when no threshold reaches the target on the validation images.
     """
-    scores = np.asarray(probs)[:, class_index]
+    # Scores that grow with the class, taken straight from the second class's probability (which
+    # the threshold applies to): 1 - p would round, and a photo at the threshold could flip.
+    second = np.asarray(probs)[:, 1]
+    scores = second if class_index == 1 else -second
     precision, recall, thresholds = precision_recall_curve(np.asarray(labels) == class_index, scores)
     precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
     meets = (precision if metric == "precision" else recall) >= target
     if not meets.any():
-        raise ValueError(f"no threshold gives {metric} >= {target} for class {class_index} on the validation images")
+        raise ConfigError(f"no threshold gives {metric} >= {target} for class {class_index} on the validation images")
     if metric == "precision":
         chosen = thresholds[meets][np.argmax(recall[meets])]
     else:
         chosen = thresholds[meets][np.argmax(precision[meets])]
     # The class wins when its score reaches `chosen`; for the first class that means the second
-    # class's probability must stay below 1 - chosen.
-    return float(chosen if class_index == 1 else np.nextafter(1.0 - chosen, 2.0))
+    # class's probability must stay at or below -chosen, i.e. below the next float up.
+    return float(chosen if class_index == 1 else np.nextafter(-chosen, 2.0))

@@ -5,8 +5,8 @@ import json
 import logging
 import sys
 
-from catsdogs.config import (EXPORT_FORMATS, HEADS, INFERENCE_BATCH_SIZE, PRECISIONS, QUANTIZATIONS, RUNTIMES,
-                             TrainConfig, default_cache_dir)
+from catsdogs.config import (BENCH_BATCH_SIZES, EXPORT_FORMATS, HEADS, INFERENCE_BATCH_SIZE, PRECISIONS,
+                             QUANTIZATIONS, RUNTIMES, TrainConfig, default_cache_dir)
 from catsdogs.serve import ServeSettings
 
 EPILOG = "Run `catsdogs COMMAND -h` for the options of a command."
@@ -91,40 +91,59 @@ def _add_train(commands):
 
 
 def _train(args):
-    from catsdogs.evaluate import format_metrics
-    from catsdogs.train import train
+    from catsdogs.evaluation import format_metrics
+    from catsdogs.training import train
 
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k not in ("command", "func", "verbose")})
-    run_dir, metrics = train(config)
-    print(format_metrics(metrics))
-    print(f"\nrun directory: {run_dir}  (open {run_dir}/report.html)")
+    run = train(config)
+    print(format_metrics(run.metrics))
+    print(f"\nrun directory: {run.run_dir}  (open {run.run_dir}/report.html)")
 
 
 def _evaluate(args):
-    from catsdogs.evaluate import evaluate_model, format_metrics
+    from catsdogs.classifier import load
+    from catsdogs.evaluation import default_output_dir, evaluate, format_metrics
 
-    output_dir, metrics = evaluate_model(args.model, args.data, args.output, args.batch_size, args.tta)
-    print(format_metrics(metrics))
+    evaluation = evaluate(load(args.model), args.data, args.tta, args.batch_size)
+    output_dir = args.output or default_output_dir(args.model)
+    evaluation.save(output_dir)
+    print(format_metrics(evaluation.metrics))
     print(f"\nevaluation written to {output_dir}")
 
 
-def _predict(args):
-    from catsdogs import predict, report, runtimes
+def format_table(predictions):
+    """A plain table: path, label, probability; errors on their own line. Odd characters in names are escaped."""
+    names = [ascii(p.path)[1:-1] if not p.path.isprintable() else p.path for p in predictions]
+    width = max([len(n) for n in names] + [4])
+    lines = [f"{'file':<{width}}  {'label':<12} probability"]
+    for name, p in zip(names, predictions):
+        if p.error is not None:
+            lines.append(f"{name:<{width}}  ERROR: {p.error}")
+        else:
+            lines.append(f"{name:<{width}}  {p.label:<12} {p.probability:.4f}")
+    return "\n".join(lines)
 
-    rows = predict.predict_files(runtimes.load(args.model, args.runtime), args.inputs, args.batch_size, args.tta)
+
+def _predict(args):
+    from catsdogs import report
+    from catsdogs.classifier import load
+
+    classifier = load(args.model, args.runtime)
+    predictions = classifier.predict(args.inputs, args.tta, args.batch_size)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps([p.to_dict() for p in predictions], indent=2))
     elif args.csv:
-        flat = [{"path": r["path"], "label": r.get("label", ""), "probability": r.get("probability", ""),
-                 **{f"p_{k}": v for k, v in r.get("probabilities", {}).items()}, "error": r.get("error", "")}
-                for r in rows]
-        report.write_csv(flat, args.csv)
-        print(f"{len(rows)} predictions written to {args.csv}")
+        columns = ["path", "label", "probability", *(f"p_{name}" for name in classifier.classes), "error"]
+        report.write_csv([{"path": p.path, "label": p.label, "probability": p.probability, "error": p.error,
+                           **{f"p_{k}": v for k, v in (p.probabilities or {}).items()}} for p in predictions],
+                         args.csv, columns)
+        print(f"{len(predictions)} predictions written to {args.csv}")
     else:
-        print(predict.format_table(rows))
-    failed = sum("error" in r for r in rows)
+        print(format_table(predictions))
+    failed = sum(p.error is not None for p in predictions)
     if failed:
-        logging.getLogger("catsdogs").warning("%d of %d files could not be read", failed, len(rows))
+        logging.getLogger("catsdogs").warning("%d of %d files could not be read", failed, len(predictions))
+    return 1 if predictions and failed == len(predictions) else 0
 
 
 def _export(args):
@@ -181,7 +200,8 @@ def _add_bench(commands):
                    help="comma-separated backbones (default: all; see `catsdogs backbones`)")
     p.add_argument("--precision", type=_name_list(PRECISIONS), default=None,
                    help="comma-separated precisions (default: float32,bfloat16 where the CPU has native bfloat16)")
-    p.add_argument("--batch-sizes", type=_int_list, default=(16, 32, 64), help="default: 16,32,64")
+    p.add_argument("--batch-sizes", type=_int_list, default=BENCH_BATCH_SIZES,
+                   help=f"default: {','.join(map(str, BENCH_BATCH_SIZES))}")
     p.add_argument("--images", type=int, default=256, help="photos to predict from files (default: %(default)s)")
     p.add_argument("--image-size", type=int, default=0,
                    help="input side in pixels (default: each backbone's own, see `catsdogs backbones`)")
@@ -193,9 +213,10 @@ def _add_bench(commands):
     p.set_defaults(func=_bench)
 def _explain(args):
     from catsdogs import explain
-    from catsdogs import model as model_lib
+    from catsdogs.classifier import load
 
-    explanation, output = explain.explain_photo(model_lib.load(args.model), args.photo, args.output, args.class_name)
+    explanation, output = explain.explain_photo(load(args.model, "keras").model, args.photo, args.output,
+                                                args.class_name)
     print(f"{args.photo}: {explanation.label} {explanation.probabilities[explanation.label]:.4f}; "
           f"Grad-CAM of {explanation.explained!r} written to {output}")
 
@@ -305,21 +326,16 @@ def main(argv=None):
     for noisy in ("absl", "tensorflow", "h5py", "matplotlib", "PIL", "tf2onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("tensorflow").addFilter(_NoRetracingWarnings())
-    from catsdogs.backbones import WeightsError
-    from catsdogs.data import DataError
-    from catsdogs.images import ImageError
-    from catsdogs.extras import MissingDependency
+    from catsdogs.errors import CatsdogsError
 
     try:
-        args.func(args)
-    except (DataError, WeightsError, ImageError, MissingDependency, FileNotFoundError, FileExistsError,
-            ValueError) as error:
+        return args.func(args) or 0
+    except CatsdogsError as error:  # anything else is a bug in catsdogs: its traceback shows
         print(f"catsdogs {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"catsdogs {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

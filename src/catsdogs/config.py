@@ -7,13 +7,14 @@ import os
 
 # Choices offered by the command line, here so that parsing it needs no TensorFlow.
 PRECISIONS = ("float32", "bfloat16")  # compute precision of a backbone
-HEADS = ("linear", "dense")  # classifiers on the backbone's features (see model.build_head)
+HEADS = ("linear", "dense")  # classifiers on the backbone's features (see heads.py)
 EXPORT_FORMATS = ("keras", "savedmodel", "onnx", "tflite")
 QUANTIZATIONS = ("float32", "float16", "int8")  # of TFLite exports
 RUNTIMES = EXPORT_FORMATS  # what runs a model: Keras itself, or the runtime of an export format
 # Images per forward pass when extracting features or predicting: measured fastest of 16, 32 and 64
 # for both backbones and precisions on a 2-core Zen CPU (docs/BENCHMARKS.md), and small enough in memory.
 INFERENCE_BATCH_SIZE = 64
+BENCH_BATCH_SIZES = (16, 32, 64)  # what `catsdogs bench` compares by default
 
 
 def default_cache_dir():

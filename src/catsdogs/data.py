@@ -12,7 +12,8 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
-from catsdogs.images import ImageError, describe_quirks, load_image, open_image
+from catsdogs.errors import CatsdogsError, ConfigError
+from catsdogs.images import ImageError, describe_quirks, load_image, open_image, read_file
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +22,9 @@ SPLIT_ALIASES = {
     "val": "val", "valid": "val", "validation": "val", "validation_set": "val",
     "test": "test", "testing": "test", "test_set": "test", "testset": "test",
 }
-SPLITS = ("train", "val", "test")
 
 
-class DataError(ValueError):
+class DataError(CatsdogsError, ValueError):
     """A dataset folder that cannot be used as given, with what to do about it."""
 
 
@@ -58,7 +58,8 @@ def _unwrap_doubled(folder):
     return folder
 
 
-def _files_below(folder):
+def list_files(folder):
+    """Every file below a folder, in a stable order, skipping hidden files and folders (".DS_Store", ".git")."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -115,7 +116,7 @@ def discover(data_dir):
         raise DataError(f"{data_dir}: found only the class {class_names}; at least two class folders are needed")
     splits = {
         split: [Sample(path, class_names.index(name)) for name, folder in sorted(classes.items())
-                for path in _files_below(folder)]
+                for path in list_files(folder)]
         for split, classes in classes_per_split.items()
     }
     for split, samples in splits.items():
@@ -158,11 +159,7 @@ class ScanReport:
 
 def _scan_file(path):
     """Hashes one file and reads its header; returns (sha256, quirks) or raises ImageError."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as error:
-        raise ImageError(path, f"cannot read file ({error.strerror or error})") from None
+    data = read_file(path)
     with open_image(data, path) as image:
         quirks = describe_quirks(image, path)
     return hashlib.sha256(data).hexdigest(), quirks
@@ -251,8 +248,10 @@ def usable_cpus():
 class ImagePipeline:
     """A tf.data pipeline from image files to resized float batches, decoding with Pillow.
 
-    Decoding runs in parallel and overlaps the model; files that fail to decode are recorded in
-    `errors` (path -> reason) and arrive as a blank image with `ok` false, so nothing stops.
+    Decoding runs in parallel and overlaps the model; a file that fails to decode is recorded in
+    `errors` (path -> reason) and arrives as a blank image with `ok` false, so
+    nothing stops. Files are passed to TensorFlow by index, never by name, so that any file name
+    works, including names that are not valid UTF-8.
     """
 
     def __init__(self, resize, batch_size):
@@ -260,18 +259,19 @@ class ImagePipeline:
             resize: the model's own resizing layer, so inputs match what the model does.
             batch_size: images per batch.
         """
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be at least 1, got {batch_size}")
         self.resize = resize
         self.batch_size = batch_size
         self.errors = {}
         self._lock = threading.Lock()
 
-    def _decode(self, path):
-        path = path.decode()
+    def _decode(self, index):
         try:
-            return load_image(path), True
+            return load_image(self._paths[index]), True
         except ImageError as error:
             with self._lock:
-                self.errors[path] = error.reason
+                self.errors[self._paths[index]] = error.reason
             return np.zeros((1, 1, 3), np.uint8), False
 
     def dataset(self, paths, shuffle_seed=None):
@@ -281,16 +281,16 @@ class ImagePipeline:
         """
         import tensorflow as tf
 
-        def decode(path, index):
-            image, ok = tf.numpy_function(self._decode, [path], [tf.uint8, tf.bool], stateful=False)
+        def decode(index):
+            image, ok = tf.numpy_function(self._decode, [index], [tf.uint8, tf.bool], stateful=False)
             image.set_shape([None, None, 3])
             ok.set_shape([])
             return self.resize(tf.cast(image, tf.float32)), ok, index
 
-        paths = [os.fspath(p) for p in paths]
-        ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), tf.range(len(paths))))
+        self._paths = [os.fspath(p) for p in paths]
+        ds = tf.data.Dataset.range(len(self._paths))
         if shuffle_seed is not None:
-            ds = ds.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
+            ds = ds.shuffle(len(self._paths), seed=shuffle_seed, reshuffle_each_iteration=True)
         # Fixed parallelism (one decoder per core, two batches ahead) instead of tf.data's autotuning,
         # which was measured to take CPU from the model it feeds and, when a second pipeline of
         # the same process ends, to stall for 9-40 s (docs/BENCHMARKS.md).

@@ -19,7 +19,9 @@ from PIL import Image
 
 from catsdogs import model as model_lib
 from catsdogs.backbones import get_backbone
+from catsdogs.errors import ConfigError
 from catsdogs.images import load_image
+from catsdogs.layers import class_logits
 
 COLORMAP = "jet"  # the Grad-CAM paper's
 # Cold regions stay visible through the overlay, hot ones are clearly coloured.
@@ -74,7 +76,7 @@ class Explainer:
         """
         pixels = np.asarray(pixels)
         if pixels.ndim != 3 or pixels.shape[-1] != 3 or 0 in pixels.shape:
-            raise ValueError(f"expected RGB pixels of shape (height, width, 3), got shape {pixels.shape}")
+            raise ConfigError(f"expected RGB pixels of shape (height, width, 3), got shape {pixels.shape}")
         return keras.ops.convert_to_numpy(self._resize(pixels[None].astype(np.float32)))[0]
 
     def predict(self, batch):
@@ -102,13 +104,13 @@ class Explainer:
             an `Explanation`.
         """
         if class_name is not None and class_name not in self.class_names:
-            raise ValueError(f"unknown class {class_name!r}; the model knows {self.class_names}")
+            raise ConfigError(f"unknown class {class_name!r}; the model knows {self.class_names}")
         batch = self.prepare(pixels)[None]
         probabilities = self.predict(batch)
         label = self.class_names[model_lib.predicted_classes(probabilities, self.info.threshold)[0]]
         explained = class_name or label
         heatmap = self.heatmaps(batch, [self.class_names.index(explained)])[0]
-        return Explanation(dict(zip(self.class_names, map(float, probabilities[0]))), label, explained, heatmap)
+        return Explanation(model_lib.probabilities_by_class(self.class_names, probabilities[0]), label, explained, heatmap)
 
     def _predict_batch(self, images):
         _, features = self._maps_and_features(images, training=False)
@@ -121,8 +123,7 @@ class Explainer:
             tape.watch(images)
             maps, features = self._maps_and_features(images, training=False)
             logits = tf.cast(self._head(features, training=False), tf.float32)
-            # A binary head has one logit z: the score of the second class is z, of the first -z.
-            scores = tf.concat([-logits, logits], axis=-1) if len(self.class_names) == 2 else logits
+            scores = class_logits(logits)
             score = tf.reduce_sum(tf.gather(scores, class_indices, axis=1, batch_dims=1))
         # The gradient is taken at the maps the tape recorded (bfloat16 in a bfloat16 backbone), then cast.
         weights = tf.reduce_mean(tf.cast(tape.gradient(score, maps), tf.float32), axis=(1, 2), keepdims=True)

@@ -14,14 +14,15 @@ import shutil
 import time
 import warnings
 
-import keras
 import numpy as np
 
-from catsdogs import data, features, predict, report, runtimes
+from catsdogs import data, report, runtimes
 from catsdogs import model as model_lib
 from catsdogs.bench import forward_rate
 from catsdogs.config import EXPORT_FORMATS, INFERENCE_BATCH_SIZE, QUANTIZATIONS
+from catsdogs.errors import ConfigError
 from catsdogs.extras import EXTRAS, require
+from catsdogs.inference import decoded_images
 
 FILE_NAMES = {"keras": model_lib.MODEL_FILE, "savedmodel": "saved_model", "onnx": "model.onnx", "tflite": "model.tflite"}
 PARITY_FILE = "parity.json"
@@ -35,9 +36,9 @@ VERSIONED_MODULES = {
 }
 
 
-def default_output(model_path, format, quantization="float32"):
+def default_output(model_path, export_format, quantization="float32"):
     """<folder of the model>/exports/<format>, or tflite-<quantization> for TFLite."""
-    name = f"tflite-{quantization}" if format == "tflite" else format
+    name = f"tflite-{quantization}" if export_format == "tflite" else export_format
     return os.path.join(os.path.dirname(os.path.abspath(model_path)), "exports", name)
 
 
@@ -70,9 +71,12 @@ def known_photos(model_path, data_dir=None):
         if not os.path.isfile(source):
             raise data.DataError(f"{model_path} is not in a run directory with splits.csv, so the photos to check "
                                  f"the export on are unknown: pass --data DATASET_DIR")
+        # splits.csv paths are relative to the data folder that config.json names.
+        with open(os.path.join(os.path.dirname(model_path), "config.json")) as f:
+            root = json.load(f)["data_dir"]
         rows = report.read_csv(source)
-        train = [r["path"] for r in rows if r["split"] == "train"]
-        test = [r["path"] for r in rows if r["split"] == "test"]
+        train = [os.path.join(root, r["path"]) for r in rows if r["split"] == "train"]
+        test = [os.path.join(root, r["path"]) for r in rows if r["split"] == "test"]
         if test and not os.path.exists(test[0]):
             raise data.DataError(f"the photos that {source} lists are not found from here (e.g. {test[0]}): run from "
                                  f"the folder where the model was trained, or pass --data DATASET_DIR")
@@ -99,32 +103,37 @@ def _tflite_options(quantization, calibration_images):
             "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]}}
 
 
-def write_export(model, format, path, quantization="float32", calibration_images=None):
+def write_export(model, export_format, path, quantization="float32", calibration_images=None):
     """Writes the model in a format.
 
     Args:
         model: the end-to-end Keras model.
-        format: one of `config.EXPORT_FORMATS`.
+        export_format: one of `config.EXPORT_FORMATS`.
         path: the file (a folder for savedmodel) to write.
         quantization: for TFLite, one of `config.QUANTIZATIONS`.
         calibration_images: for TFLite int8, resized training images (n, size, size, 3).
     """
     import tensorflow as tf
 
-    if format == "keras":  # the end-to-end model itself: any image size, resizing inside
+    if export_format == "keras":  # the end-to-end model itself: any image size, resizing inside
         model_lib.save(model, path)
         return
     fixed = model_lib.fixed_size_model(model)
     signature = [tf.TensorSpec(fixed.input_shape, tf.float32, name="pixels")]
-    if format == "savedmodel":
+    if export_format == "savedmodel":
         fixed.export(path, format="tf_saved_model", input_signature=signature, verbose=False)
-    elif format == "onnx":
-        with warnings.catch_warnings():  # Keras' numpy 2 patch of tf2onnx touches np.object
-            warnings.filterwarnings("ignore", "In the future `np.object`", FutureWarning)
-            fixed.export(path, format="onnx", input_signature=signature, opset_version=ONNX_OPSET, verbose=False)
+    elif export_format == "onnx":
+        export_onnx_file(fixed, path, signature)
     else:
         fixed.export(path, format="litert", input_signature=signature, verbose=False,
                      **_tflite_options(quantization, calibration_images))
+
+
+def export_onnx_file(model, path, signature):
+    """Writes a Keras model as an ONNX file (through tf2onnx)."""
+    with warnings.catch_warnings():  # Keras' numpy 2 patch of tf2onnx touches np.object
+        warnings.filterwarnings("ignore", "In the future `np.object`", FutureWarning)
+        model.export(path, format="onnx", input_signature=signature, opset_version=ONNX_OPSET, verbose=False)
 
 
 def size_in_bytes(path):
@@ -138,7 +147,7 @@ def compare_predictions(expected, got, class_names):
     """How closely two models' predictions of the same photos agree, photo by photo.
 
     Args:
-        expected: rows of `predict.predict_files` by the reference model.
+        expected: `Prediction.to_dict()` of each photo by the reference model.
         got: rows by the other model, same photos in the same order.
         class_names: the models' classes.
 
@@ -163,22 +172,28 @@ def compare_predictions(expected, got, class_names):
     }
 
 
+def _predictions(runtime, photos, batch_size):
+    from catsdogs.classifier import Classifier
+
+    return [p.to_dict() for p in Classifier(runtime).predict(photos, batch_size=batch_size)]
+
+
 def _prepare_folder(folder):
     """An empty folder for an export; replaces an earlier export there, never anything else."""
     if os.path.exists(folder):
         if not os.path.isfile(os.path.join(folder, runtimes.EXPORT_INFO_FILE)) and os.listdir(folder):
-            raise FileExistsError(f"{folder} exists and is not an earlier export; choose another --output")
+            raise ConfigError(f"{folder} exists and is not an earlier export; choose another --output")
         shutil.rmtree(folder)
     os.makedirs(folder)
 
 
-def export_model(run_or_model, format, output=None, quantization="float32", data_dir=None, parity_images=200,
+def export_model(run_or_model, export_format, output=None, quantization="float32", data_dir=None, parity_images=200,
                  calibration_images=200, batch_size=INFERENCE_BATCH_SIZE):
     """Exports a model, then checks the export against the Keras model on real test photos.
 
     Args:
         run_or_model: a run directory or .keras file.
-        format: one of `config.EXPORT_FORMATS`.
+        export_format: one of `config.EXPORT_FORMATS`.
         output: the export folder (default: `default_output`).
         quantization: for TFLite: float32, float16 (weights) or int8 (weights and activations).
         data_dir: a dataset to take photos from, instead of the run's splits.csv.
@@ -189,12 +204,12 @@ def export_model(run_or_model, format, output=None, quantization="float32", data
     Returns:
         (export folder, parity dict as written to parity.json).
     """
-    if format not in EXPORT_FORMATS:
-        raise ValueError(f"unknown format {format!r}; choose one of {EXPORT_FORMATS}")
-    if quantization not in QUANTIZATIONS or (format != "tflite" and quantization != "float32"):
-        raise ValueError(f"quantization {quantization!r}: TFLite takes one of {QUANTIZATIONS}, other formats float32")
-    if format in EXTRAS:  # a SavedModel needs nothing beyond TensorFlow
-        require(format, f"the {format} format")
+    if export_format not in EXPORT_FORMATS:
+        raise ConfigError(f"unknown format {export_format!r}; choose one of {EXPORT_FORMATS}")
+    if quantization not in QUANTIZATIONS or (export_format != "tflite" and quantization != "float32"):
+        raise ConfigError(f"quantization {quantization!r}: TFLite takes one of {QUANTIZATIONS}, other formats float32")
+    if export_format in EXTRAS:  # a SavedModel needs nothing beyond TensorFlow
+        require(export_format, f"the {export_format} format")
     model_path = model_lib.resolve_model_path(run_or_model)
     model = model_lib.load(model_path)
     info = model_lib.describe(model)
@@ -204,20 +219,20 @@ def export_model(run_or_model, format, output=None, quantization="float32", data
         if not train_paths:
             raise data.DataError("int8 quantization is calibrated on training photos, and none are known: "
                                  "pass --data DATASET_DIR with a training folder")
-        calibration = features.decoded_images(sample(train_paths, calibration_images), info.image_size, batch_size)
+        calibration = decoded_images(sample(train_paths, calibration_images), info.image_size, batch_size)
 
-    folder = output or default_output(model_path, format, quantization)
+    folder = output or default_output(model_path, export_format, quantization)
     _prepare_folder(folder)
     start = time.perf_counter()
-    write_export(model, format, os.path.join(folder, FILE_NAMES[format]), quantization, calibration)
+    write_export(model, export_format, os.path.join(folder, FILE_NAMES[export_format]), quantization, calibration)
     seconds = time.perf_counter() - start
     metadata = {
-        "format": format,
+        "format": export_format,
         "quantization": quantization,
-        "file": FILE_NAMES[format],
+        "file": FILE_NAMES[export_format],
         "model": {"class_names": info.class_names, "backbone": info.backbone, "image_size": info.image_size,
                   "threshold": info.threshold, "temperature": info.temperature},
-        "input": "keras end-to-end model: (batch, height, width, 3) RGB pixels in [0, 255], any size" if format == "keras"
+        "input": "keras end-to-end model: (batch, height, width, 3) RGB pixels in [0, 255], any size" if export_format == "keras"
                  else f"pixels: (batch, {info.image_size}, {info.image_size}, 3) float32 RGB in [0, 255], resized from "
                       f"the photo by bilinear interpolation with antialiasing (tf.image.resize, antialias=True), no crop",
         "output": f"probabilities of {info.class_names}",
@@ -225,7 +240,7 @@ def export_model(run_or_model, format, output=None, quantization="float32", data
         "source_precision": model_lib.compute_precision(model),
         "calibration_images": len(calibration) if calibration is not None else 0,
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
-        "versions": {module: importlib.import_module(module).__version__ for module in VERSIONED_MODULES[format]},
+        "versions": {module: importlib.import_module(module).__version__ for module in VERSIONED_MODULES[export_format]},
     }
     with open(os.path.join(folder, runtimes.EXPORT_INFO_FILE), "w") as f:
         json.dump(metadata, f, indent=2)
@@ -234,26 +249,25 @@ def export_model(run_or_model, format, output=None, quantization="float32", data
     # Keras model itself. A model that computes in bfloat16 is also compared as it is.
     exported = runtimes.load(folder)
     photos = sample(test_paths, parity_images)
-    got = predict.predict_files(exported, photos, batch_size)
-    as_saved = predict.predict_files(model, photos, batch_size)
+    got = _predictions(exported, photos, batch_size)
+    as_saved = _predictions(runtimes.KerasRuntime(model), photos, batch_size)
     precision = model_lib.compute_precision(model)
-    if format == "keras" or precision == "float32":
+    if export_format == "keras" or precision == "float32":
         parity = {"reference": f"the Keras model ({precision})", **compare_predictions(as_saved, got, info.class_names)}
     else:
-        float32 = predict.predict_files(model_lib.float32_model(model), photos, batch_size)
+        float32 = _predictions(runtimes.KerasRuntime(model_lib.float32_model(model)), photos, batch_size)
         parity = {"reference": "the Keras model computing in float32",
                   **compare_predictions(float32, got, info.class_names),
                   "saved_bfloat16_model": compare_predictions(as_saved, got, info.class_names)}
-    batch = features.decoded_images(test_paths[:batch_size], info.image_size, batch_size)
+    batch = decoded_images(test_paths[:batch_size], info.image_size, batch_size)
     parity.update({
-        "format": format,
+        "format": export_format,
         "quantization": quantization,
-        "bytes": size_in_bytes(os.path.join(folder, FILE_NAMES[format])),
+        "bytes": size_in_bytes(os.path.join(folder, FILE_NAMES[export_format])),
         "export_seconds": round(seconds, 1),
         "batch_size": len(batch),
-        "images_per_second": forward_rate(
-            features.keras_forward(exported) if isinstance(exported, keras.Model) else exported, batch),
-        "keras_images_per_second": forward_rate(features.keras_forward(model), batch),
+        "images_per_second": forward_rate(exported, batch),
+        "keras_images_per_second": forward_rate(runtimes.compiled_forward(model), batch),
     })
     with open(os.path.join(folder, PARITY_FILE), "w") as f:
         json.dump(parity, f, indent=2)

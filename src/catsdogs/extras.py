@@ -6,6 +6,8 @@ before any work starts.
 
 import importlib.util
 
+from catsdogs.errors import CatsdogsError
+
 # extra -> (import name, PyPI name) of each package; pyproject.toml's optional-dependencies install them.
 EXTRAS = {
     "serve": [("fastapi", "fastapi"), ("fastapi_offline", "fastapi-offline"), ("uvicorn", "uvicorn"),
@@ -15,7 +17,7 @@ EXTRAS = {
 }
 
 
-class MissingDependency(RuntimeError):
+class MissingDependency(CatsdogsError, RuntimeError):
     """An optional package is not installed; the message says how to install it."""
 
 

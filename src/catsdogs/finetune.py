@@ -8,7 +8,7 @@ from keras import layers
 
 from catsdogs.backbones import get_backbone, resize_layer
 from catsdogs.data import ImagePipeline
-from catsdogs.model import compile_classifier
+from catsdogs.heads import compile_classifier
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +41,17 @@ def unfreeze_top(extractor, blocks):
     return len(extractor.trainable_weights)
 
 
-def labelled_batches(paths, labels, image_size, batch_size, binary, augment=None, shuffle_seed=None):
+def labelled_batches(paths, labels, image_size, batch_size, augment=None, shuffle_seed=None):
     """A tf.data.Dataset of (images, labels) batches, optionally shuffled and augmented."""
     pipeline = ImagePipeline(resize_layer(image_size), batch_size)
-    labels = tf.constant(labels, tf.float32 if binary else tf.int32)
+    labels = tf.constant(labels, tf.int32)
 
     def select(images, ok, indices):
         batch_labels = tf.gather(labels, indices)
         images, batch_labels = tf.boolean_mask(images, ok), tf.boolean_mask(batch_labels, ok)
         if augment is not None:
             images = augment(images, training=True)
-        return images, batch_labels[:, None] if binary else batch_labels
+        return images, batch_labels
 
     ds = pipeline.dataset(paths, shuffle_seed)
     return ds.map(select, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
@@ -77,11 +77,10 @@ def fine_tune(extractor, head, train, val, config, callbacks):
     size = extractor.input_shape[1]
     image = keras.Input((size, size, 3), name="image")
     trainer = keras.Model(image, head(extractor(image, training=False)), name="fine_tune")
-    binary = head.output_shape[-1] == 1
-    compile_classifier(trainer, binary, config.fine_tune_learning_rate)
+    compile_classifier(trainer, config.fine_tune_learning_rate)
     augment = augmentation(config.seed) if config.augment else None
-    train_ds = labelled_batches(*train, size, config.fine_tune_batch_size, binary, augment, config.seed)
-    val_ds = labelled_batches(*val, size, config.fine_tune_batch_size, binary)
+    train_ds = labelled_batches(*train, size, config.fine_tune_batch_size, augment, config.seed)
+    val_ds = labelled_batches(*val, size, config.fine_tune_batch_size)
     try:
         return trainer.fit(train_ds, validation_data=val_ds, epochs=config.fine_tune_epochs, verbose=0,
                            shuffle=False, callbacks=[  # shuffled by tf.data

@@ -6,12 +6,14 @@ import os
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from catsdogs.errors import CatsdogsError
+
 # Guards against decompression bombs; a photo this size (about 50 megapixels) is already rare.
 DEFAULT_MAX_PIXELS = 50_000_000
 EXIF_ORIENTATION = 0x0112
 
 
-class ImageError(ValueError):
+class ImageError(CatsdogsError, ValueError):
     """An image that cannot be used, with the file it came from and what is wrong with it."""
 
     def __init__(self, source, reason):
@@ -79,18 +81,22 @@ def decode_image(data, source="image", max_pixels=DEFAULT_MAX_PIXELS):
     return to_rgb_array(open_image(data, source, max_pixels), source)
 
 
+def read_file(path):
+    """The bytes of a file, or an ImageError that names it and says why it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as error:
+        raise ImageError(path, f"cannot read file ({error.strerror or error})") from None
+
+
 def load_image(path, max_pixels=DEFAULT_MAX_PIXELS):
     """Reads and decodes an image file into upright RGB uint8 pixels.
 
     Raises:
         ImageError: naming the file and the problem.
     """
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as error:
-        raise ImageError(path, f"cannot read file ({error.strerror or error})") from None
-    return decode_image(data, os.fspath(path), max_pixels)
+    return decode_image(read_file(path), os.fspath(path), max_pixels)
 
 
 def describe_quirks(image, path):

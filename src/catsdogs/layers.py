@@ -15,13 +15,29 @@ class CaffePreprocessing(layers.Layer):
         return ops.flip(inputs, axis=-1) - ops.cast(IMAGENET_BGR_MEAN, inputs.dtype)
 
 
+def logit_units(num_classes):
+    """How many logits a head has: two classes share one, z, the log-odds of the second; more have one each."""
+    return 1 if num_classes == 2 else num_classes
+
+
+def class_logits(logits):
+    """One logit per class from a head's logits.
+
+    A shared logit z becomes [-z/2, z/2], whose softmax is [sigmoid(-z), sigmoid(z)]: from here on
+    two classes are computed like many (probabilities, losses, Grad-CAM scores).
+    """
+    if logits.shape[-1] == 1:
+        return ops.concatenate([-logits / 2, logits / 2], axis=-1)
+    return logits
+
+
 @keras.saving.register_keras_serializable(package="catsdogs")
 class ClassProbabilities(layers.Layer):
     """Turns logits into one probability per class and carries the class names and threshold.
 
-    Two classes use one logit (sigmoid); more use one logit per class (softmax). Logits are
-    divided by `temperature` (calibration). `threshold` is the probability of the second class
-    at which a binary model predicts it; it is stored here so that it travels with the model.
+    Logits are made one per class (`class_logits`), divided by `temperature` (calibration) and
+    turned into probabilities by a softmax. `threshold` is the probability of the second class at
+    which a binary model predicts it; it is stored here so that it travels with the model.
     """
 
     def __init__(self, class_names, temperature=1.0, threshold=0.5, **kwargs):
@@ -32,10 +48,7 @@ class ClassProbabilities(layers.Layer):
         self.threshold = float(threshold)
 
     def call(self, logits):
-        logits = ops.cast(logits, "float32") / self.temperature
-        if len(self.class_names) == 2:
-            return ops.concatenate([ops.sigmoid(-logits), ops.sigmoid(logits)], axis=-1)
-        return ops.softmax(logits, axis=-1)
+        return ops.softmax(class_logits(ops.cast(logits, "float32")) / self.temperature, axis=-1)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], len(self.class_names))

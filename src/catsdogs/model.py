@@ -1,56 +1,17 @@
-"""The classifier: heads on backbone features, the end-to-end model, saving and loading it."""
+"""The end-to-end model: backbone and head assembled with their preprocessing and labels; saving and loading it."""
 
 import dataclasses
 import os
 
 import keras
 import numpy as np
-from keras import layers
 
 from catsdogs.backbones import resize_layer
-from catsdogs.config import HEADS
+from catsdogs.errors import ModelNotFoundError
+from catsdogs.files import atomic_path
 from catsdogs.layers import ClassProbabilities
 
 MODEL_FILE = "model.keras"
-
-
-def build_head(feature_dim, num_classes, kind="linear", hidden_units=(256,), dropout=0.5, l2=0.0):
-    """A small classifier on pooled features: features in, logits out.
-
-    Args:
-        feature_dim: length of the backbone's feature vector.
-        num_classes: two gives one logit (sigmoid), more give one logit per class (softmax).
-        kind: "linear" (one logistic/softmax layer on the features, fitted by
-            `train.fit_linear_head`) or "dense" (the study's fully connected hidden layers with
-            dropout, trained by gradient descent).
-        hidden_units: sizes of the hidden layers of a dense head.
-        dropout: dropout rate after each hidden layer.
-        l2: L2 penalty on the dense head's kernels.
-
-    Returns:
-        a `keras.Model` named "head".
-    """
-    if kind not in HEADS:
-        raise ValueError(f"unknown head {kind!r}; choose one of {HEADS}")
-    regularizer = keras.regularizers.L2(l2) if l2 else None
-    inputs = keras.Input((feature_dim,), name="features")
-    x = inputs
-    for i, units in enumerate(hidden_units if kind == "dense" else ()):
-        x = layers.Dense(units, activation="relu", kernel_regularizer=regularizer, name=f"hidden{i}")(x)
-        x = layers.Dropout(dropout, name=f"dropout{i}")(x)
-    logits = layers.Dense(1 if num_classes == 2 else num_classes, kernel_regularizer=regularizer, name="logits")(x)
-    return keras.Model(inputs, logits, name="head")
-
-
-def compile_classifier(model, binary, learning_rate):
-    """Compiles a model that outputs logits: cross-entropy from logits, accuracy, Adam."""
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.BinaryCrossentropy(from_logits=True) if binary
-        else keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy") if binary
-                 else keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-    )
 
 
 def assemble(extractor, head, class_names, temperature=1.0, threshold=0.5):
@@ -58,7 +19,7 @@ def assemble(extractor, head, class_names, temperature=1.0, threshold=0.5):
 
     Args:
         extractor: the backbone from `backbones.build_feature_extractor`.
-        head: from `build_head`, trained on that backbone's features.
+        head: a Keras head (`heads.LinearHead(...).to_keras()` or `DenseHead`'s), trained on that backbone's features.
         class_names: in label order.
         temperature: logits are divided by it (calibration).
         threshold: for two classes, the probability of the second at which it is predicted.
@@ -128,19 +89,20 @@ class ModelInfo:
     temperature: float
 
 
-def logits_model(model):
-    """The same model without its last layer: pixels in, logits out (for calibration)."""
-    return keras.Model(model.input, model.get_layer("probabilities").input, name="logits")
-
-
-def describe(model):
+def describe(model: keras.Model) -> ModelInfo:
+    """What a catsdogs model says about itself: class names, backbone, input size, threshold, temperature."""
     probabilities = model.get_layer("probabilities")
     extractor = next(layer for layer in model.layers if isinstance(layer, keras.Model) and layer.name != "head")
     return ModelInfo(probabilities.class_names, extractor.name, model.get_layer("resize").height,
                      probabilities.threshold, probabilities.temperature)
 
 
-def predicted_classes(probabilities, threshold=0.5):
+def probabilities_by_class(class_names, probabilities) -> dict:
+    """{class name: probability} for one image, as plain floats (JSON-ready)."""
+    return {name: float(p) for name, p in zip(class_names, probabilities)}
+
+
+def predicted_classes(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """The model's decision rule. Two classes: the second wins at `threshold`; more: the most probable."""
     probabilities = np.asarray(probabilities)
     if probabilities.shape[1] == 2:
@@ -148,23 +110,22 @@ def predicted_classes(probabilities, threshold=0.5):
     return probabilities.argmax(axis=1)
 
 
-def save(model, path):
+def save(model: keras.Model, path: str) -> None:
     """Writes the model atomically: a crash never leaves a half-written model file."""
-    partial = f"{path}.partial.keras"
-    model.save(partial)
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        model.save(partial)
 
 
-def resolve_model_path(run_or_model):
+def resolve_model_path(run_or_model) -> str:
     """The model file of a run directory, or the given .keras file."""
     path = os.fspath(run_or_model)
     if os.path.isdir(path):
         path = os.path.join(path, MODEL_FILE)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{run_or_model}: neither a run directory with {MODEL_FILE} nor a .keras model file")
+        raise ModelNotFoundError(f"{run_or_model}: neither a run directory with {MODEL_FILE} nor a .keras model file")
     return path
 
 
-def load(run_or_model):
+def load(run_or_model) -> keras.Model:
     """Loads a catsdogs model from a run directory or a .keras file."""
     return keras.models.load_model(resolve_model_path(run_or_model))

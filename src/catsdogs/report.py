@@ -1,19 +1,17 @@
-"""Figures and the one-page HTML report of a run or an evaluation."""
+"""Figures and the one-page HTML report of a run or an evaluation.
+
+Every `plot_*` function returns a matplotlib Figure and leaves no figure open in pyplot, so a
+notebook shows it once where it is returned and a script can save it (`save_figure`). Nothing
+here chooses matplotlib's backend: saving to a file works with any of them.
+"""
 
 import csv
 import os
 import pathlib
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
-
-from catsdogs import explain  # noqa: E402
-from catsdogs.images import ImageError, load_image  # noqa: E402
+from catsdogs.images import ImageError, load_image
 
 RIGHT, WRONG = "#1a7f37", "#cf222e"
 
@@ -30,75 +28,106 @@ def prediction_rows(paths, y_true, probabilities, y_pred, class_names, label_iss
     return rows
 
 
-def write_csv(rows, path):
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["path"])
+def write_csv(rows, path, fieldnames=None):
+    """Writes dicts as CSV; the columns are `fieldnames`, else the keys of every row in order of appearance."""
+    if fieldnames is None:
+        fieldnames = list(dict.fromkeys(key for row in rows for key in row)) or ["path"]
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        writer = csv.DictWriter(f, fieldnames=fieldnames)
         writer.writeheader()
         writer.writerows(rows)
 
 
 def read_csv(path):
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         return list(csv.DictReader(f))
 
 
-def _show(ax, path, title, color):
+def new_figure(rows=1, columns=1, figsize=None):
+    """A figure and its grid of axes (always 2-D), not left open in pyplot."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(rows, columns, figsize=figsize, squeeze=False)
+    plt.close(fig)  # pyplot forgets it: shown once where returned, never piled up in a long run
+    return fig, axes
+
+
+def _figure_and_ax(ax, figsize):
+    """The axes to draw on: `ax` if given, else one new figure's."""
+    if ax is not None:
+        return ax.figure, ax
+    fig, axes = new_figure(figsize=figsize)
+    return fig, axes[0, 0]
+
+
+def save_figure(fig, path, dpi=90):
+    """Lays the figure out and writes it to a file (format from the extension)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+
+
+def _show(ax, path, title, color, pixels=None):
     try:
-        ax.imshow(load_image(path))
+        ax.imshow(load_image(path) if pixels is None else pixels)
     except ImageError:
         ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
-    ax.set_title(title, color=color, fontsize=11)
+    ax.set_title(title, color=color, fontsize=10)
     ax.axis("off")
 
 
-def plot_grid(rows, path, seed=0, side=5):
+def _photo_grid(count, columns, title):
+    lines = max(1, -(-count // columns))
+    fig, axes = new_figure(lines, columns, figsize=(2.8 * columns, 3.0 * lines))
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle(title)
+    return fig, axes
+
+
+def _short(name, width=18):
+    return name if len(name) <= width else name[:width - 1] + "…"
+
+
+def plot_grid(rows, seed=0, side=5):
     """The study's figure: a side x side grid of random test images with their predictions."""
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(rows), size=min(side * side, len(rows)), replace=False)
-    fig, axes = plt.subplots(side, side, figsize=(2.4 * side, 2.6 * side))
+    fig, axes = new_figure(side, side, figsize=(2.4 * side, 2.6 * side))
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, chosen):
         row = rows[i]
         right = row["predicted"] == row["true"]
-        title = f"{row['predicted']} {row['probability']:.2f}" + ("" if right else f"\n(true: {row['true']})")
+        title = f"{_short(row['predicted'])} {row['probability']:.2f}" + ("" if right else f"\n(true: {_short(row['true'])})")
         _show(ax, row["path"], title, RIGHT if right else WRONG)
     fig.suptitle("Random test images: predicted class and probability (mistakes in red)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    return fig
 
 
-def plot_errors(mistakes, path, count=16):
-    """The first `count` mistakes (most confident first), marking those whose label looks wrong."""
-    mistakes = mistakes[:count]
-    columns = 4
-    lines = max(1, -(-len(mistakes) // columns))
-    fig, axes = plt.subplots(lines, columns, figsize=(2.8 * columns, 3.0 * lines), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
+def plot_top_losses(mistakes, k=16, columns=4):
+    """The first `k` mistakes (most confident first), marking those whose label looks wrong."""
+    mistakes = mistakes[:k]
+    fig, axes = _photo_grid(len(mistakes), columns, "Most confident mistakes (predicted, probability, true label)")
     for ax, row in zip(axes.flat, mistakes):
         suspect = " (label looks wrong)" if row["label_looks_wrong"] else ""
-        title = f"{row['predicted']} {row['probability']:.2f}, true {row['true']}\n{os.path.basename(row['path'])}{suspect}"
+        title = (f"{_short(row['predicted'])} {row['probability']:.2f}, true {_short(row['true'])}\n"
+                 f"{_short(os.path.basename(row['path']), 28)}{suspect}")
         _show(ax, row["path"], title, WRONG)
     if not mistakes:
         axes[0, 0].text(0, 0.5, "no mistakes", fontsize=14)
-    fig.suptitle("Most confident mistakes (predicted, probability, true label)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    return fig
 
 
-def plot_gradcam(mistakes, model, path, columns=4):
+def plot_gradcam(mistakes, explainer, columns=4):
     """Grad-CAM of mistakes: where the model saw the class it wrongly predicted.
 
     Args:
         mistakes: prediction rows, most confident mistakes first.
-        model: the catsdogs model that made them.
-        path: the figure file.
+        explainer: an `explain.Explainer` of the model that made them.
         columns: photos per line.
     """
-    explainer = explain.Explainer(model)
+    from catsdogs.explain import overlay
+
     photos, shown = [], []
     for row in mistakes:
         try:
@@ -106,39 +135,41 @@ def plot_gradcam(mistakes, model, path, columns=4):
             shown.append(row)
         except ImageError:
             continue  # gone since the evaluation; the other figures say so
+    fig, axes = _photo_grid(len(shown), columns,
+                            "Grad-CAM of the most confident mistakes: evidence for the predicted class")
     if not shown:
-        return
+        axes[0, 0].text(0, 0.5, "no mistakes", fontsize=14)
+        return fig
     batch = np.stack([explainer.prepare(pixels) for pixels in photos])
     heatmaps = explainer.heatmaps(batch, [explainer.class_names.index(row["predicted"]) for row in shown])
-    lines = -(-len(shown) // columns)
-    fig, axes = plt.subplots(lines, columns, figsize=(2.8 * columns, 3.0 * lines), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
     for ax, row, pixels, heatmap in zip(axes.flat, shown, photos, heatmaps):
-        ax.imshow(explain.overlay(pixels, heatmap))
-        ax.set_title(f"{row['predicted']} {row['probability']:.2f}, true {row['true']}\n{os.path.basename(row['path'])}",
-                     color=WRONG, fontsize=9)
-    fig.suptitle("Grad-CAM of the most confident mistakes: evidence for the predicted class")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+        title = (f"{_short(row['predicted'])} {row['probability']:.2f}, true {_short(row['true'])}\n"
+                 f"{_short(os.path.basename(row['path']), 28)}")
+        _show(ax, row["path"], title, WRONG, pixels=overlay(pixels, heatmap))
+    return fig
 
 
-def plot_confusion(confusion, class_names, path):
-    fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(class_names), 1.2 + 1.2 * len(class_names)))
-    ConfusionMatrixDisplay(np.asarray(confusion), display_labels=class_names).plot(
-        ax=ax, cmap="Blues", values_format="d", colorbar=False)
+def plot_confusion(confusion, class_names, ax=None):
+    """The confusion matrix (rows: true class, columns: predicted), counts in each cell."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    side = 1.5 + 0.9 * len(class_names)
+    fig, ax = _figure_and_ax(ax, (side + 1, side))
+    ConfusionMatrixDisplay(np.asarray(confusion), display_labels=[_short(n, 14) for n in class_names]).plot(
+        ax=ax, cmap="Blues", values_format="d", colorbar=False, xticks_rotation=45 if len(class_names) > 4 else "horizontal")
     ax.set_title("Confusion matrix (test)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
-def plot_curves(history, path):
-    """Loss and accuracy per epoch, training and validation, from history.csv rows (all stages)."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+def plot_curves(history):
+    """Loss and accuracy per epoch, training and validation, across training stages.
+
+    Args:
+        history: rows with stage, loss, accuracy, val_loss, val_accuracy (as in history.csv).
+    """
+    fig, axes = new_figure(1, 2, figsize=(11, 4))
     epochs = range(1, len(history) + 1)
-    for ax, metric in zip(axes, ("loss", "accuracy")):
+    for ax, metric in zip(axes.flat, ("loss", "accuracy")):
         for prefix, label in (("", "train"), ("val_", "validation")):
             ax.plot(epochs, [float(r[prefix + metric]) for r in history], marker=".", label=label)
         stages = [r["stage"] for r in history]
@@ -150,16 +181,21 @@ def plot_curves(history, path):
         ax.set_title(metric)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return fig
 
 
-def plot_reliability(curves, y_true, path, bins=15):
-    """Reliability diagram: accuracy against confidence per bin, marker area by image count."""
+def plot_reliability(curves, y_true, bins=15, ax=None):
+    """Reliability diagram: accuracy against confidence per bin, marker area by image count.
+
+    Args:
+        curves: label -> (n, classes) probabilities, one line each.
+        y_true: true class indices.
+        bins: equal-width confidence bins.
+        ax: axes to draw on (a new figure if None).
+    """
     from catsdogs.calibration import expected_calibration_error, reliability
 
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = _figure_and_ax(ax, (5.5, 5))
     chance = 1 / next(iter(curves.values())).shape[1]
     ax.plot([chance, 1], [chance, 1], color="grey", linestyle=":", label="perfectly calibrated")
     for label, probs in curves.items():
@@ -174,9 +210,7 @@ def plot_reliability(curves, y_true, path, bins=15):
     ax.set_title("Is a printed 0.9 right nine times in ten?")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return fig
 
 
 def write_html(folder, title, sections, metrics, mistakes, integrity, config=None):
@@ -186,16 +220,18 @@ def write_html(folder, title, sections, metrics, mistakes, integrity, config=Non
         folder: where report.html and the figures are.
         title: page title.
         sections: list of (heading, figure file name) shown in order if the file exists.
-        metrics: from `evaluate.compute_metrics`.
+        metrics: from `evaluation.compute_metrics`.
         mistakes: rows of the mistakes to list.
         integrity: `ScanReport.to_json()`.
         config: dict of settings, if any.
     """
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
     env = Environment(loader=PackageLoader("catsdogs"), autoescape=select_autoescape())
     page = env.get_template("report.html").render(
         title=title, metrics=metrics, mistakes=mistakes, integrity=integrity, config=config,
         figures=[(h, f) for h, f in sections if os.path.exists(os.path.join(folder, f))],
         file_url=lambda p: pathlib.Path(p).resolve().as_uri(),
     )
-    with open(os.path.join(folder, "report.html"), "w") as f:
+    with open(os.path.join(folder, "report.html"), "w", encoding="utf-8") as f:
         f.write(page)

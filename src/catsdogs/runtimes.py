@@ -1,4 +1,8 @@
-"""Exported models in their runtimes (ONNX Runtime, LiteRT/TFLite, TensorFlow SavedModel).
+"""Every way to run a catsdogs model, behind one interface: Keras, ONNX Runtime, LiteRT/TFLite, SavedModel.
+
+A runtime is a callable: (batch, size, size, 3) float32 RGB pixels in [0, 255], already resized
+(`backbones.resize_layer`), in; one probability per class out. Its `info` is the `model.ModelInfo`
+(class names, input size, threshold). `inference.run_on_files` runs any of them over files.
 
 An export folder written by `catsdogs export` holds the exported file and `export.json`: the
 class names, threshold and input size of the model it came from. Every exported model takes
@@ -15,9 +19,37 @@ import numpy as np
 
 from catsdogs import model as model_lib
 from catsdogs.data import usable_cpus
+from catsdogs.errors import ConfigError
 from catsdogs.extras import require
 
 EXPORT_INFO_FILE = "export.json"
+
+
+def compiled_forward(model):
+    """The inference pass of a Keras model as one compiled TensorFlow graph, retraced only for new shapes."""
+    import tensorflow as tf
+
+    return tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+
+
+class KerasRuntime:
+    """A catsdogs Keras model (`model.load`), run as one compiled graph.
+
+    Attributes:
+        model: the `keras.Model`.
+        info: its `model.ModelInfo`.
+    """
+
+    runtime = "keras"
+
+    def __init__(self, model):
+        self.model = model
+        self.info = model_lib.describe(model)
+        self._forward = compiled_forward(model)
+
+    def __call__(self, images):
+        """Class probabilities, (batch, classes), of (batch, size, size, 3) float32 pixels in [0, 255]."""
+        return np.asarray(self._forward(images))
 
 
 class ExportedModel:
@@ -44,7 +76,7 @@ class ExportedModel:
         raise NotImplementedError
 
 
-class OnnxModel(ExportedModel):
+class OnnxExport(ExportedModel):
     """An ONNX model in ONNX Runtime (CPU)."""
 
     runtime = "onnx"
@@ -61,7 +93,7 @@ class OnnxModel(ExportedModel):
         return self.session.run(None, {self.input_name: np.asarray(images, np.float32)})[0]
 
 
-class TFLiteModel(ExportedModel):
+class TFLiteExport(ExportedModel):
     """A TFLite model in the LiteRT interpreter (XNNPACK on CPU)."""
 
     runtime = "tflite"
@@ -87,7 +119,7 @@ class TFLiteModel(ExportedModel):
         return self.interpreter.get_tensor(self.output_index).copy()
 
 
-class SavedModelModel(ExportedModel):
+class SavedModelExport(ExportedModel):
     """A TensorFlow SavedModel, through its "serve" endpoint."""
 
     runtime = "savedmodel"
@@ -102,7 +134,7 @@ class SavedModelModel(ExportedModel):
         return self.saved_model.serve(images).numpy()
 
 
-EXPORTED_MODELS = {cls.runtime: cls for cls in (OnnxModel, TFLiteModel, SavedModelModel)}
+EXPORTED_MODELS = {cls.runtime: cls for cls in (OnnxExport, TFLiteExport, SavedModelExport)}
 
 
 def export_folder_of(path):
@@ -113,28 +145,28 @@ def export_folder_of(path):
     return None
 
 
-def _exports_in_format(run_dir, format):
-    """Export folders below run_dir/exports whose format is `format`."""
+def _exports_in_format(run_dir, export_format):
+    """Export folders below run_dir/exports whose format is `export_format`."""
     exports = os.path.join(run_dir, "exports")
     found = []
     for name in sorted(os.listdir(exports)) if os.path.isdir(exports) else []:
         info_file = os.path.join(exports, name, EXPORT_INFO_FILE)
         if os.path.isfile(info_file):
             with open(info_file) as f:
-                if json.load(f)["format"] == format:
+                if json.load(f)["format"] == export_format:
                     found.append(os.path.join(exports, name))
     return found
 
 
 def load(path, runtime=None):
-    """Loads a model to predict with, in the runtime that its format needs.
+    """Loads a model in the runtime that its format needs.
 
     Args:
         path: a run directory or .keras file, or an export folder (or the exported file in it).
         runtime: one of `config.RUNTIMES`, checked against what `path` holds; None: whatever it holds.
 
     Returns:
-        a `keras.Model` for the Keras runtime, else an `ExportedModel`.
+        a `KerasRuntime`, or an `ExportedModel` of the export's format.
     """
     path = os.fspath(path)
     folder = export_folder_of(path)
@@ -145,9 +177,9 @@ def load(path, runtime=None):
         held = "keras"
     if runtime and runtime != held:
         found = [] if folder else _exports_in_format(path if os.path.isdir(path) else os.path.dirname(path), runtime)
-        raise ValueError(f"{path} holds a {held} model, but runtime {runtime} runs {runtime} exports. "
+        raise ConfigError(f"{path} holds a {held} model, but runtime {runtime} runs {runtime} exports. "
                          + (f"Pass one of its {runtime} exports: {', '.join(found)}" if found
                             else f"To make one: catsdogs export {path} --format {runtime}"))
     if held == "keras":
-        return model_lib.load(path)
+        return KerasRuntime(model_lib.load(path))
     return EXPORTED_MODELS[held](folder)

@@ -6,7 +6,9 @@ imports none of them, so that `extras.require` can say what is missing.
 
 import dataclasses
 
+from catsdogs.errors import ConfigError
 from catsdogs.images import DEFAULT_MAX_PIXELS
+
 
 @dataclasses.dataclass
 class ServeSettings:
@@ -22,5 +24,5 @@ class ServeSettings:
         for field in dataclasses.fields(self):
             minimum = 0 if field.name == "max_wait_ms" else 1
             if getattr(self, field.name) < minimum:
-                raise ValueError(f"{field.name} must be at least {minimum}, got {getattr(self, field.name)}")
+                raise ConfigError(f"{field.name} must be at least {minimum}, got {getattr(self, field.name)}")
 

@@ -4,7 +4,7 @@ import multiprocessing
 
 import numpy as np
 
-from catsdogs.evaluate import label_issues
+from catsdogs.evaluation import label_issues
 
 
 def test_confidently_contradicted_labels_are_flagged_in_this_process(monkeypatch):

@@ -1,0 +1,317 @@
+"""Metrics of predicted probabilities against true labels, and the `Evaluation` of a classifier.
+
+`evaluate(classifier, data_dir)` predicts a labelled folder and returns an `Evaluation`: its
+metrics, its mistakes, figures as matplotlib Figures (in the manner of fastai's
+`ClassificationInterpretation` and scikit-learn's `*Display` objects) and `save(folder)`,
+which writes the files of a run directory: metrics.json, predictions.csv, integrity.json, the
+figures and report.html.
+"""
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+
+import numpy as np
+from sklearn import metrics as skm
+
+from catsdogs import calibration, data, report
+from catsdogs.config import INFERENCE_BATCH_SIZE
+from catsdogs.files import timestamp, write_text
+from catsdogs.model import predicted_classes
+
+log = logging.getLogger(__name__)
+
+FIGURES = (
+    ("The study's grid: 25 random test images", "grid.png"),
+    ("Learning curves", "curves.png"),
+    ("Confusion matrix", "confusion.png"),
+    ("Most confident mistakes", "errors.png"),
+    ("Grad-CAM of the most confident mistakes", "gradcam.png"),
+    ("Reliability of the probabilities (test)", "reliability.png"),
+)
+GRADCAM_MISTAKES = 8  # Grad-CAM needs a forward and a backward pass per photo: keep it to a handful
+TOP_LOSSES = 16
+REPORT_MISTAKES = 100
+
+
+def compute_metrics(y_true, probabilities, class_names, threshold: float = 0.5) -> dict:
+    """Accuracy, per-class and averaged precision/recall/F1, ROC-AUC, log-loss, ECE, confusion matrix.
+
+    Args:
+        y_true: true class indices.
+        probabilities: (n, classes) predicted probabilities.
+        class_names: in label order.
+        threshold: decision threshold for two classes.
+
+    Returns:
+        a JSON-ready dict.
+    """
+    y_true = np.asarray(y_true)
+    probabilities = np.asarray(probabilities, np.float64)
+    y_pred = predicted_classes(probabilities, threshold)
+    labels = list(range(len(class_names)))
+    table = skm.classification_report(y_true, y_pred, labels=labels, target_names=class_names,
+                                      output_dict=True, zero_division=0)
+    result = {
+        "images": int(len(y_true)),
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "errors": int((y_true != y_pred).sum()),
+        "per_class": {name: _prf(table[name]) for name in class_names},
+        "macro_avg": _prf(table["macro avg"]),
+        "weighted_avg": _prf(table["weighted avg"]),
+        # float32 outputs sum to 1 only within float32 rounding, which log_loss warns about.
+        "log_loss": float(skm.log_loss(y_true, probabilities / probabilities.sum(axis=1, keepdims=True),
+                                       labels=labels)),
+        "ece": calibration.expected_calibration_error(probabilities, y_true),
+        "roc_auc": None,
+        "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "class_names": list(class_names),
+        "threshold": float(threshold),
+    }
+    if len(np.unique(y_true)) == len(class_names):
+        scores = probabilities[:, 1] if len(class_names) == 2 else probabilities
+        result["roc_auc"] = float(skm.roc_auc_score(y_true, scores, multi_class="ovr", labels=labels))
+    return result
+
+
+def _prf(row):
+    return {"precision": row["precision"], "recall": row["recall"], "f1": row["f1-score"],
+            "support": int(row["support"])}
+
+
+def stage_summary(val, test, class_names, seconds):
+    """Loss and accuracy of a training stage's model (uncalibrated, threshold 0.5).
+
+    Args:
+        val: (labels, logits) of the validation images: what stages are compared on.
+        test: (labels, logits) of the test images, for the record only.
+        class_names: in label order.
+        seconds: how long the stage took.
+    """
+    summary = {"seconds": round(seconds, 1)}
+    for split, (y_true, logits) in (("val", val), ("test", test)):
+        scores = compute_metrics(y_true, calibration.probabilities(logits, class_names), class_names)
+        summary.update({f"{split}_loss": scores["log_loss"], f"{split}_accuracy": scores["accuracy"]})
+    return summary
+
+
+def format_metrics(metrics: dict) -> str:
+    """A classification_report-style table followed by the threshold-free scores."""
+    names = metrics["class_names"]
+    width = max(12, *(len(n) for n in names))
+    lines = [f"{'':>{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}"]
+    rows = [(n, metrics["per_class"][n]) for n in names]
+    rows += [("macro avg", metrics["macro_avg"]), ("weighted avg", metrics["weighted_avg"])]
+    for name, row in rows:
+        lines.append(f"{name:>{width}} {row['precision']:9.4f} {row['recall']:9.4f} {row['f1']:9.4f} {row['support']:8d}")
+    lines.append("")
+    lines.append(f"accuracy {metrics['accuracy']:.4f} ({metrics['errors']} errors in {metrics['images']} images)")
+    auc = f"{metrics['roc_auc']:.4f}" if metrics["roc_auc"] is not None else "n/a"
+    lines.append(f"ROC-AUC {auc}   log-loss {metrics['log_loss']:.4f}   ECE {metrics['ece']:.4f}")
+    if metrics.get("tta"):
+        tta = metrics["tta"]
+        lines.append(f"with test-time augmentation: accuracy {tta['accuracy']:.4f} ({tta['errors']} errors), "
+                     f"log-loss {tta['log_loss']:.4f}")
+    return "\n".join(lines)
+
+
+def label_issues(y_true, probabilities):
+    """Which images look mislabelled, by confident learning (cleanlab) on out-of-sample probabilities."""
+    from cleanlab.filter import find_label_issues
+
+    y_true = np.asarray(y_true)
+    if len(np.unique(y_true)) < probabilities.shape[1] or len(y_true) < 10:
+        return np.zeros(len(y_true), bool)  # too few images for per-class confidence thresholds
+    # n_jobs=1: cleanlab's worker processes rely on module globals that a spawned process lacks
+    # (it failed inside a spawned benchmark process), and forking a process running TensorFlow is
+    # unsafe; for thousands of images one process takes milliseconds.
+    return find_label_issues(y_true, np.asarray(probabilities, np.float64), n_jobs=1)
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """A classifier's predictions on labelled photos, and what can be said about them.
+
+    Attributes:
+        paths: the photos that were predicted (absolute paths).
+        y_true: their true class indices.
+        probabilities: (n, classes) what the model output.
+        class_names: in label order.
+        threshold: the decision threshold (two classes).
+        data_dir: the dataset folder; saved paths are relative to it.
+        uncalibrated: probabilities before temperature scaling, if known.
+        tta_probabilities: averaged over test-time augmentation views, if computed.
+        validation, validation_tta: metrics on the validation split, if known.
+        temperature: the calibration temperature, if known.
+        stages: summaries of the training stages, if known.
+        integrity: `data.ScanReport.to_json()` of the photos.
+        history: epoch rows of the training stages (stage, epoch, loss, ...), if any.
+        title: the report's title.
+        config: settings shown in the report, if any.
+        classifier: the `Classifier` evaluated (for Grad-CAM), if known.
+    """
+
+    paths: list
+    y_true: np.ndarray
+    probabilities: np.ndarray
+    class_names: list
+    threshold: float = 0.5
+    data_dir: str = None
+    uncalibrated: np.ndarray = None
+    tta_probabilities: np.ndarray = None
+    validation: dict = None
+    validation_tta: dict = None
+    temperature: float = None
+    stages: dict = None
+    integrity: dict = dataclasses.field(default_factory=dict)
+    history: list = None
+    title: str = "catsdogs evaluation"
+    config: dict = None
+    classifier: object = dataclasses.field(default=None, repr=False)
+
+    @functools.cached_property
+    def metrics(self) -> dict:
+        """Test metrics at the top level (`compute_metrics`), then "tta", "validation",
+        "validation_tta", "stages" and "calibration" where known."""
+        metrics = compute_metrics(self.y_true, self.probabilities, self.class_names, self.threshold)
+        if self.tta_probabilities is not None:
+            metrics["tta"] = compute_metrics(self.y_true, self.tta_probabilities, self.class_names, self.threshold)
+        for key in ("validation", "validation_tta", "stages"):
+            if getattr(self, key) is not None:
+                metrics[key] = getattr(self, key)
+        if self.temperature is not None:
+            metrics["calibration"] = {"temperature": self.temperature, "test_ece_after": metrics["ece"]}
+            if self.uncalibrated is not None:
+                metrics["calibration"]["test_ece_before"] = calibration.expected_calibration_error(
+                    self.uncalibrated, self.y_true)
+        return metrics
+
+    @functools.cached_property
+    def rows(self) -> list:
+        """One dict per photo: path, true, predicted, probability, loss, label_looks_wrong, p_CLASS..."""
+        y_pred = predicted_classes(self.probabilities, self.threshold)
+        return report.prediction_rows(self.paths, self.y_true, self.probabilities, y_pred, self.class_names,
+                                      label_issues(self.y_true, self.probabilities))
+
+    def mistakes(self, k: int = None) -> list:
+        """The wrongly predicted photos, highest loss (most confident mistake) first; the first `k` if given."""
+        wrong = sorted((row for row in self.rows if row["predicted"] != row["true"]), key=lambda row: -row["loss"])
+        return wrong if k is None else wrong[:k]
+
+    def __str__(self):
+        return format_metrics(self.metrics)
+
+    def plot_grid(self, seed: int = 0, side: int = 5):
+        """The study's figure: side x side random photos with their predictions, mistakes in red."""
+        return report.plot_grid(self.rows, seed, side)
+
+    def plot_confusion(self, ax=None):
+        """The confusion matrix; draws on `ax` if given."""
+        return report.plot_confusion(self.metrics["confusion_matrix"], self.class_names, ax)
+
+    def plot_top_losses(self, k: int = TOP_LOSSES):
+        """The `k` most confident mistakes, marking those whose label looks wrong."""
+        return report.plot_top_losses(self.mistakes(), k)
+
+    def plot_reliability(self, ax=None):
+        """Reliability diagram (before and after calibration where known); draws on `ax` if given."""
+        curves = {"calibrated" if self.uncalibrated is not None else "model": self.probabilities}
+        if self.uncalibrated is not None:
+            curves = {"before calibration": self.uncalibrated, **curves}
+        return report.plot_reliability(curves, self.y_true, ax=ax)
+
+    def plot_gradcam(self, k: int = GRADCAM_MISTAKES):
+        """Grad-CAM of the `k` most confident mistakes: where the model saw the class it chose."""
+        if self.classifier is None:
+            raise data.DataError("this evaluation has no classifier to explain: evaluate one with catsdogs.evaluate")
+        return report.plot_gradcam(self.mistakes(k), self.classifier.explainer())
+
+    def plot_curves(self):
+        """Loss and accuracy per epoch (dense head and fine-tuning); None when training had no epochs."""
+        return report.plot_curves(self.history) if self.history else None
+
+    def save(self, folder) -> dict:
+        """Writes metrics.json, predictions.csv, integrity.json, the figures and report.html.
+
+        Args:
+            folder: where to write them (created if missing).
+
+        Returns:
+            the metrics dict.
+        """
+        os.makedirs(folder, exist_ok=True)
+        metrics = self.metrics
+        write_text(os.path.join(folder, "metrics.json"), json.dumps(metrics, indent=2))
+        report.write_csv([{**row, "path": self._saved_path(row["path"])} for row in self.rows],
+                         os.path.join(folder, "predictions.csv"))
+        write_text(os.path.join(folder, "integrity.json"), json.dumps(self.integrity, indent=2))
+        figures = {"grid.png": self.plot_grid, "confusion.png": self.plot_confusion,
+                   "errors.png": self.plot_top_losses, "reliability.png": self.plot_reliability,
+                   "curves.png": self.plot_curves}
+        if self.classifier is not None and self.classifier.model is not None and self.mistakes():
+            figures["gradcam.png"] = self.plot_gradcam
+        for name, plot in figures.items():
+            figure = plot()
+            if figure is not None:
+                report.save_figure(figure, os.path.join(folder, name))
+        report.write_html(folder, self.title, FIGURES, metrics, self.mistakes(REPORT_MISTAKES), self.integrity,
+                          self.config)
+        return metrics
+
+    def _saved_path(self, path):
+        """A photo's path as saved: relative to the data folder when it lies inside, else absolute."""
+        if self.data_dir:
+            relative = os.path.relpath(path, self.data_dir)
+            if not relative.startswith(os.pardir):
+                return relative
+        return os.path.abspath(path)
+
+
+def evaluate(classifier, data_dir, tta: bool = False, batch_size: int = INFERENCE_BATCH_SIZE) -> Evaluation:
+    """Evaluates a classifier on labelled photos.
+
+    Args:
+        classifier: a `Classifier` (`catsdogs.load`), or a path that `catsdogs.load` accepts.
+        data_dir: a dataset with a test split (its test photos are used), or one folder of class folders.
+        tta: also evaluate test-time augmentation (photo and mirror image averaged).
+        batch_size: images per forward pass.
+
+    Returns:
+        an `Evaluation`; `.save(folder)` writes its files.
+    """
+    from catsdogs.classifier import Classifier, load
+
+    if not isinstance(classifier, Classifier):
+        classifier = load(classifier)
+    class_names = classifier.classes
+    dataset = data.discover(data_dir)
+    split = "test" if "test" in dataset.splits else "all"
+    if split not in dataset.splits:
+        raise data.DataError(f"{data_dir}: no test folder, and not a folder of class folders")
+    unknown = sorted(set(dataset.class_names) - set(class_names))
+    if unknown:
+        raise data.DataError(f"{data_dir}: classes {unknown} are unknown to the model, which knows {class_names}")
+    scan = data.scan(data.Dataset(dataset.root, dataset.class_names, {split: dataset.splits[split]}))
+    samples = [s for s in dataset.splits[split] if s.path in scan.hashes]
+    outputs = classifier.probabilities_of_files([s.path for s in samples], tta, batch_size, desc="evaluate")
+    for path, reason in outputs.errors.items():
+        scan.add_problem(path, reason)
+    kept = [s for s, ok in zip(samples, outputs.ok) if ok]
+    if not kept:
+        raise data.DataError(f"{data_dir}: none of the {len(dataset.splits[split])} photos could be read")
+    values = outputs.values[:, outputs.ok]
+    return Evaluation(
+        paths=[os.path.abspath(s.path) for s in kept],
+        y_true=np.array([class_names.index(dataset.class_names[s.label]) for s in kept]),
+        probabilities=values[0], class_names=class_names, threshold=classifier.info.threshold,
+        data_dir=os.path.abspath(data_dir), tta_probabilities=values.mean(axis=0) if tta else None,
+        integrity=scan.to_json(), title=f"catsdogs evaluation of {classifier.info.backbone} on {data_dir}",
+        classifier=classifier)
+
+
+def default_output_dir(run_or_model):
+    """Where `catsdogs evaluate` writes by default: an eval-<time> folder beside the model."""
+    folder = run_or_model if os.path.isdir(run_or_model) else os.path.dirname(os.path.abspath(run_or_model))
+    return os.path.join(folder, f"eval-{timestamp()}")

@@ -1,0 +1,43 @@
+"""Writing files so that a crash never leaves a half-written one where a complete one is expected."""
+
+import contextlib
+import os
+import uuid
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary path beside `path`, moved over `path` only if the block succeeds.
+
+    The temporary name is hidden (leading dot) and ends like `path`, so writers that insist on
+    an extension (Keras' ".keras", ".weights.h5") accept it and globs for finished files skip it.
+    It is removed if the block fails, and `os.replace` makes the final move atomic.
+
+    Args:
+        path: the file to write.
+
+    Yields:
+        the temporary path to write to.
+    """
+    folder, name = os.path.split(os.fspath(path))
+    partial = os.path.join(folder, f".partial-{uuid.uuid4().hex[:12]}-{name}")
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def write_text(path, text):
+    """Writes a text file atomically."""
+    with atomic_path(path) as partial:
+        with open(partial, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+
+
+def timestamp():
+    """The date and time in folder names of runs and evaluations: 20261129-142501."""
+    import datetime
+
+    return f"{datetime.datetime.now():%Y%m%d-%H%M%S}"

@@ -1,0 +1,114 @@
+"""Running a model over image files: decoding, resizing, views, batches. The one path for every runtime.
+
+Training (features, fine-tuned logits), evaluation, prediction, export checks and the benchmark
+all call `run_on_files` (or `iter_batches`, to act on each batch as it comes, as the feature
+cache does). A file that fails to decode is an error with its reason, never a NaN row.
+"""
+
+import dataclasses
+import logging
+import os
+
+import numpy as np
+
+from catsdogs.config import INFERENCE_BATCH_SIZE
+
+log = logging.getLogger(__name__)
+
+
+def _hflip(images):
+    return images[:, :, ::-1, :]
+
+
+# Views for test-time augmentation: cheap, label-preserving transformations of the resized image.
+VIEWS = {"original": lambda images: images, "hflip": _hflip}
+TTA_VIEWS = ("original", "hflip")
+
+
+def views_for(tta: bool) -> tuple:
+    """The views a prediction averages: the photo alone, or the photo and its mirror image."""
+    return TTA_VIEWS if tta else ("original",)
+
+
+@dataclasses.dataclass
+class Outputs:
+    """What a model gave for each file.
+
+    Attributes:
+        values: (views, files, ...) model outputs; rows of failed files are zero.
+        ok: (files,) whether each file has outputs.
+        errors: path -> reason, for each file without outputs.
+    """
+
+    values: np.ndarray
+    ok: np.ndarray
+    errors: dict
+
+    def mean_over_views(self):
+        """(files, ...) outputs averaged over the views (test-time augmentation)."""
+        return self.values.mean(axis=0)
+
+
+def iter_batches(forward, paths, image_size, batch_size=INFERENCE_BATCH_SIZE, views=("original",), desc="images"):
+    """Runs a model over image files batch by batch, decoding in a parallel tf.data pipeline.
+
+    Args:
+        forward: a callable taking (batch, image_size, image_size, 3) float32 pixels in [0, 255]
+            and returning an array: a runtime (`runtimes.load`) or `runtimes.compiled_forward(model)`.
+        paths: image files.
+        image_size: side of the resized square images.
+        batch_size: images per forward pass.
+        views: names in VIEWS; the model runs on each view of every image.
+        desc: progress bar label.
+
+    Yields:
+        (indices into paths of the images that decoded, their outputs (views, images, ...),
+        errors: path -> reason for the files of this batch that did not decode or gave
+        non-finite outputs).
+    """
+    from tqdm.auto import tqdm
+
+    from catsdogs.backbones import resize_layer
+    from catsdogs.data import ImagePipeline
+
+    pipeline = ImagePipeline(resize_layer(image_size), batch_size)
+    with tqdm(total=len(paths), desc=desc, unit="img", leave=False, disable=None) as progress:
+        for images, ok, indices in pipeline.dataset(paths):
+            ok, indices = ok.numpy(), indices.numpy()
+            outputs = np.stack([np.asarray(forward(VIEWS[view](images))) for view in views])
+            errors = {paths[i]: pipeline.errors[os.fspath(paths[i])] for i in indices[~ok]}
+            finite = np.isfinite(outputs).reshape(len(views), len(ok), -1).all(axis=(0, 2))
+            for i in indices[ok & ~finite]:
+                errors[paths[i]] = "the model's output is not finite (NaN or infinity)"
+                log.warning("%s: the model's output is not finite", paths[i])
+            keep = ok & finite
+            progress.update(len(ok))
+            yield indices[keep], outputs[:, keep], errors
+
+
+def run_on_files(forward, paths, image_size, batch_size=INFERENCE_BATCH_SIZE, views=("original",),
+                 desc="images") -> Outputs:
+    """Runs a model over image files (see `iter_batches`) and collects its outputs.
+
+    Returns:
+        `Outputs` in the order of `paths`.
+    """
+    values, ok, errors = None, np.zeros(len(paths), bool), {}
+    for indices, outputs, batch_errors in iter_batches(forward, paths, image_size, batch_size, views, desc):
+        if values is None:
+            values = np.zeros((len(views), len(paths), *outputs.shape[2:]), outputs.dtype)
+        values[:, indices] = outputs
+        ok[indices] = True
+        errors.update(batch_errors)
+    if values is None:  # nothing decoded: the output's width is unknown
+        values = np.zeros((len(views), len(paths), 0), np.float32)
+    return Outputs(values, ok, errors)
+
+
+def decoded_images(paths, image_size, batch_size=32):
+    """The images of the paths that decode, resized as every model's input is: (n, size, size, 3) float32."""
+    from catsdogs.backbones import resize_layer
+    from catsdogs.data import ImagePipeline
+
+    pipeline = ImagePipeline(resize_layer(image_size), batch_size)
+    return np.concatenate([images.numpy()[ok.numpy()] for images, ok, _ in pipeline.dataset(paths)])

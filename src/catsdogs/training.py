@@ -1,0 +1,419 @@
+"""Training a classifier, in named stages: prepare, extract, fit the head, fine-tune, calibrate, write.
+
+Features are computed once by the frozen backbone and cached (`features`), so the head trains
+in seconds; fine-tuning, calibration and the decision threshold are all chosen on the
+validation split, never on the test folder. `train` runs the stages and returns a `Run`.
+"""
+
+import csv
+import dataclasses
+import io
+import logging
+import os
+import shutil
+import time
+
+import numpy as np
+
+from catsdogs import backbones, calibration, data, features, heads
+from catsdogs import model as model_lib
+from catsdogs.classifier import Classifier
+from catsdogs.config import HEADS, TrainConfig
+from catsdogs.errors import ConfigError
+from catsdogs.evaluation import Evaluation, compute_metrics, stage_summary
+from catsdogs.files import timestamp, write_text
+from catsdogs.inference import run_on_files, views_for
+from catsdogs.runtimes import KerasRuntime, compiled_forward
+
+log = logging.getLogger(__name__)
+
+HISTORY_FIELDS = ("stage", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
+
+
+@dataclasses.dataclass
+class Run:
+    """What `train` made.
+
+    Attributes:
+        config: the settings used ("auto" precision and the default image size resolved).
+        classifier: the trained `Classifier`.
+        evaluation: its `Evaluation` on the test photos, with validation and stage summaries.
+        run_dir: the run directory written, or None (`runs_dir=None`).
+        splits: split name -> the `data.Sample`s used.
+        history: epoch rows of the dense head and fine-tuning (empty for the linear head alone).
+    """
+
+    config: TrainConfig
+    classifier: Classifier
+    evaluation: Evaluation
+    run_dir: str = None
+    splits: dict = None
+    history: list = dataclasses.field(default_factory=list)
+
+    @property
+    def metrics(self) -> dict:
+        """Test metrics (see `Evaluation.metrics`)."""
+        return self.evaluation.metrics
+
+    @property
+    def model(self):
+        """The end-to-end `keras.Model`."""
+        return self.classifier.model
+
+    def __repr__(self):
+        return (f"Run(run_dir={self.run_dir!r}, backbone={self.config.backbone!r}, "
+                f"accuracy={self.metrics['accuracy']:.4f}, classes={self.classifier.classes})")
+
+
+@dataclasses.dataclass
+class SplitFeatures:
+    x: np.ndarray  # (views, images, feature_dim)
+    y: np.ndarray
+    paths: list
+
+
+@dataclasses.dataclass
+class Prepared:
+    """The dataset ready to train on: classes, integrity scan, splits, and the checked settings."""
+
+    config: TrainConfig
+    class_names: list
+    scan: data.ScanReport
+    splits: dict  # "train", "val", "test" -> list of data.Sample
+    target: tuple = None  # parsed --target: (metric, class index, value)
+
+
+def parse_target(target, class_names):
+    """"precision:dogs=0.99" -> ("precision", 1, 0.99)."""
+    try:
+        metric, rest = target.split(":", 1)
+        name, value = rest.rsplit("=", 1)
+        value = float(value)
+        if metric not in ("precision", "recall") or name not in class_names or not 0 < value <= 1:
+            raise ValueError
+        return metric, class_names.index(name), value
+    except ValueError:
+        raise ConfigError(f"target {target!r}: expected precision:CLASS=VALUE or recall:CLASS=VALUE with CLASS "
+                          f"one of {class_names} and VALUE in (0, 1]") from None
+
+
+def check_settings(config):
+    """Checks every setting that does not depend on the data, before anything is read.
+
+    Raises:
+        ConfigError: naming the setting, the value and what is accepted.
+    """
+    backbones.get_backbone(config.backbone)
+    backbones.resolve_precision(config.precision)
+    if config.head not in HEADS:
+        raise ConfigError(f"unknown head {config.head!r}; choose one of {HEADS}")
+    if config.weights not in ("imagenet", "random") and not os.path.isfile(config.weights):
+        raise ConfigError(f"weights {config.weights!r}: expected imagenet, random or an existing weights file")
+    if config.image_size and config.image_size < 32:
+        raise ConfigError(f"image size {config.image_size}: at least 32 pixels (0 for the backbone's own)")
+    for name in ("val_fraction", "test_fraction"):
+        if not 0 < getattr(config, name) < 1:
+            raise ConfigError(f"{name} {getattr(config, name)}: expected a fraction between 0 and 1")
+    for name in ("batch_size", "extract_batch_size", "fine_tune_batch_size", "max_epochs", "fine_tune_epochs"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name} {getattr(config, name)}: expected at least 1")
+    if config.exclude and not os.path.isfile(config.exclude):
+        raise ConfigError(f"exclude file {config.exclude!r} not found")
+
+
+def read_exclusions(path, splits):
+    """Drops the training and validation images listed in a file (one path or file name a line).
+
+    Test images are never dropped: excluding them would only flatter the score.
+
+    Returns:
+        the splits without the excluded images.
+    """
+    with open(path) as f:
+        wanted = {line.strip() for line in f if line.strip() and not line.startswith("#")}
+
+    def listed(sample):
+        return any(sample.path == w or os.path.abspath(sample.path) == os.path.abspath(w)
+                   or sample.path.endswith(os.sep + w) for w in wanted)
+
+    kept = {name: [s for s in split if name == "test" or not listed(s)] for name, split in splits.items()}
+    dropped = sum(len(splits[n]) - len(kept[n]) for n in splits)
+    in_test = sum(listed(s) for s in splits["test"])
+    log.info("excluded %d training/validation images listed in %s%s", dropped, path,
+             f"; {in_test} listed test images were kept (test images are never excluded)" if in_test else "")
+    return kept
+
+
+def prepare(config: TrainConfig) -> Prepared:
+    """Stage "prepare": checks the settings, finds the images, scans them and splits them.
+
+    Every setting is checked before the first image is read. Images are only hashed and their
+    headers read here; decoding comes with extraction.
+    """
+    check_settings(config)
+    dataset = data.discover(config.data_dir)
+    class_names = dataset.class_names
+    target = None
+    if config.target:
+        if len(class_names) != 2:
+            raise ConfigError(f"--target needs exactly two classes; {config.data_dir} has {len(class_names)}")
+        target = parse_target(config.target, class_names)
+    # config.json says what was used: "auto" and 0 (the backbone's size) are resolved.
+    config = dataclasses.replace(
+        config, data_dir=os.path.abspath(config.data_dir), precision=backbones.resolve_precision(config.precision),
+        image_size=config.image_size or backbones.get_backbone(config.backbone).default_image_size)
+    log.info("%s: classes %s, %s", config.data_dir, class_names,
+             ", ".join(f"{len(v)} {k} files" for k, v in dataset.splits.items()))
+    scan = data.scan(dataset)
+    splits = data.make_splits(dataset, scan, config.val_fraction, config.test_fraction, config.seed)
+    if config.exclude:
+        splits = read_exclusions(config.exclude, splits)
+    return Prepared(config, class_names, scan, splits, target)
+
+
+def extract(prepared: Prepared, extractor) -> dict:
+    """Stage "extract": features of every split, from the cache or the backbone.
+
+    Training images get the original view only; validation and test images also the mirrored
+    view when `tta` is on. Files that fail to decode join the scan's problems and are left out.
+
+    Returns:
+        split name -> `SplitFeatures` of the images that decoded.
+    """
+    config, scan = prepared.config, prepared.scan
+    cache = features.FeatureCache(config.cache_dir, features.cache_key(
+        config.backbone, extractor.input_shape[1], config.precision, backbones.weights_fingerprint(extractor)))
+    result = {}
+    for names, views in ((("train",), ("original",)), (("val", "test"), views_for(config.tta))):
+        samples = [s for name in names for s in prepared.splits[name]]
+        paths = [s.path for s in samples]
+        outputs = features.cached_features(extractor, paths, [scan.hashes[p] for p in paths], cache,
+                                           config.extract_batch_size, views)
+        for path, reason in outputs.errors.items():
+            scan.add_problem(path, reason)
+        start = 0
+        for name in names:
+            count = len(prepared.splits[name])
+            ok = outputs.ok[start:start + count]
+            result[name] = SplitFeatures(outputs.values[:, start:start + count][:, ok],
+                                         np.array([s.label for s in prepared.splits[name]], int)[ok],
+                                         [s.path for s, k in zip(prepared.splits[name], ok) if k])
+            start += count
+    for line in scan.summary_lines():
+        log.info("%s", line)
+    for name, split in result.items():
+        missing = sorted(set(range(len(prepared.class_names))) - set(split.y.tolist()))
+        if missing:
+            raise data.DataError(f"{config.data_dir}: no usable {name} images of class "
+                                 f"{', '.join(prepared.class_names[i] for i in missing)} (skipped files: "
+                                 f"{len(scan.problems)}; see the list above)")
+    return result
+
+
+def head_logits(head, split):
+    """(views, images, logits) of a Keras head on a split's features."""
+    return np.stack([head.predict(x, batch_size=1024, verbose=0) for x in split.x])
+
+
+def fit_head(config: TrainConfig, split_features: dict):
+    """Stage "fit head": the linear or dense head on the training features.
+
+    Returns:
+        (the fitted estimator, its Keras head, epoch rows of its history).
+    """
+    import keras
+
+    keras.utils.set_random_seed(config.seed)
+    estimator = heads.make_head(config)
+    train, val = split_features["train"], split_features["val"]
+    if isinstance(estimator, heads.DenseHead):
+        estimator.fit(train.x[0], train.y, validation_data=(val.x[0], val.y))
+        history = [{"stage": "head", **row} for row in estimator.history_]
+    else:
+        estimator.fit(train.x[0], train.y)
+        history = []
+    return estimator, estimator.to_keras(), history
+
+
+def logits_of_images(extractor, head, paths, batch_size, views):
+    """(views, images, logits) of a backbone and head on image files, which must all decode."""
+    import keras
+
+    size = extractor.input_shape[1]
+    image = keras.Input((size, size, 3))
+    network = keras.Model(image, head(extractor(image, training=False)))
+    outputs = run_on_files(compiled_forward(network), paths, size, batch_size, views, desc="logits")
+    if not outputs.ok.all():
+        raise data.DataError("photos that decoded before fail now: " + "; ".join(
+            f"{path}: {reason}" for path, reason in outputs.errors.items()))
+    return outputs.values
+
+
+def fine_tune(prepared: Prepared, head, split_features):
+    """Stage "fine-tune": the top blocks of the backbone and the head, end to end, on images.
+
+    Returns:
+        (the folded fine-tuned extractor, its stage summary, its (validation, test) logits, epoch
+        rows); the head is trained in place.
+    """
+    from catsdogs import finetune
+    from catsdogs.heads import EpochHistory
+
+    config = prepared.config
+    train, val, test = (split_features[name] for name in ("train", "val", "test"))
+    # Fine-tuned apart from the folded extractor: with its BatchNormalization layers kept, and frozen.
+    tunable = backbones.build_feature_extractor(config.backbone, config.weights, config.image_size,
+                                                config.precision, config.cache_dir, fold_batch_norm=False)
+    history = EpochHistory(config.fine_tune_epochs, "fine-tune")
+    start = time.perf_counter()
+    finetune.fine_tune(tunable, head, (train.paths, train.y), (val.paths, val.y), config, [history])
+    seconds = time.perf_counter() - start
+    tuned = backbones.fold_batch_normalization(tunable)
+    views = views_for(config.tta)
+    val_logits = logits_of_images(tuned, head, val.paths, config.extract_batch_size, views)
+    test_logits = logits_of_images(tuned, head, test.paths, config.extract_batch_size, views)
+    summary = stage_summary((val.y, val_logits[0]), (test.y, test_logits[0]), prepared.class_names, seconds)
+    return tuned, summary, (val_logits, test_logits), [{"stage": "fine_tune", **row} for row in history.rows]
+
+
+def calibrate(prepared: Prepared, val_logits, val_y):
+    """Stage "calibrate": the temperature and the decision threshold, both on validation.
+
+    Returns:
+        (temperature, threshold).
+    """
+    config, class_names = prepared.config, prepared.class_names
+    temperature = calibration.fit_temperature(val_logits, val_y, class_names) if config.calibrate else 1.0
+    threshold = 0.5
+    if prepared.target:
+        metric, class_index, value = prepared.target
+        val_probs = calibration.probabilities(val_logits, class_names, temperature)
+        threshold = calibration.threshold_for_target(val_probs, val_y, class_index, metric, value)
+        log.info("threshold %.4f on p(%s) meets %s", threshold, class_names[1], config.target)
+    return temperature, threshold
+
+
+def view_probabilities(logits, class_names, temperature):
+    """Probabilities per view, averaged over the views (test-time augmentation when several)."""
+    return np.mean([calibration.probabilities(v, class_names, temperature) for v in logits], axis=0)
+
+
+def new_run_dir(runs_dir, name):
+    """A free path runs/<name>, adding -2, -3... rather than overwriting an earlier run."""
+    path, suffix = os.path.join(runs_dir, name), 1
+    while os.path.exists(path):
+        suffix += 1
+        path = os.path.join(runs_dir, f"{name}-{suffix}")
+    return path
+
+
+def write(run: Run, prepared: Prepared) -> str:
+    """Stage "write": the run directory, complete or not at all.
+
+    Everything is written into a hidden folder beside it, which is renamed into place at the end:
+    a run that fails or is killed never leaves a directory that looks finished.
+
+    Returns:
+        the run directory.
+    """
+    config = run.config
+    os.makedirs(config.runs_dir, exist_ok=True)
+    run_dir = new_run_dir(config.runs_dir, config.name or f"{config.backbone}-{timestamp()}")
+    run.evaluation.title = f"catsdogs run {os.path.basename(run_dir)}: {run.evaluation.title}"
+    partial = os.path.join(config.runs_dir, f".partial-{timestamp()}-{os.getpid()}")
+    os.makedirs(partial)
+    try:
+        config.save(os.path.join(partial, "config.json"))
+        lines = io.StringIO()
+        writer = csv.writer(lines)
+        writer.writerow(["path", "split", "label"])
+        writer.writerows((os.path.relpath(s.path, config.data_dir), split, prepared.class_names[s.label])
+                         for split, samples in prepared.splits.items() for s in samples)
+        write_text(os.path.join(partial, "splits.csv"), lines.getvalue())
+        if run.history:
+            lines = io.StringIO()
+            writer = csv.DictWriter(lines, HISTORY_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(run.history)
+            write_text(os.path.join(partial, "history.csv"), lines.getvalue())
+        model_lib.save(run.model, os.path.join(partial, model_lib.MODEL_FILE))
+        run.evaluation.save(partial)
+        os.rename(partial, run_dir)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    log.info("run directory %s", run_dir)
+    return run_dir
+
+
+def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:
+    """Trains, evaluates and (unless `runs_dir=None`) saves a classifier.
+
+    Args:
+        data_dir: the dataset folder (Kaggle cat-and-dog layout, train/[val/]test/ folders of
+            classes, or one folder of class folders).
+        config: a whole `TrainConfig` instead of `data_dir` and keywords (or as the base they change).
+        **settings: any `TrainConfig` field, e.g. backbone="efficientnet_lite0", head="dense",
+            fine_tune=True, runs_dir=None (write nothing but the feature cache).
+
+    Returns:
+        a `Run`: `.metrics`, `.classifier`, `.evaluation`, `.run_dir`, `.config`, `.model`.
+    """
+    if isinstance(data_dir, TrainConfig):
+        config, data_dir = data_dir, None
+    known = {field.name for field in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(f"unknown settings {unknown}; TrainConfig has {sorted(known)}")
+    if data_dir is not None:
+        settings["data_dir"] = os.fspath(data_dir)
+    if config is None:
+        if "data_dir" not in settings:
+            raise ConfigError("train needs a data folder: catsdogs.train('path/to/photos', ...)")
+        config = TrainConfig(**settings)
+    else:
+        config = dataclasses.replace(config, **settings)
+
+    prepared = prepare(config)
+    config, class_names = prepared.config, prepared.class_names
+    extractor = backbones.build_feature_extractor(
+        config.backbone, config.weights, config.image_size, config.precision, config.cache_dir)
+    split_features = extract(prepared, extractor)
+    val, test = split_features["val"], split_features["test"]
+
+    start = time.perf_counter()
+    estimator, head, history = fit_head(config, split_features)
+    val_logits, test_logits = head_logits(head, val), head_logits(head, test)
+    stages = {"head": {**stage_summary((val.y, val_logits[0]), (test.y, test_logits[0]), class_names,
+                                       time.perf_counter() - start), **estimator.summary()}, "kept": "head"}
+    if config.fine_tune:
+        stage1_head = head.get_weights()
+        tuned, stages["fine_tune"], tuned_logits, tuned_history = fine_tune(prepared, head, split_features)
+        history += tuned_history
+        if stages["fine_tune"]["val_loss"] < stages["head"]["val_loss"]:
+            stages["kept"] = "fine_tune"
+            extractor, (val_logits, test_logits) = tuned, tuned_logits
+        else:  # never leave a model worse on validation than stage 1
+            head.set_weights(stage1_head)
+        log.info("validation loss: head %.4f, fine-tuned %.4f; keeping the %s model",
+                 stages["head"]["val_loss"], stages["fine_tune"]["val_loss"], stages["kept"].replace("_", "-"))
+
+    temperature, threshold = calibrate(prepared, val_logits[0], val.y)
+    model = model_lib.assemble(extractor, head, class_names, temperature, threshold)
+    classifier = Classifier(KerasRuntime(model))
+    evaluation = Evaluation(
+        paths=test.paths, y_true=test.y, class_names=class_names, threshold=threshold, data_dir=config.data_dir,
+        probabilities=calibration.probabilities(test_logits[0], class_names, temperature),
+        uncalibrated=calibration.probabilities(test_logits[0], class_names),
+        tta_probabilities=view_probabilities(test_logits, class_names, temperature) if config.tta else None,
+        validation=compute_metrics(val.y, view_probabilities(val_logits[:1], class_names, temperature),
+                                   class_names, threshold),
+        validation_tta=(compute_metrics(val.y, view_probabilities(val_logits, class_names, temperature),
+                                        class_names, threshold) if config.tta else None),
+        temperature=temperature, stages=stages, integrity=prepared.scan.to_json(), history=history,
+        title=f"{config.backbone} at {config.image_size} px ({config.precision}), {config.head} head",
+        config=config.to_dict(), classifier=classifier)
+    run = Run(config, classifier, evaluation, None, prepared.splits, history)
+    if config.runs_dir is not None:
+        run.run_dir = write(run, prepared)
+    return run
