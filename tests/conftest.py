@@ -12,6 +12,7 @@ from PIL import Image
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "cats-and-dogs"
+UNKNOWN_DATA = ROOT.parent / "shared" / "data" / "not-cats-or-dogs"  # photos of neither class: only to measure
 
 
 def pytest_configure(config):
@@ -33,6 +34,17 @@ def photo(split, cls, number):
     if not path.exists():
         missing = f"shared data not found at {SHARED_DATA}"
         if os.environ.get("CI"):  # CI has the shared data: its absence there is a failure, never a skip
+            pytest.fail(missing)
+        pytest.skip(missing)
+    return path
+
+
+def unknown_photo(folder, name):
+    """A real photo of neither class, e.g. unknown_photo("cars", "00029.jpg")."""
+    path = UNKNOWN_DATA / folder / name
+    if not path.exists():
+        missing = f"shared data not found at {UNKNOWN_DATA}"
+        if os.environ.get("CI"):
             pytest.fail(missing)
         pytest.skip(missing)
     return path

@@ -25,8 +25,10 @@ def test_probabilities_are_the_models_own(explainer, lite0_run):
     model = model_lib.load(lite0_run[0])
     photos = [load_image(photo(*CAT)), load_image(photo(*DOG))]
     batch = np.stack([explainer.prepare(p) for p in photos])
-    direct = np.concatenate([model.predict(p[None].astype("float32"), verbose=0) for p in photos])
-    np.testing.assert_allclose(explainer.predict(batch), direct, atol=1e-5)
+    direct = [model.predict(p[None].astype("float32"), verbose=0) for p in photos]
+    outputs = explainer.predict(batch)
+    for name in ("probabilities", "in_distribution_score"):  # the open-set score too
+        np.testing.assert_allclose(outputs[name], np.concatenate([d[name] for d in direct]), atol=1e-5)
 
 
 def test_heatmaps_of_the_two_classes_split_the_evidence(explainer):

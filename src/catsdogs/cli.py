@@ -78,6 +78,16 @@ def _add_train(commands):
                         "or recall:cats=0.995 (two classes only; default: threshold 0.5)")
     p.add_argument("--exclude", default=defaults.exclude, metavar="FILE",
                    help="file listing training images to leave out (confirmed label errors); never test images")
+    p.add_argument("--open-set", default=defaults.open_set, metavar="auto|none|METHOD[+METHOD]",
+                   help="the in-distribution score that answers 'unknown' for photos of no trained class; auto "
+                        "(default): knn+imagenet where the backbone has ImageNet weights and the classes map to ImageNet "
+                        "(cats, dogs), else knn; methods: msp, energy, mahalanobis, knn, imagenet; none: off")
+    p.add_argument("--open-set-keep", type=float, default=defaults.open_set_keep,
+                   help="share of known photos the rejection threshold keeps, set on the training photos "
+                        "(default: %(default)s)")
+    p.add_argument("--unknown-data", default=defaults.unknown_data, metavar="DIR",
+                   help="a folder of photos of no trained class: the report says how many are rejected "
+                        "(never used to fit anything)")
     p.add_argument("--val-fraction", type=float, default=defaults.val_fraction,
                    help="fraction of the training images held out for validation (stratified)")
     p.add_argument("--test-fraction", type=float, default=defaults.test_fraction,
@@ -104,7 +114,7 @@ def _evaluate(args):
     from catsdogs.classifier import load
     from catsdogs.evaluation import default_output_dir, evaluate, format_metrics
 
-    evaluation = evaluate(load(args.model), args.data, args.tta, args.batch_size)
+    evaluation = evaluate(load(args.model), args.data, args.tta, args.batch_size, args.unknown_data)
     output_dir = args.output or default_output_dir(args.model)
     evaluation.save(output_dir)
     print(format_metrics(evaluation.metrics))
@@ -112,15 +122,20 @@ def _evaluate(args):
 
 
 def format_table(predictions):
-    """A plain table: path, label, probability; errors on their own line. Odd characters in names are escaped."""
+    """A plain table: path, label, probability (and in-distribution score); errors on their own line.
+
+    Odd characters in file names (newlines, undecodable bytes) are escaped, so each file keeps one line.
+    """
     names = [ascii(p.path)[1:-1] if not p.path.isprintable() else p.path for p in predictions]
     width = max([len(n) for n in names] + [4])
-    lines = [f"{'file':<{width}}  {'label':<12} probability"]
+    scored = any(p.in_distribution_score is not None for p in predictions)
+    lines = [f"{'file':<{width}}  " + ("in-distribution  " if scored else "") + f"{'label':<12} probability"]
     for name, p in zip(names, predictions):
         if p.error is not None:
             lines.append(f"{name:<{width}}  ERROR: {p.error}")
         else:
-            lines.append(f"{name:<{width}}  {p.label:<12} {p.probability:.4f}")
+            score = f"{p.in_distribution_score:15.4f}  " if p.in_distribution_score is not None else ""
+            lines.append(f"{name:<{width}}  {score}{p.label:<12} {p.probability:.4f}")
     return "\n".join(lines)
 
 
@@ -129,12 +144,15 @@ def _predict(args):
     from catsdogs.classifier import load
 
     classifier = load(args.model, args.runtime)
-    predictions = classifier.predict(args.inputs, args.tta, args.batch_size)
+    predictions = classifier.predict(args.inputs, args.tta, args.batch_size, reject=args.reject,
+                                     reject_threshold=args.reject_threshold, unknown_label=args.unknown_label)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
     elif args.csv:
-        columns = ["path", "label", "probability", *(f"p_{name}" for name in classifier.classes), "error"]
+        columns = ["path", "label", "probability", *(f"p_{name}" for name in classifier.classes),
+                   *(["in_distribution_score", "accepted"] if classifier.has_open_set else []), "error"]
         report.write_csv([{"path": p.path, "label": p.label, "probability": p.probability, "error": p.error,
+                           "in_distribution_score": p.in_distribution_score, "accepted": p.accepted,
                            **{f"p_{k}": v for k, v in (p.probabilities or {}).items()}} for p in predictions],
                          args.csv, columns)
         print(f"{len(predictions)} predictions written to {args.csv}")
@@ -279,6 +297,8 @@ def build_parser():
     p.add_argument("--output", help="folder for metrics, predictions, figures and report.html")
     p.add_argument("--tta", action="store_true", help="also report test-time augmentation (photo and mirror image)")
     p.add_argument("--batch-size", type=int, default=INFERENCE_BATCH_SIZE, help="images per forward pass")
+    p.add_argument("--unknown-data", metavar="DIR",
+                   help="a folder of photos of no trained class: AUROC and false accepts of the open-set score")
     p.set_defaults(func=_evaluate)
 
     p = commands.add_parser("predict", help="predict the class of photos")
@@ -289,6 +309,12 @@ def build_parser():
     output.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.add_argument("--tta", action="store_true", help="average the photo's and its mirror image's probabilities")
     p.add_argument("--batch-size", type=int, default=INFERENCE_BATCH_SIZE, help="images per forward pass")
+    p.add_argument("--no-reject", dest="reject", action="store_false",
+                   help="always answer one of the trained classes, never 'unknown'")
+    p.add_argument("--reject-threshold", type=float, metavar="SCORE",
+                   help="in-distribution score under which a photo is 'unknown', instead of the model's own "
+                        "(from 0 to 1; higher rejects more)")
+    p.add_argument("--unknown-label", default="unknown", help="the label of rejected photos (default: %(default)s)")
     p.add_argument("--runtime", choices=RUNTIMES,
                    help="engine to run the model in; it must match what MODEL holds (default: what it holds: "
                         "a run directory or .keras file is Keras, an export folder its format)")

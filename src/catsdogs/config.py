@@ -53,6 +53,9 @@ class TrainConfig:
     calibrate: bool = True  # temperature scaling on the validation split
     target: str = ""  # "precision:CLASS=VALUE" or "recall:CLASS=VALUE": threshold chosen on validation
     exclude: str = ""  # file listing training images to leave out (confirmed label errors)
+    open_set: str = "auto"  # in-distribution score: "auto" (the measured default), "none", or methods joined by "+"
+    open_set_keep: float = 0.99  # share of known (training) photos the rejection threshold keeps
+    unknown_data: str = ""  # a folder of photos of no trained class, only to report how many are rejected
     val_fraction: float = 0.2
     test_fraction: float = 0.2  # only when the dataset has no test folder
     seed: int = 42

@@ -19,7 +19,7 @@ from sklearn import metrics as skm
 from catsdogs import calibration, data, report
 from catsdogs.config import INFERENCE_BATCH_SIZE
 from catsdogs.files import timestamp, write_text
-from catsdogs.model import predicted_classes
+from catsdogs.model import SCORE, predicted_classes
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,8 @@ FIGURES = (
     ("Most confident mistakes", "errors.png"),
     ("Grad-CAM of the most confident mistakes", "gradcam.png"),
     ("Reliability of the probabilities (test)", "reliability.png"),
+    ("Open set: in-distribution scores of known and unknown photos", "open_set.png"),
+    ("Open set: photos rejected as none of the classes", "rejections.png"),
 )
 GRADCAM_MISTAKES = 8  # Grad-CAM needs a forward and a backward pass per photo: keep it to a handful
 TOP_LOSSES = 16
@@ -110,6 +112,16 @@ def format_metrics(metrics: dict) -> str:
     lines.append(f"accuracy {metrics['accuracy']:.4f} ({metrics['errors']} errors in {metrics['images']} images)")
     auc = f"{metrics['roc_auc']:.4f}" if metrics["roc_auc"] is not None else "n/a"
     lines.append(f"ROC-AUC {auc}   log-loss {metrics['log_loss']:.4f}   ECE {metrics['ece']:.4f}")
+    if metrics.get("open_set"):
+        o = metrics["open_set"]
+        lines.append(f"open set ({'+'.join(o['methods'])}): threshold {o['threshold']:.4f} keeps {o['test_kept']:.2%} "
+                     f"of the test photos" + (f" (accuracy on them {o['test_accuracy_accepted']:.4f})"
+                                              if o["test_accuracy_accepted"] is not None else ""))
+        if o.get("unknown"):
+            u = o["unknown"]
+            lines.append(f"unknown photos: {u['photos']}, {u['accepted']:.1%} wrongly accepted; AUROC {u['auroc']:.4f}; "
+                         f"false accepts at 99%/95% of test kept: {u['false_accepts_at_99']:.1%}/"
+                         f"{u['false_accepts_at_95']:.1%}")
     if metrics.get("tta"):
         tta = metrics["tta"]
         lines.append(f"with test-time augmentation: accuracy {tta['accuracy']:.4f} ({tta['errors']} errors), "
@@ -128,6 +140,73 @@ def label_issues(y_true, probabilities):
     # (it failed inside a spawned benchmark process), and forking a process running TensorFlow is
     # unsafe; for thousands of images one process takes milliseconds.
     return find_label_issues(y_true, np.asarray(probabilities, np.float64), n_jobs=1)
+
+
+@dataclasses.dataclass
+class OpenSetResults:
+    """In-distribution scores of the evaluated photos, and of photos of no trained class if given.
+
+    Attributes:
+        methods: the methods of the score.
+        threshold: photos scoring below it are rejected as "unknown".
+        keep: the share of training photos the threshold was set to keep (None if not known here).
+        training_kept: the share of training photos it keeps (out-of-fold; None if not known here).
+        validation_scores: of the validation photos, if known.
+        test_scores: of the evaluated photos (`Evaluation.paths`).
+        unknown_paths, unknown_scores: photos of no trained class, if given (never used to fit).
+    """
+
+    methods: tuple
+    threshold: float
+    keep: float = None
+    training_kept: float = None
+    validation_scores: np.ndarray = None
+    test_scores: np.ndarray = None
+    unknown_paths: list = None
+    unknown_scores: np.ndarray = None
+
+    def metrics(self, y_true, probabilities, class_names, threshold) -> dict:
+        """Shares kept, accuracy on the accepted photos and, with unknown photos, AUROC and false accepts."""
+        accepted = self.test_scores >= self.threshold
+        result = {"methods": list(self.methods), "threshold": self.threshold, "keep": self.keep,
+                  "training_kept": self.training_kept, "test_kept": float(accepted.mean()),
+                  "test_accepted": int(accepted.sum()),
+                  "test_accuracy_accepted": float((predicted_classes(probabilities[accepted], threshold)
+                                                   == y_true[accepted]).mean()) if accepted.any() else None}
+        if self.validation_scores is not None:
+            result["validation_kept"] = float((self.validation_scores >= self.threshold).mean())
+        if self.unknown_scores is not None and len(self.unknown_scores):
+            known, unknown = self.test_scores, self.unknown_scores
+            result["unknown"] = {
+                "photos": len(unknown),
+                "accepted": float((unknown >= self.threshold).mean()),
+                "auroc": float(skm.roc_auc_score(np.r_[np.ones(len(known)), np.zeros(len(unknown))],
+                                                 np.r_[known, unknown])),
+                **{f"false_accepts_at_{int(keep * 100)}": float(
+                    (unknown >= np.quantile(known, 1 - keep, method="lower")).mean()) for keep in (0.95, 0.99)},
+            }
+        return result
+
+    def rejected_rows(self, paths):
+        """Rejected photos (known ones given by `paths`, then unknown ones), lowest score first."""
+        groups = [("test", paths, self.test_scores), ("unknown", self.unknown_paths or [], self.unknown_scores)]
+        rows = [{"path": path, "group": group, "score": float(score)}
+                for group, group_paths, scores in groups if scores is not None
+                for path, score in zip(group_paths, scores) if score < self.threshold]
+        return sorted(rows, key=lambda row: row["score"])
+
+
+def unknown_scores(classifier, folder, batch_size=INFERENCE_BATCH_SIZE):
+    """In-distribution scores of every photo below a folder of no trained class.
+
+    Returns:
+        (paths of the photos that decoded, their scores); files that are not images are left out.
+    """
+    paths = data.list_files(folder)
+    outputs = classifier.outputs_of_files(paths, batch_size=batch_size, desc="unknown")
+    if not outputs.ok.any():
+        raise data.DataError(f"{folder}: no photo could be read")
+    return [p for p, ok in zip(paths, outputs.ok) if ok], outputs.values[SCORE][0, outputs.ok]
 
 
 @dataclasses.dataclass
@@ -151,6 +230,7 @@ class Evaluation:
         title: the report's title.
         config: settings shown in the report, if any.
         classifier: the `Classifier` evaluated (for Grad-CAM), if known.
+        open_set: `OpenSetResults` where the model has an in-distribution score.
     """
 
     paths: list
@@ -170,6 +250,7 @@ class Evaluation:
     title: str = "catsdogs evaluation"
     config: dict = None
     classifier: object = dataclasses.field(default=None, repr=False)
+    open_set: OpenSetResults = None
 
     @functools.cached_property
     def metrics(self) -> dict:
@@ -181,6 +262,9 @@ class Evaluation:
         for key in ("validation", "validation_tta", "stages"):
             if getattr(self, key) is not None:
                 metrics[key] = getattr(self, key)
+        if self.open_set is not None:
+            metrics["open_set"] = self.open_set.metrics(self.y_true, self.probabilities, self.class_names,
+                                                        self.threshold)
         if self.temperature is not None:
             metrics["calibration"] = {"temperature": self.temperature, "test_ece_after": metrics["ece"]}
             if self.uncalibrated is not None:
@@ -190,10 +274,15 @@ class Evaluation:
 
     @functools.cached_property
     def rows(self) -> list:
-        """One dict per photo: path, true, predicted, probability, loss, label_looks_wrong, p_CLASS..."""
+        """One dict per photo: path, true, predicted, probability, loss, label_looks_wrong, p_CLASS...,
+        and in_distribution_score and accepted where the model has an open-set score."""
         y_pred = predicted_classes(self.probabilities, self.threshold)
-        return report.prediction_rows(self.paths, self.y_true, self.probabilities, y_pred, self.class_names,
+        rows = report.prediction_rows(self.paths, self.y_true, self.probabilities, y_pred, self.class_names,
                                       label_issues(self.y_true, self.probabilities))
+        if self.open_set is not None:
+            for row, score in zip(rows, self.open_set.test_scores):
+                row.update(in_distribution_score=float(score), accepted=bool(score >= self.open_set.threshold))
+        return rows
 
     def mistakes(self, k: int = None) -> list:
         """The wrongly predicted photos, highest loss (most confident mistake) first; the first `k` if given."""
@@ -228,6 +317,21 @@ class Evaluation:
             raise data.DataError("this evaluation has no classifier to explain: evaluate one with catsdogs.evaluate")
         return report.plot_gradcam(self.mistakes(k), self.classifier.explainer())
 
+    def plot_open_set(self, ax=None):
+        """Histograms of the in-distribution scores (validation, test, unknown photos) and the threshold."""
+        if self.open_set is None:
+            raise data.DataError("this model has no in-distribution score (trained with open_set='none' or "
+                                 "before catsdogs had one)")
+        groups = {"validation (known)": self.open_set.validation_scores, "test (known)": self.open_set.test_scores,
+                  "unknown photos": self.open_set.unknown_scores}
+        return report.plot_scores({k: v for k, v in groups.items() if v is not None}, self.open_set.threshold, ax)
+
+    def plot_rejections(self, k: int = 8):
+        """The `k` most and `k` least confident rejections among the test and unknown photos."""
+        if self.open_set is None:
+            return self.plot_open_set()  # raises the same explanation
+        return report.plot_rejections(self.open_set.rejected_rows(self.paths), k)
+
     def plot_curves(self):
         """Loss and accuracy per epoch (dense head and fine-tuning); None when training had no epochs."""
         return report.plot_curves(self.history) if self.history else None
@@ -252,6 +356,8 @@ class Evaluation:
                    "curves.png": self.plot_curves}
         if self.classifier is not None and self.classifier.model is not None and self.mistakes():
             figures["gradcam.png"] = self.plot_gradcam
+        if self.open_set is not None:
+            figures.update({"open_set.png": self.plot_open_set, "rejections.png": self.plot_rejections})
         for name, plot in figures.items():
             figure = plot()
             if figure is not None:
@@ -269,7 +375,8 @@ class Evaluation:
         return os.path.abspath(path)
 
 
-def evaluate(classifier, data_dir, tta: bool = False, batch_size: int = INFERENCE_BATCH_SIZE) -> Evaluation:
+def evaluate(classifier, data_dir, tta: bool = False, batch_size: int = INFERENCE_BATCH_SIZE,
+             unknown_data=None) -> Evaluation:
     """Evaluates a classifier on labelled photos.
 
     Args:
@@ -277,6 +384,8 @@ def evaluate(classifier, data_dir, tta: bool = False, batch_size: int = INFERENC
         data_dir: a dataset with a test split (its test photos are used), or one folder of class folders.
         tta: also evaluate test-time augmentation (photo and mirror image averaged).
         batch_size: images per forward pass.
+        unknown_data: a folder of photos of no trained class: how many the open-set score
+            rejects, its AUROC and false-accept rates (models with an open-set score).
 
     Returns:
         an `Evaluation`; `.save(folder)` writes its files.
@@ -295,20 +404,30 @@ def evaluate(classifier, data_dir, tta: bool = False, batch_size: int = INFERENC
         raise data.DataError(f"{data_dir}: classes {unknown} are unknown to the model, which knows {class_names}")
     scan = data.scan(data.Dataset(dataset.root, dataset.class_names, {split: dataset.splits[split]}))
     samples = [s for s in dataset.splits[split] if s.path in scan.hashes]
-    outputs = classifier.probabilities_of_files([s.path for s in samples], tta, batch_size, desc="evaluate")
+    outputs = classifier.outputs_of_files([s.path for s in samples], tta, batch_size, desc="evaluate")
     for path, reason in outputs.errors.items():
         scan.add_problem(path, reason)
     kept = [s for s, ok in zip(samples, outputs.ok) if ok]
     if not kept:
         raise data.DataError(f"{data_dir}: none of the {len(dataset.splits[split])} photos could be read")
-    values = outputs.values[:, outputs.ok]
+    values = {name: v[:, outputs.ok] for name, v in outputs.values.items()}
+    open_set = None
+    if classifier.has_open_set:
+        open_set = OpenSetResults(classifier.info.open_set, classifier.info.reject_threshold,
+                                  test_scores=values[SCORE][0])
+        if unknown_data:
+            open_set.unknown_paths, open_set.unknown_scores = unknown_scores(classifier, unknown_data, batch_size)
+    elif unknown_data:
+        raise data.DataError(f"{unknown_data}: this model has no open-set score to measure on unknown photos; "
+                             f"train it again with this version of catsdogs")
+    probabilities = values["probabilities"]
     return Evaluation(
         paths=[os.path.abspath(s.path) for s in kept],
         y_true=np.array([class_names.index(dataset.class_names[s.label]) for s in kept]),
-        probabilities=values[0], class_names=class_names, threshold=classifier.info.threshold,
-        data_dir=os.path.abspath(data_dir), tta_probabilities=values.mean(axis=0) if tta else None,
+        probabilities=probabilities[0], class_names=class_names, threshold=classifier.info.threshold,
+        data_dir=os.path.abspath(data_dir), tta_probabilities=probabilities.mean(axis=0) if tta else None,
         integrity=scan.to_json(), title=f"catsdogs evaluation of {classifier.info.backbone} on {data_dir}",
-        classifier=classifier)
+        classifier=classifier, open_set=open_set)
 
 
 def default_output_dir(run_or_model):

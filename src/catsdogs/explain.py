@@ -56,6 +56,7 @@ class Explainer:
         self._maps_and_features = keras.Model(backbone.inputs, [last_conv.output, backbone.output])
         self._head = model.get_layer("head")
         self._probabilities = model.get_layer("probabilities")
+        self._open_set = next((layer for layer in model.layers if layer.name == model_lib.OPEN_SET_LAYER), None)
         size = self.info.image_size
         batch = tf.TensorSpec((None, size, size, 3), tf.float32)
         self._predict = tf.function(self._predict_batch, input_signature=[batch])
@@ -80,8 +81,9 @@ class Explainer:
         return keras.ops.convert_to_numpy(self._resize(pixels[None].astype(np.float32)))[0]
 
     def predict(self, batch):
-        """Class probabilities of prepared photos, shape (n, classes)."""
-        return self._predict(tf.convert_to_tensor(batch, tf.float32)).numpy()
+        """The model's outputs for prepared photos, as a runtime gives them (`runtimes`):
+        {"probabilities": (n, classes)[, "in_distribution_score": (n,)]}."""
+        return {name: value.numpy() for name, value in self._predict(tf.convert_to_tensor(batch, tf.float32)).items()}
 
     def heatmaps(self, batch, class_indices):
         """Grad-CAM heatmaps of prepared photos, one class each.
@@ -106,7 +108,7 @@ class Explainer:
         if class_name is not None and class_name not in self.class_names:
             raise ConfigError(f"unknown class {class_name!r}; the model knows {self.class_names}")
         batch = self.prepare(pixels)[None]
-        probabilities = self.predict(batch)
+        probabilities = self.predict(batch)["probabilities"]
         label = self.class_names[model_lib.predicted_classes(probabilities, self.info.threshold)[0]]
         explained = class_name or label
         heatmap = self.heatmaps(batch, [self.class_names.index(explained)])[0]
@@ -114,7 +116,11 @@ class Explainer:
 
     def _predict_batch(self, images):
         _, features = self._maps_and_features(images, training=False)
-        return self._probabilities(self._head(features, training=False))
+        logits = self._head(features, training=False)
+        outputs = {"probabilities": self._probabilities(logits)}
+        if self._open_set is not None:
+            outputs[model_lib.SCORE] = self._open_set([features, logits])
+        return outputs
 
     def _heatmap_batch(self, images, class_indices):
         # The backbone is frozen, so nothing is watched by default: watching the input records

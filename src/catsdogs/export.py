@@ -6,6 +6,7 @@ how fast and large it is). The formats are written by Keras' own exporters (`Mod
 for ONNX, the TFLite converter for TFLite).
 """
 
+import dataclasses
 import datetime
 import importlib
 import json
@@ -162,7 +163,7 @@ def compare_predictions(expected, got, class_names):
     second = np.array([[g["probabilities"][c] for c in class_names] for _, g in pairs])
     difference = np.abs(first - second)
     agree = np.array([e["label"] == g["label"] for e, g in pairs])
-    return {
+    result = {
         "images": len(pairs),
         "max_abs_probability_difference": float(difference.max()),
         "mean_abs_probability_difference": float(difference.mean()),
@@ -170,6 +171,11 @@ def compare_predictions(expected, got, class_names):
         "disagreements": [{"path": e["path"], "keras": e["probabilities"], "exported": g["probabilities"]}
                           for (e, g), same in zip(pairs, agree) if not same],
     }
+    if all("accepted" in e and "accepted" in g for e, g in pairs):  # the open-set decision
+        result["decision_agreement"] = float(np.mean([e["accepted"] == g["accepted"] for e, g in pairs]))
+        result["max_abs_score_difference"] = float(max(abs(e["in_distribution_score"] - g["in_distribution_score"])
+                                                       for e, g in pairs))
+    return result
 
 
 def _predictions(runtime, photos, batch_size):
@@ -230,12 +236,14 @@ def export_model(run_or_model, export_format, output=None, quantization="float32
         "format": export_format,
         "quantization": quantization,
         "file": FILE_NAMES[export_format],
-        "model": {"class_names": info.class_names, "backbone": info.backbone, "image_size": info.image_size,
-                  "threshold": info.threshold, "temperature": info.temperature},
+        "model": dataclasses.asdict(info),
         "input": "keras end-to-end model: (batch, height, width, 3) RGB pixels in [0, 255], any size" if export_format == "keras"
                  else f"pixels: (batch, {info.image_size}, {info.image_size}, 3) float32 RGB in [0, 255], resized from "
                       f"the photo by bilinear interpolation with antialiasing (tf.image.resize, antialias=True), no crop",
-        "output": f"probabilities of {info.class_names}",
+        "output": f"probabilities of {info.class_names}" + (
+            "" if info.reject_threshold is None else
+            (", in-distribution score" if export_format == "keras" else
+             f", then one more column: the in-distribution score (below {info.reject_threshold:.4f}: unknown)")),
         "source": os.path.abspath(model_path),
         "source_precision": model_lib.compute_precision(model),
         "calibration_images": len(calibration) if calibration is not None else 0,

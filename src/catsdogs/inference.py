@@ -35,7 +35,8 @@ class Outputs:
     """What a model gave for each file.
 
     Attributes:
-        values: (views, files, ...) model outputs; rows of failed files are zero.
+        values: (views, files, ...) model outputs, or a dict of them for a runtime's outputs
+            (`runtimes`); rows of failed files are zero.
         ok: (files,) whether each file has outputs.
         errors: path -> reason, for each file without outputs.
     """
@@ -46,7 +47,16 @@ class Outputs:
 
     def mean_over_views(self):
         """(files, ...) outputs averaged over the views (test-time augmentation)."""
-        return self.values.mean(axis=0)
+        return _map(lambda values: values.mean(axis=0), self.values)
+
+
+def _map(function, values):
+    """`function` applied to an array, or to each array of a dict."""
+    return {k: function(v) for k, v in values.items()} if isinstance(values, dict) else function(values)
+
+
+def _arrays(values):
+    return list(values.values()) if isinstance(values, dict) else [values]
 
 
 def iter_batches(forward, paths, image_size, batch_size=INFERENCE_BATCH_SIZE, views=("original",), desc="images"):
@@ -54,7 +64,8 @@ def iter_batches(forward, paths, image_size, batch_size=INFERENCE_BATCH_SIZE, vi
 
     Args:
         forward: a callable taking (batch, image_size, image_size, 3) float32 pixels in [0, 255]
-            and returning an array: a runtime (`runtimes.load`) or `runtimes.compiled_forward(model)`.
+            and returning an array or a dict of arrays: a runtime (`runtimes.load`) or
+            `runtimes.compiled_forward(model)`.
         paths: image files.
         image_size: side of the resized square images.
         batch_size: images per forward pass.
@@ -62,8 +73,8 @@ def iter_batches(forward, paths, image_size, batch_size=INFERENCE_BATCH_SIZE, vi
         desc: progress bar label.
 
     Yields:
-        (indices into paths of the images that decoded, their outputs (views, images, ...),
-        errors: path -> reason for the files of this batch that did not decode or gave
+        (indices into paths of the images that decoded, their outputs (views, images, ...) or a
+        dict of them, errors: path -> reason for the files of this batch that did not decode or gave
         non-finite outputs).
     """
     from tqdm.auto import tqdm
@@ -75,15 +86,18 @@ def iter_batches(forward, paths, image_size, batch_size=INFERENCE_BATCH_SIZE, vi
     with tqdm(total=len(paths), desc=desc, unit="img", leave=False, disable=None) as progress:
         for images, ok, indices in pipeline.dataset(paths):
             ok, indices = ok.numpy(), indices.numpy()
-            outputs = np.stack([np.asarray(forward(VIEWS[view](images))) for view in views])
+            per_view = [forward(VIEWS[view](images)) for view in views]
+            outputs = ({k: np.stack([np.asarray(o[k]) for o in per_view]) for k in per_view[0]}
+                       if isinstance(per_view[0], dict) else np.stack([np.asarray(o) for o in per_view]))
             errors = {paths[i]: pipeline.errors[os.fspath(paths[i])] for i in indices[~ok]}
-            finite = np.isfinite(outputs).reshape(len(views), len(ok), -1).all(axis=(0, 2))
+            finite = np.all([np.isfinite(a).reshape(len(views), len(ok), -1).all(axis=(0, 2))
+                             for a in _arrays(outputs)], axis=0)
             for i in indices[ok & ~finite]:
                 errors[paths[i]] = "the model's output is not finite (NaN or infinity)"
                 log.warning("%s: the model's output is not finite", paths[i])
             keep = ok & finite
             progress.update(len(ok))
-            yield indices[keep], outputs[:, keep], errors
+            yield indices[keep], _map(lambda a: a[:, keep], outputs), errors
 
 
 def run_on_files(forward, paths, image_size, batch_size=INFERENCE_BATCH_SIZE, views=("original",),
@@ -93,15 +107,23 @@ def run_on_files(forward, paths, image_size, batch_size=INFERENCE_BATCH_SIZE, vi
     Returns:
         `Outputs` in the order of `paths`.
     """
-    values, ok, errors = None, np.zeros(len(paths), bool), {}
+    batches, ok, errors = [], np.zeros(len(paths), bool), {}
     for indices, outputs, batch_errors in iter_batches(forward, paths, image_size, batch_size, views, desc):
-        if values is None:
-            values = np.zeros((len(views), len(paths), *outputs.shape[2:]), outputs.dtype)
-        values[:, indices] = outputs
+        batches.append((indices, outputs))
         ok[indices] = True
         errors.update(batch_errors)
-    if values is None:  # nothing decoded: the output's width is unknown
-        values = np.zeros((len(views), len(paths), 0), np.float32)
+    if not batches:  # nothing decoded: the outputs' shapes are unknown
+        return Outputs(np.zeros((len(views), len(paths), 0), np.float32), ok, errors)
+
+    def gather(select):
+        first = select(batches[0][1])
+        values = np.zeros((len(views), len(paths), *first.shape[2:]), first.dtype)
+        for indices, outputs in batches:
+            values[:, indices] = select(outputs)
+        return values
+
+    first = batches[0][1]
+    values = {k: gather(lambda o, k=k: o[k]) for k in first} if isinstance(first, dict) else gather(lambda o: o)
     return Outputs(values, ok, errors)
 
 

@@ -3,6 +3,11 @@
 import keras
 from keras import layers, ops
 
+from catsdogs.errors import ConfigError
+
+# In-distribution scores that `InDistributionScore` computes (see `catsdogs.openset`).
+OPEN_SET_METHODS = ("msp", "energy", "mahalanobis", "knn", "imagenet")
+
 # keras.applications.resnet50.preprocess_input ("caffe" mode) subtracts these from BGR pixels.
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
 
@@ -56,3 +61,89 @@ class ClassProbabilities(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "class_names": self.class_names,
                 "temperature": self.temperature, "threshold": self.threshold}
+
+
+@keras.saving.register_keras_serializable(package="catsdogs")
+class InDistributionScore(layers.Layer):
+    """In-distribution score of photos from their pooled features and head logits (see `catsdogs.openset`).
+
+    Call with [features (n, d), logits (n, logit units)]; returns (n,) scores in [0, 1]. With
+    `raw=True`, returns the raw score of each method, (n, methods), for fitting.
+
+    Weights, all fixed (set by `openset.fit_open_set`): the kNN bank, the class means and precision
+    matrix for Mahalanobis, the ImageNet classifier and the mask of the trained classes' ImageNet
+    classes, the sorted out-of-fold raw scores of each method and the sorted combined percentiles.
+    """
+
+    def __init__(self, methods, feature_dim, num_classes, bank_size=1, reference_size=1, temperature=1.0,
+                 threshold=0.0, neighbours=5, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        kwargs["trainable"] = False  # fixed weights, whatever a saved config says
+        super().__init__(**kwargs)
+        unknown = sorted(set(methods) - set(OPEN_SET_METHODS))
+        if unknown or not methods:
+            raise ConfigError(f"open-set methods {list(methods)}: choose from {OPEN_SET_METHODS}")
+        self.methods, self.feature_dim, self.num_classes = tuple(methods), int(feature_dim), int(num_classes)
+        self.bank_size, self.reference_size = int(bank_size), int(reference_size)
+        self.temperature, self.threshold, self.neighbours = float(temperature), float(threshold), int(neighbours)
+
+    def build(self, input_shape):
+        def weight(name, shape):
+            return self.add_weight(name=name, shape=shape, initializer="zeros", trainable=False)
+
+        d = self.feature_dim
+        if "knn" in self.methods:
+            self.bank = weight("bank", (self.bank_size, d))
+        if "mahalanobis" in self.methods:
+            self.means = weight("means", (self.num_classes, d))
+            self.precision = weight("precision", (d, d))
+        if "imagenet" in self.methods:
+            self.imagenet_kernel = weight("imagenet_kernel", (d, 1000))
+            self.imagenet_bias = weight("imagenet_bias", (1000,))
+            self.imagenet_mask = weight("imagenet_mask", (1000,))
+        self.references = weight("references", (len(self.methods), self.reference_size))
+        self.combined_references = weight("combined_references", (self.reference_size,))
+
+    def raw_scores(self, features, logits):
+        """(n, methods) raw scores, higher for more typical photos."""
+        features = ops.cast(features, "float32")
+        logits = class_logits(ops.cast(logits, "float32"))
+        columns = []
+        for method in self.methods:
+            if method == "msp":
+                columns.append(ops.max(ops.softmax(logits / self.temperature, axis=-1), axis=-1))
+            elif method == "energy":
+                columns.append(ops.logsumexp(logits, axis=-1))
+            elif method == "mahalanobis":
+                projected = ops.matmul(features, self.precision)
+                distances = (ops.sum(projected * features, axis=-1)[:, None]
+                             - 2 * ops.matmul(projected, ops.transpose(self.means))
+                             + ops.sum(ops.matmul(self.means, self.precision) * self.means, axis=-1)[None, :])
+                columns.append(-ops.min(distances, axis=-1))
+            elif method == "knn":
+                unit = features / ops.maximum(ops.norm(features, axis=-1, keepdims=True), 1e-12)
+                similarities = ops.matmul(unit, ops.transpose(self.bank))
+                columns.append(ops.top_k(similarities, self.neighbours)[0][:, -1])
+            else:  # imagenet
+                probabilities = ops.softmax(ops.matmul(features, self.imagenet_kernel) + self.imagenet_bias, axis=-1)
+                columns.append(ops.sum(probabilities * self.imagenet_mask, axis=-1))
+        return ops.stack(columns, axis=-1)
+
+    def call(self, inputs, raw=False):
+        features, logits = inputs
+        scores = self.raw_scores(features, logits)
+        if raw:
+            return scores
+        # Percentile of each method's score among the training photos' out-of-fold scores, then of
+        # their mean among the training photos' own combined values.
+        percentiles = ops.mean(ops.cast(self.references[None, :, :] <= scores[:, :, None], "float32"), axis=-1)
+        combined = ops.mean(percentiles, axis=-1)
+        return ops.mean(ops.cast(self.combined_references[None, :] <= combined[:, None], "float32"), axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0],)
+
+    def get_config(self):
+        return {**super().get_config(), "methods": list(self.methods), "feature_dim": self.feature_dim,
+                "num_classes": self.num_classes, "bank_size": self.bank_size, "reference_size": self.reference_size,
+                "temperature": self.temperature, "threshold": self.threshold, "neighbours": self.neighbours}

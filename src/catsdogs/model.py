@@ -12,9 +12,11 @@ from catsdogs.files import atomic_path
 from catsdogs.layers import ClassProbabilities
 
 MODEL_FILE = "model.keras"
+SCORE = "in_distribution_score"  # the model's second output, where it has an open-set score
+OPEN_SET_LAYER = "in_distribution"
 
 
-def assemble(extractor, head, class_names, temperature=1.0, threshold=0.5):
+def assemble(extractor, head, class_names, temperature=1.0, threshold=0.5, open_set=None):
     """One end-to-end model: RGB pixels of any size in [0, 255] in, class probabilities out.
 
     Args:
@@ -23,15 +25,25 @@ def assemble(extractor, head, class_names, temperature=1.0, threshold=0.5):
         class_names: in label order.
         temperature: logits are divided by it (calibration).
         threshold: for two classes, the probability of the second at which it is predicted.
+        open_set: an `openset.InDistributionScore` fitted on the same features, or None.
 
     Returns:
-        a `keras.Model` named "catsdogs".
+        a `keras.Model` named "catsdogs": its output is the probabilities, or with `open_set` a
+        dict {"probabilities": (n, classes), "in_distribution_score": (n,)}.
     """
     image = keras.Input((None, None, 3), name="image")
     x = resize_layer(extractor.input_shape[1])(image)
-    logits = head(extractor(x))
+    features = extractor(x)
+    logits = head(features)
     probabilities = ClassProbabilities(class_names, temperature, threshold, name="probabilities")(logits)
-    return keras.Model(image, probabilities, name="catsdogs")
+    if open_set is None:
+        return keras.Model(image, probabilities, name="catsdogs")
+    return keras.Model(image, {"probabilities": probabilities, SCORE: open_set([features, logits])}, name="catsdogs")
+
+
+def outputs_as_dict(outputs):
+    """A model's outputs as {"probabilities": ..., ["in_distribution_score": ...]}, whatever its version."""
+    return dict(outputs) if isinstance(outputs, dict) else {"probabilities": outputs}
 
 
 def compute_precision(model):
@@ -67,14 +79,21 @@ def fixed_size_model(model):
         model: an end-to-end model from `assemble` (or loaded).
 
     Returns:
-        a `keras.Model`: (batch, size, size, 3) float32 RGB pixels in [0, 255] in, class
-        probabilities out.
+        a `keras.Model`: (batch, size, size, 3) float32 RGB pixels in [0, 255] in, one output
+        (batch, classes) of class probabilities, followed by the in-distribution score as one more
+        column where the model has one (one plain tensor is what every export format keeps in
+        order; `runtimes.split_outputs` takes it apart).
     """
     info = describe(model)
     float32 = float32_model(model)
     pixels = keras.Input((info.image_size, info.image_size, 3), name="pixels")
     features = float32.get_layer(info.backbone)(pixels)
-    probabilities = float32.get_layer("probabilities")(float32.get_layer("head")(features))
+    logits = float32.get_layer("head")(features)
+    probabilities = float32.get_layer("probabilities")(logits)
+    if info.reject_threshold is not None:
+        score = float32.get_layer(OPEN_SET_LAYER)([features, logits])
+        probabilities = keras.layers.Concatenate(name="probabilities_and_score")(
+            [probabilities, keras.ops.expand_dims(score, -1)])
     return keras.Model(pixels, probabilities, name="catsdogs")
 
 
@@ -87,14 +106,18 @@ class ModelInfo:
     image_size: int
     threshold: float
     temperature: float
+    reject_threshold: float = None  # photos whose in-distribution score is below it are "unknown"; None: no score
+    open_set: list = None  # the methods of the in-distribution score
 
 
 def describe(model: keras.Model) -> ModelInfo:
-    """What a catsdogs model says about itself: class names, backbone, input size, threshold, temperature."""
+    """What a catsdogs model says about itself: class names, backbone, input size, thresholds, temperature."""
     probabilities = model.get_layer("probabilities")
     extractor = next(layer for layer in model.layers if isinstance(layer, keras.Model) and layer.name != "head")
+    open_set = next((layer for layer in model.layers if layer.name == OPEN_SET_LAYER), None)
     return ModelInfo(probabilities.class_names, extractor.name, model.get_layer("resize").height,
-                     probabilities.threshold, probabilities.temperature)
+                     probabilities.threshold, probabilities.temperature,
+                     open_set.threshold if open_set else None, list(open_set.methods) if open_set else None)
 
 
 def probabilities_by_class(class_names, probabilities) -> dict:

@@ -213,6 +213,46 @@ def plot_reliability(curves, y_true, bins=15, ax=None):
     return fig
 
 
+def plot_scores(groups, threshold, ax=None):
+    """Histograms of in-distribution scores per group of photos, with the reject threshold.
+
+    Args:
+        groups: label -> scores in [0, 1].
+        threshold: photos below it are rejected.
+        ax: axes to draw on (a new figure if None).
+    """
+    fig, ax = _figure_and_ax(ax, (8, 4.5))
+    bins = np.linspace(0, 1, 41)
+    for label, scores in groups.items():
+        rejected = float((np.asarray(scores) < threshold).mean())
+        ax.hist(scores, bins=bins, alpha=0.5, density=True, label=f"{label}: {len(scores)}, {rejected:.1%} rejected")
+    ax.axvline(threshold, color=WRONG, linestyle="--", label=f"threshold {threshold:.3f}")
+    ax.set_xlabel("in-distribution score: share of training photos that look less typical")
+    ax.set_ylabel("density")
+    ax.set_title("Which photos are answered \"unknown\" (left of the threshold)")
+    ax.legend(loc="upper left")
+    return fig
+
+
+def plot_rejections(rows, k=8, columns=4):
+    """The `k` most confident rejections (lowest scores) and the `k` least confident (nearest the threshold).
+
+    Args:
+        rows: rejected photos, lowest score first: dicts with path, group ("test" or "unknown"), score.
+    """
+    chosen = rows[:k] + [row for row in rows[k:][-k:]]
+    fig, axes = _photo_grid(len(chosen), columns,
+                            f"Rejected as none of the classes: the {min(k, len(rows))} most confident, "
+                            f"then the {len(chosen) - min(k, len(rows))} least confident")
+    for ax, row in zip(axes.flat, chosen):
+        color = WRONG if row["group"] == "test" else RIGHT  # a rejected known photo is a mistake
+        _show(ax, row["path"], f"{row['group']}, score {row['score']:.3f}\n"
+                               f"{_short(os.path.basename(row['path']), 28)}", color)
+    if not chosen:
+        axes[0, 0].text(0, 0.5, "no photo rejected", fontsize=14)
+    return fig
+
+
 def write_html(folder, title, sections, metrics, mistakes, integrity, config=None):
     """report.html: metrics, figures, mistakes, integrity findings and settings on one page.
 

@@ -1,15 +1,16 @@
 """Every way to run a catsdogs model, behind one interface: Keras, ONNX Runtime, LiteRT/TFLite, SavedModel.
 
 A runtime is a callable: (batch, size, size, 3) float32 RGB pixels in [0, 255], already resized
-(`backbones.resize_layer`), in; one probability per class out. Its `info` is the `model.ModelInfo`
-(class names, input size, threshold). `inference.run_on_files` runs any of them over files.
+(`backbones.resize_layer`), in; a dict out: "probabilities" (batch, classes) and, where the model
+has an open-set score, "in_distribution_score" (batch,). Its `info` is the `model.ModelInfo`
+(class names, input size, thresholds). `inference.run_on_files` runs any of them over files.
 
 An export folder written by `catsdogs export` holds the exported file and `export.json`: the
 class names, threshold and input size of the model it came from. Every exported model takes
 (batch, size, size, 3) float32 RGB pixels in [0, 255], already resized to size x size by
 `backbones.resize_layer` (bilinear with antialiasing, no crop), and returns one probability per
-class: the Keras model after its own resize layer. `predict.predict_files` runs them like the
-Keras model, through the same decoding and resizing.
+class, then the in-distribution score where the model has one (`model.fixed_size_model`): the Keras
+model after its own resize layer.
 """
 
 import json
@@ -48,8 +49,18 @@ class KerasRuntime:
         self._forward = compiled_forward(model)
 
     def __call__(self, images):
-        """Class probabilities, (batch, classes), of (batch, size, size, 3) float32 pixels in [0, 255]."""
-        return np.asarray(self._forward(images))
+        """The model's outputs (see the module) for (batch, size, size, 3) float32 pixels in [0, 255]."""
+        return {name: np.asarray(value) for name, value in model_lib.outputs_as_dict(self._forward(images)).items()}
+
+
+def split_outputs(array, info):
+    """An exported model's one output, (batch, classes [+ 1]), as the dict every runtime returns."""
+    array = np.asarray(array)
+    classes = len(info.class_names)
+    outputs = {"probabilities": array[:, :classes]}
+    if info.reject_threshold is not None:
+        outputs[model_lib.SCORE] = array[:, classes]
+    return outputs
 
 
 class ExportedModel:
@@ -72,7 +83,11 @@ class ExportedModel:
         self.path = os.path.join(folder, self.metadata["file"])
 
     def __call__(self, images):
-        """Class probabilities, (batch, classes), of (batch, size, size, 3) float32 pixels in [0, 255]."""
+        """The model's outputs (see the module) for (batch, size, size, 3) float32 pixels in [0, 255]."""
+        return split_outputs(self.run(np.asarray(images, np.float32)), self.info)
+
+    def run(self, images):
+        """The exported model's output array for a batch."""
         raise NotImplementedError
 
 
@@ -89,8 +104,8 @@ class OnnxExport(ExportedModel):
         self.session = onnxruntime.InferenceSession(self.path, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
-    def __call__(self, images):
-        return self.session.run(None, {self.input_name: np.asarray(images, np.float32)})[0]
+    def run(self, images):
+        return self.session.run(None, {self.input_name: images})[0]
 
 
 class TFLiteExport(ExportedModel):
@@ -108,8 +123,7 @@ class TFLiteExport(ExportedModel):
         self.output_index = self.interpreter.get_output_details()[0]["index"]
         self.batch_shape = None
 
-    def __call__(self, images):
-        images = np.asarray(images, np.float32)
+    def run(self, images):
         if images.shape != self.batch_shape:  # TFLite tensors have one shape at a time
             self.interpreter.resize_tensor_input(self.input_index, images.shape)
             self.interpreter.allocate_tensors()
@@ -130,7 +144,7 @@ class SavedModelExport(ExportedModel):
 
         self.saved_model = tf.saved_model.load(self.path)  # holds the variables that "serve" uses
 
-    def __call__(self, images):
+    def run(self, images):
         return self.saved_model.serve(images).numpy()
 
 

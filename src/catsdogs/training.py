@@ -15,12 +15,12 @@ import time
 
 import numpy as np
 
-from catsdogs import backbones, calibration, data, features, heads
+from catsdogs import backbones, calibration, data, features, heads, openset
 from catsdogs import model as model_lib
 from catsdogs.classifier import Classifier
 from catsdogs.config import HEADS, TrainConfig
 from catsdogs.errors import ConfigError
-from catsdogs.evaluation import Evaluation, compute_metrics, stage_summary
+from catsdogs.evaluation import Evaluation, OpenSetResults, compute_metrics, stage_summary, unknown_scores
 from catsdogs.files import timestamp, write_text
 from catsdogs.inference import run_on_files, views_for
 from catsdogs.runtimes import KerasRuntime, compiled_forward
@@ -81,6 +81,7 @@ class Prepared:
     scan: data.ScanReport
     splits: dict  # "train", "val", "test" -> list of data.Sample
     target: tuple = None  # parsed --target: (metric, class index, value)
+    open_set: tuple = ()  # the methods of the in-distribution score
 
 
 def parse_target(target, class_names):
@@ -114,6 +115,10 @@ def check_settings(config):
     for name in ("val_fraction", "test_fraction"):
         if not 0 < getattr(config, name) < 1:
             raise ConfigError(f"{name} {getattr(config, name)}: expected a fraction between 0 and 1")
+    if not 0 < config.open_set_keep < 1:
+        raise ConfigError(f"open_set_keep {config.open_set_keep}: expected a fraction between 0 and 1")
+    if config.unknown_data and not os.path.isdir(config.unknown_data):
+        raise ConfigError(f"unknown_data {config.unknown_data!r}: not a folder")
     for name in ("batch_size", "extract_batch_size", "fine_tune_batch_size", "max_epochs", "fine_tune_epochs"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} {getattr(config, name)}: expected at least 1")
@@ -158,6 +163,7 @@ def prepare(config: TrainConfig) -> Prepared:
         if len(class_names) != 2:
             raise ConfigError(f"--target needs exactly two classes; {config.data_dir} has {len(class_names)}")
         target = parse_target(config.target, class_names)
+    open_set = openset.resolve_methods(config.open_set, config.backbone, config.weights, class_names)
     # config.json says what was used: "auto" and 0 (the backbone's size) are resolved.
     config = dataclasses.replace(
         config, data_dir=os.path.abspath(config.data_dir), precision=backbones.resolve_precision(config.precision),
@@ -168,7 +174,7 @@ def prepare(config: TrainConfig) -> Prepared:
     splits = data.make_splits(dataset, scan, config.val_fraction, config.test_fraction, config.seed)
     if config.exclude:
         splits = read_exclusions(config.exclude, splits)
-    return Prepared(config, class_names, scan, splits, target)
+    return Prepared(config, class_names, scan, splits, target, open_set)
 
 
 def extract(prepared: Prepared, extractor) -> dict:
@@ -235,26 +241,22 @@ def fit_head(config: TrainConfig, split_features: dict):
     return estimator, estimator.to_keras(), history
 
 
-def logits_of_images(extractor, head, paths, batch_size, views):
-    """(views, images, logits) of a backbone and head on image files, which must all decode."""
-    import keras
-
-    size = extractor.input_shape[1]
-    image = keras.Input((size, size, 3))
-    network = keras.Model(image, head(extractor(image, training=False)))
-    outputs = run_on_files(compiled_forward(network), paths, size, batch_size, views, desc="logits")
+def features_of_images(extractor, split, batch_size, views):
+    """A split's features from another extractor (the fine-tuned one), computed from its photos."""
+    outputs = run_on_files(compiled_forward(extractor), split.paths, extractor.input_shape[1], batch_size, views,
+                           desc="features")
     if not outputs.ok.all():
         raise data.DataError("photos that decoded before fail now: " + "; ".join(
             f"{path}: {reason}" for path, reason in outputs.errors.items()))
-    return outputs.values
+    return SplitFeatures(outputs.values, split.y, split.paths)
 
 
 def fine_tune(prepared: Prepared, head, split_features):
     """Stage "fine-tune": the top blocks of the backbone and the head, end to end, on images.
 
     Returns:
-        (the folded fine-tuned extractor, its stage summary, its (validation, test) logits, epoch
-        rows); the head is trained in place.
+        (the folded fine-tuned extractor, its stage summary, its validation and test
+        `SplitFeatures`, epoch rows); the head is trained in place.
     """
     from catsdogs import finetune
     from catsdogs.heads import EpochHistory
@@ -270,10 +272,11 @@ def fine_tune(prepared: Prepared, head, split_features):
     seconds = time.perf_counter() - start
     tuned = backbones.fold_batch_normalization(tunable)
     views = views_for(config.tta)
-    val_logits = logits_of_images(tuned, head, val.paths, config.extract_batch_size, views)
-    test_logits = logits_of_images(tuned, head, test.paths, config.extract_batch_size, views)
-    summary = stage_summary((val.y, val_logits[0]), (test.y, test_logits[0]), prepared.class_names, seconds)
-    return tuned, summary, (val_logits, test_logits), [{"stage": "fine_tune", **row} for row in history.rows]
+    tuned_features = {name: features_of_images(tuned, split_features[name], config.extract_batch_size, views)
+                      for name in ("val", "test")}
+    summary = stage_summary((val.y, head_logits(head, tuned_features["val"])[0]),
+                            (test.y, head_logits(head, tuned_features["test"])[0]), prepared.class_names, seconds)
+    return tuned, summary, tuned_features, [{"stage": "fine_tune", **row} for row in history.rows]
 
 
 def calibrate(prepared: Prepared, val_logits, val_y):
@@ -291,6 +294,22 @@ def calibrate(prepared: Prepared, val_logits, val_y):
         threshold = calibration.threshold_for_target(val_probs, val_y, class_index, metric, value)
         log.info("threshold %.4f on p(%s) meets %s", threshold, class_names[1], config.target)
     return temperature, threshold
+
+
+def fit_open_set(prepared: Prepared, estimator, split_features, temperature):
+    """Stage "open set": the in-distribution score and its threshold, from the training photos alone.
+
+    Returns:
+        an `openset.OpenSetFit`, or None when the run has no open-set score.
+    """
+    config, class_names = prepared.config, prepared.class_names
+    if not prepared.open_set:
+        return None
+    train = split_features["train"]
+    imagenet = openset.imagenet_head(config.backbone, class_names) if "imagenet" in prepared.open_set else None
+    oof_logits = openset.out_of_fold_logits(train.x[0], train.y, estimator, config.seed)
+    return openset.fit_open_set(train.x[0], train.y, oof_logits, len(class_names), prepared.open_set, temperature,
+                                imagenet, config.open_set_keep, config.seed)
 
 
 def view_probabilities(logits, class_names, temperature):
@@ -388,19 +407,32 @@ def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:
                                        time.perf_counter() - start), **estimator.summary()}, "kept": "head"}
     if config.fine_tune:
         stage1_head = head.get_weights()
-        tuned, stages["fine_tune"], tuned_logits, tuned_history = fine_tune(prepared, head, split_features)
+        tuned, stages["fine_tune"], tuned_features, tuned_history = fine_tune(prepared, head, split_features)
         history += tuned_history
         if stages["fine_tune"]["val_loss"] < stages["head"]["val_loss"]:
             stages["kept"] = "fine_tune"
-            extractor, (val_logits, test_logits) = tuned, tuned_logits
+            extractor = tuned
+            split_features = {**split_features, **tuned_features}
+            if config.open_set != "none":  # the open-set score is fitted on the training photos' features
+                split_features["train"] = features_of_images(tuned, split_features["train"],
+                                                             config.extract_batch_size, ("original",))
+            val, test = split_features["val"], split_features["test"]
+            val_logits, test_logits = head_logits(head, val), head_logits(head, test)
         else:  # never leave a model worse on validation than stage 1
             head.set_weights(stage1_head)
         log.info("validation loss: head %.4f, fine-tuned %.4f; keeping the %s model",
                  stages["head"]["val_loss"], stages["fine_tune"]["val_loss"], stages["kept"].replace("_", "-"))
 
     temperature, threshold = calibrate(prepared, val_logits[0], val.y)
-    model = model_lib.assemble(extractor, head, class_names, temperature, threshold)
+    open_set = fit_open_set(prepared, estimator, split_features, temperature)
+    model = model_lib.assemble(extractor, head, class_names, temperature, threshold,
+                               open_set.layer if open_set else None)
     classifier = Classifier(KerasRuntime(model))
+    if open_set:
+        scores = {name: np.asarray(open_set.layer([split.x[0], logits[0]]))
+                  for name, split, logits in (("val", val, val_logits), ("test", test, test_logits))}
+        unknown = unknown_scores(classifier, config.unknown_data, config.extract_batch_size) \
+            if config.unknown_data else None
     evaluation = Evaluation(
         paths=test.paths, y_true=test.y, class_names=class_names, threshold=threshold, data_dir=config.data_dir,
         probabilities=calibration.probabilities(test_logits[0], class_names, temperature),
@@ -412,7 +444,10 @@ def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:
                                         class_names, threshold) if config.tta else None),
         temperature=temperature, stages=stages, integrity=prepared.scan.to_json(), history=history,
         title=f"{config.backbone} at {config.image_size} px ({config.precision}), {config.head} head",
-        config=config.to_dict(), classifier=classifier)
+        config=config.to_dict(), classifier=classifier,
+        open_set=OpenSetResults(
+            open_set.methods, open_set.threshold, open_set.keep, open_set.training_kept, scores["val"],
+            scores["test"], *(unknown or (None, None))) if open_set else None)
     run = Run(config, classifier, evaluation, None, prepared.splits, history)
     if config.runs_dir is not None:
         run.run_dir = write(run, prepared)

@@ -76,7 +76,7 @@ class Predictor:
             return results
         indices = [i for i, _ in prepared]
         batch = np.stack([pixels for _, pixels in prepared])
-        probabilities = self.explainer.predict(batch)
+        probabilities = self.explainer.predict(batch)["probabilities"]
         labels = model_lib.predicted_classes(probabilities, self.explainer.info.threshold)
         explained = [k for k, i in enumerate(indices) if jobs[i].heatmap]
         heatmaps = dict(zip(explained, self.explainer.heatmaps(batch[explained], labels[explained]))) if explained else {}
