@@ -130,7 +130,7 @@ def lite0_server(lite0_run):
 
     model, name, metrics = load_served_model(lite0_run[0])
     settings = ServeSettings(max_batch_size=8, max_wait_ms=50, max_upload_bytes=2_000_000, max_pixels=4_000_000,
-                             max_images=4)
+                             max_request_pixels=6_000_000, max_images=4)
     app = create_app(model, name, metrics, settings)
     with ServerThread(app) as url:
         yield url, app

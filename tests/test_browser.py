@@ -115,3 +115,21 @@ def test_page_labels_a_cat_and_a_dog_and_overlays_their_heatmaps(browser, lite0_
     assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
     width = cards[dog.name].rect["width"]
     assert 300 < width <= 390  # one card per line, full width
+
+
+def test_page_says_neither_a_cat_nor_a_dog_for_a_car(browser, lite0_server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from conftest import unknown_photo
+
+    url, _ = lite0_server
+    browser.get(url + "/")
+    car = unknown_photo("cars", "00029.jpg")
+    browser.find_element(By.ID, "file-input").send_keys(str(car))
+    WebDriverWait(browser, 60).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, '.card:not([data-state="pending"])'))
+    card = browser.find_element(By.CLASS_NAME, "card")
+    assert card.get_attribute("data-state") == "unknown"
+    assert card.find_element(By.CLASS_NAME, "label").text == "Neither a cat nor a dog"
+    assert "none of the photos this model learned from" in card.find_element(By.CLASS_NAME, "note").text

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catsdogs.images import ImageError, decode_image, describe_quirks, load_image, open_image
+from catsdogs.images import ImageError, decode_image, decode_image_for_model, describe_quirks, load_image, open_image
 from conftest import gradient, image_bytes
 
 
@@ -88,3 +88,39 @@ def test_decompression_bomb_is_refused_before_decoding():
 def test_missing_file(tmp_path):
     with pytest.raises(ImageError, match="cannot read file"):
         load_image(tmp_path / "nothing.jpg")
+
+
+def test_decompression_bomb_beyond_pillows_own_limit_says_too_large():
+    from corpus import png_bomb
+
+    with pytest.raises(ImageError, match="bomb.png: too large, a likely decompression bomb"):
+        decode_image(png_bomb(20_000, 20_000), "bomb.png")
+
+
+def test_decoding_for_the_model_leaves_small_images_as_they_are():
+    data = image_bytes(gradient(500, 700), "PNG")
+    assert np.array_equal(decode_image_for_model(data, "small.png", 380), decode_image(data))
+
+
+@pytest.mark.parametrize("fmt, mode", [("JPEG", "RGB"), ("PNG", "RGB"), ("PNG", "P"), ("PNG", "I;16"), ("WEBP", "RGB")])
+def test_a_large_image_is_decoded_near_the_model_input_size(fmt, mode):
+    image = Image.fromarray(np.kron(gradient(40, 60), np.ones((100, 100, 1), np.uint8)))  # 6000x4000, smooth
+    if mode == "P":
+        image = image.convert("P", palette=Image.Palette.ADAPTIVE)
+    elif mode == "I;16":
+        image = Image.fromarray(np.asarray(image.convert("L"), np.uint16) * 257)
+    pixels = decode_image_for_model(image_bytes(image, fmt), "large", 380)
+    height, width = pixels.shape[:2]
+    assert 380 <= height < 2 * 380 and width / height == pytest.approx(1.5, rel=0.01)
+    full = decode_image(image_bytes(image, fmt))
+    # The same picture, smaller: compare with the full decode shrunk the same way.
+    expected = np.asarray(Image.fromarray(full).resize((width, height), Image.Resampling.BOX), np.float32)
+    assert np.abs(pixels.astype(np.float32) - expected).mean() < 4
+
+
+def test_exif_orientation_is_applied_after_shrinking():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees clockwise
+    data = image_bytes(Image.fromarray(np.kron(gradient(30, 40), np.ones((100, 100, 1), np.uint8))), "JPEG", exif=exif.tobytes())
+    height, width = decode_image_for_model(data, "rotated.jpg", 380).shape[:2]
+    assert height > width  # 4000 wide, 3000 high, standing up

@@ -68,6 +68,26 @@ def test_tf_serving_predict_agrees_with_catsdogs_predict(client, lite0_run):
         assert "heatmap_png" not in got  # only on request
 
 
+def test_a_car_is_unknown_over_the_api_unless_rejection_is_off(client, lite0_run):
+    from conftest import unknown_photo
+
+    car, cat = unknown_photo("cars", "00029.jpg"), photo(*CAT)
+    body = instances(car.read_bytes(), cat.read_bytes())
+    predictions = client.post("/v1/models/lite0:predict", json=body).json()["predictions"]
+    assert [p["label"] for p in predictions] == ["unknown", "cats"]
+    assert [p["accepted"] for p in predictions] == [False, True]
+    expected = [p.to_dict() for p in catsdogs.load(lite0_run[0]).predict([car, cat])]
+    for got, want in zip(predictions, expected):  # the server decides as catsdogs predict does
+        assert got["in_distribution_score"] == pytest.approx(want["in_distribution_score"], abs=1e-4)
+    assert set(predictions[0]["probabilities"]) == {"cats", "dogs"}  # TF Serving's shape kept, keys added
+    lenient = client.post("/v1/models/lite0:predict?reject=false", json=body).json()["predictions"]
+    assert lenient[0]["label"] in ("cats", "dogs")
+    strict = client.post("/v1/models/lite0:predict?reject_threshold=1", json=body).json()["predictions"]
+    assert [p["label"] for p in strict] == ["unknown", "unknown"]
+    status = client.get("/v1/models/lite0").json()
+    assert status["reject_threshold"] == pytest.approx(catsdogs.load(lite0_run[0]).info.reject_threshold)
+
+
 @pytest.mark.parametrize("headers", [{}, {"Content-Type": "application/x-www-form-urlencoded"}],
                          ids=["no content type", "curl -d"])
 def test_tf_serving_clients_that_send_json_without_saying_so_work(client, headers):
@@ -253,3 +273,76 @@ def test_serve_without_the_serving_libraries_says_what_to_install(lite0_run, mon
 def test_serve_refuses_bad_limits(lite0_run, capsys):
     assert main(["serve", str(lite0_run[0]), "--max-batch-size", "0"]) == 2
     assert "max_batch_size must be at least 1" in capsys.readouterr().err
+
+
+# Issue 12: what fuzzing (Schemathesis) and a hostile user found.
+
+def test_non_ascii_base64_is_a_400_not_a_500(client):
+    # base64.b64decode raises a plain ValueError (not binascii.Error) on non-ASCII characters.
+    response = client.post("/v1/models/lite0:predict", json={"instances": [{"b64": "chat-été"}]})
+    assert response.status_code == 400 and "instances[0].b64: not valid base64" in response.json()["error"]
+    assert client.get("/healthz").status_code == 200
+
+
+def test_options_on_the_predict_url_names_post(client):
+    # /v1/models/{name} used to swallow NAME:predict and answer with its own Allow: GET.
+    response = client.options("/v1/models/lite0:predict")
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+    assert client.get("/v1/models/lite0:predict").headers["allow"] == "POST"
+
+
+def test_tf_serving_version_urls(client):
+    status = client.get("/v1/models/lite0/versions/1")
+    assert status.status_code == 200 and status.json()["model_version_status"][0]["version"] == "1"
+    missing = client.get("/v1/models/lite0/versions/2")
+    assert missing.status_code == 404 and "version 2 of model 'lite0' not found" in missing.json()["error"]
+    response = client.post("/v1/models/lite0/versions/1:predict", json=instances(photo(*DOG).read_bytes()))
+    assert response.status_code == 200 and response.json()["predictions"][0]["label"] == "dogs"
+    assert client.post("/v1/models/lite0/versions/3:predict", json=instances(b"x")).status_code == 404
+
+
+def test_thousands_of_multipart_parts_get_413_before_they_are_all_read(client):
+    parts = [("files", (f"{i}.png", b"x")) for i in range(5000)]
+    response = client.post("/predict", files=parts)
+    assert response.status_code == 413 and "more than 4 images in one request; the limit is 4" in response.json()["error"]
+
+
+def test_empty_base64_is_a_malformed_request(client):
+    response = client.post("/v1/models/lite0:predict", json={"instances": [{"b64": ""}]})
+    assert response.status_code == 400 and "instances[0].b64: empty" in response.json()["error"]
+
+
+def test_the_pixels_of_a_whole_request_are_budgeted_before_decoding(client):
+    # Each image is under the per-image limit (4 MP here); together they are over the request's (6 MP).
+    large = image_bytes(Image.new("L", (2000, 1800)), "PNG", optimize=True)
+    start = time.perf_counter()
+    response = client.post("/predict", files=[("files", ("a.png", large)), ("files", ("b.png", large))])
+    assert response.status_code == 413, response.text
+    assert "7200000 pixels in all; the limit is 6000000" in response.json()["error"]
+    assert time.perf_counter() - start < 5
+    alone = client.post("/predict", files={"files": ("a.png", large)})
+    assert alone.status_code == 200
+
+
+def test_the_schema_declares_the_limits_it_enforces(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/models/{model_name}/versions/{version}", "/v1/models/{model_name}/versions/{version}:predict"} <= set(paths)
+    tf_serving = paths["/v1/models/{model_name}:predict"]["post"]
+    request = tf_serving["requestBody"]["content"]["application/json"]["schema"]
+    assert (request["properties"]["instances"]["minItems"], request["properties"]["instances"]["maxItems"]) == (1, 4)
+    assert request["properties"]["instances"]["items"]["properties"]["b64"]["maxLength"] == 2_000_000
+    assert {"400", "404", "408", "413", "415", "422"} <= set(tf_serving["responses"])
+    upload = paths["/predict"]["post"]
+    files = upload["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]["files"]
+    assert (files["minItems"], files["maxItems"]) == (1, 4)
+    assert "401" not in upload["responses"]  # no API key on this server
+
+
+def test_a_large_photo_is_decoded_near_the_model_input_and_predicted_like_the_full_one(client, lite0_run):
+    # A 3x upscaled dog: decoded at 1/2 by JPEG DCT scaling, it must still be the same dog.
+    pixels = load_image(photo(*DOG))
+    large = Image.fromarray(pixels).resize((pixels.shape[1] * 3, pixels.shape[0] * 3), Image.Resampling.BICUBIC)
+    response = client.post("/predict", files={"files": ("large.jpg", image_bytes(large, "JPEG", quality=95))})
+    assert response.status_code == 200
+    full = catsdogs.load(lite0_run[0]).predict([photo(*DOG)])[0].to_dict()
+    assert response.json()["predictions"][0]["probabilities"]["dogs"] == pytest.approx(full["probabilities"]["dogs"], abs=0.02)

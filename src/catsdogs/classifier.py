@@ -59,6 +59,34 @@ def expand_inputs(inputs) -> list:
     return paths
 
 
+def decide(info, outputs, reject=True, reject_threshold=None, unknown_label=UNKNOWN_LABEL) -> list:
+    """The label, probabilities and open-set decision of each photo from a runtime's outputs.
+
+    Args:
+        info: the model's `ModelInfo` (classes, decision threshold, reject threshold).
+        outputs: {"probabilities": (n, classes)[, "in_distribution_score": (n,)]}.
+        reject, reject_threshold, unknown_label: as for `Classifier.predict`.
+
+    Returns:
+        one dict of `Prediction` fields per photo (without path).
+    """
+    probabilities = np.asarray(outputs["probabilities"])
+    labels = predicted_classes(probabilities, info.threshold)
+    scores = outputs.get(SCORE)
+    threshold = info.reject_threshold if reject_threshold is None else reject_threshold
+    decisions = []
+    for i, (probs, label) in enumerate(zip(probabilities, labels)):
+        decision = {"label": info.class_names[label], "probability": float(probs[label]),
+                    "probabilities": probabilities_by_class(info.class_names, probs)}
+        if scores is not None:
+            accepted = bool(scores[i] >= threshold) or not reject
+            decision.update(in_distribution_score=float(scores[i]), accepted=accepted)
+            if not accepted:
+                decision["label"] = unknown_label
+        decisions.append(decision)
+    return decisions
+
+
 class Classifier:
     """A trained catsdogs model in its runtime.
 
@@ -122,35 +150,9 @@ class Classifier:
         outputs = self.outputs_of_files(paths, tta, batch_size)
         if not outputs.ok.any():
             return [Prediction(path, error=outputs.errors[path]) for path in paths]
-        decisions = self.decide(outputs.mean_over_views(), reject, reject_threshold, unknown_label)
+        decisions = decide(self.info, outputs.mean_over_views(), reject, reject_threshold, unknown_label)
         return [Prediction(path, **decision) if ok else Prediction(path, error=outputs.errors[path])
                 for path, decision, ok in zip(paths, decisions, outputs.ok)]
-
-    def decide(self, outputs, reject=True, reject_threshold=None, unknown_label=UNKNOWN_LABEL) -> list:
-        """The label, probabilities and open-set decision of each photo from a runtime's outputs.
-
-        Args:
-            outputs: {"probabilities": (n, classes)[, "in_distribution_score": (n,)]}.
-            reject, reject_threshold, unknown_label: as for `predict`.
-
-        Returns:
-            one dict of `Prediction` fields per photo (without path).
-        """
-        probabilities = np.asarray(outputs["probabilities"])
-        labels = predicted_classes(probabilities, self.info.threshold)
-        scores = outputs.get(SCORE)
-        threshold = self.info.reject_threshold if reject_threshold is None else reject_threshold
-        decisions = []
-        for i, (probs, label) in enumerate(zip(probabilities, labels)):
-            decision = {"label": self.classes[label], "probability": float(probs[label]),
-                        "probabilities": probabilities_by_class(self.classes, probs)}
-            if scores is not None:
-                accepted = bool(scores[i] >= threshold) or not reject
-                decision.update(in_distribution_score=float(scores[i]), accepted=accepted)
-                if not accepted:
-                    decision["label"] = unknown_label
-            decisions.append(decision)
-        return decisions
 
     def predict_arrays(self, pixels, tta: bool = False, batch_size: int = INFERENCE_BATCH_SIZE,
                        with_scores: bool = False):

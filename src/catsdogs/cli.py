@@ -3,11 +3,12 @@
 import argparse
 import json
 import logging
+import os
 import sys
 
 from catsdogs.config import (BENCH_BATCH_SIZES, EXPORT_FORMATS, HEADS, INFERENCE_BATCH_SIZE, PRECISIONS,
                              QUANTIZATIONS, RUNTIMES, TrainConfig, default_cache_dir)
-from catsdogs.serve import ServeSettings
+from catsdogs.serve import API_KEY_ENV, ServeSettings
 
 EPILOG = "Run `catsdogs COMMAND -h` for the options of a command."
 
@@ -245,9 +246,15 @@ def _serve(args):
     require("serve", "serving")
     from catsdogs.serve.app import serve
 
-    settings = ServeSettings(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-                             max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
-                             max_images=args.max_images)
+    # The key may come from the environment, so that it stays out of `ps` and shell history.
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
+    settings = ServeSettings(
+        max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_upload_bytes=args.max_upload_bytes,
+        max_pixels=args.max_pixels, max_request_pixels=args.max_request_pixels, max_images=args.max_images,
+        max_decodes=args.max_decodes, max_active_requests=args.max_active_requests,
+        max_connections=args.max_connections, header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout, keep_alive_s=args.keep_alive, shutdown_timeout_s=args.shutdown_timeout,
+        api_key=api_key)
     serve(args.model, args.host, args.port, settings, args.name)
 
 
@@ -257,7 +264,8 @@ def _add_serve(commands):
         "serve", help="serve a model over HTTP: an API and a web page",
         description="Serves a trained model: TensorFlow Serving's REST API (POST /v1/models/NAME:predict), "
                     "multipart uploads (POST /predict), GET /healthz, GET /v1/models/NAME, a web page at / "
-                    "and API documentation at /docs. Requests that arrive together share one forward pass.")
+                    "and API documentation at /docs. Requests that arrive together share one forward pass. "
+                    "Limits bound memory and time per request; see README.md, Serving.")
     p.add_argument("model", help="run directory or .keras model file")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 for every network)")
@@ -271,8 +279,31 @@ def _add_serve(commands):
                    help="largest request body, refused before decoding (default: %(default)s)")
     p.add_argument("--max-pixels", type=int, default=defaults.max_pixels,
                    help="largest image in pixels, read from its header before decoding (default: %(default)s)")
+    p.add_argument("--max-request-pixels", type=int, default=defaults.max_request_pixels,
+                   help="most pixels of all the images of one request, read from their headers before decoding "
+                        "(default: %(default)s)")
     p.add_argument("--max-images", type=int, default=defaults.max_images,
                    help="most images in one request (default: %(default)s)")
+    p.add_argument("--max-decodes", type=int, default=defaults.max_decodes,
+                   help="most images decoded at once, across requests (default: %(default)s)")
+    p.add_argument("--max-active-requests", type=int, default=defaults.max_active_requests,
+                   help="most prediction requests reading or holding their body at once; others wait "
+                        "(default: %(default)s)")
+    p.add_argument("--max-connections", type=int, default=defaults.max_connections,
+                   help="most open connections; requests beyond get 503 (default: %(default)s)")
+    p.add_argument("--header-timeout", type=float, default=defaults.header_timeout_s,
+                   help="seconds for a request's headers to arrive before the connection is closed "
+                        "(default: %(default)s)")
+    p.add_argument("--body-timeout", type=float, default=defaults.body_timeout_s,
+                   help="seconds for a request's body to arrive, else 408 (default: %(default)s)")
+    p.add_argument("--keep-alive", type=float, default=defaults.keep_alive_s,
+                   help="seconds an idle connection stays open between requests (default: %(default)s)")
+    p.add_argument("--shutdown-timeout", type=float, default=defaults.shutdown_timeout_s,
+                   help="on SIGTERM or Ctrl-C, seconds to let requests finish before cancelling them "
+                        "(default: %(default)s)")
+    p.add_argument("--api-key", default=None,
+                   help=f"require this key on the API (Authorization: Bearer KEY or X-API-Key: KEY); default: "
+                        f"${API_KEY_ENV} if set, else none (the variable keeps it out of `ps`). Use it whenever --host is not loopback")
     p.set_defaults(func=_serve)
 
 

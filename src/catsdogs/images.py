@@ -39,7 +39,9 @@ def open_image(data, source, max_pixels=DEFAULT_MAX_PIXELS):
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageError(source, "not an image (no known image format)") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError as error:  # far over any limit: Pillow refuses it when opening
+        raise ImageError(source, f"too large, a likely decompression bomb ({error})") from None
+    except (OSError, ValueError) as error:
         raise ImageError(source, f"unreadable image header ({error})") from None
     width, height = image.size
     if width * height > max_pixels:
@@ -47,7 +49,7 @@ def open_image(data, source, max_pixels=DEFAULT_MAX_PIXELS):
     return image
 
 
-def to_rgb_array(image, source):
+def to_rgb_array(image, source, min_side=None):
     """Decodes an opened image fully and returns it upright, as RGB uint8 pixels.
 
     EXIF orientation is applied, transparency is composed onto white, and grayscale, palette,
@@ -56,11 +58,15 @@ def to_rgb_array(image, source):
     Args:
         image: from `open_image`.
         source: a name for error messages.
+        min_side: if given, a large image is shrunk while it is decoded, by a whole factor that
+            keeps both sides at least this long (see `shrink_while_decoding`).
 
     Returns:
         a numpy array of shape (height, width, 3) and dtype uint8.
     """
     try:
+        if min_side:
+            image = shrink_while_decoding(image, min_side)
         image.load()
         image = ImageOps.exif_transpose(image)
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -88,6 +94,60 @@ def read_file(path):
             return f.read()
     except OSError as error:
         raise ImageError(path, f"cannot read file ({error.strerror or error})") from None
+
+
+def shrink_while_decoding(image, min_side):
+    """Decodes an opened image at a reduced size when it is much larger than needed.
+
+    A model that resizes every photo to `min_side` pixels gains nothing from 7000x7000 of them,
+    while decoding them costs up to 4 bytes a pixel. JPEG is decoded directly at 1/2, 1/4 or 1/8
+    of its size (libjpeg's DCT scaling, `Image.draft`), so the full-size pixels never exist;
+    other formats are shrunk by box averaging (`Image.reduce`) right after decoding, before any
+    conversion could copy them. Both keep each side at least `min_side` long, so the model's own
+    (antialiased) resize still does the last step; images already that small are left as they are.
+
+    Args:
+        image: from `open_image`, not loaded yet.
+        min_side: the shortest side worth keeping, usually the model's input size.
+
+    Returns:
+        a loaded `PIL.Image.Image`, possibly smaller, in the same mode (or one that `to_rgb_array`
+        converts: palette and 1-bit images are expanded first, as `reduce` cannot average them).
+    """
+    if image.format == "JPEG":
+        image.draft(None, (min_side, min_side))  # picks the largest scale that keeps both sides >= min_side
+    image.load()
+    factor = min(image.width, image.height) // min_side
+    if factor < 2:
+        return image
+    if image.mode in ("P", "PA"):
+        has_alpha = image.mode == "PA" or "transparency" in image.info
+        image = image.convert("RGBA" if has_alpha else "RGB")
+    elif image.mode == "1" or image.mode.startswith("I;16"):
+        image = image.convert("L" if image.mode == "1" else "I")
+    return image.reduce(factor)
+
+
+def decode_image_for_model(data, source, min_side, max_pixels=DEFAULT_MAX_PIXELS):
+    """Decodes image bytes into upright RGB uint8 pixels, shrunk early when they are many.
+
+    The memory-bounded form of `decode_image` for a model that resizes to `min_side` anyway: a
+    large photo is decoded near that size (see `shrink_while_decoding`) instead of in full.
+
+    Args:
+        data: the file's bytes.
+        source: a name for error messages.
+        min_side: the model's input size; both sides of the result keep at least this many
+            pixels where the image has them.
+        max_pixels: images with more pixels (in their header) are refused.
+
+    Returns:
+        a numpy array of shape (height, width, 3) and dtype uint8.
+
+    Raises:
+        ImageError: naming the source and the problem.
+    """
+    return to_rgb_array(open_image(data, source, max_pixels), source, min_side)
 
 
 def load_image(path, max_pixels=DEFAULT_MAX_PIXELS):

@@ -3,31 +3,44 @@
 Requests are decoded in worker threads, then queued for a `MicroBatcher` that runs the model in
 its own thread: the event loop only moves bytes. Every error is a JSON `{"error": "..."}`, the
 shape TensorFlow Serving uses, with a 4xx status for anything the client can fix.
+
+Memory is bounded by design (README, "Serving"): at most `max_active_requests` requests hold a
+body, at most `max_decodes` images are decoded at once, each near the model's input size, and
+the pixels of one request are budgeted from the images' headers before any is decoded.
 """
 
 import asyncio
 import base64
-import binascii
+import concurrent.futures
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
 import json
 import logging
 import os
+import secrets
+import threading
 
 import numpy as np
-from fastapi import Depends, File, Query, Request, UploadFile
+from fastapi import Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import APIKeyHeader, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import Headers
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from catsdogs import __version__, explain
 from catsdogs import model as model_lib
-from catsdogs.images import ImageError, decode_image
+from catsdogs.classifier import decide
+from catsdogs.images import ImageError, decode_image_for_model, open_image
 from catsdogs.serve import ServeSettings
 from catsdogs.serve.batcher import MicroBatcher
 
@@ -36,7 +49,25 @@ log = logging.getLogger(__name__)
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
 JSON_EXAMPLE = '{"instances": [{"b64": "<base64 of an image file>"}]}'
 MULTIPART_HINT = "send one or more images as multipart/form-data in the field 'files'"
+MODEL_VERSION = 1  # TF Serving's URLs name versions; a catsdogs server has one
+# Decodes of at least this many pixels hand their freed memory back to the system afterwards.
+TRIM_AFTER_PIXELS = 4_000_000
 
+
+class ModelNameConvertor(Convertor):
+    """A model name in a URL: anything but '/' and ':', so that /v1/models/NAME never swallows
+    NAME:predict (which would answer OPTIONS on the predict URL with the status route's Allow)."""
+
+    regex = "[^/:]+"
+
+    def convert(self, value):
+        return value
+
+    def to_string(self, value):
+        return str(value)
+
+
+register_url_convertor("model_name", ModelNameConvertor())
 
 @dataclasses.dataclass
 class Job:
@@ -51,8 +82,8 @@ class Job:
 class Result:
     """The model's answer for one photo."""
 
-    probabilities: np.ndarray
-    label: int
+    outputs: dict  # as a runtime gives them, for this photo: probabilities [, in_distribution_score]
+    label: int  # the most probable class (the one its heatmap explains)
     heatmap: np.ndarray = None  # Grad-CAM of the predicted class, when asked for
 
 
@@ -76,12 +107,13 @@ class Predictor:
             return results
         indices = [i for i, _ in prepared]
         batch = np.stack([pixels for _, pixels in prepared])
-        probabilities = self.explainer.predict(batch)["probabilities"]
-        labels = model_lib.predicted_classes(probabilities, self.explainer.info.threshold)
+        outputs = self.explainer.predict(batch)
+        labels = model_lib.predicted_classes(outputs["probabilities"], self.explainer.info.threshold)
         explained = [k for k, i in enumerate(indices) if jobs[i].heatmap]
         heatmaps = dict(zip(explained, self.explainer.heatmaps(batch[explained], labels[explained]))) if explained else {}
         for k, i in enumerate(indices):
-            results[i] = Result(probabilities[k], int(labels[k]), heatmaps.get(k))
+            results[i] = Result({name: values[k] for name, values in outputs.items()}, int(labels[k]),
+                                heatmaps.get(k))
         return results
 
     def warm_up(self):
@@ -100,18 +132,40 @@ class PredictRequest(BaseModel):
     signature_name: str = Field("serving_default", description="accepted for compatibility; one signature")
 
 
-def _request_schema():
-    # The request is parsed by hand (TF Serving clients send it with any content type), so its
-    # schema is given to OpenAPI by hand too, with the image object inlined.
+# Standard base64 with its padding: what `base64.b64decode(..., validate=True)` accepts.
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+
+
+def _request_schema(settings):
+    """The OpenAPI schema of a predict request, with the limits this server enforces.
+
+    The request is parsed by hand (TF Serving clients send it with any content type), so its
+    schema is given to OpenAPI by hand too, with the image object inlined.
+    """
     schema = PredictRequest.model_json_schema()
-    schema["properties"]["instances"]["items"] = schema.pop("$defs")["B64Image"]
+    image = schema.pop("$defs")["B64Image"]
+    image["properties"]["b64"].update(minLength=4, maxLength=settings.max_upload_bytes, pattern=BASE64_PATTERN)
+    schema["properties"]["instances"].update(items=image, minItems=1, maxItems=settings.max_images)
+    schema["properties"]["signature_name"]["enum"] = ["serving_default"]
     return schema
 
 
+def _upload_schema(settings):
+    """The OpenAPI schema of a multipart upload (parsed by hand, to answer too many parts with 413)."""
+    files = {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1,
+             "maxItems": settings.max_images, "description": "one or more image files"}
+    return {"type": "object", "required": ["files"], "properties": {"files": files}, "additionalProperties": False}
+
+
 class Prediction(BaseModel):
-    label: str = Field(description="the predicted class")
-    probability: float = Field(description="the probability of the predicted class")
+    label: str = Field(description="the predicted class, or 'unknown' when the photo looks like none of them")
+    probability: float = Field(description="the probability of the most probable class")
     probabilities: dict[str, float] = Field(description="the probability of every class")
+    in_distribution_score: float | None = Field(None, ge=0, le=1, description=(
+        "how typical the photo is of the training photos: the share of them that look less typical "
+        "(models with an open-set score)"))
+    accepted: bool | None = Field(None, description="whether the score reaches the reject threshold; if not, "
+                                                    "the label is 'unknown'")
     heatmap_png: str | None = Field(None, description=(
         "with heatmap=true: the Grad-CAM heatmap of the predicted class, a base64 PNG with "
         "transparency in the photo's proportions, to stretch over the photo"))
@@ -135,6 +189,8 @@ class ModelStatus(BaseModel):
     input_size: list[int] = Field(description="height, width, channels that photos are resized to")
     threshold: float = Field(description="for two classes: the probability of the second at which it is predicted")
     temperature: float
+    reject_threshold: float | None = Field(None, description=(
+        "photos whose in-distribution score is below it are answered 'unknown' (models with an open-set score)"))
     metrics: dict | None = Field(description="the test metrics of the run (metrics.json), if the model came with them")
 
 
@@ -157,12 +213,18 @@ class ErrorResponse(BaseModel):
 
 
 ERRORS = {status: {"model": ErrorResponse, "description": description} for status, description in (
-    (400, "malformed request: bad JSON or base64, no images"),
-    (404, "no model of that name"),
-    (413, "request body or image count over the limit"),
+    (400, "malformed request: bad JSON, base64 or multipart, no images, an invalid parameter"),
+    (401, "missing or wrong API key (only when the server has one)"),
+    (404, "no model or version of that name"),
+    (408, "the request body did not arrive in time"),
+    (413, "request body, image count or the images' total pixels over the limit"),
     (415, "wrong content type"),
     (422, "a file that is not a usable image: not an image, truncated, too many pixels"),
 )}
+
+
+def _responses(*statuses):
+    return {status: ERRORS[status] for status in statuses}
 
 
 def load_served_model(run_or_model):
@@ -184,15 +246,18 @@ def load_served_model(run_or_model):
 
 
 class BodyLimit:
-    """Refuses request bodies over a size with a JSON 413, before anything is decoded.
+    """Refuses request bodies over a size with a JSON 413, and bodies that arrive too slowly with 408.
 
     A declared Content-Length over the limit is refused before the body is read; a body sent
     without one (chunked) is counted as it arrives. (Starlette's own limit answers in plain text.)
+    The time limit runs from the app's first read of the body to its last part, so a client that
+    stalls mid-body frees its request (and its slot) after `timeout_s`.
     """
 
-    def __init__(self, app, max_bytes):
+    def __init__(self, app, max_bytes, timeout_s):
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -201,17 +266,46 @@ class BodyLimit:
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             return await JSONResponse({"error": message}, 413)(scope, receive, send)
-        received = 0
+        loop = asyncio.get_running_loop()
+        received, deadline, complete = 0, None, False
 
-        async def counting_receive():
-            nonlocal received
-            event = await receive()
+        async def guarded_receive():
+            nonlocal received, deadline, complete
+            if complete:  # after the body, receive() only waits for a disconnect: no deadline
+                return await receive()
+            deadline = deadline or loop.time() + self.timeout_s
+            try:
+                event = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                raise HTTPException(408, f"request body not received within {self.timeout_s:g} s") from None
             received += len(event.get("body", b""))
+            complete = not event.get("more_body", False)
             if received > self.max_bytes:
                 raise HTTPException(413, message)  # inside the route: answered by the app's handler
             return event
 
-        await self.app(scope, counting_receive, send)
+        await self.app(scope, guarded_receive, send)
+
+
+def release_free_memory():
+    """Hands memory that the process has freed back to the system (glibc's `malloc_trim`).
+
+    After a large image is decoded and dropped, glibc keeps the freed pages in its heaps for
+    reuse, so the server's RSS would stay at its peak after a burst. A no-op on other C libraries.
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()
 
 
 def _media_type(request):
@@ -231,50 +325,187 @@ def _describe_validation_error(errors):
         return f"malformed JSON: {first['ctx']['error']}"
     location = ""
     for part in first["loc"]:
-        if part in ("body", "query"):
+        if part in ("body", "query", "path"):
             continue
         location += f"[{part}]" if isinstance(part, int) else f"{'.' if location else ''}{part}"
     more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
     return f"{location or 'request'}: {first['msg']}{more}"
 
 
-def create_app(model, name="model", metrics=None, settings=None):
-    """The FastAPI application serving one catsdogs model.
+def _api_key_dependency(api_key):
+    """A dependency that requires the API key, as `Authorization: Bearer KEY` or `X-API-Key: KEY`.
 
-    Args:
-        model: a loaded catsdogs model.
-        name: the model's name in TensorFlow Serving's URLs (/v1/models/NAME).
-        metrics: test metrics to report with the model, if any.
-        settings: `ServeSettings`.
-
-    Returns:
-        a FastAPI app; `app.state.batcher` is its `MicroBatcher`.
+    Both schemes are declared in the OpenAPI schema, so /docs' "Authorize" button can send them.
     """
-    settings = settings or ServeSettings()
-    explainer = explain.Explainer(model)
-    info = explainer.info
-    predictor = Predictor(explainer)
-    batcher = MicroBatcher(predictor, settings.max_batch_size, settings.max_wait_ms)
+    bearer = HTTPBearer(auto_error=False, description="the server's API key (--api-key)")
+    header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the server's API key (--api-key)")
+    expected = api_key.encode()
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        await run_in_threadpool(predictor.warm_up)
-        await batcher.start()
-        yield
-        await batcher.stop()
+    async def require_api_key(credentials=Depends(bearer), key: str | None = Depends(header)):
+        given = credentials.credentials if credentials else key
+        if not given or not secrets.compare_digest(given.encode(), expected):  # constant time
+            raise HTTPException(401, "missing or wrong API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+                                headers={"WWW-Authenticate": "Bearer"})
 
-    app = FastAPIOffline(
-        title="catsdogs", version=__version__, lifespan=lifespan,
-        description=f"Serves the image classifier `{name}` ({info.backbone}, classes {', '.join(info.class_names)}). "
-                    "Errors are JSON objects `{\"error\": \"...\"}`.")
-    app.state.batcher = batcher
-    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    hints = {"/v1/models/{model_name}:predict": f"expected JSON like {JSON_EXAMPLE}", "/predict": MULTIPART_HINT}
+    return require_api_key
+
+
+class Service:
+    """What the routes share: the model, its batcher, the limits and the semaphores that hold them."""
+
+    def __init__(self, model, name, metrics, settings):
+        self.name = name
+        self.metrics = metrics
+        self.settings = settings
+        self.explainer = explain.Explainer(model)
+        self.info = self.explainer.info
+        self.predictor = Predictor(self.explainer)
+        self.batcher = MicroBatcher(self.predictor, settings.max_batch_size, settings.max_wait_ms)
+        self.request_slots = asyncio.Semaphore(settings.max_active_requests)
+        self.decode_slots = asyncio.Semaphore(settings.max_decodes)
+        # Decodes run in threads of their own: glibc gives each thread that allocates its own
+        # heap (arena) and keeps what is freed there, so decoding in any of the thread pool's 40
+        # threads left up to 40 heaps holding a decoded image each (measured: RSS up 0.2 GB per
+        # burst of large PNGs, never coming down); in `max_decodes` threads it is that many.
+        self.decoder = concurrent.futures.ThreadPoolExecutor(settings.max_decodes, thread_name_prefix="catsdogs-decode")
+        self._decoding = 0
+        self._decoding_lock = threading.Lock()
+
+    def check_model(self, model_name, version=None):
+        if model_name != self.name:
+            raise HTTPException(404, f"model {model_name!r} not found; this server serves {self.name!r}")
+        if version is not None and version != MODEL_VERSION:
+            raise HTTPException(404, f"version {version} of model {self.name!r} not found; it has version {MODEL_VERSION}")
+
+    def measure(self, images):
+        """Checks every image's header and the request's pixel budget, before anything is decoded.
+
+        Returns:
+            the pixels of each image.
+        """
+        pixels = []
+        for data, source in images:
+            width, height = open_image(data, source, self.settings.max_pixels).size
+            pixels.append(width * height)
+        if sum(pixels) > self.settings.max_request_pixels:
+            raise HTTPException(413, f"the images of this request have {sum(pixels)} pixels in all; the limit is "
+                                     f"{self.settings.max_request_pixels} a request (send them in several requests)")
+        return pixels
+
+    def decode(self, data, source, pixels):
+        """Decodes one image near the model's input size (in a decoder thread).
+
+        After a large image, once no other decode is running, the memory freed is handed back
+        to the system, so that RSS comes down after a burst (`malloc_trim` takes tens of
+        milliseconds on a large heap: not after every image while others are being decoded).
+        """
+        with self._decoding_lock:
+            self._decoding += 1
+        try:
+            return decode_image_for_model(data, source, self.info.image_size, self.settings.max_pixels)
+        finally:
+            with self._decoding_lock:
+                self._decoding -= 1
+                idle = self._decoding == 0
+            if idle and pixels >= TRIM_AFTER_PIXELS:
+                release_free_memory()
+
+    async def predict_images(self, images, heatmap, reject=True, reject_threshold=None):
+        """images: list of (file bytes, source name) -> list of Prediction (see `classifier.decide`)."""
+        if len(images) > self.settings.max_images:
+            raise HTTPException(413, f"{len(images)} images in one request; the limit is {self.settings.max_images}")
+        pixels = await run_in_threadpool(self.measure, images)
+
+        loop = asyncio.get_running_loop()
+
+        async def decode(data, source, count):
+            async with self.decode_slots:  # waiting here costs no memory: the bytes are already in
+                return await loop.run_in_executor(self.decoder, self.decode, data, source, count)
+
+        photos = await asyncio.gather(*(decode(data, source, count) for (data, source), count in zip(images, pixels)))
+        results = await asyncio.gather(*(self.batcher.submit(Job(photo, heatmap, source))
+                                         for photo, (_, source) in zip(photos, images)))
+        predictions = []
+        for photo, result in zip(photos, results):
+            png = None
+            if result.heatmap is not None:
+                height, width = photo.shape[:2]  # shrunk or not, the photo's proportions
+                png = await run_in_threadpool(explain.heatmap_png, result.heatmap, width, height)
+            decision = decide(self.info, {name: value[None] for name, value in result.outputs.items()}, reject,
+                              reject_threshold)[0]
+            predictions.append(Prediction(**decision, heatmap_png=base64.b64encode(png).decode() if png else None))
+        return predictions
+
+
+async def _read_instances(request):
+    """The images of a TF Serving predict request: list of (bytes, "instances[i]")."""
+    # TF Serving reads the body as JSON whatever its content type; so do we for the types its
+    # clients send: JSON, none, and curl -d's default (x-www-form-urlencoded).
+    if _media_type(request) not in ("application/json", "application/x-www-form-urlencoded", ""):
+        raise HTTPException(415, f"expected Content-Type application/json, got {_media_type(request)}")
+    body = await request.body()
+    if not body.strip():
+        raise HTTPException(400, "empty request body")
+    try:
+        parsed = PredictRequest.model_validate_json(body)
+    except ValidationError as error:
+        raise HTTPException(400, _describe_validation_error(error.errors()))
+    if not parsed.instances:
+        raise HTTPException(400, "no instances")
+    if parsed.signature_name != "serving_default":
+        raise HTTPException(400, f"unknown signature_name {parsed.signature_name!r}; the model has 'serving_default'")
+    images = []
+    for i, instance in enumerate(parsed.instances):
+        if not instance.b64:
+            raise HTTPException(400, f"instances[{i}].b64: empty")
+        try:
+            images.append((base64.b64decode(instance.b64, validate=True), f"instances[{i}]"))
+        except ValueError as error:  # binascii.Error, or non-ASCII characters (a plain ValueError)
+            raise HTTPException(400, f"instances[{i}].b64: not valid base64 ({error})")
+    return images
+
+
+async def _read_uploads(request, max_images):
+    """The images of a multipart upload: list of (bytes, file name).
+
+    Parsed here rather than by FastAPI's `File()`, to stop at a number of parts (413) instead of
+    Starlette's 1000 (400), and to name the problem.
+    """
+    # One part over the image limit is still read, so that the count check can say how many.
+    parser = MultiPartParser(request.headers, request.stream(), max_files=max_images + 1, max_fields=max_images + 1)
+    try:
+        form = await parser.parse()
+    except MultiPartException as error:
+        if error.message.startswith("Too many files"):
+            raise HTTPException(413, f"more than {max_images} images in one request; the limit is {max_images}")
+        if error.message.startswith("Too many fields"):
+            raise HTTPException(413, f"more than {max_images + 1} form fields in one request; {MULTIPART_HINT}")
+        raise HTTPException(400, f"malformed multipart body: {error.message}")
+    try:
+        files = form.getlist("files")
+        if not files:
+            raise HTTPException(400, "files: Field required")
+        unexpected = sorted(set(form.keys()) - {"files"})
+        if unexpected:
+            raise HTTPException(400, f"unexpected field {unexpected[0]!r}")
+        images = []
+        for i, file in enumerate(files):
+            if not isinstance(file, UploadFile):
+                raise HTTPException(400, f"files[{i}]: a text field, not a file")
+            images.append((await file.read(), file.filename or f"files[{i}]"))
+        return images
+    finally:
+        await form.close()
+
+
+def _add_error_handlers(app):
+    hints = {"/v1/models/{model_name}:predict": f"expected JSON like {JSON_EXAMPLE}",
+             "/v1/models/{model_name}/versions/{version}:predict": f"expected JSON like {JSON_EXAMPLE}",
+             "/predict": MULTIPART_HINT}
 
     def with_hint(request, message):
         """A malformed request's error, followed by what its route expects."""
-        hint = hints.get(getattr(request.scope.get("route"), "path", ""))
+        hint = hints.get(getattr(request.scope.get("route"), "path_format", ""))
         return f"{message}; {hint}" if hint else message
 
     @app.exception_handler(HTTPException)
@@ -290,113 +521,177 @@ def create_app(model, name="model", metrics=None, settings=None):
     async def image_error(request, error):
         return JSONResponse({"error": str(error)}, 422)
 
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request, error):  # nobody is left to read the answer
+        log.info("client went away during %s %s", request.method, request.url.path)
+        return JSONResponse({"error": "client disconnected"}, 400)
+
     @app.exception_handler(Exception)
     async def internal_error(request, error):
         log.exception("internal error on %s %s", request.method, request.url.path)
         return JSONResponse({"error": "internal server error (the server's log says more)"}, 500)
 
-    def check_name(model_name):
-        if model_name != name:
-            raise HTTPException(404, f"model {model_name!r} not found; this server serves {name!r}")
 
-    async def predict_images(images, heatmap):
-        """images: list of (file bytes, source name) -> list of Prediction."""
-        if len(images) > settings.max_images:
-            raise HTTPException(413, f"{len(images)} images in one request; the limit is {settings.max_images}")
-        pixels = await asyncio.gather(*(run_in_threadpool(decode_image, data, source, settings.max_pixels)
-                                        for data, source in images))
-        results = await asyncio.gather(*(batcher.submit(Job(p, heatmap, source))
-                                         for p, (_, source) in zip(pixels, images)))
-        predictions = []
-        for photo, result in zip(pixels, results):
-            png = None
-            if result.heatmap is not None:
-                height, width = photo.shape[:2]
-                png = await run_in_threadpool(explain.heatmap_png, result.heatmap, width, height)
-            predictions.append(Prediction(
-                label=info.class_names[result.label], probability=float(result.probabilities[result.label]),
-                probabilities=dict(zip(info.class_names, map(float, result.probabilities))),
-                heatmap_png=base64.b64encode(png).decode() if png else None))
-        return predictions
-
-    heatmap_query = Query(False, description="also return the Grad-CAM heatmap of the predicted class")
-
+def _add_page_and_health(app, service):
     @app.get("/", include_in_schema=False)
     async def page():
         return FileResponse(os.path.join(STATIC_DIR, "index.html"))
 
     @app.get("/healthz", response_model=Health, summary="Liveness, the model's name and batching counters")
     async def healthz():
-        stats = batcher.stats
-        return Health(status="ok", model=name, batching=BatchingStatus(
+        stats, settings = service.batcher.stats, service.settings
+        return Health(status="ok", model=service.name, batching=BatchingStatus(
             max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
             batches=stats.batches, images=stats.items, largest_batch=stats.largest_batch))
 
-    @app.get("/v1/models/{model_name}", response_model=ModelStatus, responses={404: ERRORS[404]},
-             summary="The model: TensorFlow Serving's status, classes, backbone, input size, test metrics")
-    async def model_status(model_name: str):
-        check_name(model_name)
-        return ModelStatus(
-            model_version_status=[ModelVersionStatus()], name=name, classes=info.class_names,
-            backbone=info.backbone, input_size=[info.image_size, info.image_size, 3],
-            threshold=info.threshold, temperature=info.temperature, metrics=metrics)
 
-    @app.post("/v1/models/{model_name}:predict", response_model=PredictResponse, response_model_exclude_none=True,
-              responses=ERRORS, summary="Predict, TensorFlow Serving's REST API (base64 images)",
-              openapi_extra={"requestBody": {"required": True,
-                                             "content": {"application/json": {"schema": _request_schema()}}}})
-    async def tf_serving_predict(model_name: str, request: Request, heatmap: bool = heatmap_query):
-        check_name(model_name)
-        # TF Serving reads the body as JSON whatever its content type; so do we for the types its
-        # clients send: JSON, none, and curl -d's default (x-www-form-urlencoded).
-        if _media_type(request) not in ("application/json", "application/x-www-form-urlencoded", ""):
-            raise HTTPException(415, f"expected Content-Type application/json, got {_media_type(request)}")
-        body = await request.body()
-        if not body.strip():
-            raise HTTPException(400, "empty request body")
-        try:
-            parsed = PredictRequest.model_validate_json(body)
-        except ValidationError as error:
-            raise HTTPException(400, _describe_validation_error(error.errors()))
-        if not parsed.instances:
-            raise HTTPException(400, "no instances")
-        if parsed.signature_name != "serving_default":
-            raise HTTPException(400, f"unknown signature_name {parsed.signature_name!r}; the model has 'serving_default'")
-        images = []
-        for i, instance in enumerate(parsed.instances):
-            try:
-                images.append((base64.b64decode(instance.b64, validate=True), f"instances[{i}]"))
-            except binascii.Error as error:
-                raise HTTPException(400, f"instances[{i}].b64: not valid base64 ({error})")
-        return PredictResponse(predictions=await predict_images(images, heatmap))
+def _model_name_path(service):
+    # The enum tells OpenAPI clients (and fuzzers) the one name that exists; others get 404.
+    return Path(description="the model's name", json_schema_extra={"enum": [service.name]})
+
+
+VERSION_PATH = Path(description="the model's version; a catsdogs server has one", ge=1,
+                    json_schema_extra={"enum": [MODEL_VERSION]})
+
+
+def _add_status_routes(app, service, auth):
+    info = service.info
+
+    def status():
+        return ModelStatus(
+            model_version_status=[ModelVersionStatus(version=str(MODEL_VERSION))], name=service.name,
+            classes=info.class_names, backbone=info.backbone, input_size=[info.image_size, info.image_size, 3],
+            threshold=info.threshold, temperature=info.temperature, reject_threshold=info.reject_threshold,
+            metrics=service.metrics)
+
+    common = dict(response_model=ModelStatus, dependencies=auth["dependencies"])
+
+    @app.get("/v1/models/{model_name:model_name}", responses=_responses(400, 404, *auth["statuses"]),
+             summary="The model: TensorFlow Serving's status, classes, backbone, input size, test metrics", **common)
+    async def model_status(model_name: str = _model_name_path(service)):
+        service.check_model(model_name)
+        return status()
+
+    @app.get("/v1/models/{model_name:model_name}/versions/{version:int}", responses=_responses(400, 404, *auth["statuses"]),
+             summary="The model's status at a version, as TensorFlow Serving's clients ask for it", **common)
+    async def model_version_status(model_name: str = _model_name_path(service), version: int = VERSION_PATH):
+        service.check_model(model_name, version)
+        return status()
+
+
+def _add_predict_routes(app, service, auth):
+    settings = service.settings
+    heatmap_query = Query(False, description="also return the Grad-CAM heatmap of the predicted class")
+    reject_query = Query(True, description="answer 'unknown' for photos under the reject threshold "
+                                           "(false: always one of the classes)")
+    threshold_query = Query(None, ge=0, le=1, description="reject threshold instead of the model's own "
+                                                          "(higher rejects more)")
+    tf_serving = dict(
+        response_model=PredictResponse, response_model_exclude_none=True, dependencies=auth["dependencies"],
+        responses=_responses(400, 404, 408, 413, 415, 422, *auth["statuses"]),
+        openapi_extra={"requestBody": {"required": True,
+                                       "content": {"application/json": {"schema": _request_schema(settings)}}}})
+
+    async def tf_serving_predict(request, heatmap, reject, reject_threshold):
+        async with service.request_slots:  # bounds the bodies held in memory at once
+            images = await _read_instances(request)
+            return PredictResponse(predictions=await service.predict_images(images, heatmap, reject, reject_threshold))
+
+    @app.post("/v1/models/{model_name:model_name}:predict",
+              summary="Predict, TensorFlow Serving's REST API (base64 images)", **tf_serving)
+    async def predict_latest(request: Request, model_name: str = _model_name_path(service),
+                             heatmap: bool = heatmap_query, reject: bool = reject_query,
+                             reject_threshold: float | None = threshold_query):
+        service.check_model(model_name)
+        return await tf_serving_predict(request, heatmap, reject, reject_threshold)
+
+    @app.post("/v1/models/{model_name:model_name}/versions/{version:int}:predict",
+              summary="Predict with a version of the model, TensorFlow Serving's REST API", **tf_serving)
+    async def predict_version(request: Request, model_name: str = _model_name_path(service),
+                              version: int = VERSION_PATH, heatmap: bool = heatmap_query,
+                              reject: bool = reject_query, reject_threshold: float | None = threshold_query):
+        service.check_model(model_name, version)
+        return await tf_serving_predict(request, heatmap, reject, reject_threshold)
 
     @app.post("/predict", response_model=PredictResponse, response_model_exclude_none=True,
-              responses={status: response for status, response in ERRORS.items() if status != 404},
+              responses=_responses(400, 408, 413, 415, 422, *auth["statuses"]),
               summary="Predict uploaded images (multipart/form-data, field 'files')",
-              dependencies=[Depends(_require_multipart)])
-    async def upload_predict(files: list[UploadFile] = File(description="one or more image files"),
-                             heatmap: bool = heatmap_query):
-        images = [(await file.read(), file.filename or f"files[{i}]") for i, file in enumerate(files)]
-        return PredictResponse(predictions=await predict_images(images, heatmap))
+              dependencies=[Depends(_require_multipart), *auth["dependencies"]],
+              openapi_extra={"requestBody": {"required": True,
+                                             "content": {"multipart/form-data": {"schema": _upload_schema(settings)}}}})
+    async def upload_predict(request: Request, heatmap: bool = heatmap_query, reject: bool = reject_query,
+                             reject_threshold: float | None = threshold_query):
+        async with service.request_slots:
+            images = await _read_uploads(request, settings.max_images)
+            return PredictResponse(predictions=await service.predict_images(images, heatmap, reject, reject_threshold))
 
+
+def create_app(model, name="model", metrics=None, settings=None):
+    """The FastAPI application serving one catsdogs model.
+
+    Args:
+        model: a loaded catsdogs model.
+        name: the model's name in TensorFlow Serving's URLs (/v1/models/NAME).
+        metrics: test metrics to report with the model, if any.
+        settings: `ServeSettings`; with an `api_key`, the model's routes require it.
+
+    Returns:
+        a FastAPI app; `app.state.batcher` is its `MicroBatcher`.
+    """
+    settings = settings or ServeSettings()
+    service = Service(model, name, metrics, settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await run_in_threadpool(service.predictor.warm_up)
+        await service.batcher.start()
+        yield
+        await service.batcher.stop()
+        service.decoder.shutdown(wait=False, cancel_futures=True)
+
+    info = service.info
+    app = FastAPIOffline(
+        title="catsdogs", version=__version__, lifespan=lifespan,
+        description=f"Serves the image classifier `{name}` ({info.backbone}, classes {', '.join(info.class_names)}). "
+                    "Errors are JSON objects `{\"error\": \"...\"}`.")
+    app.state.batcher = service.batcher
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes, timeout_s=settings.body_timeout_s)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    auth = {"dependencies": [], "statuses": []}
+    if settings.api_key:
+        auth = {"dependencies": [Depends(_api_key_dependency(settings.api_key))], "statuses": [401]}
+    _add_error_handlers(app)
+    _add_page_and_health(app, service)
+    _add_status_routes(app, service, auth)
+    _add_predict_routes(app, service, auth)
     return app
 
 
+def _warn_if_exposed(host, settings):
+    if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
+        log.warning("listening on %s without an API key: anyone who can reach this machine can use the service "
+                    "(set --api-key or CATSDOGS_API_KEY)", host)
+
+
 def serve(run_or_model, host="127.0.0.1", port=8000, settings=None, name=None):
-    """Loads a model and serves it with uvicorn until interrupted.
+    """Loads a model and serves it with uvicorn until interrupted (SIGINT or SIGTERM).
 
     Args:
         run_or_model: a run directory or .keras file.
         host: the address to listen on; the default is reachable from this machine only.
         port: 0 picks a free port (the log says which).
-        settings: `ServeSettings`.
+        settings: `ServeSettings`, limits and timeouts included.
         name: the model's name in the URLs (default: the run directory's name).
     """
-    import uvicorn
+    from catsdogs.serve.server import Server, uvicorn_config
 
+    settings = settings or ServeSettings()
     model, default_name, metrics = load_served_model(run_or_model)
     app = create_app(model, name or default_name, metrics, settings)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("listening on %s: anyone who can reach this machine can use the service (no authentication)", host)
-    log.info("serving %s: web page at /, API documentation at /docs", name or default_name)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    _warn_if_exposed(host, settings)
+    log.info("serving %s: web page at /, API documentation at /docs%s", name or default_name,
+             " (API key required)" if settings.api_key else "")
+    try:
+        Server(uvicorn_config(app, host, port, settings)).run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it has handled, once it has shut down
+        pass

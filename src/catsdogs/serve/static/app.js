@@ -7,8 +7,41 @@ const template = document.getElementById("card-template");
 const dropZone = document.getElementById("drop-zone");
 const fileInput = document.getElementById("file-input");
 
+// A server started with --api-key wants the key on its API. The page takes it from its own
+// address (/#key=KEY after the server's address: a fragment, which browsers never send over the network)
+// or asks for it once, and keeps it for this tab.
+const KEY_STORAGE = "catsdogs-api-key";
+const keyInAddress = new URLSearchParams(window.location.hash.slice(1)).get("key");
+if (keyInAddress) {
+  sessionStorage.setItem(KEY_STORAGE, keyInAddress);
+  history.replaceState(null, "", window.location.pathname);  // out of the address bar and history
+}
+let keyQuestion = null;
+
+function askForKey() {
+  // Photos dropped together all get 401 at once: one question for all of them.
+  keyQuestion ??= Promise.resolve().then(() => {
+    const key = window.prompt("This server needs its API key:");
+    if (key) sessionStorage.setItem(KEY_STORAGE, key.trim());
+    keyQuestion = null;
+    return Boolean(key);
+  });
+  return keyQuestion;
+}
+
+async function apiFetch(url, options = {}) {
+  const send = () => {
+    const key = sessionStorage.getItem(KEY_STORAGE);
+    const headers = key ? { Authorization: `Bearer ${key}` } : {};
+    return fetch(url, { ...options, headers });
+  };
+  const response = await send();
+  if (response.status === 401 && await askForKey()) return send();
+  return response;
+}
+
 async function getJson(url) {
-  const response = await fetch(url);
+  const response = await apiFetch(url);
   const payload = await response.json();
   if (!response.ok) throw new Error(payload.error || response.statusText);
   return payload;
@@ -30,10 +63,30 @@ function percent(probability) {
   return `${(100 * probability).toFixed(1)}%`;
 }
 
+// "cats" and "dogs" -> "Neither a cat nor a dog"; more classes -> "None of: ...".
+function neither(classes) {
+  const one = (name) => {
+    const singular = name.endsWith("s") && !name.endsWith("ss") ? name.slice(0, -1) : name;
+    return `${/^[aeiou]/i.test(singular) ? "an" : "a"} ${singular}`;
+  };
+  return classes.length === 2 ? `Neither ${one(classes[0])} nor ${one(classes[1])}` : `None of: ${classes.join(", ")}`;
+}
+
 function showPrediction(card, prediction) {
   card.dataset.state = "done";
   card.dataset.label = prediction.label;
-  card.querySelector(".label").textContent = `${prediction.label} ${percent(prediction.probability)}`;
+  const label = card.querySelector(".label");
+  if (prediction.accepted === false) {
+    card.dataset.state = "unknown";
+    label.textContent = neither(Object.keys(prediction.probabilities));
+    const note = card.querySelector(".note");
+    note.textContent = `It looks like none of the photos this model learned from (score ` +
+      `${prediction.in_distribution_score.toFixed(3)}); closest class: ` +
+      `${Object.entries(prediction.probabilities).sort((a, b) => b[1] - a[1])[0][0]}.`;
+    note.hidden = false;
+  } else {
+    label.textContent = `${prediction.label} ${percent(prediction.probability)}`;
+  }
   const bars = card.querySelector(".bars");
   for (const [name, probability] of Object.entries(prediction.probabilities)) {
     const row = document.createElement("div");
@@ -72,7 +125,7 @@ async function predict(file) {
   const form = new FormData();
   form.append("files", file, file.name);
   try {
-    const response = await fetch("/predict?heatmap=true", { method: "POST", body: form });
+    const response = await apiFetch("/predict?heatmap=true", { method: "POST", body: form });
     const payload = await response.json();
     if (!response.ok) throw new Error(payload.error || response.statusText);
     showPrediction(card, payload.predictions[0]);
