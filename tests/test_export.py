@@ -87,3 +87,22 @@ def test_export_never_overwrites_a_folder_it_did_not_write(lite0_run, tmp_path, 
     (tmp_path / "precious.txt").write_text("keep me")
     assert main(["export", str(lite0_run[0]), "--format", "keras", "--output", str(tmp_path)]) == 2
     assert "not an earlier export" in capsys.readouterr().err and (tmp_path / "precious.txt").exists()
+
+
+def test_exports_make_the_same_open_set_decisions_as_the_keras_model(exports, lite0_run):
+    from conftest import unknown_photo
+
+    photos = [str(unknown_photo("cars", "00029.jpg")), str(unknown_photo("buildings", "urban_img_001.jpg")),
+              str(photo("test", "cats", 4300)), str(photo("test", "dogs", 4301))]
+    keras_rows = catsdogs.load(lite0_run[0]).predict(photos)
+    assert [p.accepted for p in keras_rows] == [False, False, True, True]
+    for (format, quantization), folder in exports.items():
+        exported = catsdogs.load(folder)
+        assert exported.info.reject_threshold == pytest.approx(catsdogs.load(lite0_run[0]).info.reject_threshold)
+        rows = exported.predict(photos)
+        assert [p.accepted for p in rows] == [p.accepted for p in keras_rows], (format, quantization)
+        if quantization == "float32":
+            for row, expected in zip(rows, keras_rows):
+                assert abs(row.in_distribution_score - expected.in_distribution_score) < 0.02
+        parity = json.loads(open(f"{folder}/{export.PARITY_FILE}").read())
+        assert parity["decision_agreement"] >= (1.0 if quantization == "float32" else 10 / 12)

@@ -129,4 +129,4 @@ def test_the_notebook_runs_top_to_bottom_on_a_slice_of_the_data(tmp_path, monkey
     grid_cell = next(i for i, cell in enumerate(c for c in notebook.cells if c.cell_type == "code")
                      if "plot_grid()" in cell.source)
     assert images[grid_cell] == 1  # the study's grid, shown inline once
-    assert sum(images) >= 4  # the grid, top losses, Grad-CAM, confusion with reliability
+    assert sum(images) >= 5  # the grid, top losses, Grad-CAM, confusion with reliability, open-set scores
