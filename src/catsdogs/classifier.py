@@ -40,6 +40,22 @@ class Prediction:
         """The fields that are set: path, label, probability, probabilities; or path and error."""
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
+    def to_row(self, classes) -> dict:
+        """One flat row for a table (Parquet): every field, None where unset, with `probabilities`
+        spread into one column per class, p_<class>, so that error rows have the same columns.
+
+        Args:
+            classes: the class names, in the order of the columns.
+        """
+        row = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name == "probabilities":
+                row.update({f"p_{name}": (value or {}).get(name) for name in classes})
+            else:
+                row[field.name] = value
+        return row
+
 
 def expand_inputs(inputs) -> list:
     """Files as given and every non-hidden file below the given folders, in a stable order."""
@@ -99,7 +115,18 @@ class Classifier:
             one `Prediction` per file, in order.
         """
         paths = expand_inputs(inputs)
-        outputs = self.probabilities_of_files(paths, tta, batch_size)
+        return self.predictions(paths, self.probabilities_of_files(paths, tta, batch_size))
+
+    def predictions(self, paths, outputs) -> list:
+        """The `Prediction` of each file from its probabilities: the model's decision rule applied.
+
+        Args:
+            paths: the files.
+            outputs: their `inference.Outputs` (probabilities per view, which files have them, errors).
+
+        Returns:
+            one `Prediction` per file, in order.
+        """
         probabilities = outputs.mean_over_views()
         labels = predicted_classes(probabilities, self.info.threshold) if len(paths) else []
         return [Prediction(path, self.classes[label], float(probs[label]), probabilities_by_class(self.classes, probs)) if ok

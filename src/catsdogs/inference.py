@@ -75,15 +75,32 @@ def iter_batches(forward, paths, image_size, batch_size=INFERENCE_BATCH_SIZE, vi
     with tqdm(total=len(paths), desc=desc, unit="img", leave=False, disable=None) as progress:
         for images, ok, indices in pipeline.dataset(paths):
             ok, indices = ok.numpy(), indices.numpy()
-            outputs = np.stack([np.asarray(forward(VIEWS[view](images))) for view in views])
             errors = {paths[i]: pipeline.errors[os.fspath(paths[i])] for i in indices[~ok]}
-            finite = np.isfinite(outputs).reshape(len(views), len(ok), -1).all(axis=(0, 2))
-            for i in indices[ok & ~finite]:
-                errors[paths[i]] = "the model's output is not finite (NaN or infinity)"
-                log.warning("%s: the model's output is not finite", paths[i])
-            keep = ok & finite
+            keep, outputs = forward_batch(forward, images, ok, [paths[i] for i in indices], views, errors)
             progress.update(len(ok))
             yield indices[keep], outputs[:, keep], errors
+
+
+def forward_batch(forward, images, ok, paths, views, errors):
+    """Runs a model on the views of one batch of decoded images and finds the rows to keep.
+
+    Args:
+        forward: as for `iter_batches`.
+        images: (batch, image_size, image_size, 3) float32 pixels, resized (blank where not `ok`).
+        ok: (batch,) whether each image decoded.
+        paths: the file of each image, for the errors.
+        views: names in VIEWS.
+        errors: path -> reason; a reason is added for each decoded image whose outputs are not finite.
+
+    Returns:
+        (keep: (batch,) whether each image has usable outputs, outputs: (views, batch, ...)).
+    """
+    outputs = np.stack([np.asarray(forward(VIEWS[view](images))) for view in views])
+    finite = np.isfinite(outputs).reshape(len(views), len(ok), -1).all(axis=(0, 2))
+    for i in np.flatnonzero(ok & ~finite):
+        errors[paths[i]] = "the model's output is not finite (NaN or infinity)"
+        log.warning("%s: the model's output is not finite", paths[i])
+    return ok & finite, outputs
 
 
 def run_on_files(forward, paths, image_size, batch_size=INFERENCE_BATCH_SIZE, views=("original",),
