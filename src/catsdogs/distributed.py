@@ -3,8 +3,8 @@
 Optional (`pip install "catsdogs[ray]"`); nothing else in catsdogs imports Ray. Both jobs are
 Ray Data pipelines of the same shape:
 
-    list the files -> decode and resize them (CPU tasks) -> run the model (a pool of actors,
-    the model loaded once per actor) -> Parquet rows (scoring) or feature cache chunks (extraction)
+    list the files -> decode them (CPU tasks) -> resize them and run the model (a pool of
+    actors, the model loaded once per actor) -> Parquet rows (scoring) or feature cache chunks
 
 Decoding and resizing are those of `catsdogs predict` (`images.load_image` or
 `images.decode_image`, then `backbones.resize_layer` at the model's input size, as
@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from catsdogs.config import INFERENCE_BATCH_SIZE
-from catsdogs.errors import ConfigError
+from catsdogs.errors import ConfigError, ModelNotFoundError
 from catsdogs.extras import require
 
 log = logging.getLogger(__name__)
@@ -111,61 +111,86 @@ def files_dataset(ray, inputs, batch_size, workers):
     return datasets
 
 
-@functools.lru_cache(maxsize=4)
-def _resizer(image_size):
-    """One resizing layer per worker process and size (building a Keras layer costs milliseconds)."""
-    from catsdogs.backbones import resize_layer
-
-    return resize_layer(image_size)
-
-
-def decode_batch(batch, image_size):
-    """Decodes and resizes a batch of files as `data.ImagePipeline` does; a Ray Data batch function.
+def decode_batch(batch):
+    """Decodes a batch of files as `data.ImagePipeline` does; a Ray Data batch function.
 
     Args:
         batch: columns "path", optionally "bytes" (the file's contents, else it is read from
             "path"), and any others, which are passed through.
-        image_size: the model's input side.
 
     Returns:
-        the batch with "pixels" ((n, size, size, 3) float32 in [0, 255], zero where the file did
-        not decode) and "error" (the reason, "" where it decoded) instead of "bytes".
+        the batch with "image" (upright RGB uint8 pixels at the file's own size; one blank pixel
+        where it did not decode) and "error" (the reason, "" where it decoded) instead of "bytes".
     """
     from catsdogs.images import ImageError, decode_image, load_image
 
-    resize = _resizer(image_size)
     paths = [str(path) for path in batch["path"]]
     contents = batch.get("bytes")
-    pixels = np.zeros((len(paths), image_size, image_size, 3), np.float32)
+    images = np.empty(len(paths), object)
     errors = np.full(len(paths), "", object)
     for i, path in enumerate(paths):
         try:
-            image = load_image(path) if contents is None else decode_image(contents[i], path)
-            pixels[i] = np.asarray(resize(image.astype(np.float32)))
+            images[i] = load_image(path) if contents is None else decode_image(contents[i], path)
         except ImageError as error:
-            errors[i] = error.reason
+            images[i], errors[i] = np.zeros((1, 1, 3), np.uint8), error.reason
     rest = {name: column for name, column in batch.items() if name != "bytes"}
-    return {**rest, "path": np.array(paths, object), "pixels": pixels, "error": errors}
+    return {**rest, "path": np.array(paths, object), "image": images, "error": errors}
 
 
-def decoded(ray, dataset, image_size, batch_size):
-    """A dataset of files (`files_dataset`) decoded and resized by CPU tasks (`decode_batch`).
-
-    At most one task per CPU of the cluster: each task's process imports TensorFlow once (for
-    the resizing) and is reused, so more would only add start-up.
-    """
+def decoded(ray, dataset, batch_size):
+    """A dataset of files (`files_dataset`) decoded by CPU tasks (`decode_batch`), one per cluster CPU at most."""
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    return dataset.map_batches(decode_batch, fn_kwargs={"image_size": image_size}, batch_size=batch_size,
-                               batch_format="numpy", num_cpus=DECODE_CPUS,
+    return dataset.map_batches(decode_batch, batch_size=batch_size, batch_format="numpy", num_cpus=DECODE_CPUS,
                                compute=ray.data.TaskPoolStrategy(size=cpus))
 
 
-def _decoded(batch):
-    """(paths, pixels, ok, errors: path -> reason) of a batch from `decode_batch`."""
+@functools.lru_cache(maxsize=4)
+def _resizer(image_size):
+    """`data.ImagePipeline`'s resizing as one TensorFlow graph for images of any size, built once per process.
+
+    A graph rather than the Keras layer called eagerly: 3 ms an image instead of 6-9.
+    """
+    import tensorflow as tf
+
+    from catsdogs.backbones import resize_layer
+
+    resize = resize_layer(image_size)
+    return tf.function(lambda image: resize(tf.cast(image, tf.float32)),
+                       input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+
+
+def resized(batch, image_size):
+    """The images of a batch from `decode_batch`, resized as `data.ImagePipeline` resizes them.
+
+    Resizing is done here, in the model's process, rather than in the decoding tasks: those
+    then need no TensorFlow (seconds of start-up per process) and ship uint8 pixels at the
+    photo's size rather than float32 ones at the model's (3x fewer bytes for a 500x375 photo
+    at 380 px); measured faster (docs/BENCHMARKS.md).
+
+    Returns:
+        (paths, pixels (n, size, size, 3) float32 in [0, 255], ok (n,), errors: path -> reason).
+    """
+    resize = _resizer(image_size)
     paths = [str(path) for path in batch["path"]]
     errors = {path: str(reason) for path, reason in zip(paths, batch["error"]) if reason}
     ok = np.array([path not in errors for path in paths], bool)
-    return paths, np.asarray(batch["pixels"], np.float32), ok, errors
+    pixels = np.zeros((len(paths), image_size, image_size, 3), np.float32)
+    for i, image in enumerate(batch["image"]):
+        if ok[i]:
+            pixels[i] = resize(np.asarray(image, np.uint8)).numpy()
+    return paths, pixels, ok, errors
+
+
+def _use_every_core():
+    """Lets TensorFlow in this Ray worker use every core of its machine.
+
+    Ray sets OMP_NUM_THREADS to a worker's whole CPUs (1 for a fraction), and TensorFlow's
+    oneDNN kernels follow it: the model then ran on one core of two, at half the speed. Called
+    before TensorFlow is imported in the worker.
+    """
+    from catsdogs.data import usable_cpus
+
+    os.environ["OMP_NUM_THREADS"] = str(usable_cpus())
 
 
 def _node_id():
@@ -201,6 +226,7 @@ class Scorer:
             runtime: as for `classifier.load`.
             tta: average the photo's and its mirror image's probabilities.
         """
+        _use_every_core()
         from catsdogs.classifier import load
         from catsdogs.inference import views_for
 
@@ -214,7 +240,7 @@ class Scorer:
 
         from catsdogs.inference import Outputs, forward_batch
 
-        paths, pixels, ok, errors = _decoded(batch)
+        paths, pixels, ok, errors = resized(batch, self.classifier.info.image_size)
         keep, values = forward_batch(self.classifier.runtime, pixels, ok, paths, self.views, errors)
         values[:, ~keep] = 0  # as `inference.Outputs` holds failed files
         predictions = self.classifier.predictions(paths, Outputs(values, keep, errors))
@@ -267,23 +293,21 @@ def predict_to_parquet(model, inputs, output, address=None, workers=0, runtime=N
     Returns:
         a `ScoringResult`.
     """
-    from catsdogs.classifier import load
-
     start = time.perf_counter()
     inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    output = os.fspath(output)
+    output, model = os.fspath(output), os.path.abspath(model)
     if not is_uri(output) and os.path.isdir(output) and os.listdir(output):
         raise ConfigError(f"{output} already holds files; give a new folder for the Parquet output")
-    # Loaded here too: a bad model path fails before the cluster starts, and the input size is known.
-    image_size = load(model, runtime).info.image_size
+    if not os.path.exists(model):  # checked before the cluster starts; the workers load it
+        raise ModelNotFoundError(f"{model}: no such run directory, model file or export folder")
     ray = connect(address)
     workers = workers or len(alive_nodes(ray))
-    datasets = [decoded(ray, ds, image_size, batch_size) for ds in files_dataset(ray, inputs, batch_size, workers)]
+    datasets = [decoded(ray, ds, batch_size) for ds in files_dataset(ray, inputs, batch_size, workers)]
     if not datasets:
         raise ConfigError(f"no files to score in {inputs}")
     images = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
     scored = images.map_batches(
-        Scorer, fn_constructor_kwargs={"model": os.path.abspath(model), "runtime": runtime, "tta": tta},
+        Scorer, fn_constructor_kwargs={"model": model, "runtime": runtime, "tta": tta},
         batch_size=batch_size, batch_format="numpy", num_cpus=MODEL_CPUS,
         compute=ray.data.ActorPoolStrategy(size=workers))
     scored.write_parquet(output)
@@ -310,6 +334,7 @@ class FeatureWriter:
             folder: the `features.FeatureCache` folder, shared by every node.
             views: names in `inference.VIEWS` to compute.
         """
+        _use_every_core()
         import ray
 
         from catsdogs import backbones
@@ -320,14 +345,14 @@ class FeatureWriter:
         if backbones.weights_fingerprint(extractor) != fingerprint:
             raise RuntimeError(f"{name}: the worker's extractor differs from the driver's")
         self.forward = compiled_forward(extractor)
-        self.folder, self.views = folder, tuple(views)
+        self.folder, self.views, self.image_size = folder, tuple(views), image_size
         self.node_id = _node_id()
 
     def __call__(self, batch):
         from catsdogs.features import cache_id, write_chunk
         from catsdogs.inference import forward_batch
 
-        paths, pixels, ok, errors = _decoded(batch)
+        paths, pixels, ok, errors = resized(batch, self.image_size)
         keep, values = forward_batch(self.forward, pixels, ok, paths, self.views, errors)
         digests = [str(digest) for digest, kept in zip(batch["digest"], keep) if kept]
         write_chunk(self.folder, [cache_id(digest, view) for view in self.views for digest in digests],
@@ -376,7 +401,7 @@ def extract_features(extractor, precision, paths, hashes, cache, views=("origina
         start = time.perf_counter()
         items = [{"path": path, "digest": digest} for digest, path in images.items()]
         blocks = _blocks(len(items), batch_size, workers)
-        images = decoded(ray, ray.data.from_items(items, override_num_blocks=blocks), image_size, batch_size)
+        images = decoded(ray, ray.data.from_items(items, override_num_blocks=blocks), batch_size)
         summary = images.map_batches(
             FeatureWriter, fn_constructor_args=(weights, extractor.name, image_size, precision, fingerprint,
                                                 os.path.abspath(cache.folder), lacking),
