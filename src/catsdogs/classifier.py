@@ -49,6 +49,22 @@ class Prediction:
         """The fields that are set: path, label, probability, probabilities, the score; or path and error."""
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
+    def to_row(self, classes) -> dict:
+        """One flat row for a table (Parquet): every field, None where unset, with `probabilities`
+        spread into one column per class, p_<class>, so that error rows have the same columns.
+
+        Args:
+            classes: the class names, in the order of the columns.
+        """
+        row = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name == "probabilities":
+                row.update({f"p_{name}": (value or {}).get(name) for name in classes})
+            else:
+                row[field.name] = value
+        return row
+
 
 def expand_inputs(inputs) -> list:
     """Files as given and every non-hidden file below the given folders, in a stable order."""
@@ -147,7 +163,20 @@ class Classifier:
             one `Prediction` per file, in order.
         """
         paths = expand_inputs(inputs)
-        outputs = self.outputs_of_files(paths, tta, batch_size)
+        return self.predictions(paths, self.outputs_of_files(paths, tta, batch_size), reject, reject_threshold,
+                                unknown_label)
+
+    def predictions(self, paths, outputs, reject=True, reject_threshold=None, unknown_label=UNKNOWN_LABEL) -> list:
+        """The `Prediction` of each file from the model's outputs: its decision rules applied (`decide`).
+
+        Args:
+            paths: the files.
+            outputs: their `inference.Outputs` (the model's outputs per view, which files have them, errors).
+            reject, reject_threshold, unknown_label: as for `predict`.
+
+        Returns:
+            one `Prediction` per file, in order.
+        """
         if not outputs.ok.any():
             return [Prediction(path, error=outputs.errors[path]) for path in paths]
         decisions = decide(self.info, outputs.mean_over_views(), reject, reject_threshold, unknown_label)

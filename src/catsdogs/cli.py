@@ -6,8 +6,9 @@ import logging
 import os
 import sys
 
-from catsdogs.config import (BENCH_BATCH_SIZES, EXPORT_FORMATS, HEADS, INFERENCE_BATCH_SIZE, PRECISIONS,
+from catsdogs.config import (BENCH_BATCH_SIZES, ENGINES, EXPORT_FORMATS, HEADS, INFERENCE_BATCH_SIZE, PRECISIONS,
                              QUANTIZATIONS, RUNTIMES, TrainConfig, default_cache_dir)
+from catsdogs.errors import ConfigError
 from catsdogs.serve import API_KEY_ENV, ServeSettings
 
 EPILOG = "Run `catsdogs COMMAND -h` for the options of a command."
@@ -99,6 +100,19 @@ def _add_train(commands):
     p.add_argument("--cache-dir", default=default_cache_dir(), help="feature and weights cache (default: %(default)s)")
     p.add_argument("--runs-dir", default=defaults.runs_dir, help="where run directories are created")
     p.add_argument("--name", default="", help="run directory name (default: backbone and time)")
+    _add_engine(p, "ray_", "computes the missing features on a Ray cluster into --cache-dir (a folder every "
+                "node shares), then fits the head here as usual")
+
+
+def _add_engine(p, prefix, what):
+    """--engine, --address, --workers; `prefix` names their destinations (TrainConfig's ray_address)."""
+    p.add_argument("--engine", choices=ENGINES, default="local",
+                   help=f"local (default): this process; ray: {what} (pip install 'catsdogs[ray]')")
+    p.add_argument("--address", dest=f"{prefix}address", default="",
+                   help="with --engine ray: auto, HOST:PORT of a head node or ray://HOST:10001 (default: "
+                        "$RAY_ADDRESS, else a new cluster on this machine)")
+    p.add_argument("--workers", dest=f"{prefix}workers", type=int, default=0,
+                   help="with --engine ray: model actors (default: one per node)")
 
 
 def _train(args):
@@ -140,22 +154,33 @@ def format_table(predictions):
     return "\n".join(lines)
 
 
+def _predict_on_ray(args):
+    from catsdogs.distributed import predict_to_parquet
+
+    if not args.output or args.csv or args.json:
+        raise ConfigError("--engine ray writes Parquet: give --output DIR (and neither --csv nor --json)")
+    result = predict_to_parquet(args.model, args.inputs, args.output, args.address or None, args.workers,
+                                args.runtime, args.tta, args.batch_size)
+    print(f"{result.rows} predictions ({result.errors} errors) written to {result.output} by {result.workers} "
+          f"workers on {result.nodes} nodes in {result.seconds:.1f} s")
+    return 1 if result.rows and result.errors == result.rows else 0
+
+
 def _predict(args):
     from catsdogs import report
     from catsdogs.classifier import load
 
+    if args.engine == "ray":
+        return _predict_on_ray(args)
+    if args.output:
+        raise ConfigError("--output is for --engine ray (Parquet); use --csv FILE or --json")
     classifier = load(args.model, args.runtime)
     predictions = classifier.predict(args.inputs, args.tta, args.batch_size, reject=args.reject,
                                      reject_threshold=args.reject_threshold, unknown_label=args.unknown_label)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
     elif args.csv:
-        columns = ["path", "label", "probability", *(f"p_{name}" for name in classifier.classes),
-                   *(["in_distribution_score", "accepted"] if classifier.has_open_set else []), "error"]
-        report.write_csv([{"path": p.path, "label": p.label, "probability": p.probability, "error": p.error,
-                           "in_distribution_score": p.in_distribution_score, "accepted": p.accepted,
-                           **{f"p_{k}": v for k, v in (p.probabilities or {}).items()}} for p in predictions],
-                         args.csv, columns)
+        report.write_csv([p.to_row(classifier.classes) for p in predictions], args.csv)  # same columns per row
         print(f"{len(predictions)} predictions written to {args.csv}")
     else:
         print(format_table(predictions))
@@ -349,6 +374,9 @@ def build_parser():
     p.add_argument("--runtime", choices=RUNTIMES,
                    help="engine to run the model in; it must match what MODEL holds (default: what it holds: "
                         "a run directory or .keras file is Keras, an export folder its format)")
+    _add_engine(p, "", "scores the photos on a Ray cluster (INPUTS may also be URIs such as s3://bucket/photos) "
+                "into Parquet files in --output")
+    p.add_argument("--output", metavar="DIR", help="with --engine ray: the Parquet folder to create")
     p.set_defaults(func=_predict)
 
     p = commands.add_parser("explain", help="show where in a photo the model saw its class (Grad-CAM)",

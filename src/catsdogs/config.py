@@ -10,6 +10,7 @@ PRECISIONS = ("float32", "bfloat16")  # compute precision of a backbone
 HEADS = ("linear", "dense")  # classifiers on the backbone's features (see heads.py)
 EXPORT_FORMATS = ("keras", "savedmodel", "onnx", "tflite")
 QUANTIZATIONS = ("float32", "float16", "int8")  # of TFLite exports
+ENGINES = ("local", "ray")  # where features are extracted and photos scored: this process, or a Ray cluster
 RUNTIMES = EXPORT_FORMATS  # what runs a model: Keras itself, or the runtime of an export format
 # Images per forward pass when extracting features or predicting: measured fastest of 16, 32 and 64
 # for both backbones and precisions on a 2-core Zen CPU (docs/BENCHMARKS.md), and small enough in memory.
@@ -63,6 +64,9 @@ class TrainConfig:
     cache_dir: str = dataclasses.field(default_factory=default_cache_dir)
     runs_dir: str = "runs"
     name: str = ""
+    engine: str = "local"  # "ray": missing features are computed on a Ray cluster (catsdogs.distributed)
+    ray_address: str = ""  # the cluster for engine "ray" ("" : $RAY_ADDRESS, else a new local one)
+    ray_workers: int = 0  # extractor actors for engine "ray" (0: one per node)
 
     def to_dict(self):
         return dataclasses.asdict(self)

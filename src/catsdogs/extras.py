@@ -14,6 +14,7 @@ EXTRAS = {
               ("python_multipart", "python-multipart")],
     "onnx": [("tf2onnx", "tf2onnx"), ("onnxruntime", "onnxruntime")],
     "tflite": [("ai_edge_litert", "ai-edge-litert")],
+    "ray": [("ray", "ray[data]"), ("pyarrow", "pyarrow")],
 }
 
 

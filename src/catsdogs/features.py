@@ -33,9 +33,16 @@ class FeatureCache:
     def __init__(self, root, key):
         self.folder = os.path.join(root, "features", key)
         self.features = {}
+        self._chunks_read = set()
+        self.refresh()
+
+    def refresh(self):
+        """Reads the chunk files not read yet, such as those other processes wrote since."""
         for chunk in sorted(glob.glob(os.path.join(self.folder, "chunk-*.npz"))):
-            with np.load(chunk) as data:
-                self.features.update(zip(data["hashes"].tolist(), data["features"]))
+            if chunk not in self._chunks_read:
+                with np.load(chunk) as data:
+                    self.features.update(zip(data["hashes"].tolist(), data["features"]))
+                self._chunks_read.add(chunk)
 
     def __contains__(self, digest):
         return digest in self.features
@@ -45,20 +52,57 @@ class FeatureCache:
 
     def add(self, hashes, features):
         """Stores features of images by hash, in one new chunk file."""
-        if not hashes:
-            return
-        os.makedirs(self.folder, exist_ok=True)
-        with atomic_path(os.path.join(self.folder, f"chunk-{uuid.uuid4().hex}.npz")) as partial:
-            np.savez(partial, hashes=np.array(hashes), features=np.asarray(features, np.float32))
+        self._chunks_read.add(write_chunk(self.folder, hashes, features))
         self.features.update(zip(hashes, np.asarray(features, np.float32)))
+
+
+def write_chunk(folder, ids, features):
+    """Writes features into a new chunk file of a cache folder, atomically, under a unique name.
+
+    Any number of processes may write into the same folder at once: no file is ever overwritten
+    or seen half-written.
+
+    Args:
+        folder: `FeatureCache.folder`.
+        ids: cache ids (`cache_id`) of the features.
+        features: (len(ids), dim) features.
+
+    Returns:
+        the chunk file written, or None when there was nothing to write.
+    """
+    if not ids:
+        return None
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"chunk-{uuid.uuid4().hex}.npz")
+    with atomic_path(path) as partial:
+        np.savez(partial, hashes=np.array(ids), features=np.asarray(features, np.float32))
+    return path
 
 
 def cache_key(backbone_name, image_size, precision, fingerprint):
     return f"{backbone_name}-{image_size}px-{precision}-w{fingerprint[:16]}-p{PIPELINE_VERSION}"
 
 
-def _cache_id(digest, view):
+def cache_id(digest, view):
+    """The id of an image's features in a view: its content hash, with the view unless original."""
     return digest if view == "original" else f"{digest}:{view}"
+
+
+def missing(paths, hashes, cache, views=("original",)) -> dict:
+    """The images whose features the cache lacks, grouped by the views they lack.
+
+    Grouped so that each image is decoded once and nothing cached is redone; identical files
+    (the same hash) are computed once.
+
+    Returns:
+        lacking views (a tuple) -> {content hash: path}.
+    """
+    todo = {}
+    for path, digest in zip(paths, hashes):
+        lacking = tuple(v for v in views if cache_id(digest, v) not in cache)
+        if lacking:
+            todo.setdefault(lacking, {}).setdefault(digest, path)
+    return todo
 
 
 def cached_features(extractor, paths, hashes, cache, batch_size, views=("original",), desc="features") -> Outputs:
@@ -80,23 +124,17 @@ def cached_features(extractor, paths, hashes, cache, batch_size, views=("origina
     from catsdogs.runtimes import compiled_forward
 
     forward = compiled_forward(extractor)
-    # Images grouped by the views they lack, so that each is decoded once and nothing cached is redone.
-    todo = {}
-    for path, digest in zip(paths, hashes):
-        lacking = tuple(v for v in views if _cache_id(digest, v) not in cache)
-        if lacking:
-            todo.setdefault(lacking, {}).setdefault(digest, path)
     errors = {}
-    for lacking, missing in todo.items():
-        log.info("computing features of %d images (%s)", len(missing), ", ".join(lacking))
-        todo_hashes, todo_paths = list(missing), list(missing.values())
+    for lacking, todo in missing(paths, hashes, cache, views).items():
+        log.info("computing features of %d images (%s)", len(todo), ", ".join(lacking))
+        todo_hashes, todo_paths = list(todo), list(todo.values())
         pending_ids, pending_features = [], []
         start = last_write = time.perf_counter()
         for indices, features, batch_errors in iter_batches(
                 forward, todo_paths, extractor.input_shape[1], batch_size, lacking, desc):
             errors.update(batch_errors)
             for view, view_features in zip(lacking, features):
-                pending_ids += [_cache_id(todo_hashes[i], view) for i in indices]
+                pending_ids += [cache_id(todo_hashes[i], view) for i in indices]
                 pending_features += list(view_features)
             if len(pending_ids) >= CHUNK_SIZE or time.perf_counter() - last_write >= CHUNK_SECONDS:
                 cache.add(pending_ids, pending_features)
@@ -115,5 +153,5 @@ def cached_features(extractor, paths, hashes, cache, batch_size, views=("origina
             continue
         ok[row] = True
         for v, view in enumerate(views):
-            values[v, row] = cache.features[_cache_id(digest, view)]
+            values[v, row] = cache.features[cache_id(digest, view)]
     return Outputs(values, ok, errors)

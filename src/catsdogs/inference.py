@@ -86,18 +86,35 @@ def iter_batches(forward, paths, image_size, batch_size=INFERENCE_BATCH_SIZE, vi
     with tqdm(total=len(paths), desc=desc, unit="img", leave=False, disable=None) as progress:
         for images, ok, indices in pipeline.dataset(paths):
             ok, indices = ok.numpy(), indices.numpy()
-            per_view = [forward(VIEWS[view](images)) for view in views]
-            outputs = ({k: np.stack([np.asarray(o[k]) for o in per_view]) for k in per_view[0]}
-                       if isinstance(per_view[0], dict) else np.stack([np.asarray(o) for o in per_view]))
             errors = {paths[i]: pipeline.errors[os.fspath(paths[i])] for i in indices[~ok]}
-            finite = np.all([np.isfinite(a).reshape(len(views), len(ok), -1).all(axis=(0, 2))
-                             for a in _arrays(outputs)], axis=0)
-            for i in indices[ok & ~finite]:
-                errors[paths[i]] = "the model's output is not finite (NaN or infinity)"
-                log.warning("%s: the model's output is not finite", paths[i])
-            keep = ok & finite
+            keep, outputs = forward_batch(forward, images, ok, [paths[i] for i in indices], views, errors)
             progress.update(len(ok))
             yield indices[keep], _map(lambda a: a[:, keep], outputs), errors
+
+
+def forward_batch(forward, images, ok, paths, views, errors):
+    """Runs a model on the views of one batch of decoded images and finds the rows to keep.
+
+    Args:
+        forward: as for `iter_batches`.
+        images: (batch, image_size, image_size, 3) float32 pixels, resized (blank where not `ok`).
+        ok: (batch,) whether each image decoded.
+        paths: the file of each image, for the errors.
+        views: names in VIEWS.
+        errors: path -> reason; a reason is added for each decoded image whose outputs are not finite.
+
+    Returns:
+        (keep: (batch,) whether each image has usable outputs, outputs: (views, batch, ...) or a dict of them).
+    """
+    per_view = [forward(VIEWS[view](images)) for view in views]
+    outputs = ({k: np.stack([np.asarray(o[k]) for o in per_view]) for k in per_view[0]}
+               if isinstance(per_view[0], dict) else np.stack([np.asarray(o) for o in per_view]))
+    finite = np.all([np.isfinite(a).reshape(len(views), len(ok), -1).all(axis=(0, 2)) for a in _arrays(outputs)],
+                    axis=0)
+    for i in np.flatnonzero(ok & ~finite):
+        errors[paths[i]] = "the model's output is not finite (NaN or infinity)"
+        log.warning("%s: the model's output is not finite", paths[i])
+    return ok & finite, outputs
 
 
 def run_on_files(forward, paths, image_size, batch_size=INFERENCE_BATCH_SIZE, views=("original",),

@@ -18,9 +18,10 @@ import numpy as np
 from catsdogs import backbones, calibration, data, features, heads, openset
 from catsdogs import model as model_lib
 from catsdogs.classifier import Classifier
-from catsdogs.config import HEADS, TrainConfig
+from catsdogs.config import ENGINES, HEADS, TrainConfig
 from catsdogs.errors import ConfigError
 from catsdogs.evaluation import Evaluation, OpenSetResults, compute_metrics, stage_summary, unknown_scores
+from catsdogs.extras import require
 from catsdogs.files import timestamp, write_text
 from catsdogs.inference import run_on_files, views_for
 from catsdogs.runtimes import KerasRuntime, compiled_forward
@@ -124,6 +125,12 @@ def check_settings(config):
             raise ConfigError(f"{name} {getattr(config, name)}: expected at least 1")
     if config.exclude and not os.path.isfile(config.exclude):
         raise ConfigError(f"exclude file {config.exclude!r} not found")
+    if config.engine not in ENGINES:
+        raise ConfigError(f"unknown engine {config.engine!r}; choose one of {ENGINES}")
+    if config.engine == "ray":
+        require("ray", "--engine ray")
+        if config.fine_tune:
+            log.warning("--engine ray extracts features on the cluster; fine-tuning still runs in this process")
 
 
 def read_exclusions(path, splits):
@@ -193,8 +200,13 @@ def extract(prepared: Prepared, extractor) -> dict:
     for names, views in ((("train",), ("original",)), (("val", "test"), views_for(config.tta))):
         samples = [s for name in names for s in prepared.splits[name]]
         paths = [s.path for s in samples]
-        outputs = features.cached_features(extractor, paths, [scan.hashes[p] for p in paths], cache,
-                                           config.extract_batch_size, views)
+        hashes = [scan.hashes[p] for p in paths]
+        if config.engine == "ray":  # the cluster fills the cache; cached_features then finds the features there
+            from catsdogs import distributed
+
+            distributed.extract_features(extractor, config.precision, paths, hashes, cache, views,
+                                         config.extract_batch_size, config.ray_address, config.ray_workers)
+        outputs = features.cached_features(extractor, paths, hashes, cache, config.extract_batch_size, views)
         for path, reason in outputs.errors.items():
             scan.add_problem(path, reason)
         start = 0

@@ -1,0 +1,196 @@
+"""Scaling out on Ray (issue 13): scoring into Parquet and feature extraction, on real local clusters."""
+
+import glob
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray", reason="the [ray] extra is not installed: pip install 'catsdogs[ray]'")
+pytest.importorskip("pyarrow", reason="the [ray] extra is not installed: pip install 'catsdogs[ray]'")
+
+import pyarrow.parquet
+
+import catsdogs
+from catsdogs import distributed
+from conftest import link_photos, photo, real_dataset
+
+pytestmark = pytest.mark.slow
+SRC = os.path.dirname(os.path.dirname(catsdogs.__file__))
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    """A Ray cluster of this machine with two CPUs, joined by this process."""
+    ray = distributed.connect(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+def photos_with_broken_files(folder):
+    """Real test photos and three files that cannot be decoded."""
+    link_photos(folder / "cats", "test", "cats", range(4001, 4016))
+    link_photos(folder / "dogs", "test", "dogs", range(4001, 4016))
+    broken = folder / "broken"
+    broken.mkdir()
+    (broken / "empty.jpg").write_bytes(b"")
+    (broken / "text.jpg").write_text("not a photo")
+    jpeg = photo("test", "dogs", 4100).read_bytes()
+    (broken / "truncated.jpg").write_bytes(jpeg[:len(jpeg) // 3])
+    return folder
+
+
+def read_rows(output):
+    """Parquet rows by path."""
+    return {row["path"]: row for row in pyarrow.parquet.read_table(output).to_pylist()}
+
+
+def assert_same_predictions(rows, predictions):
+    assert sorted(rows) == sorted(p.path for p in predictions)
+    for p in predictions:
+        row = rows[p.path]
+        assert (row["label"], row["error"]) == (p.label, p.error), p.path
+        if p.error is None:
+            assert abs(row["probability"] - p.probability) < 1e-4, p.path
+            assert row["accepted"] == p.accepted, p.path  # the open-set decision too
+            for name, value in p.probabilities.items():
+                assert abs(row[f"p_{name}"] - value) < 1e-4, p.path
+
+
+def test_scoring_on_ray_gives_the_predictions_of_predict(lite0_run, local_cluster, tmp_path):
+    run_dir = lite0_run[0]
+    folder = photos_with_broken_files(tmp_path / "photos")
+    expected = catsdogs.load(run_dir).predict([folder])
+
+    result = distributed.predict_to_parquet(run_dir, [folder], tmp_path / "scores", workers=1)
+
+    rows = read_rows(tmp_path / "scores")
+    assert (result.rows, result.errors) == (33, 3)
+    assert list(next(iter(rows.values())))[:8] == ["path", "label", "probability", "p_cats", "p_dogs",
+                                                   "in_distribution_score", "accepted", "error"]
+    assert_same_predictions(rows, expected)
+    assert rows[str(folder / "broken" / "empty.jpg")]["error"] == "empty file (0 bytes)"
+    assert rows[str(folder / "broken" / "truncated.jpg")]["label"] is None
+
+
+def test_scoring_reads_uris_through_ray_data_and_refuses_a_used_output(lite0_run, local_cluster, tmp_path):
+    run_dir = lite0_run[0]
+    link_photos(tmp_path / "photos", "test", "cats", range(4020, 4024))
+    (tmp_path / "photos" / "text.jpg").write_text("not a photo")
+    expected = catsdogs.load(run_dir).predict([tmp_path / "photos"])
+
+    distributed.predict_to_parquet(run_dir, [f"file://{tmp_path / 'photos'}"], tmp_path / "scores")
+
+    rows = read_rows(tmp_path / "scores")
+    assert_same_predictions(rows, expected)
+    with pytest.raises(catsdogs.ConfigError, match="already holds files"):
+        distributed.predict_to_parquet(run_dir, [tmp_path / "photos"], tmp_path / "scores")
+
+
+def chunk_files(cache_dir):
+    return sorted(glob.glob(os.path.join(cache_dir, "features", "*", "chunk-*.npz")))
+
+
+def test_feature_extraction_on_ray_fills_the_cache_that_train_reuses(local_cluster, tmp_path):
+    data = real_dataset(tmp_path / "data", train_per_class=20, test_per_class=10)
+    cache_dir = tmp_path / "cache"
+    settings = dict(backbone="efficientnet_lite0", image_size=224, cache_dir=str(cache_dir), runs_dir=None, tta=True)
+
+    on_ray = catsdogs.train(data, engine="ray", ray_workers=2, **settings)
+    chunks = chunk_files(cache_dir)
+    cached = {}
+    for chunk in chunks:
+        with np.load(chunk) as stored:
+            cached.update(zip(stored["hashes"].tolist(), stored["features"]))
+    # 40 training photos (32 train, 8 validation), 20 test: train once, validation and test also mirrored
+    assert len(cached) == 32 + (8 + 20) * 2
+
+    local = catsdogs.train(data, engine="local", **settings)
+    assert chunk_files(cache_dir) == chunks  # nothing computed again
+    assert local.metrics["accuracy"] == on_ray.metrics["accuracy"]
+
+    # The features the workers computed are those this process computes.
+    from catsdogs import backbones, features
+
+    extractor = backbones.build_feature_extractor("efficientnet_lite0", image_size=224, precision="auto",
+                                                  cache_dir=str(cache_dir))
+    paths = [str(photo("test", cls, 4001)) for cls in ("cats", "dogs")]
+    hashes = [f"check-{i}" for i in range(len(paths))]
+    fresh = features.FeatureCache(str(tmp_path / "fresh"), "key")
+    here = features.cached_features(extractor, paths, hashes, fresh, batch_size=2).values[0]
+    digests = [hashlib.sha256(open(path, "rb").read()).hexdigest() for path in paths]
+    np.testing.assert_allclose(np.stack([cached[d] for d in digests]), here, rtol=1e-3, atol=1e-3)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_node(*arguments):
+    """`ray start --block` as a process group of its own, so that stopping it ends every process it started."""
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    return subprocess.Popen([ray_cli, "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                             "--disable-usage-stats", *arguments],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop_node(process):
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def wait_for_nodes(address, count, timeout=90):
+    script = (f"import ray; ray.init(address={address!r}, logging_level='ERROR'); "
+              f"print(sum(n['Alive'] for n in ray.nodes()))")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+        if done.returncode == 0 and done.stdout.strip().splitlines()[-1:] == [str(count)]:
+            return
+        time.sleep(2)
+    raise TimeoutError(f"the cluster at {address} did not reach {count} nodes")
+
+
+def test_scoring_on_a_two_node_cluster_uses_both_nodes(lite0_run, tmp_path):
+    run_dir = lite0_run[0]
+    folder = photos_with_broken_files(tmp_path / "photos")
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    nodes = []
+    try:
+        nodes.append(start_node("--head", f"--port={port}", f"--temp-dir={temp_dir}", "--include-dashboard=false"))
+        wait_for_nodes(address, 1)
+        nodes.append(start_node(f"--address={address}"))
+        wait_for_nodes(address, 2)
+        env = {**os.environ, "PYTHONPATH": SRC}
+        done = subprocess.run([sys.executable, "-m", "catsdogs.cli", "predict", str(run_dir), str(folder),
+                               "--engine", "ray", "--address", address, "--workers", "2",
+                               "--batch-size", "8", "--output", str(tmp_path / "scores")],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    finally:
+        for node in reversed(nodes):
+            stop_node(node)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    rows = read_rows(tmp_path / "scores")
+    assert len({row["node_id"] for row in rows.values()}) == 2  # both nodes ran the model
+    assert_same_predictions(rows, catsdogs.load(run_dir).predict([folder]))
