@@ -130,10 +130,18 @@ def _evaluate(args):
     from catsdogs.evaluation import default_output_dir, evaluate, format_metrics
 
     evaluation = evaluate(load(args.model), args.data, args.tta, args.batch_size, args.unknown_data)
+    # Each file left out is named with its reason, so that the metrics' image count is explained.
+    for skipped in evaluation.integrity["skipped"]:
+        logging.getLogger("catsdogs").warning("skipped %s: %s", printable(skipped["path"]), skipped["problem"])
     output_dir = args.output or default_output_dir(args.model)
     evaluation.save(output_dir)
     print(format_metrics(evaluation.metrics))
     print(f"\nevaluation written to {output_dir}")
+
+
+def printable(name):
+    """A file name as one printable line: newlines and undecodable bytes escaped as Python does."""
+    return name if name.isprintable() else ascii(name)[1:-1]
 
 
 def format_table(predictions):
@@ -141,7 +149,7 @@ def format_table(predictions):
 
     Odd characters in file names (newlines, undecodable bytes) are escaped, so each file keeps one line.
     """
-    names = [ascii(p.path)[1:-1] if not p.path.isprintable() else p.path for p in predictions]
+    names = [printable(p.path) for p in predictions]
     width = max([len(n) for n in names] + [4])
     scored = any(p.in_distribution_score is not None for p in predictions)
     lines = [f"{'file':<{width}}  " + ("in-distribution  " if scored else "") + f"{'label':<12} probability"]

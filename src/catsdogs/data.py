@@ -46,8 +46,17 @@ class Dataset:
     splits: dict
 
 
+# Folders that archivers add beside the photos: macOS zips carry "__MACOSX" with "._" resource forks.
+IGNORED_FOLDERS = ("__MACOSX",)
+
+
+def _hidden(name):
+    """Whether a file or folder is skipped: hidden (".DS_Store", ".git") or an archiver's ("__MACOSX")."""
+    return name.startswith(".") or name in IGNORED_FOLDERS
+
+
 def _visible_entries(folder):
-    return sorted((e for e in os.scandir(folder) if not e.name.startswith(".")), key=lambda e: e.name)
+    return sorted((e for e in os.scandir(folder) if not _hidden(e.name)), key=lambda e: e.name)
 
 
 def _unwrap_doubled(folder):
@@ -59,11 +68,12 @@ def _unwrap_doubled(folder):
 
 
 def list_files(folder):
-    """Every file below a folder, in a stable order, skipping hidden files and folders (".DS_Store", ".git")."""
+    """Every file below a folder, in a stable order, skipping hidden files and folders (".DS_Store", ".git",
+    "__MACOSX")."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+        found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if not _hidden(f))
     return found
 
 
@@ -217,6 +227,38 @@ def _grouped_stratified_split(samples, hashes, fraction, seed):
     return [s for k in kept for s in groups[k]], [s for k in held for s in groups[k]]
 
 
+def check_class_counts(dataset, report, usable):
+    """Checks that every class has enough usable images in every split, before any is decoded.
+
+    The training images must also provide the splits the dataset lacks (one image of each class
+    for each), so a class with one photo, an empty class folder or a class whose files are all
+    unreadable is refused here, by name, rather than deep inside splitting or fitting.
+
+    Args:
+        dataset: from `discover`.
+        report: the `ScanReport` (its problems say why files were skipped).
+        usable: split name -> the samples the scan kept.
+
+    Raises:
+        DataError: naming the split, the class and how many files were found and skipped.
+    """
+    carved = [name for name in ("test", "val") if name not in usable]
+    for split, samples in usable.items():
+        needed = 1 + len(carved) if split in ("train", "all") else 1
+        counts = collections.Counter(s.label for s in samples)
+        for label, name in enumerate(dataset.class_names):
+            if counts[label] >= needed:
+                continue
+            found = [s.path for s in dataset.splits[split] if s.label == label]
+            skipped = [p for p in found if p in report.problems]
+            detail = f"{len(found)} files" + (f", {len(skipped)} skipped as unreadable (e.g. {skipped[0]}: "
+                                              f"{report.problems[skipped[0]]})" if skipped else "")
+            where = f"{dataset.root}" + ("" if split == "all" else f" ({split} split)")
+            raise DataError(f"{where}: class {name!r} has {counts[label]} usable images ({detail}); at least "
+                            f"{needed} needed" + (f", one for each of training, {' and '.join(carved)}"
+                                                  if needed > 1 else ""))
+
+
 def make_splits(dataset, report, val_fraction, test_fraction, seed):
     """Returns usable train, val and test samples, carving missing splits out of the training data.
 
@@ -231,6 +273,7 @@ def make_splits(dataset, report, val_fraction, test_fraction, seed):
     train = usable.get("train", usable.get("all"))
     if train is None:
         raise DataError(f"{dataset.root}: no training images (expected a train or training_set folder)")
+    check_class_counts(dataset, report, usable)
     test = usable.get("test")
     if test is None:
         train, test = _grouped_stratified_split(train, report.hashes, test_fraction, seed)

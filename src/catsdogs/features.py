@@ -6,14 +6,17 @@ New features are appended as chunk files written atomically, every few seconds o
 so an interrupted extraction keeps what it finished and the cache is never left half-written.
 """
 
+import errno
 import glob
 import logging
 import os
 import time
 import uuid
+import zipfile
 
 import numpy as np
 
+from catsdogs.errors import CatsdogsError
 from catsdogs.files import atomic_path
 from catsdogs.inference import Outputs, iter_batches
 
@@ -25,6 +28,13 @@ PIPELINE_VERSION = 1
 # whichever comes first: an interrupted extraction loses at most that much work.
 CHUNK_SIZE = 512
 CHUNK_SECONDS = 5.0
+# A hidden partial file older than this is left by a writer that died (a live writer finishes a
+# chunk in well under a second), so it is removed; younger ones may belong to a running process.
+STALE_PARTIAL_SECONDS = 3600
+
+
+class CacheError(CatsdogsError, OSError):
+    """The feature cache cannot be written (a full disk, no permission), naming its folder."""
 
 
 class FeatureCache:
@@ -34,15 +44,45 @@ class FeatureCache:
         self.folder = os.path.join(root, "features", key)
         self.features = {}
         self._chunks_read = set()
+        self._remove_stale_partials()
         self.refresh()
 
     def refresh(self):
-        """Reads the chunk files not read yet, such as those other processes wrote since."""
+        """Reads the chunk files not read yet, such as those other processes wrote since.
+
+        An unreadable chunk costs only its own features (computed again), never the whole cache.
+        """
         for chunk in sorted(glob.glob(os.path.join(self.folder, "chunk-*.npz"))):
-            if chunk not in self._chunks_read:
+            if chunk in self._chunks_read:
+                continue
+            self._chunks_read.add(chunk)
+            if chunk.endswith(".partial.npz"):  # left by versions that named partial files so
+                self._remove(chunk, "a partial file left by an interrupted run")
+                continue
+            try:
                 with np.load(chunk) as data:
-                    self.features.update(zip(data["hashes"].tolist(), data["features"]))
-                self._chunks_read.add(chunk)
+                    hashes, values = data["hashes"].tolist(), data["features"]
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+                log.warning("feature cache: skipping unreadable chunk %s (%s)", chunk, error)
+                continue
+            self.features.update(zip(hashes, values))
+
+    def _remove(self, path, why):
+        try:
+            os.remove(path)
+            log.info("feature cache: removed %s, %s", path, why)
+        except OSError as error:  # another process may have removed it first
+            log.debug("feature cache: could not remove %s: %s", path, error)
+
+    def _remove_stale_partials(self):
+        now = time.time()
+        for partial in glob.glob(os.path.join(self.folder, ".partial-*")):
+            try:
+                stale = now - os.path.getmtime(partial) > STALE_PARTIAL_SECONDS
+            except OSError:
+                continue
+            if stale:
+                self._remove(partial, "a partial file left by an interrupted run")
 
     def __contains__(self, digest):
         return digest in self.features
@@ -69,13 +109,22 @@ def write_chunk(folder, ids, features):
 
     Returns:
         the chunk file written, or None when there was nothing to write.
+
+    Raises:
+        CacheError: the chunk cannot be written (a full disk, no permission).
     """
     if not ids:
         return None
-    os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"chunk-{uuid.uuid4().hex}.npz")
-    with atomic_path(path) as partial:
-        np.savez(partial, hashes=np.array(ids), features=np.asarray(features, np.float32))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        # atomic_path removes the partial file if writing fails: no truncated chunk is left.
+        with atomic_path(path) as partial:
+            np.savez(partial, hashes=np.array(ids), features=np.asarray(features, np.float32))
+    except OSError as error:
+        reason = "no space left on the device" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+        raise CacheError(f"feature cache {folder}: cannot write features: {reason}; free some space or choose "
+                         f"another --cache-dir") from error
     return path
 
 

@@ -32,7 +32,8 @@ def atomic_path(path):
 def write_text(path, text):
     """Writes a text file atomically."""
     with atomic_path(path) as partial:
-        with open(partial, "w", encoding="utf-8", newline="") as f:
+        # surrogateescape: file names that are not valid UTF-8 are written back as their own bytes.
+        with open(partial, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
             f.write(text)
 
 

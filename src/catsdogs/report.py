@@ -273,5 +273,6 @@ def write_html(folder, title, sections, metrics, mistakes, integrity, config=Non
         figures=[(h, f) for h, f in sections if os.path.exists(os.path.join(folder, f))],
         file_url=lambda p: pathlib.Path(p).resolve().as_uri(),
     )
-    with open(os.path.join(folder, "report.html"), "w", encoding="utf-8") as f:
+    # backslashreplace: a file name that is not valid UTF-8 shows escaped rather than failing the report.
+    with open(os.path.join(folder, "report.html"), "w", encoding="utf-8", errors="backslashreplace") as f:
         f.write(page)
