@@ -317,19 +317,21 @@ class Evaluation:
             raise data.DataError("this evaluation has no classifier to explain: evaluate one with catsdogs.evaluate")
         return report.plot_gradcam(self.mistakes(k), self.classifier.explainer())
 
-    def plot_open_set(self, ax=None):
-        """Histograms of the in-distribution scores (validation, test, unknown photos) and the threshold."""
+    def _require_open_set(self):
         if self.open_set is None:
             raise data.DataError("this model has no in-distribution score (trained with open_set='none' or "
                                  "before catsdogs had one)")
+
+    def plot_open_set(self, ax=None):
+        """Histograms of the in-distribution scores (validation, test, unknown photos) and the threshold."""
+        self._require_open_set()
         groups = {"validation (known)": self.open_set.validation_scores, "test (known)": self.open_set.test_scores,
                   "unknown photos": self.open_set.unknown_scores}
         return report.plot_scores({k: v for k, v in groups.items() if v is not None}, self.open_set.threshold, ax)
 
     def plot_rejections(self, k: int = 8):
         """The `k` most and `k` least confident rejections among the test and unknown photos."""
-        if self.open_set is None:
-            return self.plot_open_set()  # raises the same explanation
+        self._require_open_set()
         return report.plot_rejections(self.open_set.rejected_rows(self.paths), k)
 
     def plot_curves(self):

@@ -240,7 +240,7 @@ def plot_rejections(rows, k=8, columns=4):
     Args:
         rows: rejected photos, lowest score first: dicts with path, group ("test" or "unknown"), score.
     """
-    chosen = rows[:k] + [row for row in rows[k:][-k:]]
+    chosen = rows[:k] + rows[k:][-k:]
     fig, axes = _photo_grid(len(chosen), columns,
                             f"Rejected as none of the classes: the {min(k, len(rows))} most confident, "
                             f"then the {len(chosen) - min(k, len(rows))} least confident")
