@@ -207,11 +207,15 @@ def fit_open_set(features, labels, oof_logits, num_classes, methods, temperature
     folds = min(FOLDS, int(np.bincount(labels, minlength=num_classes).min()))
     splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(features, labels) if folds >= 2 \
         else [(np.arange(len(features)), np.arange(len(features)))]
-    for fit_rows, held_rows in splits:
-        fold_layer = _new_layer(methods, features, num_classes, len(bank_rows), 1, temperature, neighbours)
+    # kNN's out-of-fold scores come from the whole bank below, so the folds compute the other methods only.
+    fold_methods = tuple(m for m in methods if m != "knn")
+    columns = [methods.index(m) for m in fold_methods]
+    for fit_rows, held_rows in splits if fold_methods else ():
+        fold_layer = _new_layer(fold_methods, features, num_classes, len(bank_rows), 1, temperature, neighbours)
         _set_weights(fold_layer, features[fit_rows], labels[fit_rows], num_classes, bank, imagenet,
-                     np.zeros((len(methods), 1)), np.zeros(1))
-        oof[held_rows] = np.asarray(fold_layer([features[held_rows], oof_logits[held_rows]], raw=True))
+                     np.zeros((len(fold_methods), 1)), np.zeros(1))
+        oof[np.ix_(held_rows, columns)] = np.asarray(
+            fold_layer([features[held_rows], oof_logits[held_rows]], raw=True))
     if "knn" in methods:
         in_bank = np.isin(np.arange(len(features)), bank_rows)
         similarities = _unit(features) @ bank.T
