@@ -25,9 +25,8 @@ def training_features(data_dir, backbone, size):
     hashes = [hashlib.sha256(open(p, "rb").read()).hexdigest() for p in paths]
     precision = backbones.resolve_precision(TrainConfig(data_dir="").precision)  # as `catsdogs train` computes them
     extractor = backbones.build_feature_extractor(backbone, image_size=size, precision=precision)
-    cache = features.FeatureCache(default_cache_dir(), features.cache_key(
-        backbone, size, precision, backbones.weights_fingerprint(extractor)))
-    outputs = features.cached_features(extractor, paths, hashes, cache, batch_size=INFERENCE_BATCH_SIZE)
+    outputs = features.extractor_features(extractor, precision, paths, hashes, default_cache_dir(),
+                                          INFERENCE_BATCH_SIZE)
     labels = np.array([s.label for s in samples])
     return outputs.values[0, outputs.ok], labels[outputs.ok], dataset.class_names
 

@@ -33,9 +33,8 @@ def unknown_features(extractor, config, folder):
     paths = data.list_files(folder)
     paths = [p for p in paths if not p.endswith(".md")]
     hashes = [hashlib.sha256(open(p, "rb").read()).hexdigest() for p in paths]
-    cache = features.FeatureCache(config.cache_dir, features.cache_key(
-        config.backbone, config.image_size, config.precision, backbones.weights_fingerprint(extractor)))
-    outputs = features.cached_features(extractor, paths, hashes, cache, config.extract_batch_size)
+    outputs = features.extractor_features(extractor, config.precision, paths, hashes, config.cache_dir,
+                                          config.extract_batch_size)
     groups = [os.path.relpath(p, folder).split(os.sep)[0] for p in paths]
     return outputs.values[0, outputs.ok], np.array(groups)[outputs.ok]
 
@@ -71,8 +70,8 @@ def main():
     results = {"backbone": config.backbone, "image_size": config.image_size, "precision": config.precision,
                "train": len(train.y), "val": len(val.y), "test": len(test.y), "unknown": len(unknown),
                "unknown_folders": {g: int((groups == g).sum()) for g in sorted(set(groups))}, "methods": {}}
-    print(f"| score | AUROC | false accepts at 99% / 95% of known test kept | with the run's threshold: "
-          f"test kept | validation kept | unknown accepted | fit s | ms/1000 photos |")
+    print("| score | AUROC | false accepts at 99% / 95% of known test kept | with the run's threshold: "
+          "test kept | validation kept | unknown accepted | fit s | ms/1000 photos |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.methods.split(","):
         methods = tuple(name.split("+"))

@@ -96,12 +96,17 @@ def lite_checkpoint(name):
 def imagenet_classifier(name):
     """The backbone's own ImageNet classifier on its pooled features: (kernel (d, 1000), bias (1000,)), or None.
 
-    EfficientNet-Lite checkpoints carry it; Keras' ResNet-50 without its top does not.
+    EfficientNet-Lite checkpoints carry it; Keras' ResNet-50 without its top does not. For an
+    ensemble whose members all carry one, it is their mean logits, one matrix on the concatenated
+    features (None if any member has none).
     """
-    if name not in LITE_CHECKPOINTS:
+    names = member_names(name)
+    if any(member not in LITE_CHECKPOINTS for member in names):
         return None
-    state = efficientnet_lite.read_torch_checkpoint(lite_checkpoint(name))
-    return state["_fc.weight"].T.astype(np.float32), state["_fc.bias"].astype(np.float32)
+    states = [efficientnet_lite.read_torch_checkpoint(lite_checkpoint(member)) for member in names]
+    kernel = np.concatenate([state["_fc.weight"].T for state in states]) / len(states)
+    bias = np.mean([state["_fc.bias"] for state in states], axis=0)
+    return kernel.astype(np.float32), bias.astype(np.float32)
 
 
 def _converted_lite_weights(name, cache_dir):
@@ -170,8 +175,48 @@ BACKBONES = {
 
 def get_backbone(name):
     if name not in BACKBONES:
-        raise ConfigError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
+        raise ConfigError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}"
+                          + (f", or several joined by {ENSEMBLE_SEPARATOR}" if ENSEMBLE_SEPARATOR in name else ""))
     return BACKBONES[name]
+
+
+# A feature ensemble: "efficientnet_lite0+efficientnet_lite2" concatenates the features of its members.
+ENSEMBLE_SEPARATOR = "+"
+
+
+def member_names(name):
+    """The backbones behind a --backbone value: "a+b" -> ["a", "b"], "a" -> ["a"].
+
+    Raises:
+        ConfigError: an unknown or repeated member.
+    """
+    names = name.split(ENSEMBLE_SEPARATOR)
+    for member in names:
+        get_backbone(member)
+    if len(set(names)) != len(names):
+        raise ConfigError(f"backbone {name!r}: each member of an ensemble only once")
+    return names
+
+
+def default_image_size(name):
+    """The input size of a backbone, or of an ensemble: its largest member's (all members share one input)."""
+    return max(get_backbone(member).default_image_size for member in member_names(name))
+
+
+def extractor_name(name):
+    """The Keras name of a backbone's extractor: TensorFlow name scopes refuse "+"."""
+    return name.replace(ENSEMBLE_SEPARATOR, "_and_")
+
+
+def backbone_name(extractor_name):
+    """The --backbone value of an extractor, from its Keras name (the inverse of `extractor_name`)."""
+    return extractor_name.replace("_and_", ENSEMBLE_SEPARATOR)
+
+
+def extractor_members(extractor):
+    """The single-backbone extractors inside an extractor: itself, or an ensemble's members in order."""
+    names = member_names(backbone_name(extractor.name))
+    return [extractor] if len(names) == 1 else [extractor.get_layer(name) for name in names]
 
 
 # CPU flags (Linux /proc/cpuinfo) of native bfloat16 arithmetic, which oneDNN uses for convolutions:
@@ -287,9 +332,10 @@ def build_feature_extractor(name, weights="imagenet", image_size=0, precision="f
     """Builds a frozen backbone: (batch, size, size, 3) RGB pixels in [0, 255] -> float32 features.
 
     Args:
-        name: a key of BACKBONES.
-        weights: "imagenet", "random" or the path of a weights file.
-        image_size: input side in pixels; 0 for the backbone's default.
+        name: a key of BACKBONES, or several joined by "+" (an ensemble: one model whose
+            features are its members' concatenated, each member a nested model named after it).
+        weights: "imagenet", "random" or the path of a weights file (one backbone only).
+        image_size: input side in pixels; 0 for the backbone's default (an ensemble's: its largest member's).
         precision: "float32" or "bfloat16" compute inside the backbone ("auto": see
             `resolve_precision`). The features are float32 either way.
         cache_dir: where converted weights are cached (default: `config.default_cache_dir()`).
@@ -299,8 +345,19 @@ def build_feature_extractor(name, weights="imagenet", image_size=0, precision="f
     Returns:
         a non-trainable `keras.Model` named after the backbone.
     """
+    size = image_size or default_image_size(name)
+    names = member_names(name)
+    if len(names) > 1:
+        if weights not in ("imagenet", "random"):
+            raise ConfigError(f"backbone {name}: an ensemble takes imagenet or random weights, not a file")
+        members = [build_feature_extractor(member, weights, size, precision, cache_dir, fold_batch_norm)
+                   for member in names]
+        inputs = keras.Input((size, size, 3), name="pixels")
+        features = layers.Concatenate(dtype="float32", name="features")([member(inputs) for member in members])
+        model = keras.Model(inputs, features, name=extractor_name(name))
+        model.trainable = False
+        return model
     backbone = get_backbone(name)
-    size = image_size or backbone.default_image_size
     with dtype_policy(resolve_precision(precision)):
         inputs = keras.Input((size, size, 3), name="pixels")
         pooled = backbone.build(inputs, weights, cache_dir or default_cache_dir())

@@ -38,11 +38,13 @@ def _add_train(commands):
                     "run directory with the model, metrics, figures and report.html.")
     p.add_argument("data_dir", help="dataset folder: Kaggle cat-and-dog layout, train/[val/]test/ folders of "
                                     "classes, or one folder of class folders")
-    p.add_argument("--backbone", default=defaults.backbone, help="resnet50 (the study's) or efficientnet_lite0 "
-                   "(ImageNet weights from pip, works offline); see `catsdogs backbones`")
+    p.add_argument("--backbone", default=defaults.backbone, help="resnet50 (the study's), efficientnet_lite0/1/2 "
+                   "(ImageNet weights from pip, works offline), or an ensemble of several joined by + (e.g. "
+                   "efficientnet_lite0+efficientnet_lite2: one head on their concatenated features, each cached "
+                   "on its own); see `catsdogs backbones`")
     p.add_argument("--weights", default=defaults.weights,
                    help="imagenet (default), random (no pretraining, for trying the pipeline), or a weights file")
-    p.add_argument("--image-size", type=int, default=defaults.image_size, help="input side in pixels (default: the backbone's)")
+    p.add_argument("--image-size", type=int, default=defaults.image_size, help="input side in pixels (default: the backbone's; an ensemble's largest member's)")
     p.add_argument("--precision", choices=("auto", *PRECISIONS), default=defaults.precision,
                    help="compute precision of the backbone; auto (default): bfloat16 on CPUs with native bfloat16 "
                         "(AVX512_BF16 or AMX), where it was measured faster and as accurate, else float32. "

@@ -18,7 +18,7 @@ import tensorflow as tf
 from PIL import Image
 
 from catsdogs import model as model_lib
-from catsdogs.backbones import get_backbone
+from catsdogs.backbones import extractor_members, extractor_name, get_backbone
 from catsdogs.errors import ConfigError
 from catsdogs.images import load_image
 from catsdogs.layers import class_logits
@@ -43,6 +43,8 @@ class Explainer:
 
     It computes the model's own probabilities, and Grad-CAM heatmaps, for batches of photos
     that `prepare` has resized to the model's input. Both are compiled once (fixed input shape).
+    In an ensemble each member's last block gets its Grad-CAM weights, and their weighted maps
+    are summed before the positive part is taken: the evidence of the whole model.
     """
 
     def __init__(self, model):
@@ -50,10 +52,12 @@ class Explainer:
             model: a loaded catsdogs model (`model.load`).
         """
         self.info = model_lib.describe(model)
-        backbone = model.get_layer(self.info.backbone)
-        last_conv = backbone.get_layer(get_backbone(self.info.backbone).last_conv_layer)
+        extractor = model.get_layer(extractor_name(self.info.backbone))
+        self._members = [
+            keras.Model(member.inputs, [member.get_layer(get_backbone(member.name).last_conv_layer).output,
+                                        member.output])
+            for member in extractor_members(extractor)]
         self._resize = model.get_layer("resize")
-        self._maps_and_features = keras.Model(backbone.inputs, [last_conv.output, backbone.output])
         self._head = model.get_layer("head")
         self._probabilities = model.get_layer("probabilities")
         self._open_set = next((layer for layer in model.layers if layer.name == model_lib.OPEN_SET_LAYER), None)
@@ -114,8 +118,14 @@ class Explainer:
         heatmap = self.heatmaps(batch, [self.class_names.index(explained)])[0]
         return Explanation(model_lib.probabilities_by_class(self.class_names, probabilities[0]), label, explained, heatmap)
 
+    def _maps_and_features_of(self, images):
+        """([each member's last block maps], the concatenated features) of a batch."""
+        outputs = [member(images, training=False) for member in self._members]
+        features = [features for _, features in outputs]
+        return [maps for maps, _ in outputs], features[0] if len(features) == 1 else tf.concat(features, axis=-1)
+
     def _predict_batch(self, images):
-        _, features = self._maps_and_features(images, training=False)
+        _, features = self._maps_and_features_of(images)
         logits = self._head(features, training=False)
         outputs = {"probabilities": self._probabilities(logits)}
         if self._open_set is not None:
@@ -127,14 +137,18 @@ class Explainer:
         # the forward pass, and the gradient is then taken at the last convolutional block.
         with tf.GradientTape() as tape:
             tape.watch(images)
-            maps, features = self._maps_and_features(images, training=False)
+            maps, features = self._maps_and_features_of(images)
             logits = tf.cast(self._head(features, training=False), tf.float32)
             scores = class_logits(logits)
             score = tf.reduce_sum(tf.gather(scores, class_indices, axis=1, batch_dims=1))
         # The gradient is taken at the maps the tape recorded (bfloat16 in a bfloat16 backbone), then cast.
-        weights = tf.reduce_mean(tf.cast(tape.gradient(score, maps), tf.float32), axis=(1, 2), keepdims=True)
-        maps = tf.cast(maps, tf.float32)
-        cams = tf.nn.relu(tf.reduce_sum(weights * maps, axis=-1))
+        weighted = []
+        for member_maps, gradients in zip(maps, tape.gradient(score, maps)):
+            weights = tf.reduce_mean(tf.cast(gradients, tf.float32), axis=(1, 2), keepdims=True)
+            weighted.append(tf.reduce_sum(weights * tf.cast(member_maps, tf.float32), axis=-1))
+        grid = tf.shape(weighted[0])[1:3]  # members at one input size share it; resized where they do not
+        cams = tf.nn.relu(tf.add_n([w if i == 0 else tf.image.resize(w[..., None], grid)[..., 0]
+                                    for i, w in enumerate(weighted)]))
         return tf.math.divide_no_nan(cams, tf.reduce_max(cams, axis=(1, 2), keepdims=True))
 
 

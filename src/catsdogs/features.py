@@ -204,3 +204,38 @@ def cached_features(extractor, paths, hashes, cache, batch_size, views=("origina
         for v, view in enumerate(views):
             values[v, row] = cache.features[cache_id(digest, view)]
     return Outputs(values, ok, errors)
+
+
+def extractor_features(extractor, precision, paths, hashes, cache_dir, batch_size, views=("original",),
+                       fill=None, desc="features") -> Outputs:
+    """Features of an extractor (one backbone or an ensemble), each backbone cached on its own.
+
+    An ensemble's features are its members' concatenated, so a member's cache serves every
+    ensemble it belongs to and its single-backbone runs alike.
+
+    Args:
+        extractor: from `backbones.build_feature_extractor`.
+        precision: its compute precision ("float32" or "bfloat16"), part of the cache key.
+        paths, hashes, batch_size, views, desc: as for `cached_features`.
+        cache_dir: the cache's root folder.
+        fill: called as fill(member extractor, its `FeatureCache`) before the cache is read, to
+            compute missing features elsewhere (`distributed.extract_features`); None: here.
+
+    Returns:
+        `inference.Outputs`: features (views, paths, total dim); a path has them only if every
+        member has.
+    """
+    from catsdogs.backbones import extractor_members, weights_fingerprint
+
+    parts = []
+    for member in extractor_members(extractor):
+        cache = FeatureCache(cache_dir, cache_key(member.name, member.input_shape[1], precision,
+                                                  weights_fingerprint(member)))
+        if fill is not None:
+            fill(member, cache)
+        parts.append(cached_features(member, paths, hashes, cache, batch_size, views, f"{desc} ({member.name})"))
+    if len(parts) == 1:
+        return parts[0]
+    errors = {path: reason for part in reversed(parts) for path, reason in part.errors.items()}
+    return Outputs(np.concatenate([part.values for part in parts], axis=-1),
+                   np.all([part.ok for part in parts], axis=0), errors)

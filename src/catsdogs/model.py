@@ -6,7 +6,7 @@ import os
 import keras
 import numpy as np
 
-from catsdogs.backbones import resize_layer
+from catsdogs.backbones import backbone_name, extractor_name, resize_layer
 from catsdogs.errors import ModelNotFoundError
 from catsdogs.files import atomic_path
 from catsdogs.layers import ClassProbabilities
@@ -87,7 +87,7 @@ def fixed_size_model(model):
     info = describe(model)
     float32 = float32_model(model)
     pixels = keras.Input((info.image_size, info.image_size, 3), name="pixels")
-    features = float32.get_layer(info.backbone)(pixels)
+    features = float32.get_layer(extractor_name(info.backbone))(pixels)
     logits = float32.get_layer("head")(features)
     probabilities = float32.get_layer("probabilities")(logits)
     if info.reject_threshold is not None:
@@ -102,7 +102,7 @@ class ModelInfo:
     """What a saved model says about itself."""
 
     class_names: list
-    backbone: str
+    backbone: str  # the --backbone value ("a+b" for an ensemble)
     image_size: int
     threshold: float
     temperature: float
@@ -115,7 +115,7 @@ def describe(model: keras.Model) -> ModelInfo:
     probabilities = model.get_layer("probabilities")
     extractor = next(layer for layer in model.layers if isinstance(layer, keras.Model) and layer.name != "head")
     open_set = next((layer for layer in model.layers if layer.name == OPEN_SET_LAYER), None)
-    return ModelInfo(probabilities.class_names, extractor.name, model.get_layer("resize").height,
+    return ModelInfo(probabilities.class_names, backbone_name(extractor.name), model.get_layer("resize").height,
                      probabilities.threshold, probabilities.temperature,
                      open_set.threshold if open_set else None, list(open_set.methods) if open_set else None)
 

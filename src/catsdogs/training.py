@@ -105,8 +105,13 @@ def check_settings(config):
     Raises:
         ConfigError: naming the setting, the value and what is accepted.
     """
-    backbones.get_backbone(config.backbone)
+    ensemble = len(backbones.member_names(config.backbone)) > 1
     backbones.resolve_precision(config.precision)
+    if ensemble and config.fine_tune:
+        raise ConfigError(f"backbone {config.backbone}: fine-tuning takes one backbone; an ensemble's members "
+                          f"stay frozen (train one backbone with --fine-tune instead)")
+    if ensemble and config.weights not in ("imagenet", "random"):
+        raise ConfigError(f"backbone {config.backbone}: an ensemble takes imagenet or random weights, not a file")
     if config.head not in HEADS:
         raise ConfigError(f"unknown head {config.head!r}; choose one of {HEADS}")
     if config.weights not in ("imagenet", "random") and not os.path.isfile(config.weights):
@@ -174,7 +179,7 @@ def prepare(config: TrainConfig) -> Prepared:
     # config.json says what was used: "auto" and 0 (the backbone's size) are resolved.
     config = dataclasses.replace(
         config, data_dir=os.path.abspath(config.data_dir), precision=backbones.resolve_precision(config.precision),
-        image_size=config.image_size or backbones.get_backbone(config.backbone).default_image_size)
+        image_size=config.image_size or backbones.default_image_size(config.backbone))
     log.info("%s: classes %s, %s", config.data_dir, class_names,
              ", ".join(f"{len(v)} {k} files" for k, v in dataset.splits.items()))
     scan = data.scan(dataset)
@@ -194,19 +199,20 @@ def extract(prepared: Prepared, extractor) -> dict:
         split name -> `SplitFeatures` of the images that decoded.
     """
     config, scan = prepared.config, prepared.scan
-    cache = features.FeatureCache(config.cache_dir, features.cache_key(
-        config.backbone, extractor.input_shape[1], config.precision, backbones.weights_fingerprint(extractor)))
     result = {}
     for names, views in ((("train",), ("original",)), (("val", "test"), views_for(config.tta))):
         samples = [s for name in names for s in prepared.splits[name]]
         paths = [s.path for s in samples]
         hashes = [scan.hashes[p] for p in paths]
-        if config.engine == "ray":  # the cluster fills the cache; cached_features then finds the features there
+        fill = None
+        if config.engine == "ray":  # the cluster fills the cache; the cache is then read as usual
             from catsdogs import distributed
 
-            distributed.extract_features(extractor, config.precision, paths, hashes, cache, views,
-                                         config.extract_batch_size, config.ray_address, config.ray_workers)
-        outputs = features.cached_features(extractor, paths, hashes, cache, config.extract_batch_size, views)
+            def fill(member, cache):
+                distributed.extract_features(member, config.precision, paths, hashes, cache, views,
+                                             config.extract_batch_size, config.ray_address, config.ray_workers)
+        outputs = features.extractor_features(extractor, config.precision, paths, hashes, config.cache_dir,
+                                              config.extract_batch_size, views, fill)
         for path, reason in outputs.errors.items():
             scan.add_problem(path, reason)
         start = 0
