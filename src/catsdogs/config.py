@@ -51,6 +51,7 @@ class TrainConfig:
     fine_tune_batch_size: int = 32
     augment: bool = True  # random flips, rotations, zooms, shifts, contrast while fine-tuning
     tta: bool = False  # also report validation and test with test-time augmentation
+    low_resolution: bool = False  # also train the head on each training photo seen at 160 px (small photos)
     calibrate: bool = True  # temperature scaling on the validation split
     target: str = ""  # "precision:CLASS=VALUE" or "recall:CLASS=VALUE": threshold chosen on validation
     exclude: str = ""  # file listing training images to leave out (confirmed label errors)

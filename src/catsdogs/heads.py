@@ -82,10 +82,15 @@ class LinearHead:
     def __init__(self, strengths=LINEAR_HEAD_CS, folds=5, seed=42):
         self.strengths, self.folds, self.seed = tuple(strengths), folds, seed
 
-    def fit(self, X, y):
-        """Fits the head; returns self."""
+    def fit(self, X, y, groups=None):
+        """Fits the head; returns self.
+
+        Args:
+            groups: one id per row, for rows that are views of one photo: the folds then keep
+                them together, so that no photo is judged by a head that saw another view of it.
+        """
         from sklearn.linear_model import LogisticRegression
-        from sklearn.model_selection import GridSearchCV, StratifiedKFold
+        from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
         from threadpoolctl import threadpool_limits
@@ -98,9 +103,11 @@ class LinearHead:
         # cores and the fit ran several times slower (docs/BENCHMARKS.md).
         with threadpool_limits(limits=1, user_api="blas"):
             if self.folds_ >= 2:
+                folds = (StratifiedKFold if groups is None else StratifiedGroupKFold)(
+                    self.folds_, shuffle=True, random_state=self.seed)
                 search = GridSearchCV(pipeline, {"logisticregression__C": self.strengths}, scoring="neg_log_loss",
-                                      cv=StratifiedKFold(self.folds_, shuffle=True, random_state=self.seed))
-                search.fit(X, y)
+                                      cv=folds)
+                search.fit(X, y, groups=groups)
                 self.pipeline_, self.C_ = search.best_estimator_, search.best_params_["logisticregression__C"]
             else:
                 self.folds_, self.C_ = 0, FALLBACK_C

@@ -192,15 +192,17 @@ def prepare(config: TrainConfig) -> Prepared:
 def extract(prepared: Prepared, extractor) -> dict:
     """Stage "extract": features of every split, from the cache or the backbone.
 
-    Training images get the original view only; validation and test images also the mirrored
-    view when `tta` is on. Files that fail to decode join the scan's problems and are left out.
+    Training images get the original view, and the low-resolution one with `low_resolution`;
+    validation and test images also the mirrored view when `tta` is on. Files that fail to decode
+    join the scan's problems and are left out.
 
     Returns:
         split name -> `SplitFeatures` of the images that decoded.
     """
     config, scan = prepared.config, prepared.scan
     result = {}
-    for names, views in ((("train",), ("original",)), (("val", "test"), views_for(config.tta))):
+    train_views = ("original", "low_resolution") if config.low_resolution else ("original",)
+    for names, views in ((("train",), train_views), (("val", "test"), views_for(config.tta))):
         samples = [s for name in names for s in prepared.splits[name]]
         paths = [s.path for s in samples]
         hashes = [scan.hashes[p] for p in paths]
@@ -250,11 +252,13 @@ def fit_head(config: TrainConfig, split_features: dict):
     keras.utils.set_random_seed(config.seed)
     estimator = heads.make_head(config)
     train, val = split_features["train"], split_features["val"]
+    # Every view of a training photo is one more sample (the original, and its low-resolution view).
+    x, y = np.concatenate(list(train.x)), np.tile(train.y, len(train.x))
     if isinstance(estimator, heads.DenseHead):
-        estimator.fit(train.x[0], train.y, validation_data=(val.x[0], val.y))
+        estimator.fit(x, y, validation_data=(val.x[0], val.y))
         history = [{"stage": "head", **row} for row in estimator.history_]
     else:
-        estimator.fit(train.x[0], train.y)
+        estimator.fit(x, y, groups=np.tile(np.arange(len(train.y)), len(train.x)) if len(train.x) > 1 else None)
         history = []
     return estimator, estimator.to_keras(), history
 
