@@ -203,3 +203,25 @@ def test_test_time_augmentation_keeps_the_output_format(lite0_run):
         assert row.keys() == tta_row.keys() and row["label"] == tta_row["label"]
         assert sum(tta_row["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
         assert tta_row["probabilities"] != row["probabilities"]  # a real second view, averaged in
+
+
+def test_low_resolution_views_are_cached_and_train_the_head_beside_the_originals(lite0_run, isolated_cache,
+                                                                                 monkeypatch):
+    _, metrics, data = lite0_run
+    fits = []
+    fit = LinearHead.fit
+
+    def recording_fit(self, X, y, groups=None):
+        fits.append((len(X), groups))
+        return fit(self, X, y, groups)
+
+    monkeypatch.setattr(LinearHead, "fit", recording_fit)
+    run = catsdogs.train(data, backbone="efficientnet_lite0", low_resolution=True, runs_dir=None)
+    rows, groups = fits[0]  # the head itself (the open-set score's folds refit its pipeline, not LinearHead)
+    assert rows == 2 * 160  # 200 training photos less 40 for validation, each as it is and at low resolution
+    assert (np.bincount(groups) == 2).all()  # a photo's two views stay in one cross-validation fold
+    ids = [i for chunk in isolated_cache.glob("features/efficientnet_lite0-380px-*/chunk-*.npz")
+           for i in np.load(chunk)["hashes"].tolist()]
+    assert sum(i.endswith(":low_resolution") for i in ids) == 160  # cached beside the originals
+    assert run.metrics["accuracy"] >= metrics["accuracy"] - 0.02
+    assert run.config.low_resolution and run.classifier.info.image_size == 380

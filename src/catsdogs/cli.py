@@ -75,6 +75,9 @@ def _add_train(commands):
                    help="random flips, small rotations, zooms, shifts and contrast while fine-tuning")
     p.add_argument("--tta", action="store_true",
                    help="also report validation and test with test-time augmentation (photo and mirror image averaged)")
+    p.add_argument("--low-resolution", action=argparse.BooleanOptionalAction, default=defaults.low_resolution,
+                   help="also train the head on each training photo brought down to 160 px and up again, for "
+                        "small photos (features cached like the others)")
     p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=defaults.calibrate,
                    help="temperature scaling on the validation split, so probabilities mean what they say")
     p.add_argument("--target", default=defaults.target, metavar="METRIC:CLASS=VALUE",
