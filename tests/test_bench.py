@@ -46,3 +46,16 @@ def test_synthetic_photos_and_unknown_backbones(tmp_path):
 
     assert load_image(paths[0]).shape == (375, 500, 3)
     assert main(["bench", "--backbone", "vgg16", "--quick"]) == 2
+
+
+def test_an_ensemble_is_measured_as_one_extractor_costing_its_members_together(tmp_path, capsys):
+    from catsdogs.backbones import build_feature_extractor
+
+    ensemble = "efficientnet_lite0+efficientnet_lite1"
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--backbone", ensemble, "--precision", "float32", "--batch-sizes", "4", "--images", "12",
+                 "--image-size", "96", "--quick", "--output", str(out)]) == 0
+    assert f"{ensemble} float32" in capsys.readouterr().out  # its own column, however long the name
+    (result,) = json.loads(out.read_text())["results"]
+    members = sum(bench.count_flops(build_feature_extractor(name, "random", 96), 96) for name in ensemble.split("+"))
+    assert result["backbone"] == ensemble and abs(result["gflop_per_image"] - members / 1e9) < 0.01 * members / 1e9

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from catsdogs.backbones import BACKBONES, cpu_has_bfloat16, get_backbone
+from catsdogs.backbones import BACKBONES, cpu_has_bfloat16, member_names
 from catsdogs.config import BENCH_BATCH_SIZES, PRECISIONS
 from catsdogs.data import usable_cpus
 
@@ -239,7 +239,7 @@ def run_bench(backbones=None, precisions=None, batch_sizes=BENCH_BATCH_SIZES, im
     """Measures every backbone in every precision; each in its own process.
 
     Args:
-        backbones: names from `backbones.BACKBONES`; default all.
+        backbones: names from `backbones.BACKBONES`, or ensembles of them ("a+b"); default all.
         precisions: from `config.PRECISIONS`; default both where the CPU has native bfloat16.
         batch_sizes: images per forward pass to measure.
         images: photos to predict from files at each batch size.
@@ -257,7 +257,9 @@ def run_bench(backbones=None, precisions=None, batch_sizes=BENCH_BATCH_SIZES, im
 
     if onnx:
         require("onnx", "timing ONNX Runtime")  # before minutes of measuring, not after
-    backbones = [get_backbone(name).name for name in backbones or BACKBONES]  # unknown names fail here, not later
+    backbones = list(backbones or BACKBONES)
+    for name in backbones:  # unknown names fail here, not later; ensembles ("a+b") are measured as one extractor
+        member_names(name)
     precisions = precisions or (PRECISIONS if cpu_has_bfloat16() else ("float32",))
     repeats = 2 if quick else repeats
     images = max(images, 3 * max(batch_sizes))  # at least three batches, to see a steady state
@@ -310,12 +312,13 @@ def format_report(report):
              f"photos: {report['photos']}",
              "peak (matrix multiplication, measured): "
              + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in report["peak_gflops"].items()), ""]
-    lines.append(f"{'backbone':<19}{'precision':<10}{'runtime':<12}{'batch':>5}{'forward img/s':>15}"
+    width = max(19, *(len(r["backbone"]) + 1 for r in report["results"]))  # ensembles have long names
+    lines.append(f"{'backbone':<{width}}{'precision':<10}{'runtime':<12}{'batch':>5}{'forward img/s':>15}"
                  f"{'GFLOP/s':>9}{'% peak':>8}{'files img/s':>13}{'files/fwd':>10}{'peak RSS MB':>13}")
     for result in report["results"]:
         for row in result["rows"]:
             files = f"{row['from_files']:13.1f}{row['from_files'] / row['forward']:10.0%}" if row["from_files"] else f"{'-':>13}{'-':>10}"
-            lines.append(f"{result['backbone']:<19}{result['precision']:<10}{result['runtime']:<12}{row['batch_size']:>5}"
+            lines.append(f"{result['backbone']:<{width}}{result['precision']:<10}{result['runtime']:<12}{row['batch_size']:>5}"
                          f"{row['forward']:15.1f}{row['gflops']:9.0f}{row['percent_of_peak']:7.0f}%{files}"
                          f"{result['peak_rss_mb']:13.0f}")
     lines.append("")
