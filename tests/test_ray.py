@@ -277,7 +277,8 @@ def test_fine_tuning_resumes_from_its_last_checkpoint_when_a_worker_dies(local_c
     killer = threading.Thread(target=kill_a_worker_after_the_first_checkpoint, daemon=True)
     killer.start()
     with caplog.at_level(logging.INFO, logger="catsdogs.distributed_training"):
-        run = catsdogs.train(data, engine="ray", ray_workers=2, fine_tune_epochs=4, cache_dir=str(tmp_path / "cache"),
+        run = catsdogs.train(data, engine="ray", ray_workers=2, fine_tune_epochs=4, fine_tune_patience=10,
+                             cache_dir=str(tmp_path / "cache"),
                              **FINE_TUNE)
     killer.join(timeout=5)
 
