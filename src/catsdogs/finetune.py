@@ -81,18 +81,18 @@ class MultiWorkerModel(keras.Model):
     Keras 3 (3.15) does not support that strategy as is (keras-team/keras#20585): before
     training it reduces a whole (images, labels) batch with one `strategy.reduce`, which takes
     no nested values, and it averages every step's scalar logs across workers along an axis
-    they lack. Here the build takes this worker's batch, and the step logs get that axis.
+    they lack. Here the build takes the batches' shapes, and the step logs get that axis.
     Epoch logs (what callbacks and early stopping read) are the metrics' states summed over
     every worker (Keras' metric variables are sum-aggregated on read): the same on every
     worker, and those of all the images.
     """
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Shapes and dtypes are all the build needs: from the dataset's element spec rather than a
+        # batch, since pulling one starts a pass over the training data (one reshuffle) that one
+        # process does not make, and every epoch's batches would then differ from its.
         if iterator is not None:
-            for _, _, batches in iterator:
-                local = self.distribute_strategy.experimental_local_results
-                data_batch = keras.tree.map_structure(lambda value: local(value)[0], next(batches))
-                break
+            data_batch = iterator._distributed_dataset.element_spec
         with self.distribute_strategy.scope():
             self._symbolic_build(data_batch=data_batch)
 
