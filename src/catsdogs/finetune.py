@@ -91,8 +91,9 @@ class MultiWorkerModel(keras.Model):
         # Shapes and dtypes are all the build needs: from the dataset's element spec rather than a
         # batch, since pulling one starts a pass over the training data (one reshuffle) that one
         # process does not make, and every epoch's batches would then differ from its.
-        if iterator is not None:
-            data_batch = iterator._distributed_dataset.element_spec
+        if iterator is not None:  # a spec per replica; this worker has one replica (its CPU)
+            data_batch = keras.tree.map_structure(lambda spec: spec._value_specs[0],
+                                                  iterator._distributed_dataset.element_spec)
         with self.distribute_strategy.scope():
             self._symbolic_build(data_batch=data_batch)
 
