@@ -236,7 +236,8 @@ def test_two_worker_fine_tuning_gives_the_model_of_one_process(local_cluster, tm
     stages = local.evaluation.stages, on_ray.evaluation.stages
     assert stages[1]["fine_tune"]["val_loss"] == pytest.approx(stages[0]["fine_tune"]["val_loss"], abs=TOLERANCE)
     assert stages[1]["kept"] == stages[0]["kept"]
-    assert on_ray.metrics["accuracy"] == local.metrics["accuracy"]
+    # Equal when measured (13 of 16); a photo at p = 0.5 +- 0.001 could flip, so one is allowed.
+    assert abs(on_ray.metrics["accuracy"] - local.metrics["accuracy"]) <= 1 / 16 + 1e-9
     assert not os.listdir(tmp_path / "cache" / "fine-tune-checkpoints")  # deleted once the run succeeded
 
 
