@@ -106,7 +106,8 @@ def _add_train(commands):
     p.add_argument("--runs-dir", default=defaults.runs_dir, help="where run directories are created")
     p.add_argument("--name", default="", help="run directory name (default: backbone and time)")
     _add_engine(p, "ray_", "computes the missing features on a Ray cluster into --cache-dir (a folder every "
-                "node shares), then fits the head here as usual")
+                "node shares), then fits the head here as usual; with --fine-tune, fine-tunes on --workers Ray "
+                "workers (MultiWorkerMirroredStrategy), checkpointing every epoch into --cache-dir")
 
 
 def _add_engine(p, prefix, what):
@@ -117,7 +118,7 @@ def _add_engine(p, prefix, what):
                    help="with --engine ray: auto, HOST:PORT of a head node or ray://HOST:10001 (default: "
                         "$RAY_ADDRESS, else a new cluster on this machine)")
     p.add_argument("--workers", dest=f"{prefix}workers", type=int, default=0,
-                   help="with --engine ray: model actors (default: one per node)")
+                   help="with --engine ray: model actors, or fine-tuning workers (default: one per node)")
 
 
 def _train(args):

@@ -65,9 +65,9 @@ class TrainConfig:
     cache_dir: str = dataclasses.field(default_factory=default_cache_dir)
     runs_dir: str = "runs"
     name: str = ""
-    engine: str = "local"  # "ray": missing features are computed on a Ray cluster (catsdogs.distributed)
+    engine: str = "local"  # "ray": missing features computed, and fine-tuning run, on a Ray cluster
     ray_address: str = ""  # the cluster for engine "ray" ("" : $RAY_ADDRESS, else a new local one)
-    ray_workers: int = 0  # extractor actors for engine "ray" (0: one per node)
+    ray_workers: int = 0  # extractor actors and fine-tuning workers for engine "ray" (0: one per node)
 
     def to_dict(self):
         return dataclasses.asdict(self)

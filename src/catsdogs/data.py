@@ -317,10 +317,14 @@ class ImagePipeline:
                 self.errors[self._paths[index]] = error.reason
             return np.zeros((1, 1, 3), np.uint8), False
 
-    def dataset(self, paths, shuffle_seed=None):
+    def dataset(self, paths, shuffle_seed=None, shard=None):
         """Returns a tf.data.Dataset of (images, ok, index) batches.
 
         In the order of `paths`, or reshuffled on every pass when `shuffle_seed` is given.
+        `shard` (index, count) keeps one worker's share of that order: every count-th image from
+        index on, len(paths) // count of them on every worker, so that all run the same number
+        of steps (the last len(paths) % count images of each pass are left out). Only the images
+        of the share are decoded.
         """
         import tensorflow as tf
 
@@ -334,6 +338,9 @@ class ImagePipeline:
         ds = tf.data.Dataset.range(len(self._paths))
         if shuffle_seed is not None:
             ds = ds.shuffle(len(self._paths), seed=shuffle_seed, reshuffle_each_iteration=True)
+        if shard is not None:  # after the shuffle, which every worker makes alike (same seed)
+            index, count = shard
+            ds = ds.shard(count, index).take(len(self._paths) // count)
         # Fixed parallelism (one decoder per core, two batches ahead) instead of tf.data's autotuning,
         # which was measured to take CPU from the model it feeds and, when a second pipeline of
         # the same process ends, to stall for 9-40 s (docs/BENCHMARKS.md).

@@ -134,8 +134,11 @@ def check_settings(config):
         raise ConfigError(f"unknown engine {config.engine!r}; choose one of {ENGINES}")
     if config.engine == "ray":
         require("ray", "--engine ray")
-        if config.fine_tune:
-            log.warning("--engine ray extracts features on the cluster; fine-tuning still runs in this process")
+        if config.ray_workers < 0:
+            raise ConfigError(f"ray_workers {config.ray_workers}: expected 0 (one per node) or more")
+        if config.fine_tune and config.ray_workers and config.fine_tune_batch_size % config.ray_workers:
+            raise ConfigError(f"fine_tune_batch_size {config.fine_tune_batch_size}: with {config.ray_workers} Ray "
+                              f"workers, give a multiple of {config.ray_workers} (the global batch, shared equally)")
 
 
 def read_exclusions(path, splits):
@@ -288,9 +291,15 @@ def fine_tune(prepared: Prepared, head, split_features):
     # Fine-tuned apart from the folded extractor: with its BatchNormalization layers kept, and frozen.
     tunable = backbones.build_feature_extractor(config.backbone, config.weights, config.image_size,
                                                 config.precision, config.cache_dir, fold_batch_norm=False)
-    history = EpochHistory(config.fine_tune_epochs, "fine-tune")
     start = time.perf_counter()
-    finetune.fine_tune(tunable, head, (train.paths, train.y), (val.paths, val.y), config, [history])
+    if config.engine == "ray":  # the same fine-tuning, on several Ray workers; the weights come back here
+        from catsdogs import distributed_training
+
+        rows = distributed_training.fine_tune(tunable, head, (train.paths, train.y), (val.paths, val.y), config)
+    else:
+        history = EpochHistory(config.fine_tune_epochs, "fine-tune")
+        finetune.fine_tune(tunable, head, (train.paths, train.y), (val.paths, val.y), config, [history])
+        rows = history.rows
     seconds = time.perf_counter() - start
     tuned = backbones.fold_batch_normalization(tunable)
     views = views_for(config.tta)
@@ -298,7 +307,7 @@ def fine_tune(prepared: Prepared, head, split_features):
                       for name in ("val", "test")}
     summary = stage_summary((val.y, head_logits(head, tuned_features["val"])[0]),
                             (test.y, head_logits(head, tuned_features["test"])[0]), prepared.class_names, seconds)
-    return tuned, summary, tuned_features, [{"stage": "fine_tune", **row} for row in history.rows]
+    return tuned, summary, tuned_features, [{"stage": "fine_tune", **row} for row in rows]
 
 
 def calibrate(prepared: Prepared, val_logits, val_y):
