@@ -38,7 +38,7 @@ def main():
     parser.add_argument("--output", help="write the results as JSON")
     args = parser.parse_args()
 
-    from catsdogs.classifier import expand_inputs
+    from catsdogs.data import expand_inputs
 
     paths = expand_inputs([args.data])
     configurations = list(itertools.product(("resnet50", "efficientnet_lite0"), ("float32", "bfloat16"), (False, True)))

@@ -252,7 +252,7 @@ def run_bench(backbones=None, precisions=None, batch_sizes=BENCH_BATCH_SIZES, im
     Returns:
         a JSON-ready dict: machine, settings, peaks and one result per backbone and precision.
     """
-    from catsdogs.classifier import expand_inputs
+    from catsdogs.data import expand_inputs
     from catsdogs.extras import require
 
     if onnx:

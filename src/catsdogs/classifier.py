@@ -6,13 +6,12 @@ ONNX, TFLite) predicts through the same decoding, resizing and views (`inference
 """
 
 import dataclasses
-import os
 
 import numpy as np
 
 from catsdogs import runtimes
 from catsdogs.config import INFERENCE_BATCH_SIZE
-from catsdogs.data import list_files
+from catsdogs.data import expand_inputs
 from catsdogs.errors import ConfigError
 from catsdogs.inference import VIEWS, run_on_files, views_for
 from catsdogs.model import SCORE, ModelInfo, predicted_classes, probabilities_by_class
@@ -64,15 +63,6 @@ class Prediction:
             else:
                 row[field.name] = value
         return row
-
-
-def expand_inputs(inputs) -> list:
-    """Files as given and every non-hidden file below the given folders, in a stable order."""
-    paths = []
-    for item in [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs:
-        item = os.fspath(item)
-        paths += list_files(item) if os.path.isdir(item) else [item]
-    return paths
 
 
 def decide(info, outputs, reject=True, reject_threshold=None, unknown_label=UNKNOWN_LABEL) -> list:

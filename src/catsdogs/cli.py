@@ -181,11 +181,11 @@ def _predict_on_ray(args):
 
 
 def _predict(args):
+    if args.engine == "ray":  # before anything loads TensorFlow: this process only lists files and starts Ray
+        return _predict_on_ray(args)
     from catsdogs import report
     from catsdogs.classifier import load
 
-    if args.engine == "ray":
-        return _predict_on_ray(args)
     if args.output:
         raise ConfigError("--output is for --engine ray (Parquet); use --csv FILE or --json")
     classifier = load(args.model, args.runtime)

@@ -77,6 +77,19 @@ def list_files(folder):
     return found
 
 
+def expand_inputs(inputs) -> list:
+    """Files as given and every non-hidden file below the given folders, in a stable order.
+
+    Here rather than beside prediction so that listing inputs needs no TensorFlow: a Ray driver
+    (`distributed`) lists them without loading it (seconds of start-up).
+    """
+    paths = []
+    for item in [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs:
+        item = os.fspath(item)
+        paths += list_files(item) if os.path.isdir(item) else [item]
+    return paths
+
+
 def _class_folders(folder):
     classes = {e.name: e.path for e in _visible_entries(folder) if e.is_dir()}
     if not classes:

@@ -92,13 +92,13 @@ def files_dataset(ray, inputs, batch_size, workers):
     """A Ray dataset of the files to decode: rows {path} of local files, {path, bytes} of URIs.
 
     Local files and folders are listed here as `catsdogs predict` lists them
-    (`classifier.expand_inputs`) and read by the decoding tasks; URIs are listed and read by Ray
+    (`data.expand_inputs`) and read by the decoding tasks; URIs are listed and read by Ray
     Data (`read_binary_files`), for any file system pyarrow knows.
 
     Returns:
         a list of datasets (one per kind of input present).
     """
-    from catsdogs.classifier import expand_inputs
+    from catsdogs.data import expand_inputs
 
     local = expand_inputs([item for item in inputs if not is_uri(item)])
     uris = [os.fspath(item) for item in inputs if is_uri(item)]
