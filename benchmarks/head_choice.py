@@ -8,7 +8,6 @@ and scored on the other 1/5, five times over (stratified folds). The test folder
 """
 
 import argparse
-import hashlib
 
 import numpy as np
 from sklearn.metrics import log_loss
@@ -22,7 +21,7 @@ def training_features(data_dir, backbone, size):
     dataset = data.discover(data_dir)
     samples = dataset.splits.get("train") or dataset.splits["all"]
     paths = [s.path for s in samples]
-    hashes = [hashlib.sha256(open(p, "rb").read()).hexdigest() for p in paths]
+    hashes = [data.file_hash(p) for p in paths]
     precision = backbones.resolve_precision(TrainConfig(data_dir="").precision)  # as `catsdogs train` computes them
     extractor = backbones.build_feature_extractor(backbone, image_size=size, precision=precision)
     outputs = features.extractor_features(extractor, precision, paths, hashes, default_cache_dir(),

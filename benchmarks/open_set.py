@@ -11,7 +11,6 @@ share of known test photos kept and of unknown photos accepted, per folder.
 """
 
 import argparse
-import hashlib
 import json
 import os
 import time
@@ -32,7 +31,7 @@ def unknown_features(extractor, config, folder):
     """Features of every photo below `folder`, by subfolder."""
     paths = data.list_files(folder)
     paths = [p for p in paths if not p.endswith(".md")]
-    hashes = [hashlib.sha256(open(p, "rb").read()).hexdigest() for p in paths]
+    hashes = [data.file_hash(p) for p in paths]
     outputs = features.extractor_features(extractor, config.precision, paths, hashes, config.cache_dir,
                                           config.extract_batch_size)
     groups = [os.path.relpath(p, folder).split(os.sep)[0] for p in paths]

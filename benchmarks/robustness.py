@@ -20,7 +20,6 @@ features are cached like any others.
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -32,6 +31,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from catsdogs import backbones, features, heads, training
 from catsdogs.config import INFERENCE_BATCH_SIZE, TrainConfig, default_cache_dir
+from catsdogs.data import file_hash
 from catsdogs.files import atomic_path
 from catsdogs.images import load_image
 from catsdogs.inference import run_on_files
@@ -77,11 +77,6 @@ def shifted_photos(paths, data_dir, work_dir, shift):
                 image.save(partial, file_format, **({"quality": 30} if file_format == "JPEG" else {}))
         shifted.append(target)
     return shifted
-
-
-def sha256(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 @dataclasses.dataclass
@@ -146,7 +141,7 @@ def measure(data_dir, work_dir, model, low_resolution, speed_images):
     for shift in SHIFTS:
         paths = shifted_photos(test.paths, config.data_dir, work_dir, shift)
         outputs = features.extractor_features(trained.extractor, config.precision, paths,
-                                              [sha256(p) for p in paths], config.cache_dir,
+                                              [file_hash(p) for p in paths], config.cache_dir,
                                               config.extract_batch_size, desc=shift)
         if not outputs.ok.all():
             raise RuntimeError(f"{shift}: photos failed: {outputs.errors}")

@@ -180,12 +180,22 @@ class ScanReport:
         return lines
 
 
+def content_hash(data):
+    """The hash of a file's bytes: what names its features in the cache and finds identical files."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_hash(path):
+    """`content_hash` of a file, or an ImageError naming it."""
+    return content_hash(read_file(path))
+
+
 def _scan_file(path):
-    """Hashes one file and reads its header; returns (sha256, quirks) or raises ImageError."""
+    """Hashes one file and reads its header; returns (content hash, quirks) or raises ImageError."""
     data = read_file(path)
     with open_image(data, path) as image:
         quirks = describe_quirks(image, path)
-    return hashlib.sha256(data).hexdigest(), quirks
+    return content_hash(data), quirks
 
 
 def scan(dataset, workers=8):
