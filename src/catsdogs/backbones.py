@@ -199,6 +199,20 @@ def member_names(name):
     return names
 
 
+def check_weights(name, weights):
+    """Checks a --weights value for a backbone or an ensemble, before anything is built.
+
+    Raises:
+        ConfigError: neither imagenet, random nor an existing file; or a file for an ensemble.
+    """
+    if weights in ("imagenet", "random"):
+        return
+    if len(member_names(name)) > 1:
+        raise ConfigError(f"backbone {name}: an ensemble takes imagenet or random weights, not a file")
+    if not os.path.isfile(weights):
+        raise ConfigError(f"weights {weights!r}: expected imagenet, random or an existing weights file")
+
+
 def default_image_size(name):
     """The input size of a backbone, or of an ensemble: its largest member's (all members share one input)."""
     return max(get_backbone(member).default_image_size for member in member_names(name))
@@ -349,8 +363,7 @@ def build_feature_extractor(name, weights="imagenet", image_size=0, precision="f
     size = image_size or default_image_size(name)
     names = member_names(name)
     if len(names) > 1:
-        if weights not in ("imagenet", "random"):
-            raise ConfigError(f"backbone {name}: an ensemble takes imagenet or random weights, not a file")
+        check_weights(name, weights)
         members = [build_feature_extractor(member, weights, size, precision, cache_dir, fold_batch_norm)
                    for member in names]
         inputs = keras.Input((size, size, 3), name="pixels")

@@ -36,6 +36,13 @@ CHECKPOINT_FOLDER = "fine-tune-checkpoints"
 STATE_FILE, ARRAYS_FILE = "state.json", "arrays.npz"
 
 
+def check_global_batch(batch_size, workers):
+    """Raises ConfigError unless the global batch shares equally among the workers."""
+    if batch_size % workers:
+        raise ConfigError(f"fine_tune_batch_size {batch_size}: with {workers} Ray workers, give a multiple of "
+                          f"{workers} (it is the global batch, shared equally by the workers)")
+
+
 def fine_tune(extractor, head, train, val, config):
     """Fine-tunes on a Ray cluster; the multi-worker counterpart of `finetune.fine_tune`.
 
@@ -56,9 +63,7 @@ def fine_tune(extractor, head, train, val, config):
     from ray.train.tensorflow import TensorflowTrainer
 
     workers = config.ray_workers or len(distributed.alive_nodes(ray))
-    if config.fine_tune_batch_size % workers:
-        raise ConfigError(f"fine_tune_batch_size {config.fine_tune_batch_size}: with {workers} workers, give a "
-                          f"multiple of {workers} (it is the global batch, shared equally by the workers)")
+    check_global_batch(config.fine_tune_batch_size, workers)  # known only now when one worker per node
     # Each worker reserves an equal share of the cluster's CPUs: one worker per node gets the
     # whole node, and Ray sets the worker's OMP_NUM_THREADS (which TensorFlow follows) to its share.
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)

@@ -110,12 +110,9 @@ def check_settings(config):
     if ensemble and config.fine_tune:
         raise ConfigError(f"backbone {config.backbone}: fine-tuning takes one backbone; an ensemble's members "
                           f"stay frozen (train one backbone with --fine-tune instead)")
-    if ensemble and config.weights not in ("imagenet", "random"):
-        raise ConfigError(f"backbone {config.backbone}: an ensemble takes imagenet or random weights, not a file")
     if config.head not in HEADS:
         raise ConfigError(f"unknown head {config.head!r}; choose one of {HEADS}")
-    if config.weights not in ("imagenet", "random") and not os.path.isfile(config.weights):
-        raise ConfigError(f"weights {config.weights!r}: expected imagenet, random or an existing weights file")
+    backbones.check_weights(config.backbone, config.weights)
     if config.image_size and config.image_size < 32:
         raise ConfigError(f"image size {config.image_size}: at least 32 pixels (0 for the backbone's own)")
     for name in ("val_fraction", "test_fraction"):
@@ -136,9 +133,10 @@ def check_settings(config):
         require("ray", "--engine ray")
         if config.ray_workers < 0:
             raise ConfigError(f"ray_workers {config.ray_workers}: expected 0 (one per node) or more")
-        if config.fine_tune and config.ray_workers and config.fine_tune_batch_size % config.ray_workers:
-            raise ConfigError(f"fine_tune_batch_size {config.fine_tune_batch_size}: with {config.ray_workers} Ray "
-                              f"workers, give a multiple of {config.ray_workers} (the global batch, shared equally)")
+        if config.fine_tune and config.ray_workers:
+            from catsdogs.distributed_training import check_global_batch
+
+            check_global_batch(config.fine_tune_batch_size, config.ray_workers)
 
 
 def read_exclusions(path, splits):
