@@ -20,7 +20,8 @@ import numpy as np
 
 def measure(backbone, precision, fold, paths, batch_size, repeats):
     """Forward images/s of one configuration (run in a fresh process)."""
-    from catsdogs.bench import extractor_with_available_weights, forward_rate
+    from catsdogs.bench import extractor_with_available_weights
+    from catsdogs.timing import forward_rate
     from catsdogs.inference import decoded_images
     from catsdogs.runtimes import compiled_forward
 

@@ -24,7 +24,7 @@ def main():
 
     from catsdogs import export, runtimes
     from catsdogs import model as model_lib
-    from catsdogs.bench import forward_rate
+    from catsdogs.timing import forward_rate
     from catsdogs.inference import decoded_images
 
     keras_model = model_lib.load(args.run)

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 
 from catsdogs import backbones, finetune
+from catsdogs.precision import resolve_precision
 from catsdogs.heads import build_head
 from catsdogs.config import TrainConfig
 
@@ -63,7 +64,7 @@ def main():
     config = TrainConfig(data_dir=DATA, backbone=args.backbone, weights=weights, fine_tune=True,
                          fine_tune_blocks=args.blocks, fine_tune_epochs=args.epochs, fine_tune_patience=args.epochs,
                          fine_tune_batch_size=args.batch_size)
-    precision = backbones.resolve_precision(config.precision)
+    precision = resolve_precision(config.precision)
     extractor = backbones.build_feature_extractor(args.backbone, weights, args.image_size, precision,
                                                   fold_batch_norm=False)
     head = build_head(extractor.output_shape[-1], 2, hidden_units=(256,))  # the dense head

@@ -14,6 +14,7 @@ from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from catsdogs import backbones, data, features, heads
+from catsdogs.precision import resolve_precision
 from catsdogs.config import INFERENCE_BATCH_SIZE, TrainConfig, default_cache_dir
 
 
@@ -22,7 +23,7 @@ def training_features(data_dir, backbone, size):
     samples = dataset.splits.get("train") or dataset.splits["all"]
     paths = [s.path for s in samples]
     hashes = [data.file_hash(p) for p in paths]
-    precision = backbones.resolve_precision(TrainConfig(data_dir="").precision)  # as `catsdogs train` computes them
+    precision = resolve_precision(TrainConfig(data_dir="").precision)  # as `catsdogs train` computes them
     extractor = backbones.build_feature_extractor(backbone, image_size=size, precision=precision)
     outputs = features.extractor_features(extractor, precision, paths, hashes, default_cache_dir(),
                                           INFERENCE_BATCH_SIZE)

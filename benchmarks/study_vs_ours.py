@@ -88,7 +88,8 @@ def our_way(data_dir, backbone, weights, cache_dir, seed, precision, runs_dir, s
         dict: seconds, test accuracy, epochs, precision.
     """
     os.environ["CATSDOGS_CACHE"] = cache_dir
-    from catsdogs.backbones import get_backbone, resolve_precision
+    from catsdogs.backbones import get_backbone
+    from catsdogs.precision import resolve_precision
     from catsdogs.config import TrainConfig
     from catsdogs.training import train
 

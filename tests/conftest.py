@@ -1,8 +1,13 @@
 """Shared fixtures: images made by the tests, slices of the real photos, one trained run."""
 
+import contextlib
 import io
 import os
 import pathlib
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -128,9 +133,35 @@ def lite0_server(lite0_run):
     from catsdogs.serve import ServeSettings
     from catsdogs.serve.app import create_app, load_served_model
 
-    model, name, metrics = load_served_model(lite0_run[0])
+    classifier, name, metrics = load_served_model(lite0_run[0])
     settings = ServeSettings(max_batch_size=8, max_wait_ms=50, max_upload_bytes=2_000_000, max_pixels=4_000_000,
                              max_request_pixels=6_000_000, max_images=4)
-    app = create_app(model, name, metrics, settings)
+    app = create_app(classifier, name, metrics, settings)
     with ServerThread(app) as url:
         yield url, app
+
+
+@contextlib.contextmanager
+def serve_command(*arguments, env=None):
+    """`catsdogs serve ARGUMENTS --port 0` in a subprocess, stopped with Ctrl-C at the end.
+
+    Yields:
+        (the URL it listens on, the lines it has printed so far).
+    """
+    command = [sys.executable, "-m", "catsdogs.cli", "serve", *map(str, arguments), "--port", "0"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    try:
+        deadline, lines, started = time.monotonic() + 180, [], None
+        while time.monotonic() < deadline and not started:
+            line = server.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            started = re.search(r"running on (http://[^ ]+)", line)
+        assert started, "".join(lines)
+        yield started.group(1), lines
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=60)
+    assert server.returncode == 0

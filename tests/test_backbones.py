@@ -6,7 +6,10 @@ import keras
 import numpy as np
 import pytest
 
-from catsdogs import backbones, efficientnet_lite, finetune
+from catsdogs import backbones, efficientnet_lite, finetune, host, precision, weights
+from catsdogs.errors import WeightsError
+from catsdogs.folding import fold_batch_normalization
+from catsdogs.pixels import resize_layer
 from catsdogs.images import load_image
 from conftest import photo
 
@@ -24,8 +27,8 @@ def imagenet_top1(name, paths):
     x = keras.layers.Rescaling(1 / 128, offset=-127 / 128)(inputs)
     model = keras.Model(inputs, efficientnet_lite.build_efficientnet_lite(x, scaling, include_top=True))
     efficientnet_lite.load_torch_weights(
-        model, efficientnet_lite.read_torch_checkpoint(backbones.lite_checkpoint(name)))
-    resize = backbones.resize_layer(scaling.resolution)
+        model, efficientnet_lite.read_torch_checkpoint(weights.lite_checkpoint(name)))
+    resize = resize_layer(scaling.resolution)
     pixels = np.concatenate([resize(load_image(path)[None].astype("float32")) for path in paths])
     return model.predict(pixels, verbose=0).argmax(axis=1)
 
@@ -50,7 +53,7 @@ def test_checkpoint_of_another_variant_is_refused():
     inputs = keras.Input((64, 64, 3))
     lite1 = efficientnet_lite.build_efficientnet_lite(inputs, efficientnet_lite.VARIANTS["efficientnet_lite1"])
     lite1 = keras.Model(inputs, lite1)  # 21 blocks, Lite0 has 16: 5 x 15 parameters missing
-    lite0_state = efficientnet_lite.read_torch_checkpoint(backbones.lite_checkpoint("efficientnet_lite0"))
+    lite0_state = efficientnet_lite.read_torch_checkpoint(weights.lite_checkpoint("efficientnet_lite0"))
     with pytest.raises(ValueError, match="does not fit this EfficientNet-Lite variant: 75 parameters missing"):
         efficientnet_lite.load_torch_weights(lite1, lite0_state)
 
@@ -83,7 +86,7 @@ def test_lite_extractor_is_frozen_explainable_tunable_and_its_converted_weights_
     again = backbones.build_feature_extractor(name, image_size=224)
     assert converted.stat().st_mtime_ns == stamp
     assert again.input_shape == (None, 224, 224, 3)
-    assert backbones.weights_fingerprint(again) == backbones.weights_fingerprint(extractor)
+    assert weights.weights_fingerprint(again) == weights.weights_fingerprint(extractor)
 
     # Fine-tuning unfreezes the last blocks and the head, BatchNormalization excepted.
     tunable = backbones.build_feature_extractor(name, weights="random", image_size=96, fold_batch_norm=False)
@@ -114,7 +117,7 @@ def test_resnet50_random_and_weights_file_round_trip(tmp_path):
     keras.utils.set_random_seed(2)
     for weights_file in (new_format, legacy):
         loaded = backbones.build_feature_extractor("resnet50", weights=str(weights_file), fold_batch_norm=False)
-        assert backbones.weights_fingerprint(loaded) == backbones.weights_fingerprint(random)
+        assert weights.weights_fingerprint(loaded) == weights.weights_fingerprint(random)
         np.testing.assert_allclose(loaded.predict(pixels, verbose=0), expected, rtol=1e-5, atol=1e-5)
     folded = backbones.build_feature_extractor("resnet50", weights=str(new_format))
     np.testing.assert_allclose(folded.predict(pixels, verbose=0), expected, rtol=1e-4, atol=1e-4)
@@ -126,15 +129,15 @@ def test_resnet50_offline_says_how_to_proceed(tmp_path, monkeypatch):
 
     monkeypatch.setattr(config, "_KERAS_DIR", str(tmp_path))  # nothing cached
     monkeypatch.setattr(resnet, "BASE_WEIGHTS_PATH", "http://127.0.0.1:9/")  # nothing listens there
-    with pytest.raises(backbones.WeightsError) as error:
+    with pytest.raises(WeightsError) as error:
         backbones.build_feature_extractor("resnet50")
     message = str(error.value)
     assert "--weights FILE" in message and "efficientnet_lite0" in message
-    assert backbones.RESNET50_WEIGHTS_URL in message
+    assert weights.RESNET50_WEIGHTS_URL in message
 
 
 def test_missing_weights_file_and_unknown_backbone(tmp_path):
-    with pytest.raises(backbones.WeightsError, match="weights file not found"):
+    with pytest.raises(WeightsError, match="weights file not found"):
         backbones.build_feature_extractor("efficientnet_lite0", weights=str(tmp_path / "none.h5"))
     with pytest.raises(ValueError, match="unknown backbone 'vgg16'"):
         backbones.build_feature_extractor("vgg16")
@@ -149,13 +152,13 @@ def test_caffe_preprocessing_matches_keras():
 
 
 def real_pixels(*photos):
-    return np.concatenate([backbones.resize_layer(224)(load_image(p)[None].astype("float32")) for p in photos])
+    return np.concatenate([resize_layer(224)(load_image(p)[None].astype("float32")) for p in photos])
 
 
 def test_folding_batch_normalization_keeps_the_features():
     keras.utils.set_random_seed(0)
     original = backbones.build_feature_extractor("efficientnet_lite0", image_size=224, fold_batch_norm=False)
-    folded = backbones.fold_batch_normalization(original)
+    folded = fold_batch_normalization(original)
     assert not [layer for layer in folded.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert len(original.layers) - len(folded.layers) == 49  # every BatchNormalization of Lite0 follows a convolution
     assert folded.name == "efficientnet_lite0" and folded.get_layer(efficientnet_lite.LAST_CONV_LAYER)
@@ -171,7 +174,7 @@ def test_batch_normalization_whose_input_is_also_used_elsewhere_is_not_folded():
     model = keras.Model(inputs, keras.layers.Add()([normalized, conv]))
     bn = model.get_layer("bn")
     bn.set_weights([np.full(4, 2.0), np.ones(4), np.full(4, 0.5), np.full(4, 4.0)])
-    folded = backbones.fold_batch_normalization(model)
+    folded = fold_batch_normalization(model)
     assert folded.get_layer("bn") and not folded.get_layer("conv").use_bias
     pixels = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
     np.testing.assert_allclose(folded.predict(pixels, verbose=0), model.predict(pixels, verbose=0), rtol=1e-5)
@@ -195,11 +198,11 @@ def test_precision_auto_is_bfloat16_only_where_the_cpu_has_it(tmp_path, monkeypa
     with_bf16, without = tmp_path / "zen4", tmp_path / "old"
     with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
     without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
-    assert backbones.cpu_has_bfloat16(with_bf16) and not backbones.cpu_has_bfloat16(without)
-    assert not backbones.cpu_has_bfloat16(tmp_path / "missing")
+    assert host.cpu_has_bfloat16(with_bf16) and not host.cpu_has_bfloat16(without)
+    assert not host.cpu_has_bfloat16(tmp_path / "missing")
     for has_it, expected in ((True, "bfloat16"), (False, "float32")):
-        monkeypatch.setattr(backbones, "cpu_has_bfloat16", lambda: has_it)
-        assert backbones.resolve_precision("auto") == expected
-        assert backbones.resolve_precision("float32") == "float32"
+        monkeypatch.setattr(precision, "cpu_has_bfloat16", lambda: has_it)
+        assert precision.resolve_precision("auto") == expected
+        assert precision.resolve_precision("float32") == "float32"
     with pytest.raises(ValueError, match="unknown precision 'float16'"):
-        backbones.resolve_precision("float16")
+        precision.resolve_precision("float16")

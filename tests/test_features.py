@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from catsdogs import backbones, features
+from catsdogs.weights import weights_fingerprint
 from catsdogs.images import load_image
 from catsdogs.inference import TTA_VIEWS, run_on_files
 from catsdogs.runtimes import compiled_forward
@@ -28,7 +29,7 @@ def sha256(path):
 
 def cache_for(extractor, root):
     return features.FeatureCache(root, features.cache_key(
-        extractor.name, extractor.input_shape[1], "float32", backbones.weights_fingerprint(extractor)))
+        extractor.name, extractor.input_shape[1], "float32", weights_fingerprint(extractor)))
 
 
 def stored_entries(cache):
@@ -73,7 +74,7 @@ def test_features_are_computed_once_and_recomputed_only_for_changed_images(tmp_p
 
 
 def test_the_key_follows_size_precision_and_weights(lite0):
-    fingerprint = backbones.weights_fingerprint(lite0)
+    fingerprint = weights_fingerprint(lite0)
     keys = {features.cache_key("efficientnet_lite0", 224, "float32", fingerprint),
             features.cache_key("efficientnet_lite0", 260, "float32", fingerprint),
             features.cache_key("efficientnet_lite0", 224, "bfloat16", fingerprint),

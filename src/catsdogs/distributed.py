@@ -7,7 +7,7 @@ Ray Data pipelines of the same shape:
     actors, the model loaded once per actor) -> Parquet rows (scoring) or feature cache chunks
 
 Decoding and resizing are those of `catsdogs predict` (`images.load_image` or
-`images.decode_image`, then `backbones.resize_layer` at the model's input size, as
+`images.decode_image`, then `pixels.resizer` at the model's input size, as
 `data.ImagePipeline` does), the model runs through `inference.forward_batch` as in
 `inference.iter_batches`, and predictions are made by `Classifier.predictions`: a photo gets the
 same prediction (or features) here as on one machine. A file that fails to decode becomes a row
@@ -20,7 +20,6 @@ dependencies (TensorFlow, Keras, ...) must be installed on every node.
 """
 
 import dataclasses
-import functools
 import logging
 import math
 import os
@@ -122,7 +121,8 @@ def decode_batch(batch):
         the batch with "image" (upright RGB uint8 pixels at the file's own size; one blank pixel
         where it did not decode) and "error" (the reason, "" where it decoded) instead of "bytes".
     """
-    from catsdogs.images import ImageError, decode_image, load_image
+    from catsdogs.errors import ImageError
+    from catsdogs.images import decode_image, load_image
 
     paths = [str(path) for path in batch["path"]]
     contents = batch.get("bytes")
@@ -144,21 +144,6 @@ def decoded(ray, dataset, batch_size):
                                compute=ray.data.TaskPoolStrategy(size=cpus))
 
 
-@functools.lru_cache(maxsize=4)
-def _resizer(image_size):
-    """`data.ImagePipeline`'s resizing as one TensorFlow graph for images of any size, built once per process.
-
-    A graph rather than the Keras layer called eagerly: 3 ms an image instead of 6-9.
-    """
-    import tensorflow as tf
-
-    from catsdogs.backbones import resize_layer
-
-    resize = resize_layer(image_size)
-    return tf.function(lambda image: resize(tf.cast(image, tf.float32)),
-                       input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
-
-
 def resized(batch, image_size):
     """The images of a batch from `decode_batch`, resized as `data.ImagePipeline` resizes them.
 
@@ -170,14 +155,16 @@ def resized(batch, image_size):
     Returns:
         (paths, pixels (n, size, size, 3) float32 in [0, 255], ok (n,), errors: path -> reason).
     """
-    resize = _resizer(image_size)
+    from catsdogs.pixels import resizer
+
+    resize = resizer(image_size)
     paths = [str(path) for path in batch["path"]]
     errors = {path: str(reason) for path, reason in zip(paths, batch["error"]) if reason}
     ok = np.array([path not in errors for path in paths], bool)
     pixels = np.zeros((len(paths), image_size, image_size, 3), np.float32)
     for i, image in enumerate(batch["image"]):
         if ok[i]:
-            pixels[i] = resize(np.asarray(image, np.uint8)).numpy()
+            pixels[i] = resize(np.asarray(image, np.float32)).numpy()
     return paths, pixels, ok, errors
 
 
@@ -188,7 +175,7 @@ def _use_every_core():
     oneDNN kernels follow it: the model then ran on one core of two, at half the speed. Called
     before TensorFlow is imported in the worker.
     """
-    from catsdogs.data import usable_cpus
+    from catsdogs.host import usable_cpus
 
     os.environ["OMP_NUM_THREADS"] = str(usable_cpus())
 
@@ -331,7 +318,7 @@ class FeatureWriter:
             weights: [an ObjectRef of the extractor's `get_weights()`], so that every actor computes
                 with exactly the driver's weights (even random ones) and nothing is downloaded.
             name, image_size, precision: of `backbones.build_feature_extractor`.
-            fingerprint: `backbones.weights_fingerprint` of the driver's extractor, checked.
+            fingerprint: `weights.weights_fingerprint` of the driver's extractor, checked.
             folder: the `features.FeatureCache` folder, shared by every node.
             views: names in `inference.VIEWS` to compute.
         """
@@ -340,10 +327,11 @@ class FeatureWriter:
 
         from catsdogs import backbones
         from catsdogs.runtimes import compiled_forward
+        from catsdogs.weights import weights_fingerprint
 
         extractor = backbones.build_feature_extractor(name, "random", image_size, precision)
         extractor.set_weights(ray.get(weights[0]))
-        if backbones.weights_fingerprint(extractor) != fingerprint:
+        if weights_fingerprint(extractor) != fingerprint:
             raise RuntimeError(f"{name}: the worker's extractor differs from the driver's")
         self.forward = compiled_forward(extractor)
         self.folder, self.views, self.image_size = folder, tuple(views), image_size
@@ -386,8 +374,8 @@ def extract_features(extractor, precision, paths, hashes, cache, views=("origina
     Returns:
         the number of images whose features were computed.
     """
-    from catsdogs import backbones
     from catsdogs.features import missing
+    from catsdogs.weights import weights_fingerprint
 
     todo = missing(paths, hashes, cache, views)
     if not todo:
@@ -395,7 +383,7 @@ def extract_features(extractor, precision, paths, hashes, cache, views=("origina
     ray = connect(address)
     workers = workers or len(alive_nodes(ray))
     weights = [ray.put(extractor.get_weights())]
-    fingerprint = backbones.weights_fingerprint(extractor)
+    fingerprint = weights_fingerprint(extractor)
     image_size = extractor.input_shape[1]
     computed = 0
     for lacking, images in todo.items():

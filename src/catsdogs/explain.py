@@ -18,7 +18,8 @@ import tensorflow as tf
 from PIL import Image
 
 from catsdogs import model as model_lib
-from catsdogs.backbones import extractor_members, extractor_name, get_backbone
+from catsdogs import pixels as pixels_lib
+from catsdogs.backbones import extractor_members, get_backbone
 from catsdogs.errors import ConfigError
 from catsdogs.images import load_image
 from catsdogs.layers import class_logits
@@ -52,15 +53,11 @@ class Explainer:
             model: a loaded catsdogs model (`model.load`).
         """
         self.info = model_lib.describe(model)
-        extractor = model.get_layer(extractor_name(self.info.backbone))
+        self._parts = model_lib.parts(model)
         self._members = [
             keras.Model(member.inputs, [member.get_layer(get_backbone(member.name).last_conv_layer).output,
                                         member.output])
-            for member in extractor_members(extractor)]
-        self._resize = model.get_layer("resize")
-        self._head = model.get_layer("head")
-        self._probabilities = model.get_layer("probabilities")
-        self._open_set = next((layer for layer in model.layers if layer.name == model_lib.OPEN_SET_LAYER), None)
+            for member in extractor_members(self._parts.extractor)]
         size = self.info.image_size
         batch = tf.TensorSpec((None, size, size, 3), tf.float32)
         self._predict = tf.function(self._predict_batch, input_signature=[batch])
@@ -79,10 +76,7 @@ class Explainer:
         Returns:
             a float32 array of shape (image_size, image_size, 3).
         """
-        pixels = np.asarray(pixels)
-        if pixels.ndim != 3 or pixels.shape[-1] != 3 or 0 in pixels.shape:
-            raise ConfigError(f"expected RGB pixels of shape (height, width, 3), got shape {pixels.shape}")
-        return keras.ops.convert_to_numpy(self._resize(pixels[None].astype(np.float32)))[0]
+        return pixels_lib.prepare(pixels, self.info.image_size)
 
     def predict(self, batch):
         """The model's outputs for prepared photos, as a runtime gives them (`runtimes`):
@@ -125,12 +119,7 @@ class Explainer:
         return [maps for maps, _ in outputs], features[0] if len(features) == 1 else tf.concat(features, axis=-1)
 
     def _predict_batch(self, images):
-        _, features = self._maps_and_features_of(images)
-        logits = self._head(features, training=False)
-        outputs = {"probabilities": self._probabilities(logits)}
-        if self._open_set is not None:
-            outputs[model_lib.SCORE] = self._open_set([features, logits])
-        return outputs
+        return self._parts.outputs_from_features(self._maps_and_features_of(images)[1])
 
     def _heatmap_batch(self, images, class_indices):
         # The backbone is frozen, so nothing is watched by default: watching the input records
@@ -138,7 +127,7 @@ class Explainer:
         with tf.GradientTape() as tape:
             tape.watch(images)
             maps, features = self._maps_and_features_of(images)
-            logits = tf.cast(self._head(features, training=False), tf.float32)
+            logits = tf.cast(self._parts.head(features, training=False), tf.float32)
             scores = class_logits(logits)
             score = tf.reduce_sum(tf.gather(scores, class_indices, axis=1, batch_dims=1))
         # The gradient is taken at the maps the tape recorded (bfloat16 in a bfloat16 backbone), then cast.

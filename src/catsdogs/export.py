@@ -19,11 +19,11 @@ import numpy as np
 
 from catsdogs import data, report, runtimes
 from catsdogs import model as model_lib
-from catsdogs.bench import forward_rate
 from catsdogs.config import EXPORT_FORMATS, INFERENCE_BATCH_SIZE, QUANTIZATIONS
-from catsdogs.errors import ConfigError
+from catsdogs.errors import ConfigError, DataError, ImageError
 from catsdogs.extras import EXTRAS, require
 from catsdogs.inference import decoded_images
+from catsdogs.timing import forward_rate
 
 FILE_NAMES = {"keras": model_lib.MODEL_FILE, "savedmodel": "saved_model", "onnx": "model.onnx", "tflite": "model.tflite"}
 PARITY_FILE = "parity.json"
@@ -70,7 +70,7 @@ def known_photos(model_path, data_dir=None):
     else:
         source = os.path.join(os.path.dirname(model_path), "splits.csv")
         if not os.path.isfile(source):
-            raise data.DataError(f"{model_path} is not in a run directory with splits.csv, so the photos to check "
+            raise DataError(f"{model_path} is not in a run directory with splits.csv, so the photos to check "
                                  f"the export on are unknown: pass --data DATASET_DIR")
         # splits.csv paths are relative to the data folder that config.json names.
         with open(os.path.join(os.path.dirname(model_path), "config.json")) as f:
@@ -79,10 +79,10 @@ def known_photos(model_path, data_dir=None):
         train = [os.path.join(root, r["path"]) for r in rows if r["split"] == "train"]
         test = [os.path.join(root, r["path"]) for r in rows if r["split"] == "test"]
         if test and not os.path.exists(test[0]):
-            raise data.DataError(f"the photos that {source} lists are not found from here (e.g. {test[0]}): run from "
+            raise DataError(f"the photos that {source} lists are not found from here (e.g. {test[0]}): run from "
                                  f"the folder where the model was trained, or pass --data DATASET_DIR")
     if not test:
-        raise data.DataError(f"{source}: no test photos to check the export on")
+        raise DataError(f"{source}: no test photos to check the export on")
     return train, test
 
 
@@ -158,7 +158,9 @@ def compare_predictions(expected, got, class_names):
     """
     pairs = [(e, g) for e, g in zip(expected, got) if "error" not in e and "error" not in g]
     if not pairs:
-        raise data.DataError("none of the photos to compare on could be read")
+        failed = next(row for row in expected + got if "error" in row)
+        raise ImageError(failed["path"], f"{failed['error']}; none of the {len(expected)} photos to compare the "
+                                         f"export on could be read")
     first = np.array([[e["probabilities"][c] for c in class_names] for e, _ in pairs])
     second = np.array([[g["probabilities"][c] for c in class_names] for _, g in pairs])
     difference = np.abs(first - second)
@@ -223,7 +225,7 @@ def export_model(run_or_model, export_format, output=None, quantization="float32
     calibration = None
     if quantization == "int8":
         if not train_paths:
-            raise data.DataError("int8 quantization is calibrated on training photos, and none are known: "
+            raise DataError("int8 quantization is calibrated on training photos, and none are known: "
                                  "pass --data DATASET_DIR with a training folder")
         calibration = decoded_images(sample(train_paths, calibration_images), info.image_size, batch_size)
 

@@ -6,7 +6,7 @@ before any work starts.
 
 import importlib.util
 
-from catsdogs.errors import CatsdogsError
+from catsdogs.errors import MissingDependency
 
 # extra -> (import name, PyPI name) of each package; pyproject.toml's optional-dependencies install them.
 EXTRAS = {
@@ -16,10 +16,6 @@ EXTRAS = {
     "tflite": [("ai_edge_litert", "ai-edge-litert")],
     "ray": [("ray", "ray[data]"), ("pyarrow", "pyarrow")],
 }
-
-
-class MissingDependency(CatsdogsError, RuntimeError):
-    """An optional package is not installed; the message says how to install it."""
 
 
 def require(extra, needed_for):

@@ -16,7 +16,7 @@ import zipfile
 
 import numpy as np
 
-from catsdogs.errors import CatsdogsError
+from catsdogs.errors import CacheError
 from catsdogs.files import atomic_path
 from catsdogs.inference import Outputs, iter_batches
 
@@ -31,10 +31,6 @@ CHUNK_SECONDS = 5.0
 # A hidden partial file older than this is left by a writer that died (a live writer finishes a
 # chunk in well under a second), so it is removed; younger ones may belong to a running process.
 STALE_PARTIAL_SECONDS = 3600
-
-
-class CacheError(CatsdogsError, OSError):
-    """The feature cache cannot be written (a full disk, no permission), naming its folder."""
 
 
 class FeatureCache:
@@ -225,7 +221,8 @@ def extractor_features(extractor, precision, paths, hashes, cache_dir, batch_siz
         `inference.Outputs`: features (views, paths, total dim); a path has them only if every
         member has.
     """
-    from catsdogs.backbones import extractor_members, weights_fingerprint
+    from catsdogs.backbones import extractor_members
+    from catsdogs.weights import weights_fingerprint
 
     parts = []
     for member in extractor_members(extractor):

@@ -6,20 +6,11 @@ import os
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from catsdogs.errors import CatsdogsError
+from catsdogs.errors import ImageError
 
 # Guards against decompression bombs; a photo this size (about 50 megapixels) is already rare.
 DEFAULT_MAX_PIXELS = 50_000_000
 EXIF_ORIENTATION = 0x0112
-
-
-class ImageError(CatsdogsError, ValueError):
-    """An image that cannot be used, with the file it came from and what is wrong with it."""
-
-    def __init__(self, source, reason):
-        super().__init__(f"{source}: {reason}")
-        self.source = str(source)
-        self.reason = reason
 
 
 def open_image(data, source, max_pixels=DEFAULT_MAX_PIXELS):

@@ -94,10 +94,9 @@ def iter_batches(forward, paths, image_size, batch_size=INFERENCE_BATCH_SIZE, vi
     """
     from tqdm.auto import tqdm
 
-    from catsdogs.backbones import resize_layer
     from catsdogs.data import ImagePipeline
 
-    pipeline = ImagePipeline(resize_layer(image_size), batch_size)
+    pipeline = ImagePipeline(image_size, batch_size)
     with tqdm(total=len(paths), desc=desc, unit="img", leave=False, disable=None) as progress:
         for images, ok, indices in pipeline.dataset(paths):
             ok, indices = ok.numpy(), indices.numpy()
@@ -161,8 +160,7 @@ def run_on_files(forward, paths, image_size, batch_size=INFERENCE_BATCH_SIZE, vi
 
 def decoded_images(paths, image_size, batch_size=32):
     """The images of the paths that decode, resized as every model's input is: (n, size, size, 3) float32."""
-    from catsdogs.backbones import resize_layer
     from catsdogs.data import ImagePipeline
 
-    pipeline = ImagePipeline(resize_layer(image_size), batch_size)
+    pipeline = ImagePipeline(image_size, batch_size)
     return np.concatenate([images.numpy()[ok.numpy()] for images, ok, _ in pipeline.dataset(paths)])

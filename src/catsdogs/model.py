@@ -6,10 +6,11 @@ import os
 import keras
 import numpy as np
 
-from catsdogs.backbones import backbone_name, extractor_name, resize_layer
+from catsdogs.backbones import backbone_name
 from catsdogs.errors import ModelNotFoundError
 from catsdogs.files import atomic_path
 from catsdogs.layers import ClassProbabilities
+from catsdogs.pixels import resize_layer
 
 MODEL_FILE = "model.keras"
 SCORE = "in_distribution_score"  # the model's second output, where it has an open-set score
@@ -39,6 +40,38 @@ def assemble(extractor, head, class_names, temperature=1.0, threshold=0.5, open_
     if open_set is None:
         return keras.Model(image, probabilities, name="catsdogs")
     return keras.Model(image, {"probabilities": probabilities, SCORE: open_set([features, logits])}, name="catsdogs")
+
+
+@dataclasses.dataclass
+class ModelParts:
+    """The layers of an end-to-end model (`assemble`) by their role, for code that runs it in pieces:
+    exporters start after the resize layer, Grad-CAM needs the backbone's last block.
+
+    The names of the model's layers are known here and nowhere else.
+    """
+
+    resize: keras.layers.Layer
+    extractor: keras.Model
+    head: keras.Model
+    probabilities: ClassProbabilities
+    open_set: keras.layers.Layer = None  # the `layers.InDistributionScore`, where the model has one
+
+    def outputs_from_features(self, features):
+        """The model's outputs from the extractor's features: {"probabilities"[, "in_distribution_score"]}."""
+        logits = self.head(features, training=False)
+        outputs = {"probabilities": self.probabilities(logits)}
+        if self.open_set is not None:
+            outputs[SCORE] = self.open_set([features, logits])
+        return outputs
+
+
+def parts(model) -> ModelParts:
+    """The layers of a catsdogs model by their role (see `ModelParts`)."""
+    return ModelParts(
+        resize=model.get_layer("resize"),
+        extractor=next(layer for layer in model.layers if isinstance(layer, keras.Model) and layer.name != "head"),
+        head=model.get_layer("head"), probabilities=model.get_layer("probabilities"),
+        open_set=next((layer for layer in model.layers if layer.name == OPEN_SET_LAYER), None))
 
 
 def outputs_as_dict(outputs):
@@ -73,7 +106,7 @@ def fixed_size_model(model):
 
     Exporters need a fixed input shape, and ONNX Runtime and TFLite have no bfloat16
     convolutions on CPU. Resizing is left to the runtime's input pipeline, which uses the same
-    layer (`backbones.resize_layer`), so an exported model sees what the Keras model sees.
+    layer (`pixels.resize_layer`), so an exported model sees what the Keras model sees.
 
     Args:
         model: an end-to-end model from `assemble` (or loaded).
@@ -85,16 +118,14 @@ def fixed_size_model(model):
         order; `runtimes.split_outputs` takes it apart).
     """
     info = describe(model)
-    float32 = float32_model(model)
+    float32 = parts(float32_model(model))
     pixels = keras.Input((info.image_size, info.image_size, 3), name="pixels")
-    features = float32.get_layer(extractor_name(info.backbone))(pixels)
-    logits = float32.get_layer("head")(features)
-    probabilities = float32.get_layer("probabilities")(logits)
-    if info.reject_threshold is not None:
-        score = float32.get_layer(OPEN_SET_LAYER)([features, logits])
-        probabilities = keras.layers.Concatenate(name="probabilities_and_score")(
-            [probabilities, keras.ops.expand_dims(score, -1)])
-    return keras.Model(pixels, probabilities, name="catsdogs")
+    outputs = float32.outputs_from_features(float32.extractor(pixels))
+    output = outputs["probabilities"]
+    if SCORE in outputs:
+        output = keras.layers.Concatenate(name="probabilities_and_score")(
+            [output, keras.ops.expand_dims(outputs[SCORE], -1)])
+    return keras.Model(pixels, output, name="catsdogs")
 
 
 @dataclasses.dataclass
@@ -112,10 +143,9 @@ class ModelInfo:
 
 def describe(model: keras.Model) -> ModelInfo:
     """What a catsdogs model says about itself: class names, backbone, input size, thresholds, temperature."""
-    probabilities = model.get_layer("probabilities")
-    extractor = next(layer for layer in model.layers if isinstance(layer, keras.Model) and layer.name != "head")
-    open_set = next((layer for layer in model.layers if layer.name == OPEN_SET_LAYER), None)
-    return ModelInfo(probabilities.class_names, backbone_name(extractor.name), model.get_layer("resize").height,
+    layers = parts(model)
+    probabilities, open_set = layers.probabilities, layers.open_set
+    return ModelInfo(probabilities.class_names, backbone_name(layers.extractor.name), layers.resize.height,
                      probabilities.threshold, probabilities.temperature,
                      open_set.threshold if open_set else None, list(open_set.methods) if open_set else None)
 

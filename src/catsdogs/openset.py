@@ -133,12 +133,12 @@ def resolve_methods(spec, backbone, weights, class_names) -> tuple:
     Raises:
         ConfigError: an unknown method, or "imagenet" where it cannot be had.
     """
-    from catsdogs.backbones import LITE_CHECKPOINTS, member_names
+    from catsdogs.backbones import has_imagenet_classifier
     from catsdogs.layers import OPEN_SET_METHODS
 
     if spec == "none":
         return ()
-    has_imagenet = (weights == "imagenet" and all(name in LITE_CHECKPOINTS for name in member_names(backbone))
+    has_imagenet = (weights == "imagenet" and has_imagenet_classifier(backbone)
                     and imagenet_classes_of(class_names) is not None)
     if spec == "auto":
         return ("knn", "imagenet") if has_imagenet else ("knn",)

@@ -11,7 +11,8 @@ import pathlib
 
 import numpy as np
 
-from catsdogs.images import ImageError, load_image
+from catsdogs.errors import ImageError
+from catsdogs.images import load_image
 
 RIGHT, WRONG = "#1a7f37", "#cf222e"
 
@@ -85,7 +86,12 @@ def _photo_grid(count, columns, title):
 
 
 def _short(name, width=18):
-    return name if len(name) <= width else name[:width - 1] + "…"
+    """A name in at most `width` characters: its start and its end around "…", so that names that
+    differ only at the end (class_01, class_02) stay apart."""
+    if len(name) <= width:
+        return name
+    tail = (width - 1) // 2
+    return name[:width - 1 - tail] + "…" + name[-tail:]
 
 
 def plot_grid(rows, seed=0, side=5):
@@ -155,7 +161,7 @@ def plot_confusion(confusion, class_names, ax=None):
 
     side = 1.5 + 0.9 * len(class_names)
     fig, ax = _figure_and_ax(ax, (side + 1, side))
-    ConfusionMatrixDisplay(np.asarray(confusion), display_labels=[_short(n, 14) for n in class_names]).plot(
+    ConfusionMatrixDisplay(np.asarray(confusion), display_labels=list(class_names)).plot(  # names in full
         ax=ax, cmap="Blues", values_format="d", colorbar=False, xticks_rotation=45 if len(class_names) > 4 else "horizontal")
     ax.set_title("Confusion matrix (test)")
     return fig

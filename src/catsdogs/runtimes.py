@@ -1,14 +1,14 @@
 """Every way to run a catsdogs model, behind one interface: Keras, ONNX Runtime, LiteRT/TFLite, SavedModel.
 
 A runtime is a callable: (batch, size, size, 3) float32 RGB pixels in [0, 255], already resized
-(`backbones.resize_layer`), in; a dict out: "probabilities" (batch, classes) and, where the model
+(`pixels.resize_layer`), in; a dict out: "probabilities" (batch, classes) and, where the model
 has an open-set score, "in_distribution_score" (batch,). Its `info` is the `model.ModelInfo`
 (class names, input size, thresholds). `inference.run_on_files` runs any of them over files.
 
 An export folder written by `catsdogs export` holds the exported file and `export.json`: the
 class names, threshold and input size of the model it came from. Every exported model takes
 (batch, size, size, 3) float32 RGB pixels in [0, 255], already resized to size x size by
-`backbones.resize_layer` (bilinear with antialiasing, no crop), and returns one probability per
+`pixels.resize_layer` (bilinear with antialiasing, no crop), and returns one probability per
 class, then the in-distribution score where the model has one (`model.fixed_size_model`): the Keras
 model after its own resize layer.
 """
@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from catsdogs import model as model_lib
-from catsdogs.data import usable_cpus
+from catsdogs.host import usable_cpus
 from catsdogs.errors import ConfigError
 from catsdogs.extras import require
 
@@ -91,6 +91,14 @@ class ExportedModel:
         raise NotImplementedError
 
 
+def onnx_session(path):
+    """An ONNX Runtime session of an .onnx file on this machine's CPU."""
+    require("onnx", "the onnx format")
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+
 class OnnxExport(ExportedModel):
     """An ONNX model in ONNX Runtime (CPU)."""
 
@@ -98,10 +106,7 @@ class OnnxExport(ExportedModel):
 
     def __init__(self, folder):
         super().__init__(folder)
-        require("onnx", "the onnx format")
-        import onnxruntime
-
-        self.session = onnxruntime.InferenceSession(self.path, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(self.path)
         self.input_name = self.session.get_inputs()[0].name
 
     def run(self, images):

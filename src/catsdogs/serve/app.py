@@ -39,8 +39,10 @@ from starlette.requests import ClientDisconnect
 
 from catsdogs import __version__, explain
 from catsdogs import model as model_lib
-from catsdogs.classifier import decide
-from catsdogs.images import ImageError, decode_image_for_model, open_image
+from catsdogs.classifier import decide, load
+from catsdogs.errors import ImageError
+from catsdogs.images import decode_image_for_model, open_image
+from catsdogs.pixels import prepare
 from catsdogs.serve import ServeSettings
 from catsdogs.serve.batcher import MicroBatcher
 
@@ -88,27 +90,36 @@ class Result:
 
 
 class Predictor:
-    """The batch function: decoded photos in, probabilities (and heatmaps on request) out.
+    """The batch function: decoded photos in, the runtime's outputs (and heatmaps on request) out.
 
-    A photo that cannot be prepared gets an `ImageError` in its place; the others still run.
+    The classifier's runtime computes the outputs, whatever it is (Keras, SavedModel, ONNX,
+    TFLite: `runtimes.load`), on pixels prepared as `catsdogs predict` prepares them. Grad-CAM
+    runs only for the photos that ask for a heatmap, and needs the Keras model. A photo that cannot
+    be prepared gets an `ImageError` in its place; the others still run.
     """
 
-    def __init__(self, explainer):
-        self.explainer = explainer
+    def __init__(self, classifier):
+        """Args:
+            classifier: the `Classifier` to serve.
+        """
+        self.classifier = classifier
+        # Grad-CAM opens the Keras model at its last convolutional block: an export has no such block.
+        self.explainer = classifier.explainer() if classifier.model is not None else None
 
     def __call__(self, jobs):
+        info = self.classifier.info
         results, prepared = [None] * len(jobs), []
         for i, job in enumerate(jobs):
             try:
-                prepared.append((i, self.explainer.prepare(job.pixels)))
+                prepared.append((i, prepare(job.pixels, info.image_size, job.source)))
             except Exception as error:  # whatever is wrong with one photo stays with that photo
                 results[i] = ImageError(job.source, f"cannot be prepared for the model ({error})")
         if not prepared:
             return results
         indices = [i for i, _ in prepared]
         batch = np.stack([pixels for _, pixels in prepared])
-        outputs = self.explainer.predict(batch)
-        labels = model_lib.predicted_classes(outputs["probabilities"], self.explainer.info.threshold)
+        outputs = self.classifier.runtime(batch)
+        labels = model_lib.predicted_classes(outputs["probabilities"], info.threshold)
         explained = [k for k, i in enumerate(indices) if jobs[i].heatmap]
         heatmaps = dict(zip(explained, self.explainer.heatmaps(batch[explained], labels[explained]))) if explained else {}
         for k, i in enumerate(indices):
@@ -118,7 +129,7 @@ class Predictor:
 
     def warm_up(self):
         """Traces the model's compiled functions once, so that the first request is not slow."""
-        self([Job(np.zeros((8, 8, 3), np.uint8), True, "warm-up")])
+        self([Job(np.zeros((8, 8, 3), np.uint8), self.explainer is not None, "warm-up")])
 
 
 class B64Image(BaseModel):
@@ -192,6 +203,8 @@ class ModelStatus(BaseModel):
     reject_threshold: float | None = Field(None, description=(
         "photos whose in-distribution score is below it are answered 'unknown' (models with an open-set score)"))
     metrics: dict | None = Field(description="the test metrics of the run (metrics.json), if the model came with them")
+    runtime: str = Field(description="what runs the model: keras, or the format of the export served")
+    heatmaps: bool = Field(description="whether heatmap=true is available (Grad-CAM needs the Keras model)")
 
 
 class BatchingStatus(BaseModel):
@@ -227,22 +240,39 @@ def _responses(*statuses):
     return {status: ERRORS[status] for status in statuses}
 
 
-def load_served_model(run_or_model):
-    """Loads a model for serving, with its name and the test metrics of its run.
-
-    Returns:
-        (model, name: the run directory's or file's name, metrics dict or None).
-    """
-    path = model_lib.resolve_model_path(run_or_model)
-    folder = os.path.dirname(os.path.abspath(path))
-    is_run = os.path.basename(path) == model_lib.MODEL_FILE
-    name = os.path.basename(folder) if is_run else os.path.splitext(os.path.basename(path))[0]
+def _name_and_metrics(model_file):
+    """A model file's name in URLs and its run's test metrics: the run directory's name and
+    metrics.json for a run's model.keras, else the file's name and None."""
+    folder = os.path.dirname(os.path.abspath(model_file))
+    if os.path.basename(model_file) != model_lib.MODEL_FILE:
+        return os.path.splitext(os.path.basename(model_file))[0], None
     metrics_file = os.path.join(folder, "metrics.json")
     metrics = None
-    if is_run and os.path.isfile(metrics_file):
+    if os.path.isfile(metrics_file):
         with open(metrics_file) as f:
             metrics = json.load(f)
-    return model_lib.load(path), name, metrics
+    return os.path.basename(folder), metrics
+
+
+def load_served_model(path, runtime=None):
+    """Loads a model for serving, as `catsdogs predict` loads it, with its name and its run's test metrics.
+
+    Args:
+        path: a run directory, a .keras file, or an export folder (or the exported file in it).
+        runtime: as for `runtimes.load`.
+
+    Returns:
+        (`Classifier`, name: the run directory's or file's name (an export's: its source model's),
+        metrics dict or None).
+    """
+    classifier = load(path, runtime)
+    if classifier.model is not None:
+        return (classifier, *_name_and_metrics(model_lib.resolve_model_path(path)))
+    # An export names the model it came from; where that is still there, it gives the name and metrics.
+    source = classifier.runtime.metadata.get("source", "")
+    if os.path.isfile(source):
+        return (classifier, *_name_and_metrics(source))
+    return classifier, os.path.basename(os.path.normpath(classifier.runtime.folder)), None
 
 
 class BodyLimit:
@@ -353,13 +383,14 @@ def _api_key_dependency(api_key):
 class Service:
     """What the routes share: the model, its batcher, the limits and the semaphores that hold them."""
 
-    def __init__(self, model, name, metrics, settings):
+    def __init__(self, classifier, name, metrics, settings):
         self.name = name
         self.metrics = metrics
         self.settings = settings
-        self.explainer = explain.Explainer(model)
-        self.info = self.explainer.info
-        self.predictor = Predictor(self.explainer)
+        self.info = classifier.info
+        self.predictor = Predictor(classifier)
+        self.runtime = classifier.runtime.runtime
+        self.heatmaps = self.predictor.explainer is not None
         self.batcher = MicroBatcher(self.predictor, settings.max_batch_size, settings.max_wait_ms)
         self.request_slots = asyncio.Semaphore(settings.max_active_requests)
         self.decode_slots = asyncio.Semaphore(settings.max_decodes)
@@ -412,6 +443,10 @@ class Service:
 
     async def predict_images(self, images, heatmap, reject=True, reject_threshold=None):
         """images: list of (file bytes, source name) -> list of Prediction (see `classifier.decide`)."""
+        if heatmap and not self.heatmaps:
+            raise HTTPException(400, f"heatmap=true needs the Keras model (Grad-CAM opens it at its last "
+                                     f"convolutional block), and this server runs a {self.runtime} export: ask "
+                                     f"without heatmap, or serve the run directory or its .keras file")
         if len(images) > self.settings.max_images:
             raise HTTPException(413, f"{len(images)} images in one request; the limit is {self.settings.max_images}")
         pixels = await run_in_threadpool(self.measure, images)
@@ -562,7 +597,7 @@ def _add_status_routes(app, service, auth):
             model_version_status=[ModelVersionStatus(version=str(MODEL_VERSION))], name=service.name,
             classes=info.class_names, backbone=info.backbone, input_size=[info.image_size, info.image_size, 3],
             threshold=info.threshold, temperature=info.temperature, reject_threshold=info.reject_threshold,
-            metrics=service.metrics)
+            metrics=service.metrics, runtime=service.runtime, heatmaps=service.heatmaps)
 
     common = dict(response_model=ModelStatus, dependencies=auth["dependencies"])
 
@@ -626,11 +661,11 @@ def _add_predict_routes(app, service, auth):
             return PredictResponse(predictions=await service.predict_images(images, heatmap, reject, reject_threshold))
 
 
-def create_app(model, name="model", metrics=None, settings=None):
+def create_app(classifier, name="model", metrics=None, settings=None):
     """The FastAPI application serving one catsdogs model.
 
     Args:
-        model: a loaded catsdogs model.
+        classifier: the `Classifier` to serve (`load_served_model`), in any runtime.
         name: the model's name in TensorFlow Serving's URLs (/v1/models/NAME).
         metrics: test metrics to report with the model, if any.
         settings: `ServeSettings`; with an `api_key`, the model's routes require it.
@@ -639,7 +674,7 @@ def create_app(model, name="model", metrics=None, settings=None):
         a FastAPI app; `app.state.batcher` is its `MicroBatcher`.
     """
     settings = settings or ServeSettings()
-    service = Service(model, name, metrics, settings)
+    service = Service(classifier, name, metrics, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -673,21 +708,22 @@ def _warn_if_exposed(host, settings):
                     "(set --api-key or CATSDOGS_API_KEY)", host)
 
 
-def serve(run_or_model, host="127.0.0.1", port=8000, settings=None, name=None):
+def serve(run_or_model, host="127.0.0.1", port=8000, settings=None, name=None, runtime=None):
     """Loads a model and serves it with uvicorn until interrupted (SIGINT or SIGTERM).
 
     Args:
-        run_or_model: a run directory or .keras file.
+        run_or_model: a run directory, a .keras file or an export folder (`catsdogs export`).
         host: the address to listen on; the default is reachable from this machine only.
         port: 0 picks a free port (the log says which).
         settings: `ServeSettings`, limits and timeouts included.
         name: the model's name in the URLs (default: the run directory's name).
+        runtime: as for `runtimes.load` (default: whatever `run_or_model` holds).
     """
     from catsdogs.serve.server import Server, uvicorn_config
 
     settings = settings or ServeSettings()
-    model, default_name, metrics = load_served_model(run_or_model)
-    app = create_app(model, name or default_name, metrics, settings)
+    classifier, default_name, metrics = load_served_model(run_or_model, runtime)
+    app = create_app(classifier, name or default_name, metrics, settings)
     _warn_if_exposed(host, settings)
     log.info("serving %s: web page at /, API documentation at /docs%s", name or default_name,
              " (API key required)" if settings.api_key else "")

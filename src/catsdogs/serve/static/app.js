@@ -53,9 +53,12 @@ async function showModel() {
     const health = await getJson("/healthz");
     const model = await getJson(`/v1/models/${encodeURIComponent(health.model)}`);
     const accuracy = model.metrics ? `, test accuracy ${(100 * model.metrics.accuracy).toFixed(2)}%` : "";
-    info.textContent = `Model ${model.name}: ${model.backbone}, classes ${model.classes.join(", ")}${accuracy}.`;
+    const runtime = model.runtime === "keras" ? "" : ` (${model.runtime} export: no Grad-CAM overlay)`;
+    info.textContent = `Model ${model.name}: ${model.backbone}, classes ${model.classes.join(", ")}${accuracy}${runtime}.`;
+    return model.heatmaps;
   } catch (error) {
     info.textContent = `The model's description is unavailable (${error.message}).`;
+    return null;  // unknown: ask for heatmaps, as a Keras model gives them
   }
 }
 
@@ -97,6 +100,10 @@ function showPrediction(card, prediction) {
     row.querySelector(".value").textContent = percent(probability);
     bars.append(row);
   }
+  if (!prediction.heatmap_png) {
+    card.querySelector(".toggle").hidden = true;
+    return;
+  }
   const heatmap = card.querySelector(".heatmap");
   const toggle = card.querySelector(".show-heatmap");
   heatmap.src = `data:image/png;base64,${prediction.heatmap_png}`;
@@ -125,7 +132,8 @@ async function predict(file) {
   const form = new FormData();
   form.append("files", file, file.name);
   try {
-    const response = await apiFetch("/predict?heatmap=true", { method: "POST", body: form });
+    const heatmap = (await heatmapsAvailable) !== false;
+    const response = await apiFetch(`/predict?heatmap=${heatmap}`, { method: "POST", body: form });
     const payload = await response.json();
     if (!response.ok) throw new Error(payload.error || response.statusText);
     showPrediction(card, payload.predictions[0]);
@@ -158,4 +166,5 @@ document.addEventListener("drop", (event) => {
   addPhotos(event.dataTransfer.files);
 });
 
-showModel();
+// Whether the server draws Grad-CAM heatmaps: a Keras model does, an exported one cannot.
+const heatmapsAvailable = showModel();
