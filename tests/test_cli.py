@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from catsdogs.cli import main
 from conftest import photo
 
@@ -56,3 +58,48 @@ def test_evaluate_writes_metrics_and_report(lite0_run, tmp_path, capsys):
     assert set(evaluated["tta"]) <= set(evaluated)
     assert abs(evaluated["accuracy"] - metrics["accuracy"]) <= 0.005  # same model, end to end
     assert (out / "report.html").exists() and (out / "grid.png").exists()
+
+
+def serve_parser():
+    from catsdogs.cli import build_parser
+
+    return build_parser()._subparsers._group_actions[0].choices["serve"]
+
+
+def test_serve_has_an_option_for_every_serve_setting_with_its_default_and_help(capsys):
+    import dataclasses
+
+    from catsdogs.serve import ServeSettings
+
+    options = {action.dest: action for action in serve_parser()._actions}
+    for field in dataclasses.fields(ServeSettings):
+        action = options[field.name]
+        assert action.option_strings == [field.metadata["flag"]]
+        assert action.default == field.default and action.help == field.metadata["help"]
+    assert options["header_timeout_s"].option_strings == ["--header-timeout"]  # the flags users know, kept
+    assert options["header_timeout_s"].metavar == "HEADER_TIMEOUT"
+    with pytest.raises(SystemExit):
+        main(["serve", "-h"])
+    shown = capsys.readouterr().out
+    for field in dataclasses.fields(ServeSettings):
+        assert field.metadata["flag"] in shown
+    assert "(default: 10.0)" in shown and "$CATSDOGS_API_KEY" in shown
+
+
+def test_serve_settings_from_the_command_line(monkeypatch):
+    from catsdogs import cli, extras
+    from catsdogs.serve import ServeSettings
+
+    given = []
+    monkeypatch.setattr(extras, "require", lambda *args: None)
+    monkeypatch.setattr("catsdogs.serve.app.serve", 
+                        lambda model, host, port, settings, name=None: given.append(settings))
+    monkeypatch.delenv("CATSDOGS_API_KEY", raising=False)
+    assert cli.main(["serve", "runs/x"]) == 0
+    monkeypatch.setenv("CATSDOGS_API_KEY", "from-env")
+    assert cli.main(["serve", "runs/x", "--header-timeout", "3", "--max-images", "4"]) == 0
+    assert cli.main(["serve", "runs/x", "--api-key", "given"]) == 0
+    assert given[0] == ServeSettings()
+    assert given[1] == ServeSettings(header_timeout_s=3.0, max_images=4, api_key="from-env")
+    assert given[2].api_key == "given"
+

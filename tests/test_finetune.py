@@ -1,13 +1,16 @@
 """Stage 2: fine-tuning keeps BatchNorm frozen, augments only training, never keeps a worse model."""
 
+import dataclasses
 import json
+import pickle
 
 import keras
 import numpy as np
+import pytest
 
 import catsdogs
 from catsdogs import backbones, finetune
-from catsdogs.config import TrainConfig
+from catsdogs.config import FineTuneSettings, TrainConfig
 from catsdogs.heads import build_head
 from conftest import photo, real_dataset
 
@@ -29,15 +32,26 @@ def test_fine_tuning_trains_the_top_blocks_only_and_keeps_batch_norm_statistics(
     assert len(statistics) == 2 * 49  # every BatchNormalization of Lite0 is there to be checked
     frozen_before = extractor.get_layer("block10_project_conv").get_weights()[0].copy()
     top_before = extractor.get_layer("block15_project_conv").get_weights()[0].copy()
-    config = TrainConfig(data_dir="", fine_tune_epochs=2, fine_tune_batch_size=8, fine_tune_learning_rate=1e-3,
-                         fine_tune_blocks=2)
-    history = finetune.fine_tune(extractor, head, small_split(range(1, 9)), small_split(range(9, 13)), config, [])
+    settings = TrainConfig(data_dir="", fine_tune_epochs=2, fine_tune_batch_size=8, fine_tune_learning_rate=1e-3,
+                           fine_tune_blocks=2).fine_tune_settings()
+    history = finetune.fine_tune(extractor, head, small_split(range(1, 9)), small_split(range(9, 13)), settings, [])
     assert len(history.epoch) == 2
     for before, after in zip(statistics, batch_norm_statistics(extractor)):
         np.testing.assert_array_equal(before, after)
     np.testing.assert_array_equal(extractor.get_layer("block10_project_conv").get_weights()[0], frozen_before)
     assert not np.allclose(extractor.get_layer("block15_project_conv").get_weights()[0], top_before)
     assert not extractor.trainable_weights  # frozen again afterwards
+
+
+def test_fine_tuning_takes_its_own_settings_derived_from_the_train_config():
+    config = TrainConfig(data_dir="", fine_tune_blocks=2, fine_tune_learning_rate=1e-4, fine_tune_epochs=3,
+                         fine_tune_patience=1, fine_tune_batch_size=16, augment=False, seed=7)
+    settings = config.fine_tune_settings()
+    assert settings == FineTuneSettings(blocks=2, learning_rate=1e-4, epochs=3, patience=1, batch_size=16,
+                                        augment=False, seed=7)
+    assert pickle.loads(pickle.dumps(settings)) == settings  # what Ray sends its fine-tuning workers
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.epochs = 1
 
 
 def test_unfreeze_counts_blocks_from_the_top():

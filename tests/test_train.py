@@ -2,7 +2,10 @@
 
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -225,3 +228,31 @@ def test_low_resolution_views_are_cached_and_train_the_head_beside_the_originals
     assert sum(i.endswith(":low_resolution") for i in ids) == 160  # cached beside the originals
     assert run.metrics["accuracy"] >= metrics["accuracy"] - 0.02
     assert run.config.low_resolution and run.classifier.info.image_size == 380
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"val_fraction": 0}, "val_fraction 0: expected a fraction between 0 and 1"),
+    ({"test_fraction": 1}, "test_fraction 1: expected a fraction between 0 and 1"),
+    ({"open_set_keep": 1.0}, "open_set_keep 1.0: expected a fraction between 0 and 1"),
+    ({"fine_tune_epochs": 0}, "fine_tune_epochs 0: expected at least 1"),
+    ({"batch_size": -1}, "batch_size -1: expected at least 1"),
+    ({"head": "deep"}, "unknown head 'deep'; choose one of ('linear', 'dense')"),
+    ({"engine": "spark"}, "unknown engine 'spark'; choose one of ('local', 'ray')"),
+    ({"image_size": 16}, "image size 16: at least 32 pixels"),
+    ({"precision": "float8"}, "unknown precision 'float8'"),
+    ({"exclude": "no-such-list.txt"}, "exclude file 'no-such-list.txt' not found"),
+])
+def test_train_config_checks_its_own_settings_without_data(settings, message):
+    from catsdogs.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        TrainConfig(data_dir="", **settings).check()
+
+
+def test_train_config_defaults_pass_its_check_and_import_no_tensorflow():
+    TrainConfig(data_dir="").check()  # the defaults, with no data folder at all
+    script = ("import sys; from catsdogs.config import TrainConfig; "
+              "TrainConfig(data_dir='').fine_tune_settings(); print('tensorflow' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False"]

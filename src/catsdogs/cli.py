@@ -1,6 +1,7 @@
 """The `catsdogs` command: parses arguments and calls the library."""
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -285,20 +286,15 @@ def _serve(args):
     require("serve", "serving")
     from catsdogs.serve.app import serve
 
+    settings = {field.name: getattr(args, field.name) for field in dataclasses.fields(ServeSettings)}
     # The key may come from the environment, so that it stays out of `ps` and shell history.
-    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
-    settings = ServeSettings(
-        max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_upload_bytes=args.max_upload_bytes,
-        max_pixels=args.max_pixels, max_request_pixels=args.max_request_pixels, max_images=args.max_images,
-        max_decodes=args.max_decodes, max_active_requests=args.max_active_requests,
-        max_connections=args.max_connections, header_timeout_s=args.header_timeout,
-        body_timeout_s=args.body_timeout, keep_alive_s=args.keep_alive, shutdown_timeout_s=args.shutdown_timeout,
-        api_key=api_key)
+    if settings["api_key"] is None:
+        settings["api_key"] = os.environ.get(API_KEY_ENV) or None
+    settings = ServeSettings(**settings)
     serve(args.model, args.host, args.port, settings, args.name)
 
 
 def _add_serve(commands):
-    defaults = ServeSettings()
     p = commands.add_parser(
         "serve", help="serve a model over HTTP: an API and a web page",
         description="Serves a trained model: TensorFlow Serving's REST API (POST /v1/models/NAME:predict), "
@@ -310,39 +306,12 @@ def _add_serve(commands):
                    help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 for every network)")
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s; 0 picks a free one)")
     p.add_argument("--name", help="the model's name in /v1/models/NAME (default: the run directory's name)")
-    p.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,
-                   help="most images in one forward pass; 1 turns batching off (default: %(default)s)")
-    p.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
-                   help="how long a request waits for others to share its forward pass (default: %(default)s)")
-    p.add_argument("--max-upload-bytes", type=int, default=defaults.max_upload_bytes,
-                   help="largest request body, refused before decoding (default: %(default)s)")
-    p.add_argument("--max-pixels", type=int, default=defaults.max_pixels,
-                   help="largest image in pixels, read from its header before decoding (default: %(default)s)")
-    p.add_argument("--max-request-pixels", type=int, default=defaults.max_request_pixels,
-                   help="most pixels of all the images of one request, read from their headers before decoding "
-                        "(default: %(default)s)")
-    p.add_argument("--max-images", type=int, default=defaults.max_images,
-                   help="most images in one request (default: %(default)s)")
-    p.add_argument("--max-decodes", type=int, default=defaults.max_decodes,
-                   help="most images decoded at once, across requests (default: %(default)s)")
-    p.add_argument("--max-active-requests", type=int, default=defaults.max_active_requests,
-                   help="most prediction requests reading or holding their body at once; others wait "
-                        "(default: %(default)s)")
-    p.add_argument("--max-connections", type=int, default=defaults.max_connections,
-                   help="most open connections; requests beyond get 503 (default: %(default)s)")
-    p.add_argument("--header-timeout", type=float, default=defaults.header_timeout_s,
-                   help="seconds for a request's headers to arrive before the connection is closed "
-                        "(default: %(default)s)")
-    p.add_argument("--body-timeout", type=float, default=defaults.body_timeout_s,
-                   help="seconds for a request's body to arrive, else 408 (default: %(default)s)")
-    p.add_argument("--keep-alive", type=float, default=defaults.keep_alive_s,
-                   help="seconds an idle connection stays open between requests (default: %(default)s)")
-    p.add_argument("--shutdown-timeout", type=float, default=defaults.shutdown_timeout_s,
-                   help="on SIGTERM or Ctrl-C, seconds to let requests finish before cancelling them "
-                        "(default: %(default)s)")
-    p.add_argument("--api-key", default=None,
-                   help=f"require this key on the API (Authorization: Bearer KEY or X-API-Key: KEY); default: "
-                        f"${API_KEY_ENV} if set, else none (the variable keeps it out of `ps`). Use it whenever --host is not loopback")
+    # One option per setting, as ServeSettings declares it (flag, help); the destination is the field.
+    for field in dataclasses.fields(ServeSettings):
+        flag = field.metadata["flag"]
+        p.add_argument(flag, dest=field.name, metavar=flag.lstrip("-").replace("-", "_").upper(),
+                       type=field.type if field.type in (int, float) else str, default=field.default,
+                       help=field.metadata["help"])
     p.set_defaults(func=_serve)
 
 

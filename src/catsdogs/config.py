@@ -4,6 +4,8 @@ import dataclasses
 import json
 import os
 
+from catsdogs.errors import ConfigError
+
 
 # Choices offered by the command line, here so that parsing it needs no TensorFlow.
 PRECISIONS = ("float32", "bfloat16")  # compute precision of a backbone
@@ -16,6 +18,10 @@ RUNTIMES = EXPORT_FORMATS  # what runs a model: Keras itself, or the runtime of 
 # for both backbones and precisions on a 2-core Zen CPU (docs/BENCHMARKS.md), and small enough in memory.
 INFERENCE_BATCH_SIZE = 64
 BENCH_BATCH_SIZES = (16, 32, 64)  # what `catsdogs bench` compares by default
+# Settings checked alike by `TrainConfig.check` (in the manner of Ultralytics' CFG_FRACTION_KEYS).
+FRACTION_KEYS = ("val_fraction", "test_fraction", "open_set_keep")  # strictly between 0 and 1
+COUNT_KEYS = ("batch_size", "extract_batch_size", "fine_tune_batch_size", "max_epochs", "fine_tune_epochs")  # >= 1
+CHOICE_KEYS = {"head": HEADS, "engine": ENGINES}
 
 
 def default_cache_dir():
@@ -24,6 +30,29 @@ def default_cache_dir():
         return os.environ["CATSDOGS_CACHE"]
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "catsdogs")
+
+
+@dataclasses.dataclass(frozen=True)
+class FineTuneSettings:
+    """What stage 2 (`finetune.fine_tune`) needs: `TrainConfig.fine_tune_settings()` derives it.
+
+    Attributes:
+        blocks: the backbone's last blocks to unfreeze (0: the backbone's default).
+        learning_rate: of the optimizer.
+        epochs: at most this many epochs.
+        patience: early stopping patience in epochs, on the validation loss.
+        batch_size: images per step (on several workers: the global batch, all of them together).
+        augment: random flips, rotations, zooms, shifts and contrast on the training images.
+        seed: of the augmentation and the shuffling.
+    """
+
+    blocks: int
+    learning_rate: float
+    epochs: int
+    patience: int
+    batch_size: int
+    augment: bool
+    seed: int
 
 
 @dataclasses.dataclass
@@ -68,6 +97,54 @@ class TrainConfig:
     engine: str = "local"  # "ray": missing features computed, and fine-tuning run, on a Ray cluster
     ray_address: str = ""  # the cluster for engine "ray" ("" : $RAY_ADDRESS, else a new local one)
     ray_workers: int = 0  # extractor actors and fine-tuning workers for engine "ray" (0: one per node)
+
+    def check(self):
+        """Checks every setting that does not depend on the data, before anything is read.
+
+        Raises:
+            ConfigError: naming the setting, the value and what is accepted.
+        """
+        # Lazy: config.py is imported where TensorFlow (which backbones imports) is not wanted.
+        from catsdogs import backbones
+        from catsdogs.extras import require
+        from catsdogs.precision import resolve_precision
+
+        ensemble = len(backbones.member_names(self.backbone)) > 1
+        resolve_precision(self.precision)
+        if ensemble and self.fine_tune:
+            raise ConfigError(f"backbone {self.backbone}: fine-tuning takes one backbone; an ensemble's members "
+                              f"stay frozen (train one backbone with --fine-tune instead)")
+        for name, choices in CHOICE_KEYS.items():
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of {choices}")
+        backbones.check_weights(self.backbone, self.weights)
+        if self.image_size and self.image_size < 32:
+            raise ConfigError(f"image size {self.image_size}: at least 32 pixels (0 for the backbone's own)")
+        for name in FRACTION_KEYS:
+            if not 0 < getattr(self, name) < 1:
+                raise ConfigError(f"{name} {getattr(self, name)}: expected a fraction between 0 and 1")
+        for name in COUNT_KEYS:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} {getattr(self, name)}: expected at least 1")
+        if self.unknown_data and not os.path.isdir(self.unknown_data):
+            raise ConfigError(f"unknown_data {self.unknown_data!r}: not a folder")
+        if self.exclude and not os.path.isfile(self.exclude):
+            raise ConfigError(f"exclude file {self.exclude!r} not found")
+        if self.engine == "ray":
+            require("ray", "--engine ray")
+            if self.ray_workers < 0:
+                raise ConfigError(f"ray_workers {self.ray_workers}: expected 0 (one per node) or more")
+            if self.fine_tune and self.ray_workers:
+                from catsdogs.distributed_training import check_global_batch
+
+                check_global_batch(self.fine_tune_batch_size, self.ray_workers)
+
+    def fine_tune_settings(self) -> FineTuneSettings:
+        """The settings of stage 2 (fine_tune_blocks, fine_tune_learning_rate, ..., augment, seed)."""
+        return FineTuneSettings(
+            blocks=self.fine_tune_blocks, learning_rate=self.fine_tune_learning_rate, epochs=self.fine_tune_epochs,
+            patience=self.fine_tune_patience, batch_size=self.fine_tune_batch_size, augment=self.augment,
+            seed=self.seed)
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -43,7 +43,7 @@ def check_global_batch(batch_size, workers):
                           f"{workers} (it is the global batch, shared equally by the workers)")
 
 
-def fine_tune(extractor, head, train, val, config):
+def fine_tune(extractor, head, train, val, settings, precision, cache_dir, address="", workers=0):
     """Fine-tunes on a Ray cluster; the multi-worker counterpart of `finetune.fine_tune`.
 
     Args:
@@ -51,31 +51,38 @@ def fine_tune(extractor, head, train, val, config):
         head: the stage-1 Keras head; gets the tuned weights.
         train, val: (paths, labels) of the training and validation images, readable at these
             paths on every node.
-        config: a `TrainConfig`; ray_address and ray_workers (0: one worker per node) choose the
-            cluster and the workers; fine_tune_batch_size is the global batch, a multiple of them.
+        settings: a `config.FineTuneSettings`; its batch_size is the global batch, a multiple of
+            the workers.
+        precision: the extractor's compute precision ("float32" or "bfloat16"): each worker builds it alike.
+        cache_dir: the cache folder every node shares; checkpoints go below it.
+        address: the Ray cluster ("": $RAY_ADDRESS, else a new one on this machine).
+        workers: Ray workers (0: one per node).
 
     Returns:
         the epoch rows (epoch, loss, accuracy, val_loss, val_accuracy, seconds), as
         `heads.EpochHistory.rows`.
     """
-    ray = distributed.connect(config.ray_address or None)
+    ray = distributed.connect(address or None)
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    workers = config.ray_workers or len(distributed.alive_nodes(ray))
-    check_global_batch(config.fine_tune_batch_size, workers)  # known only now when one worker per node
+    workers = workers or len(distributed.alive_nodes(ray))
+    check_global_batch(settings.batch_size, workers)  # known only now when one worker per node
     # Each worker reserves an equal share of the cluster's CPUs: one worker per node gets the
     # whole node, and Ray sets the worker's OMP_NUM_THREADS (which TensorFlow follows) to its share.
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
-    storage = os.path.join(os.path.abspath(config.cache_dir), CHECKPOINT_FOLDER)
+    storage = os.path.join(os.path.abspath(cache_dir), CHECKPOINT_FOLDER)
     name = f"{extractor.name}-{timestamp()}-{os.getpid()}"
-    settings = {"config": config, "train": (list(train[0]), np.asarray(train[1]).tolist()),
-                "val": (list(val[0]), np.asarray(val[1]).tolist()),
-                "extractor": ray.put(extractor.get_weights()), "head": ray.put(head.get_weights()),
-                "head_json": head.to_json()}
+    # What each worker gets (pickled by Ray): the settings, how to build the extractor, the weights.
+    loop_config = {"fine_tune": settings, "train": (list(train[0]), np.asarray(train[1]).tolist()),
+                   "val": (list(val[0]), np.asarray(val[1]).tolist()),
+                   "extractor_build": {"name": extractor.name, "image_size": extractor.input_shape[1],
+                                       "precision": precision, "cache_dir": cache_dir},
+                   "extractor": ray.put(extractor.get_weights()), "head": ray.put(head.get_weights()),
+                   "head_json": head.to_json()}
     start = time.perf_counter()
     trainer = TensorflowTrainer(
-        worker_loop, train_loop_config=settings,
+        worker_loop, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cpus}),
         run_config=RunConfig(name=name, storage_path=storage, failure_config=FailureConfig(max_failures=MAX_FAILURES),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)))
@@ -116,6 +123,11 @@ def worker_loop(settings):
     """One Ray Train worker: builds the models in the strategy's scope, then `finetune.fine_tune`.
 
     Runs on a fresh start and again after every restart, then from `ray.train.get_checkpoint()`.
+
+    Args:
+        settings: the driver's `train_loop_config` (see `fine_tune`): "fine_tune" (the
+            `FineTuneSettings`), "extractor_build" (`backbones.build_feature_extractor` arguments),
+            "train" and "val" (paths, labels), the weights and the head's JSON.
     """
     # Ray Train sets this for Keras 2 (tf_keras); catsdogs runs Keras 3, which TensorFlow's
     # tf.keras would then no longer be.
@@ -126,8 +138,8 @@ def worker_loop(settings):
 
     from catsdogs import backbones, finetune
 
-    config = settings["config"]
-    keras.utils.set_random_seed(config.seed)
+    fine_tune_settings, build = settings["fine_tune"], settings["extractor_build"]
+    keras.utils.set_random_seed(fine_tune_settings.seed)
     strategy = tf.distribute.MultiWorkerMirroredStrategy()  # reads TF_CONFIG, set by Ray Train
     checkpoint = ray.train.get_checkpoint()
     state, arrays = {"epoch": 0, "history": [], "restarts": 0, "stopping": None, "done": False}, {}
@@ -136,21 +148,22 @@ def worker_loop(settings):
             state, arrays = read_checkpoint(folder)
         state["restarts"] += 1
     with strategy.scope():
-        extractor = backbones.build_feature_extractor(config.backbone, "random", config.image_size, config.precision,
-                                                      config.cache_dir, fold_batch_norm=False)
+        extractor = backbones.build_feature_extractor(build["name"], "random", build["image_size"], build["precision"],
+                                                      build["cache_dir"], fold_batch_norm=False)
         head = keras.models.model_from_json(settings["head_json"])
         extractor.set_weights(arrays.get("extractor") or ray.get(settings["extractor"]))
         head.set_weights(arrays.get("head") or ray.get(settings["head"]))
-        stopping = finetune.EarlyStopping(config.fine_tune_patience, state["stopping"] and {
+        stopping = finetune.EarlyStopping(fine_tune_settings.patience, state["stopping"] and {
             **state["stopping"], "best_weights": arrays.get("best")})
         checkpointer = Checkpointer(extractor, head, stopping, state, arrays.get("optimizer"))
         # A run that had stopped early, or done every epoch, only restores its best weights.
-        initial_epoch = config.fine_tune_epochs if (state["stopping"] or {}).get("stopped_epoch") else state["epoch"]
+        epochs = fine_tune_settings.epochs
+        initial_epoch = epochs if (state["stopping"] or {}).get("stopped_epoch") else state["epoch"]
         if checkpoint is not None:
             print(f"catsdogs: resuming fine-tuning after epoch {state['epoch']} (restart {state['restarts']})",
                   flush=True)
-        finetune.fine_tune(extractor, head, settings["train"], settings["val"], config, [checkpointer], strategy,
-                           stopping, min(initial_epoch, config.fine_tune_epochs))
+        finetune.fine_tune(extractor, head, settings["train"], settings["val"], fine_tune_settings, [checkpointer],
+                           strategy, stopping, min(initial_epoch, epochs))
     checkpointer.report(done=True)
 
 

@@ -18,6 +18,7 @@ from sklearn import metrics as skm
 
 from catsdogs import calibration, data, report
 from catsdogs.config import INFERENCE_BATCH_SIZE
+from catsdogs.errors import UnsupportedError
 from catsdogs.files import timestamp, write_text
 from catsdogs.model import SCORE, predicted_classes
 
@@ -252,6 +253,51 @@ class Evaluation:
     classifier: object = dataclasses.field(default=None, repr=False)
     open_set: OpenSetResults = None
 
+    @classmethod
+    def from_outputs(cls, paths, y_true, class_names, *, logits=None, probabilities=None, temperature=None,
+                     threshold: float = 0.5, validation=None, **attributes):
+        """An `Evaluation` from a model's outputs per view, in the manner of scikit-learn's
+        `RocCurveDisplay.from_predictions`: the one place the probabilities and metrics derive from them.
+
+        Give either `logits` (a head's, calibrated here with `temperature`: training) or
+        `probabilities` (a saved model's, calibrated already: evaluating). With several views
+        (the photo and its mirror image), test-time augmentation is their average.
+
+        Args:
+            paths: the photos predicted.
+            y_true: their true class indices.
+            class_names: in label order.
+            logits: (views, n, 1 or classes) of the head (one logit for two classes).
+            probabilities: (views, n, classes) of the model.
+            temperature: the calibration temperature of `logits` (None: 1, and not reported).
+            threshold: the decision threshold (two classes).
+            validation: (true class indices, the same kind of outputs per view) of the validation split.
+            **attributes: the other fields of `Evaluation` (data_dir, integrity, title, classifier, ...).
+
+        Returns:
+            an `Evaluation` whose probabilities are the first view's, uncalibrated probabilities
+            with `logits`, and tta_probabilities and validation metrics where known.
+        """
+        if (logits is None) == (probabilities is None):
+            raise ValueError("give either logits or probabilities")
+
+        def per_view(outputs):
+            if logits is None:
+                return np.asarray(outputs)
+            return np.stack([calibration.probabilities(v, class_names, temperature or 1.0) for v in outputs])
+
+        views = per_view(logits if probabilities is None else probabilities)
+        tta = len(views) > 1
+        if validation is not None:
+            val_true, val_views = validation[0], per_view(validation[1])
+            attributes["validation"] = compute_metrics(val_true, val_views[0], class_names, threshold)
+            if tta:
+                attributes["validation_tta"] = compute_metrics(val_true, val_views.mean(axis=0), class_names,
+                                                               threshold)
+        return cls(paths=paths, y_true=y_true, probabilities=views[0], class_names=class_names, threshold=threshold,
+                   uncalibrated=None if logits is None else calibration.probabilities(logits[0], class_names),
+                   tta_probabilities=views.mean(axis=0) if tta else None, temperature=temperature, **attributes)
+
     @functools.cached_property
     def metrics(self) -> dict:
         """Test metrics at the top level (`compute_metrics`), then "tta", "validation",
@@ -314,12 +360,12 @@ class Evaluation:
     def plot_gradcam(self, k: int = GRADCAM_MISTAKES):
         """Grad-CAM of the `k` most confident mistakes: where the model saw the class it chose."""
         if self.classifier is None:
-            raise data.DataError("this evaluation has no classifier to explain: evaluate one with catsdogs.evaluate")
+            raise UnsupportedError("this evaluation has no classifier to explain: evaluate one with catsdogs.evaluate")
         return report.plot_gradcam(self.mistakes(k), self.classifier.explainer())
 
     def _require_open_set(self):
         if self.open_set is None:
-            raise data.DataError("this model has no in-distribution score (trained with open_set='none' or "
+            raise UnsupportedError("this model has no in-distribution score (trained with open_set='none' or "
                                  "before catsdogs had one)")
 
     def plot_open_set(self, ax=None):
@@ -422,14 +468,12 @@ def evaluate(classifier, data_dir, tta: bool = False, batch_size: int = INFERENC
     elif unknown_data:
         raise data.DataError(f"{unknown_data}: this model has no open-set score to measure on unknown photos; "
                              f"train it again with this version of catsdogs")
-    probabilities = values["probabilities"]
-    return Evaluation(
-        paths=[os.path.abspath(s.path) for s in kept],
-        y_true=np.array([class_names.index(dataset.class_names[s.label]) for s in kept]),
-        probabilities=probabilities[0], class_names=class_names, threshold=classifier.info.threshold,
-        data_dir=os.path.abspath(data_dir), tta_probabilities=probabilities.mean(axis=0) if tta else None,
-        integrity=scan.to_json(), title=f"catsdogs evaluation of {classifier.info.backbone} on {data_dir}",
-        classifier=classifier, open_set=open_set)
+    y_true = np.array([class_names.index(dataset.class_names[s.label]) for s in kept])
+    return Evaluation.from_outputs(
+        [os.path.abspath(s.path) for s in kept], y_true, class_names, probabilities=values["probabilities"],
+        threshold=classifier.info.threshold, data_dir=os.path.abspath(data_dir), integrity=scan.to_json(),
+        title=f"catsdogs evaluation of {classifier.info.backbone} on {data_dir}", classifier=classifier,
+        open_set=open_set)
 
 
 def default_output_dir(run_or_model):

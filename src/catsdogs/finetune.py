@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from catsdogs.backbones import get_backbone, resize_layer
+from catsdogs.backbones import get_backbone
 from catsdogs.data import ImagePipeline
 from catsdogs.heads import compile_classifier
 
@@ -46,7 +46,7 @@ def labelled_batches(paths, labels, image_size, batch_size, augment=None, shuffl
 
     `shard` (index, count): one worker's share of the images (see `data.ImagePipeline.dataset`).
     """
-    pipeline = ImagePipeline(resize_layer(image_size), batch_size)
+    pipeline = ImagePipeline(image_size, batch_size)
     labels = tf.constant(labels, tf.int32)
 
     def select(images, ok, indices):
@@ -130,7 +130,7 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
                 "stopped_epoch": self.stopped_epoch, "best_weights": self.best_weights}
 
 
-def fine_tune(extractor, head, train, val, config, callbacks, strategy=None, early_stopping=None, initial_epoch=0):
+def fine_tune(extractor, head, train, val, settings, callbacks, strategy=None, early_stopping=None, initial_epoch=0):
     """Trains the top of the backbone and the head together on images.
 
     The one implementation of fine-tuning: this process alone, or each worker of a multi-worker
@@ -142,34 +142,34 @@ def fine_tune(extractor, head, train, val, config, callbacks, strategy=None, ear
         head: the stage-1 head, trained on.
         train: (paths, labels) of the training images.
         val: (paths, labels) of the validation images.
-        config: a `TrainConfig` (fine_tune_* settings, seed, augment).
+        settings: a `config.FineTuneSettings` (`TrainConfig.fine_tune_settings()`).
         callbacks: more Keras callbacks (history, progress, checkpoints), called after early stopping.
         strategy: a `tf.distribute` strategy whose scope this is called in (extractor and head
             were built in it); each worker then trains on its share of every global batch.
-        early_stopping: an `EarlyStopping` (default: a new one with config.fine_tune_patience).
+        early_stopping: an `EarlyStopping` (default: a new one with settings.patience).
         initial_epoch: epochs already done (a resumed run).
 
     Returns:
         the Keras History of the fit; the best epoch's weights are restored.
     """
-    blocks = config.fine_tune_blocks or get_backbone(extractor.name).default_fine_tune_blocks
+    blocks = settings.blocks or get_backbone(extractor.name).default_fine_tune_blocks
     count = unfreeze_top(extractor, blocks)
     log.info("fine-tuning the last %d blocks of %s (%d weight tensors) and the head", blocks, extractor.name, count)
     size = extractor.input_shape[1]
     image = keras.Input((size, size, 3), name="image")
     model_class = keras.Model if strategy is None else MultiWorkerModel
     trainer = model_class(image, head(extractor(image, training=False)), name="fine_tune")
-    compile_classifier(trainer, config.fine_tune_learning_rate)
-    augment = augmentation(config.seed) if config.augment else None
+    compile_classifier(trainer, settings.learning_rate)
+    augment = augmentation(settings.seed) if settings.augment else None
     if strategy is None:
-        train_ds = labelled_batches(*train, size, config.fine_tune_batch_size, augment, config.seed)
-        val_ds = labelled_batches(*val, size, config.fine_tune_batch_size)
+        train_ds = labelled_batches(*train, size, settings.batch_size, augment, settings.seed)
+        val_ds = labelled_batches(*val, size, settings.batch_size)
     else:
-        train_ds = distributed_batches(strategy, *train, size, config.fine_tune_batch_size, augment, config.seed)
-        val_ds = distributed_batches(strategy, *val, size, config.fine_tune_batch_size)
-    early_stopping = early_stopping or EarlyStopping(config.fine_tune_patience)
+        train_ds = distributed_batches(strategy, *train, size, settings.batch_size, augment, settings.seed)
+        val_ds = distributed_batches(strategy, *val, size, settings.batch_size)
+    early_stopping = early_stopping or EarlyStopping(settings.patience)
     try:
-        return trainer.fit(train_ds, validation_data=val_ds, epochs=config.fine_tune_epochs, verbose=0,
+        return trainer.fit(train_ds, validation_data=val_ds, epochs=settings.epochs, verbose=0,
                            shuffle=False, initial_epoch=initial_epoch,  # shuffled by tf.data
                            callbacks=[early_stopping, *callbacks])
     finally:

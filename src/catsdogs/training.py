@@ -18,10 +18,9 @@ import numpy as np
 from catsdogs import backbones, calibration, data, features, heads, openset
 from catsdogs import model as model_lib
 from catsdogs.classifier import Classifier
-from catsdogs.config import ENGINES, HEADS, TrainConfig
+from catsdogs.config import TrainConfig
 from catsdogs.errors import ConfigError
-from catsdogs.evaluation import Evaluation, OpenSetResults, compute_metrics, stage_summary, unknown_scores
-from catsdogs.extras import require
+from catsdogs.evaluation import Evaluation, OpenSetResults, stage_summary, unknown_scores
 from catsdogs.files import timestamp, write_text
 from catsdogs.inference import run_on_files, views_for
 from catsdogs.runtimes import KerasRuntime, compiled_forward
@@ -99,46 +98,6 @@ def parse_target(target, class_names):
                           f"one of {class_names} and VALUE in (0, 1]") from None
 
 
-def check_settings(config):
-    """Checks every setting that does not depend on the data, before anything is read.
-
-    Raises:
-        ConfigError: naming the setting, the value and what is accepted.
-    """
-    ensemble = len(backbones.member_names(config.backbone)) > 1
-    backbones.resolve_precision(config.precision)
-    if ensemble and config.fine_tune:
-        raise ConfigError(f"backbone {config.backbone}: fine-tuning takes one backbone; an ensemble's members "
-                          f"stay frozen (train one backbone with --fine-tune instead)")
-    if config.head not in HEADS:
-        raise ConfigError(f"unknown head {config.head!r}; choose one of {HEADS}")
-    backbones.check_weights(config.backbone, config.weights)
-    if config.image_size and config.image_size < 32:
-        raise ConfigError(f"image size {config.image_size}: at least 32 pixels (0 for the backbone's own)")
-    for name in ("val_fraction", "test_fraction"):
-        if not 0 < getattr(config, name) < 1:
-            raise ConfigError(f"{name} {getattr(config, name)}: expected a fraction between 0 and 1")
-    if not 0 < config.open_set_keep < 1:
-        raise ConfigError(f"open_set_keep {config.open_set_keep}: expected a fraction between 0 and 1")
-    if config.unknown_data and not os.path.isdir(config.unknown_data):
-        raise ConfigError(f"unknown_data {config.unknown_data!r}: not a folder")
-    for name in ("batch_size", "extract_batch_size", "fine_tune_batch_size", "max_epochs", "fine_tune_epochs"):
-        if getattr(config, name) < 1:
-            raise ConfigError(f"{name} {getattr(config, name)}: expected at least 1")
-    if config.exclude and not os.path.isfile(config.exclude):
-        raise ConfigError(f"exclude file {config.exclude!r} not found")
-    if config.engine not in ENGINES:
-        raise ConfigError(f"unknown engine {config.engine!r}; choose one of {ENGINES}")
-    if config.engine == "ray":
-        require("ray", "--engine ray")
-        if config.ray_workers < 0:
-            raise ConfigError(f"ray_workers {config.ray_workers}: expected 0 (one per node) or more")
-        if config.fine_tune and config.ray_workers:
-            from catsdogs.distributed_training import check_global_batch
-
-            check_global_batch(config.fine_tune_batch_size, config.ray_workers)
-
-
 def read_exclusions(path, splits):
     """Drops the training and validation images listed in a file (one path or file name a line).
 
@@ -168,7 +127,7 @@ def prepare(config: TrainConfig) -> Prepared:
     Every setting is checked before the first image is read. Images are only hashed and their
     headers read here; decoding comes with extraction.
     """
-    check_settings(config)
+    config.check()
     dataset = data.discover(config.data_dir)
     class_names = dataset.class_names
     target = None
@@ -290,13 +249,16 @@ def fine_tune(prepared: Prepared, head, split_features):
     tunable = backbones.build_feature_extractor(config.backbone, config.weights, config.image_size,
                                                 config.precision, config.cache_dir, fold_batch_norm=False)
     start = time.perf_counter()
+    settings = config.fine_tune_settings()
     if config.engine == "ray":  # the same fine-tuning, on several Ray workers; the weights come back here
         from catsdogs import distributed_training
 
-        rows = distributed_training.fine_tune(tunable, head, (train.paths, train.y), (val.paths, val.y), config)
+        rows = distributed_training.fine_tune(tunable, head, (train.paths, train.y), (val.paths, val.y), settings,
+                                              config.precision, config.cache_dir, config.ray_address,
+                                              config.ray_workers)
     else:
-        history = EpochHistory(config.fine_tune_epochs, "fine-tune")
-        finetune.fine_tune(tunable, head, (train.paths, train.y), (val.paths, val.y), config, [history])
+        history = EpochHistory(settings.epochs, "fine-tune")
+        finetune.fine_tune(tunable, head, (train.paths, train.y), (val.paths, val.y), settings, [history])
         rows = history.rows
     seconds = time.perf_counter() - start
     tuned = backbones.fold_batch_normalization(tunable)
@@ -339,11 +301,6 @@ def fit_open_set(prepared: Prepared, estimator, split_features, temperature):
     oof_logits = openset.out_of_fold_logits(train.x[0], train.y, estimator, config.seed)
     return openset.fit_open_set(train.x[0], train.y, oof_logits, len(class_names), prepared.open_set, temperature,
                                 imagenet, config.open_set_keep, config.seed)
-
-
-def view_probabilities(logits, class_names, temperature):
-    """Probabilities per view, averaged over the views (test-time augmentation when several)."""
-    return np.mean([calibration.probabilities(v, class_names, temperature) for v in logits], axis=0)
 
 
 def new_run_dir(runs_dir, name):
@@ -462,16 +419,10 @@ def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:
                   for name, split, logits in (("val", val, val_logits), ("test", test, test_logits))}
         unknown = unknown_scores(classifier, config.unknown_data, config.extract_batch_size) \
             if config.unknown_data else None
-    evaluation = Evaluation(
-        paths=test.paths, y_true=test.y, class_names=class_names, threshold=threshold, data_dir=config.data_dir,
-        probabilities=calibration.probabilities(test_logits[0], class_names, temperature),
-        uncalibrated=calibration.probabilities(test_logits[0], class_names),
-        tta_probabilities=view_probabilities(test_logits, class_names, temperature) if config.tta else None,
-        validation=compute_metrics(val.y, view_probabilities(val_logits[:1], class_names, temperature),
-                                   class_names, threshold),
-        validation_tta=(compute_metrics(val.y, view_probabilities(val_logits, class_names, temperature),
-                                        class_names, threshold) if config.tta else None),
-        temperature=temperature, stages=stages, integrity=prepared.scan.to_json(), history=history,
+    evaluation = Evaluation.from_outputs(
+        test.paths, test.y, class_names, logits=test_logits, temperature=temperature, threshold=threshold,
+        validation=(val.y, val_logits), data_dir=config.data_dir, stages=stages,
+        integrity=prepared.scan.to_json(), history=history,
         title=f"{config.backbone} at {config.image_size} px ({config.precision}), {config.head} head",
         config=config.to_dict(), classifier=classifier,
         open_set=OpenSetResults(

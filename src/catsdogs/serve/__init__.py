@@ -12,24 +12,59 @@ from catsdogs.images import DEFAULT_MAX_PIXELS
 API_KEY_ENV = "CATSDOGS_API_KEY"
 
 
+def _option(default, flag, help, **kwargs):
+    """A setting that is also an option of `catsdogs serve`: its flag and help text, declared once here.
+
+    Args:
+        default: the setting's default (the option's too).
+        flag: the command-line option, e.g. "--header-timeout".
+        help: the option's help text (argparse's %(default)s works).
+        **kwargs: more `dataclasses.field` arguments.
+
+    Returns:
+        a `dataclasses.field` carrying "flag" and "help" in its metadata (read by cli.py).
+    """
+    return dataclasses.field(default=default, metadata={"flag": flag, "help": help}, **kwargs)
+
+
 @dataclasses.dataclass
 class ServeSettings:
-    """Batching, limits, timeouts and authentication of the service (the options of `catsdogs serve`)."""
+    """Batching, limits, timeouts and authentication of the service (the options of `catsdogs serve`).
 
-    max_batch_size: int = 16  # images in one forward pass; 1 turns batching off
-    max_wait_ms: float = 5.0  # how long a request waits for others to share its forward pass
-    max_upload_bytes: int = 32 * 2**20  # of one request body, checked before anything is decoded
-    max_pixels: int = DEFAULT_MAX_PIXELS  # of one image, read from its header before decoding
-    max_request_pixels: int = 2 * DEFAULT_MAX_PIXELS  # of all the images of one request, from their headers
-    max_images: int = 32  # in one request
-    max_decodes: int = 2  # images decoded at once, whatever the number of requests
-    max_active_requests: int = 8  # prediction requests reading or holding their body at once; others wait
-    max_connections: int = 64  # open connections; requests beyond get 503
-    header_timeout_s: float = 10.0  # for a request's headers to arrive, from its first byte or the connection
-    body_timeout_s: float = 60.0  # for a request's whole body to arrive, once the server reads it
-    keep_alive_s: float = 5.0  # an idle connection between requests is closed after this
-    shutdown_timeout_s: float = 10.0  # on SIGTERM, requests still running after this are cancelled
-    api_key: str | None = dataclasses.field(default=None, repr=False)  # if set, required by the API routes
+    Every field is an option of `catsdogs serve`: cli.py generates them from these fields.
+    """
+
+    max_batch_size: int = _option(16, "--max-batch-size",
+                                  "most images in one forward pass; 1 turns batching off (default: %(default)s)")
+    max_wait_ms: float = _option(5.0, "--max-wait-ms", "how long a request waits for others to share its forward "
+                                 "pass (default: %(default)s)")
+    max_upload_bytes: int = _option(32 * 2**20, "--max-upload-bytes",
+                                    "largest request body, refused before decoding (default: %(default)s)")
+    max_pixels: int = _option(DEFAULT_MAX_PIXELS, "--max-pixels", "largest image in pixels, read from its header "
+                              "before decoding (default: %(default)s)")
+    max_request_pixels: int = _option(2 * DEFAULT_MAX_PIXELS, "--max-request-pixels",
+                                      "most pixels of all the images of one request, read from their headers "
+                                      "before decoding (default: %(default)s)")
+    max_images: int = _option(32, "--max-images", "most images in one request (default: %(default)s)")
+    max_decodes: int = _option(2, "--max-decodes",
+                               "most images decoded at once, across requests (default: %(default)s)")
+    max_active_requests: int = _option(8, "--max-active-requests", "most prediction requests reading or holding "
+                                       "their body at once; others wait (default: %(default)s)")
+    max_connections: int = _option(64, "--max-connections",
+                                   "most open connections; requests beyond get 503 (default: %(default)s)")
+    header_timeout_s: float = _option(10.0, "--header-timeout", "seconds for a request's headers to arrive before "
+                                      "the connection is closed (default: %(default)s)")
+    body_timeout_s: float = _option(60.0, "--body-timeout",
+                                    "seconds for a request's body to arrive, else 408 (default: %(default)s)")
+    keep_alive_s: float = _option(5.0, "--keep-alive",
+                                  "seconds an idle connection stays open between requests (default: %(default)s)")
+    shutdown_timeout_s: float = _option(10.0, "--shutdown-timeout", "on SIGTERM or Ctrl-C, seconds to let requests "
+                                        "finish before cancelling them (default: %(default)s)")
+    # The CLI falls back to $CATSDOGS_API_KEY, so that the key stays out of `ps` and shell history.
+    api_key: str | None = _option(None, "--api-key",
+                                  f"require this key on the API (Authorization: Bearer KEY or X-API-Key: KEY); "
+                                  f"default: ${API_KEY_ENV} if set, else none (the variable keeps it out of `ps`). "
+                                  f"Use it whenever --host is not loopback", repr=False)
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
