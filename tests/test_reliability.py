@@ -311,51 +311,230 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_chunk(tmp_path, monkeypatch)
     assert os.listdir(cache.folder) == [] and "a" not in cache
 
 
-def _train_process(data, cache, runs, name, chunk_size=None):
-    """`catsdogs train` in a child process; `chunk_size` makes its feature cache write small chunks."""
-    code = ("import sys; from catsdogs import features; from catsdogs.cli import main; "
-            + (f"features.CHUNK_SIZE = {chunk_size}; " if chunk_size else "") + "sys.exit(main(sys.argv[1:]))")
-    argv = [sys.executable, "-c", code, "train", str(data), *SMALL, "--extract-batch-size", "4",
+# `catsdogs train` in a child process that kills itself with SIGKILL at one point of its work: as
+# `kill -9` from outside, it gets no chance to clean up (no finally, no atexit), but exactly there.
+KILL_POINTS = r'''
+import os, signal, sys
+import numpy as np
+from catsdogs import evaluation, features
+from catsdogs import model as model_lib
+from catsdogs.cli import main
+
+point = os.environ.get("CATSDOGS_TEST_KILL_AT", "")
+if os.environ.get("CATSDOGS_TEST_CHUNK_SIZE"):  # chunks of exactly this many features, however slow
+    features.CHUNK_SIZE, features.CHUNK_SECONDS = int(os.environ["CATSDOGS_TEST_CHUNK_SIZE"]), float("inf")
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+passes = [0]  # extraction passes begun: 1, the training photos; 2, the validation and test photos
+cached_features = features.cached_features
+def counted_pass(*args, **kwargs):
+    passes[0] += 1
+    return cached_features(*args, **kwargs)
+features.cached_features = counted_pass
+
+add = features.FeatureCache.add
+def add_then_die(self, ids, values):
+    add(self, ids, values)
+    if len(ids) and point == f"after a chunk of pass {passes[0]}":
+        die()
+features.FeatureCache.add = add_then_die
+
+savez, write_chunk = np.savez, features.write_chunk
+def half_then_die(path, **arrays):
+    savez(path, **arrays)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    die()
+def chunk_written_halfway(folder, ids, values):
+    if len(ids) and point == "halfway through writing a chunk":
+        np.savez = half_then_die
+    return write_chunk(folder, ids, values)
+features.write_chunk = chunk_written_halfway
+
+save_model = model_lib.save
+def save_model_then_die(model, path):
+    save_model(model, path)
+    if point == "after the model is written":
+        die()
+model_lib.save = save_model_then_die
+
+save_evaluation = evaluation.Evaluation.save
+def save_evaluation_then_die(self, folder):
+    result = save_evaluation(self, folder)
+    if point == "after everything is written, before the rename":
+        die()
+    return result
+evaluation.Evaluation.save = save_evaluation_then_die
+
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def _train_process(data, cache, runs, name, chunk_size=None, kill_at=None, log=None):
+    """`catsdogs train` in a child process.
+
+    Args:
+        chunk_size: makes its feature cache write chunks of this many features.
+        kill_at: one of the points of KILL_POINTS where it kills itself with SIGKILL.
+        log: a file for its output (else pipes, for `communicate`).
+    """
+    argv = [sys.executable, "-c", KILL_POINTS, "train", str(data), *SMALL, "--extract-batch-size", "4",
             "--runs-dir", str(runs), "--cache-dir", str(cache), "--name", name]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "CATSDOGS_TEST_KILL_AT": kill_at or ""}
+    if chunk_size:
+        env["CATSDOGS_TEST_CHUNK_SIZE"] = str(chunk_size)
+    output = open(log, "w") if log else subprocess.PIPE
+    try:
+        return subprocess.Popen(argv, env=env, stdout=output, stderr=subprocess.STDOUT if log else subprocess.PIPE,
+                                text=True)
+    finally:
+        if log:
+            output.close()
 
 
 def _chunks(cache):
     return [p for p in pathlib.Path(cache).glob("features/*/chunk-*.npz")]
 
 
+def _cached(cache):
+    """chunk file -> {feature id: features} of every chunk in a cache."""
+    found = {}
+    for chunk in _chunks(cache):
+        with np.load(chunk) as arrays:
+            found[chunk] = dict(zip(arrays["hashes"].tolist(), arrays["features"]))
+    return found
+
+
+def _ids(cached):
+    return {i for chunk in cached.values() for i in chunk}
+
+
+def _finished_looking(runs):
+    """What a killed run must never leave: entries of the runs folder that are not hidden."""
+    return sorted(p for p in os.listdir(runs) if not p.startswith(".")) if os.path.isdir(runs) else []
+
+
+def _killed(data, cache, runs, point, log, chunk_size=None):
+    """Runs training until it kills itself at `point`; checks it died there and left no run directory."""
+    process = _train_process(data, cache, runs, "killed", chunk_size, kill_at=point, log=log)
+    process.wait(timeout=600)
+    assert process.returncode == -signal.SIGKILL, f"not killed {point}:\n{pathlib.Path(log).read_text()[-3000:]}"
+    assert _finished_looking(runs) == [], point
+
+
+def _run(data, cache, runs, name):
+    process = _train_process(data, cache, runs, name)
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err[-3000:]
+    return runs / name
+
+
+def _numbers_or_text(row):
+    values = {}
+    for key, value in row.items():
+        try:
+            values[key] = float(value)
+        except ValueError:
+            values[key] = value
+    return values
+
+
+def _assert_same_outputs(run_dir, reference):
+    """A run's outputs equal an uninterrupted run's: metrics, predictions.csv, splits.csv, the model."""
+    from catsdogs import load
+    from catsdogs.report import read_csv
+
+    metrics, expected = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, reference))
+    assert (metrics["accuracy"], metrics["images"]) == (expected["accuracy"], expected["images"])
+    assert metrics["confusion_matrix"] == expected["confusion_matrix"]
+    assert metrics["log_loss"] == pytest.approx(expected["log_loss"], abs=1e-6)
+    assert (run_dir / "splits.csv").read_text() == (reference / "splits.csv").read_text()
+    rows, expected_rows = read_csv(run_dir / "predictions.csv"), read_csv(reference / "predictions.csv")
+    assert len(rows) == len(expected_rows) == expected["images"]
+    for row, expected_row in zip(rows, expected_rows):
+        assert _numbers_or_text(row) == pytest.approx(_numbers_or_text(expected_row), abs=1e-5)
+    data_dir = json.loads((reference / "config.json").read_text())["data_dir"]
+    photos = [os.path.join(data_dir, row["path"]) for row in expected_rows[:4]]
+    got, want = ([p.to_dict() for p in load(d).predict(photos)] for d in (run_dir, reference))
+    for row, expected_row in zip(got, want):
+        assert row["label"] == expected_row["label"]
+        assert row["probabilities"] == pytest.approx(expected_row["probabilities"], abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """A run never interrupted, on 30 + 30 photos: (data folder, its cache, its run directory)."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    data = _small_dataset(root / "data", per_class=30, first=500)
+    return data, root / "cache", _run(data, root / "cache", root / "runs", "uninterrupted")
+
+
 @pytest.mark.slow
-def test_kill_during_extraction_then_rerun_reuses_the_chunks(tmp_path):
-    """kill -9 mid-extraction keeps the chunks written; the rerun computes only the rest, and its
-    metrics equal those of an uninterrupted run. At f1e2805 features were saved every 512 images:
-    everything was lost."""
-    data = _small_dataset(tmp_path / "data", per_class=30, first=500)
+def test_killed_three_times_during_extraction_the_rerun_computes_only_the_rest_and_equals_an_uninterrupted_run(
+        uninterrupted, tmp_path):
+    """kill -9 after a chunk of the training photos, halfway through writing a chunk, and after a chunk
+    of the validation and test photos: every chunk written is kept and read, the half-written one is
+    never read, nothing is computed twice, and the outputs are an uninterrupted run's.
+
+    At f1e2805 features were saved every 512 images: everything was lost. The test this replaces
+    read the count of features computed from the log, which a changed log line made pass."""
+    data, reference_cache, reference = uninterrupted
     cache, runs = tmp_path / "cache", tmp_path / "runs"
-    process = _train_process(data, cache, runs, "killed", chunk_size=8)
-    deadline = time.monotonic() + 300
-    while not _chunks(cache) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert process.poll() is None, "extraction ended before any chunk appeared"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    kept = len(_chunks(cache))
-    assert kept >= 1
-    assert not runs.exists() or os.listdir(runs) == []  # the killed run left no run directory
+    everything = _cached(reference_cache)
+    total = len(_ids(everything))
+    training = sum(row.split(",")[1] == "train" for row in (reference / "splits.csv").read_text().splitlines()[1:])
+    assert total == 60 and 8 < training < total - 8
 
-    rerun = _train_process(data, cache, runs, "rerun")
-    out, err = rerun.communicate(timeout=600)
-    assert rerun.returncode == 0, err
-    computed = [int(line.split()[3]) for line in err.splitlines() if line.startswith("computing features of")]
-    assert sum(computed) < 60, err  # the chunks of the killed run were reused
+    _killed(data, cache, runs, "after a chunk of pass 1", tmp_path / "kill-1.log", chunk_size=8)
+    first = _ids(_cached(cache))
+    assert len(first) == 8  # one chunk of training photos, then death
 
-    fresh = _train_process(data, tmp_path / "fresh-cache", runs, "fresh")
-    out, err = fresh.communicate(timeout=600)
-    assert fresh.returncode == 0, err
-    rerun_metrics = json.loads((runs / "rerun" / "metrics.json").read_text())
-    fresh_metrics = json.loads((runs / "fresh" / "metrics.json").read_text())
-    for key in ("accuracy", "log_loss", "images"):
-        assert rerun_metrics[key] == pytest.approx(fresh_metrics[key], abs=1e-6), key
+    _killed(data, cache, runs, "halfway through writing a chunk", tmp_path / "kill-2.log", chunk_size=8)
+    assert _ids(_cached(cache)) == first  # the half-written chunk is no chunk
+    assert len(list(cache.glob("features/*/.partial-*"))) == 1  # it is there, under its hidden name
+
+    _killed(data, cache, runs, "after a chunk of pass 2", tmp_path / "kill-3.log", chunk_size=8)
+    before = _cached(cache)
+    assert first < _ids(before) and len(_ids(before)) == training + 8  # the training photos, one chunk of the rest
+
+    rerun = _run(data, cache, runs, "rerun")
+    after = _cached(cache)
+    assert all(after[chunk].keys() == ids.keys() for chunk, ids in before.items())  # every chunk kept
+    new = [after[chunk] for chunk in set(after) - set(before)]
+    new_ids = [i for chunk in new for i in chunk]
+    assert sorted(new_ids) == sorted(_ids(everything) - _ids(before))  # only the rest, each once
+    assert _finished_looking(runs) == ["rerun"]
+    reference_features = {i: v for chunk in everything.values() for i, v in chunk.items()}
+    for chunk in after.values():
+        for i, values in chunk.items():
+            np.testing.assert_allclose(values, reference_features[i], rtol=0, atol=1e-5)
+    _assert_same_outputs(rerun, reference)
+
+
+@pytest.mark.slow
+def test_killed_while_the_run_directory_is_written_no_run_is_left_and_the_rerun_equals_an_uninterrupted_run(
+        uninterrupted, tmp_path):
+    """kill -9 after the model is written into the hidden run folder, and with everything written
+    just before it is renamed into place: neither leaves a directory that looks finished, and the
+    rerun (features all cached) takes the run's name and writes an uninterrupted run's outputs."""
+    data, cache, reference = uninterrupted
+    runs = tmp_path / "runs"
+    chunks = sorted(_chunks(cache))
+
+    _killed(data, cache, runs, "after the model is written", tmp_path / "kill-1.log")
+    partial, = runs.glob(".partial-*")
+    assert (partial / "model.keras").is_file() and not (partial / "metrics.json").exists()
+
+    _killed(data, cache, runs, "after everything is written, before the rename", tmp_path / "kill-2.log")
+    partial, = set(runs.glob(".partial-*")) - {partial}
+    assert {"model.keras", "metrics.json", "predictions.csv", "splits.csv", "report.html"} <= set(os.listdir(partial))
+
+    rerun = _run(data, cache, runs, "rerun")
+    assert _finished_looking(runs) == ["rerun"]  # its own name: the killed runs took none
+    assert sorted(_chunks(cache)) == chunks  # nothing computed again
+    _assert_same_outputs(rerun, reference)
 
 
 @pytest.mark.slow
