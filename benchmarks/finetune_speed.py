@@ -70,7 +70,7 @@ def main():
     head = build_head(extractor.output_shape[-1], 2, hidden_units=(256,))  # the dense head
     timer = TrainingTimer()
     validation = photos(2001 - args.batch_size // 2, args.batch_size)  # the last training photos: one batch
-    finetune.fine_tune(extractor, head, photos(1, args.images), validation, config, [timer])
+    finetune.fine_tune(extractor, head, photos(1, args.images), validation, config.fine_tune_settings(), [timer])
     steady = float(np.median(timer.seconds[1:]))
     print(json.dumps({
         "backbone": args.backbone, "weights": weights, "image_size": extractor.input_shape[1], "precision": precision,

@@ -92,8 +92,8 @@ def test_serve_settings_from_the_command_line(monkeypatch):
 
     given = []
     monkeypatch.setattr(extras, "require", lambda *args: None)
-    monkeypatch.setattr("catsdogs.serve.app.serve", 
-                        lambda model, host, port, settings, name=None: given.append(settings))
+    monkeypatch.setattr("catsdogs.serve.app.serve",
+                        lambda model, host, port, settings, name=None, runtime=None: given.append(settings))
     monkeypatch.delenv("CATSDOGS_API_KEY", raising=False)
     assert cli.main(["serve", "runs/x"]) == 0
     monkeypatch.setenv("CATSDOGS_API_KEY", "from-env")

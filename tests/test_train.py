@@ -108,7 +108,9 @@ def test_predict_reports_unreadable_files_and_predicts_the_rest(lite0_run, tmp_p
     folder = tmp_path / "photos"
     link_photos(folder, "test", "dogs", [4101, 4102])
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
-    predictions = catsdogs.load(run_dir).predict([photo("test", "cats", 4101), folder])
+    # Without rejection: a model of 200 photos may call a real dog atypical, and the open-set
+    # decision is tested on its own (test_openset.py); here every readable photo must get its class.
+    predictions = catsdogs.load(run_dir).predict([photo("test", "cats", 4101), folder], reject=False)
     rows = [p.to_dict() for p in predictions]
     assert [r.get("label") for r in rows] == ["cats", None, "dogs", "dogs"]
     assert rows[1]["path"].endswith("broken.jpg") and "truncated" in rows[1]["error"].lower()

@@ -111,6 +111,14 @@ def _add_train(commands):
                 "workers (MultiWorkerMirroredStrategy), checkpointing every epoch into --cache-dir")
 
 
+def _add_runtime(p):
+    """--runtime of predict and serve: what runs the model, checked against what MODEL holds."""
+    p.add_argument("--runtime", choices=RUNTIMES,
+                   help="engine to run the model in; it must match what MODEL holds (default: what it holds: "
+                        "a run directory or .keras file is Keras, with its backbone in ONNX Runtime where the run "
+                        "computed its features there, keras: all of it in Keras; an export folder its format)")
+
+
 def _add_engine(p, prefix, what):
     """--engine, --address, --workers; `prefix` names their destinations (TrainConfig's ray_address)."""
     p.add_argument("--engine", choices=ENGINES, default="local",
@@ -291,7 +299,7 @@ def _serve(args):
     if settings["api_key"] is None:
         settings["api_key"] = os.environ.get(API_KEY_ENV) or None
     settings = ServeSettings(**settings)
-    serve(args.model, args.host, args.port, settings, args.name)
+    serve(args.model, args.host, args.port, settings, args.name, args.runtime)
 
 
 def _add_serve(commands):
@@ -301,11 +309,13 @@ def _add_serve(commands):
                     "multipart uploads (POST /predict), GET /healthz, GET /v1/models/NAME, a web page at / "
                     "and API documentation at /docs. Requests that arrive together share one forward pass. "
                     "Limits bound memory and time per request; see README.md, Serving.")
-    p.add_argument("model", help="run directory or .keras model file")
+    p.add_argument("model", help="run directory, .keras model file, or export folder (from catsdogs export); "
+                                 "Grad-CAM heatmaps need a run directory or .keras file")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 for every network)")
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s; 0 picks a free one)")
     p.add_argument("--name", help="the model's name in /v1/models/NAME (default: the run directory's name)")
+    _add_runtime(p)
     # One option per setting, as ServeSettings declares it (flag, help); the destination is the field.
     for field in dataclasses.fields(ServeSettings):
         flag = field.metadata["flag"]
@@ -354,9 +364,7 @@ def build_parser():
                    help="in-distribution score under which a photo is 'unknown', instead of the model's own "
                         "(from 0 to 1; higher rejects more)")
     p.add_argument("--unknown-label", default="unknown", help="the label of rejected photos (default: %(default)s)")
-    p.add_argument("--runtime", choices=RUNTIMES,
-                   help="engine to run the model in; it must match what MODEL holds (default: what it holds: "
-                        "a run directory or .keras file is Keras, an export folder its format)")
+    _add_runtime(p)
     _add_engine(p, "", "scores the photos on a Ray cluster (INPUTS may also be URIs such as s3://bucket/photos) "
                 "into Parquet files in --output")
     p.add_argument("--output", metavar="DIR", help="with --engine ray: the Parquet folder to create")

@@ -22,7 +22,9 @@ from catsdogs.config import TrainConfig
 from catsdogs.errors import ConfigError
 from catsdogs.evaluation import Evaluation, OpenSetResults, stage_summary, unknown_scores
 from catsdogs.files import timestamp, write_text
+from catsdogs.folding import fold_batch_normalization
 from catsdogs.inference import run_on_files, views_for
+from catsdogs.precision import resolve_precision
 from catsdogs.runtimes import KerasRuntime, compiled_forward
 
 log = logging.getLogger(__name__)
@@ -138,7 +140,7 @@ def prepare(config: TrainConfig) -> Prepared:
     open_set = openset.resolve_methods(config.open_set, config.backbone, config.weights, class_names)
     # config.json says what was used: "auto" and 0 (the backbone's size) are resolved.
     config = dataclasses.replace(
-        config, data_dir=os.path.abspath(config.data_dir), precision=backbones.resolve_precision(config.precision),
+        config, data_dir=os.path.abspath(config.data_dir), precision=resolve_precision(config.precision),
         image_size=config.image_size or backbones.default_image_size(config.backbone))
     log.info("%s: classes %s, %s", config.data_dir, class_names,
              ", ".join(f"{len(v)} {k} files" for k, v in dataset.splits.items()))
@@ -261,7 +263,7 @@ def fine_tune(prepared: Prepared, head, split_features):
         finetune.fine_tune(tunable, head, (train.paths, train.y), (val.paths, val.y), settings, [history])
         rows = history.rows
     seconds = time.perf_counter() - start
-    tuned = backbones.fold_batch_normalization(tunable)
+    tuned = fold_batch_normalization(tunable)
     views = views_for(config.tta)
     tuned_features = {name: features_of_images(tuned, split_features[name], config.extract_batch_size, views)
                       for name in ("val", "test")}
