@@ -119,7 +119,7 @@ def export_onnx(backbone, image_size, path):
     """
     import tensorflow as tf
 
-    from catsdogs.export import export_onnx_file
+    from catsdogs.backbone_runtimes import export_onnx_file
 
     extractor, weights, weights_note = extractor_with_available_weights(backbone, "float32", image_size)
     image_size = extractor.input_shape[1]
@@ -131,7 +131,7 @@ def export_onnx(backbone, image_size, path):
 def measure_onnx(backbone, path, batch_sizes, paths, repeats):
     """Forward speed of an ONNX backbone in ONNX Runtime, the reference runtime (run in a fresh process)."""
     from catsdogs.inference import decoded_images
-    from catsdogs.runtimes import onnx_session
+    from catsdogs.backbone_runtimes import onnx_session
 
     session = onnx_session(path)
     input_name = session.get_inputs()[0].name

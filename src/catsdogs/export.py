@@ -13,12 +13,12 @@ import json
 import os
 import shutil
 import time
-import warnings
 
 import numpy as np
 
 from catsdogs import data, report, runtimes
 from catsdogs import model as model_lib
+from catsdogs.backbone_runtimes import export_onnx_file
 from catsdogs.config import EXPORT_FORMATS, INFERENCE_BATCH_SIZE, QUANTIZATIONS
 from catsdogs.errors import ConfigError, DataError, ImageError
 from catsdogs.extras import EXTRAS, require
@@ -27,7 +27,6 @@ from catsdogs.timing import forward_rate
 
 FILE_NAMES = {"keras": model_lib.MODEL_FILE, "savedmodel": "saved_model", "onnx": "model.onnx", "tflite": "model.tflite"}
 PARITY_FILE = "parity.json"
-ONNX_OPSET = 17
 # Whose versions export.json records: what wrote the export and what runs it.
 VERSIONED_MODULES = {
     "keras": ("keras", "tensorflow"),
@@ -128,13 +127,6 @@ def write_export(model, export_format, path, quantization="float32", calibration
     else:
         fixed.export(path, format="litert", input_signature=signature, verbose=False,
                      **_tflite_options(quantization, calibration_images))
-
-
-def export_onnx_file(model, path, signature):
-    """Writes a Keras model as an ONNX file (through tf2onnx)."""
-    with warnings.catch_warnings():  # Keras' numpy 2 patch of tf2onnx touches np.object
-        warnings.filterwarnings("ignore", "In the future `np.object`", FutureWarning)
-        model.export(path, format="onnx", input_signature=signature, opset_version=ONNX_OPSET, verbose=False)
 
 
 def size_in_bytes(path):

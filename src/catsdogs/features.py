@@ -1,7 +1,9 @@
 """The on-disk feature cache: each image's backbone features are computed once, then reused.
 
 Features are keyed by the image's content hash, inside a folder named after everything else
-that changes them: backbone, input size, precision, weight values and the decoding pipeline.
+that changes them: backbone, input size, the runtime and precision that computed them (Keras in
+float32 or bfloat16, ONNX Runtime in float32 or int8: `backbone_runtimes`), the weight values (or
+the ONNX file) and the decoding pipeline, so features of different runtimes never mix.
 New features are appended as chunk files written atomically, every few seconds of extraction,
 so an interrupted extraction keeps what it finished and the cache is never left half-written.
 """
@@ -124,8 +126,15 @@ def write_chunk(folder, ids, features):
     return path
 
 
-def cache_key(backbone_name, image_size, precision, fingerprint):
-    return f"{backbone_name}-{image_size}px-{precision}-w{fingerprint[:16]}-p{PIPELINE_VERSION}"
+def cache_key(backbone_name, image_size, compute, fingerprint):
+    """The folder name of one extractor configuration's features.
+
+    Args:
+        compute: what computes them: the Keras precision ("float32", "bfloat16"), or
+            "onnx-float32" / "onnx-int8" for ONNX Runtime.
+        fingerprint: of the weights (Keras) or of the ONNX file that computes them.
+    """
+    return f"{backbone_name}-{image_size}px-{compute}-w{fingerprint[:16]}-p{PIPELINE_VERSION}"
 
 
 def cache_id(digest, view):
@@ -150,7 +159,8 @@ def missing(paths, hashes, cache, views=("original",)) -> dict:
     return todo
 
 
-def cached_features(extractor, paths, hashes, cache, batch_size, views=("original",), desc="features") -> Outputs:
+def cached_features(extractor, paths, hashes, cache, batch_size, views=("original",), desc="features",
+                    forward=None) -> Outputs:
     """Features of every path and view, from the cache where present, computed and cached otherwise.
 
     Args:
@@ -161,6 +171,7 @@ def cached_features(extractor, paths, hashes, cache, batch_size, views=("origina
         batch_size: images per forward pass.
         views: names in `inference.VIEWS`.
         desc: progress bar label.
+        forward: what computes them (a `backbone_runtimes.OnnxBackbone`); default: the extractor in Keras.
 
     Returns:
         `inference.Outputs`: features (views, paths, dim), which paths have them, and why the
@@ -168,7 +179,7 @@ def cached_features(extractor, paths, hashes, cache, batch_size, views=("origina
     """
     from catsdogs.runtimes import compiled_forward
 
-    forward = compiled_forward(extractor)
+    forward = forward or compiled_forward(extractor)
     errors = {}
     for lacking, todo in missing(paths, hashes, cache, views).items():
         log.info("computing features of %d images (%s)", len(todo), ", ".join(lacking))
@@ -203,7 +214,7 @@ def cached_features(extractor, paths, hashes, cache, batch_size, views=("origina
 
 
 def extractor_features(extractor, precision, paths, hashes, cache_dir, batch_size, views=("original",),
-                       fill=None, desc="features") -> Outputs:
+                       fill=None, desc="features", runtime="keras", calibration_paths=()) -> Outputs:
     """Features of an extractor (one backbone or an ensemble), each backbone cached on its own.
 
     An ensemble's features are its members' concatenated, so a member's cache serves every
@@ -211,26 +222,35 @@ def extractor_features(extractor, precision, paths, hashes, cache_dir, batch_siz
 
     Args:
         extractor: from `backbones.build_feature_extractor`.
-        precision: its compute precision ("float32" or "bfloat16"), part of the cache key.
+        precision: the backbone's precision ("float32", "bfloat16" in Keras, "int8" in ONNX Runtime),
+            part of the cache key.
         paths, hashes, batch_size, views, desc: as for `cached_features`.
         cache_dir: the cache's root folder.
         fill: called as fill(member extractor, its `FeatureCache`) before the cache is read, to
-            compute missing features elsewhere (`distributed.extract_features`); None: here.
+            compute missing features elsewhere (`distributed.extract_features`, Keras only); None: here.
+        runtime: "keras", or "onnx" to run each member in ONNX Runtime (`backbone_runtimes.onnx_backbone`).
+        calibration_paths: training photos that calibrate int8 quantization.
 
     Returns:
         `inference.Outputs`: features (views, paths, total dim); a path has them only if every
         member has.
     """
+    from catsdogs.backbone_runtimes import onnx_backbone
     from catsdogs.backbones import extractor_members
     from catsdogs.weights import weights_fingerprint
 
     parts = []
     for member in extractor_members(extractor):
-        cache = FeatureCache(cache_dir, cache_key(member.name, member.input_shape[1], precision,
-                                                  weights_fingerprint(member)))
+        forward, compute, fingerprint = None, precision, None
+        if runtime == "onnx":
+            forward = onnx_backbone(member, precision, cache_dir, calibration_paths)
+            compute, fingerprint = f"onnx-{precision}", forward.fingerprint
+        cache = FeatureCache(cache_dir, cache_key(member.name, member.input_shape[1], compute,
+                                                  fingerprint or weights_fingerprint(member)))
         if fill is not None:
             fill(member, cache)
-        parts.append(cached_features(member, paths, hashes, cache, batch_size, views, f"{desc} ({member.name})"))
+        parts.append(cached_features(member, paths, hashes, cache, batch_size, views, f"{desc} ({member.name})",
+                                     forward))
     if len(parts) == 1:
         return parts[0]
     errors = {path: reason for part in reversed(parts) for path, reason in part.errors.items()}

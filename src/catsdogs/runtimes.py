@@ -19,6 +19,7 @@ import os
 import numpy as np
 
 from catsdogs import model as model_lib
+from catsdogs.backbone_runtimes import onnx_session
 from catsdogs.host import usable_cpus
 from catsdogs.errors import ConfigError
 from catsdogs.extras import require
@@ -34,19 +35,31 @@ def compiled_forward(model):
 
 
 class KerasRuntime:
-    """A catsdogs Keras model (`model.load`), run as one compiled graph.
+    """A catsdogs Keras model (`model.load`), run as one compiled graph, or with its backbone in ONNX Runtime.
+
+    With `backbone`, the frozen backbone (nearly all of the work) runs in ONNX Runtime, as the run
+    that trained the model computed its features (`backbone_runtimes`), and the rest of the model
+    (head, calibration, open-set score) in Keras on the features.
 
     Attributes:
         model: the `keras.Model`.
         info: its `model.ModelInfo`.
+        backbone: the `backbone_runtimes.OnnxBackbone`, or None.
     """
 
     runtime = "keras"
 
-    def __init__(self, model):
+    def __init__(self, model, backbone=None):
         self.model = model
         self.info = model_lib.describe(model)
-        self._forward = compiled_forward(model)
+        self.backbone = backbone
+        if backbone is None:
+            self._forward = compiled_forward(model)
+        else:
+            import tensorflow as tf
+
+            tail = tf.function(model_lib.parts(model).outputs_from_features, reduce_retracing=True)
+            self._forward = lambda images: tail(backbone(images))
 
     def __call__(self, images):
         """The model's outputs (see the module) for (batch, size, size, 3) float32 pixels in [0, 255]."""
@@ -91,14 +104,6 @@ class ExportedModel:
         raise NotImplementedError
 
 
-def onnx_session(path):
-    """An ONNX Runtime session of an .onnx file on this machine's CPU."""
-    require("onnx", "the onnx format")
-    import onnxruntime
-
-    return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-
-
 class OnnxExport(ExportedModel):
     """An ONNX model in ONNX Runtime (CPU)."""
 
@@ -106,6 +111,7 @@ class OnnxExport(ExportedModel):
 
     def __init__(self, folder):
         super().__init__(folder)
+        require("onnx", "the onnx format")
         self.session = onnx_session(self.path)
         self.input_name = self.session.get_inputs()[0].name
 
@@ -177,12 +183,27 @@ def _exports_in_format(run_dir, export_format):
     return found
 
 
+def stored_backbone(path):
+    """The ONNX backbone a run directory keeps (`backbone_runtimes.BACKBONE_FILE`), or None."""
+    from catsdogs.backbone_runtimes import BACKBONE_FILE, OnnxBackbone
+
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    config_file = os.path.join(folder, "config.json")
+    if not (os.path.isfile(os.path.join(folder, BACKBONE_FILE)) and os.path.isfile(config_file)):
+        return None
+    with open(config_file) as f:
+        precision = json.load(f)["precision"]
+    return OnnxBackbone(os.path.join(folder, BACKBONE_FILE), precision)
+
+
 def load(path, runtime=None):
     """Loads a model in the runtime that its format needs.
 
     Args:
         path: a run directory or .keras file, or an export folder (or the exported file in it).
-        runtime: one of `config.RUNTIMES`, checked against what `path` holds; None: whatever it holds.
+        runtime: one of `config.RUNTIMES`, checked against what `path` holds; None: whatever it holds
+            (a run directory whose backbone ran in ONNX Runtime runs it there again; "keras" runs
+            the whole Keras model instead).
 
     Returns:
         a `KerasRuntime`, or an `ExportedModel` of the export's format.
@@ -200,5 +221,5 @@ def load(path, runtime=None):
                          + (f"Pass one of its {runtime} exports: {', '.join(found)}" if found
                             else f"To make one: catsdogs export {path} --format {runtime}"))
     if held == "keras":
-        return KerasRuntime(model_lib.load(path))
+        return KerasRuntime(model_lib.load(path), None if runtime == "keras" else stored_backbone(path))
     return EXPORTED_MODELS[held](folder)
