@@ -1,13 +1,17 @@
-"""`catsdogs bench` in its quick mode: it runs, measures what it says, and reports sane numbers."""
+"""`catsdogs bench` in its quick mode: it runs every runtime, measures what it says, and reports sane numbers."""
 
 import json
+
+import pytest
 
 from catsdogs import bench
 from catsdogs.cli import main
 from conftest import link_photos
 
 
-def test_quick_bench_reports_speed_flops_peak_and_memory(tmp_path, capsys):
+def test_quick_bench_reports_every_runtime_against_the_peak_of_its_precision(tmp_path, capsys):
+    import importlib.util
+
     photos = tmp_path / "photos"
     link_photos(photos, "test", "cats", range(4001, 4013))
     out = tmp_path / "bench.json"
@@ -16,16 +20,62 @@ def test_quick_bench_reports_speed_flops_peak_and_memory(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "efficientnet_lite0" in table and "GFLOP/s" in table and "12 photos from" in table
     report = json.loads(out.read_text())
-    assert report["peak_gflops"]["float32"] > 10 and report["machine"]["usable_cores"] >= 1
-    (result,) = report["results"]
-    assert (result["backbone"], result["image_size"], result["precision"], result["weights"]) == (
+    machine = report["machine"]
+    assert machine["usable_cores"] >= 1 and machine["cpu_kind"] in table
+    assert set(machine["cpu_flags"]) == set(bench.CPU_FLAGS_OF_INTEREST) and "avx2" in table
+    assert machine["blas"]["architecture"] and f"{machine['blas']['architecture']} kernel" in table
+    # A peak per precision measured, each by a kernel other than the ones measured against it.
+    assert set(report["peak_gflops"]) == {"float32", "int8"}  # no Keras bfloat16 asked for: no bfloat16 peak
+    assert report["peak_gflops"]["float32"] > 10 and report["peak_gflops"]["int8"] > 10
+    assert "numpy sgemm" in report["peak_measured_by"]["float32"] and "MatMulInteger" in report["peak_measured_by"]["int8"]
+    # Every runtime side by side, in one table with a runtime column.
+    openvino = importlib.util.find_spec("openvino") is not None
+    expected = {("keras", "float32"), ("onnxruntime", "float32"), ("onnxruntime", "int8")} | (
+        {("openvino", "float32")} if openvino else set())
+    assert {(r["runtime"], r["precision"]) for r in report["results"]} == expected
+    for runtime, precision in expected:
+        assert f"{precision:<10}{runtime:<12}" in table
+    if openvino:
+        (result,) = [r for r in report["results"] if r["runtime"] == "openvino"]
+        assert result["openvino_precision"] == "f32"  # the hint held: comparable with the other float32 runtimes
+    else:
+        assert "openvino is not installed" in table
+    assert "calibration" in table  # int8 says what it was calibrated on
+    (keras,) = [r for r in report["results"] if r["runtime"] == "keras"]
+    assert (keras["backbone"], keras["image_size"], keras["precision"], keras["weights"]) == (
         "efficientnet_lite0", 224, "float32", "imagenet")
-    assert 0.7 < result["gflop_per_image"] < 0.85  # EfficientNet-Lite0: about 0.39 billion multiply-adds
-    assert 100 < result["peak_rss_mb"] < 8000
-    assert [row["batch_size"] for row in result["rows"]] == [2, 4]
-    for row in result["rows"]:
-        assert row["forward"] > 1 and row["from_files"] > 1 and row["from_files_total"] > 0
-        assert row["gflops"] == row["forward"] * result["gflop_per_image"] and row["percent_of_peak"] > 0
+    assert 0.7 < keras["gflop_per_image"] < 0.85  # EfficientNet-Lite0: about 0.39 billion multiply-adds
+    for result in report["results"]:
+        assert result["gflop_per_image"] == keras["gflop_per_image"]  # the Keras float32 count for all
+        assert result["image_size"] == 224 and 100 < result["peak_rss_mb"] < 8000
+        assert [row["batch_size"] for row in result["rows"]] == [2, 4]
+        peak = report["peak_gflops"][result["precision"]]
+        for row in result["rows"]:
+            assert row["forward"] > 1 and row["from_files"] > 1 and row["from_files_total"] > 0
+            assert row["gflops"] == row["forward"] * result["gflop_per_image"]
+            assert abs(row["percent_of_peak"] - 100 * row["gflops"] / peak) < 1e-9 and row["percent_of_peak"] > 0
+    fastest = report["fastest_from_files"]["efficientnet_lite0"]
+    assert (fastest["runtime"], fastest["precision"]) in expected and fastest["versus_keras_float32"] >= 1
+    assert fastest["from_files"] == max(row["from_files"] for r in report["results"] for row in r["rows"])
+    assert f"fastest from files, efficientnet_lite0: {fastest['runtime']} {fastest['precision']}" in table
+
+
+def test_the_int8_peak_is_onnx_runtimes_integer_matrix_multiplication():
+    assert bench.int8_gemm_gops(size=256, repeats=2) > 0
+
+
+def test_cpu_kind_and_the_cli_runtimes():
+    assert bench.cpu_kind({"avx2", "fma"}) == "AVX2+FMA"
+    assert bench.cpu_kind({"avx2", "fma", "avx_vnni"}) == "AVX2+FMA, AVX-VNNI"
+    assert bench.cpu_kind({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"}) == "AVX-512, VNNI, bfloat16"
+    assert bench.cpu_kind({"sse4_2"}) == "no AVX2+FMA"
+    from catsdogs.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--runtimes", ",".join(bench.RUNTIMES)])
+    assert args.runtimes == bench.RUNTIMES  # the CLI's list is the bench's
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--runtimes", "tensorrt", "--quick"])
+    assert exit_.value.code == 2
 
 
 def test_bench_runs_offline_resnet50_on_random_weights_and_says_why(tmp_path, monkeypatch):

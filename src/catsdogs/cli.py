@@ -225,7 +225,7 @@ def _bench(args):
     from catsdogs.bench import format_report, run_bench
 
     report = run_bench(args.backbone, args.precision, args.batch_sizes, args.images, args.data, args.repeats,
-                       args.quick, args.onnx, args.image_size)
+                       args.quick, args.runtimes, args.image_size)
     print(format_report(report))
     if args.output:
         with open(args.output, "w") as f:
@@ -258,15 +258,20 @@ def _add_export(commands):
 
 def _add_bench(commands):
     p = commands.add_parser(
-        "bench", help="measure the speed of each backbone and precision on this machine",
+        "bench", help="measure the speed of each backbone in every runtime and precision on this machine",
         description="Images/s of the model alone (forward) and from files (decoding included, as predict and "
-                    "feature extraction), at several batch sizes; achieved GFLOP/s against the peak of a matrix "
-                    "multiplication measured in the same run; peak memory. Runs on random weights where "
-                    "pretrained ones are unavailable (speed does not depend on them) and says so.")
+                    "feature extraction), at several batch sizes, in every runtime side by side: Keras (float32, "
+                    "and bfloat16 where the CPU has it), ONNX Runtime float32 and int8, OpenVINO float32 (where "
+                    "installed). Achieved GFLOP/s against the peak of the runtime's precision, measured in the "
+                    "same run by a tuned kernel (float32: numpy's OpenBLAS sgemm; bfloat16: oneDNN's matmul; "
+                    "int8: ONNX Runtime's integer matmul); the CPU's flags; peak memory; the fastest runtime "
+                    "from files. Runs on random weights where pretrained ones are unavailable (speed does not "
+                    "depend on them) and says so.")
     p.add_argument("--backbone", type=_name_list(), default=None,
                    help="comma-separated backbones (default: all; see `catsdogs backbones`)")
     p.add_argument("--precision", type=_name_list(PRECISIONS), default=None,
-                   help="comma-separated precisions (default: float32,bfloat16 where the CPU has native bfloat16)")
+                   help="comma-separated precisions of Keras (default: float32,bfloat16 where the CPU has native "
+                        "bfloat16)")
     p.add_argument("--batch-sizes", type=_int_list, default=BENCH_BATCH_SIZES,
                    help=f"default: {','.join(map(str, BENCH_BATCH_SIZES))}")
     p.add_argument("--images", type=int, default=256, help="photos to predict from files (default: %(default)s)")
@@ -274,7 +279,11 @@ def _add_bench(commands):
                    help="input side in pixels (default: each backbone's own, see `catsdogs backbones`)")
     p.add_argument("--data", help="folder of photos (default: synthetic 500x375 JPEG photos)")
     p.add_argument("--repeats", type=int, default=5, help="timed forward passes; the median is reported")
-    p.add_argument("--onnx", action="store_true", help="also time float32 ONNX Runtime, as a reference")
+    bench_runtimes = ("keras", "onnx", "int8", "openvino")  # bench.RUNTIMES (bench imports Keras: not here)
+    p.add_argument("--runtimes", type=_name_list(bench_runtimes), default=None,
+                   help=f"comma-separated, from {','.join(bench_runtimes)}: Keras, ONNX Runtime float32 and int8, "
+                        f"OpenVINO float32 (default: all that are installed; the others are noted)")
+    p.add_argument("--onnx", action="store_true", help=argparse.SUPPRESS)  # once "also ONNX Runtime": now always
     p.add_argument("--quick", action="store_true", help="a smoke test in seconds, not a measurement")
     p.add_argument("--output", metavar="FILE", help="write the results as JSON")
     p.set_defaults(func=_bench)
