@@ -194,14 +194,18 @@ def test_bfloat16_backbone_computes_in_bfloat16_and_returns_float32():
     assert (cosine > 0.99).all() and not np.allclose(features, exact, rtol=1e-4)  # close, and really bf16
 
 
-def test_precision_auto_is_bfloat16_only_where_the_cpu_has_it(tmp_path, monkeypatch):
-    with_bf16, without = tmp_path / "zen4", tmp_path / "old"
-    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
-    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
-    assert host.cpu_has_bfloat16(with_bf16) and not host.cpu_has_bfloat16(without)
+def test_precision_auto_is_bfloat16_only_where_it_was_measured_faster(tmp_path, monkeypatch):
+    zen4, xeon_amx, xeon_no_amx, old = (tmp_path / name for name in ("zen4", "xeon_amx", "xeon", "old"))
+    zen4.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n")
+    xeon_amx.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16\n")
+    xeon_no_amx.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    old.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert host.cpu_has_bfloat16(zen4) and host.cpu_has_bfloat16(xeon_no_amx) and not host.cpu_has_bfloat16(old)
     assert not host.cpu_has_bfloat16(tmp_path / "missing")
-    for has_it, expected in ((True, "bfloat16"), (False, "float32")):
-        monkeypatch.setattr(precision, "cpu_has_bfloat16", lambda: has_it)
+    assert host.cpu_has_fast_bfloat16(zen4) and host.cpu_has_fast_bfloat16(xeon_amx)
+    assert not host.cpu_has_fast_bfloat16(xeon_no_amx) and not host.cpu_has_fast_bfloat16(old)
+    for fast, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(precision, "cpu_has_fast_bfloat16", lambda: fast)
         assert precision.resolve_precision("auto") == expected
         assert precision.resolve_precision("float32") == "float32"
     with pytest.raises(ValueError, match="unknown precision 'float16'"):

@@ -9,8 +9,9 @@ The library in three calls::
     ev = catsdogs.evaluate(clf, "data/cats-and-dogs")  # -> Evaluation, with plot_* methods
 
 Importing catsdogs is cheap: TensorFlow, Keras, scikit-learn and matplotlib are imported when a
-function first needs them. The one global change on import: TensorFlow's C++ start-up messages
-are silenced (TF_CPP_MIN_LOG_LEVEL=2, unless already set); errors still show.
+function first needs them. The global changes on import: TensorFlow's C++ start-up messages
+are silenced (TF_CPP_MIN_LOG_LEVEL=2) and its oneDNN kernels are on (TF_ENABLE_ONEDNN_OPTS=1),
+unless either is already set; errors still show.
 """
 
 import importlib
@@ -19,6 +20,10 @@ from typing import TYPE_CHECKING
 
 # TensorFlow's C++ start-up chatter is noise to a command-line user; errors still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow turns its oneDNN kernels on by itself only on CPUs with AVX-512 VNNI, bfloat16 or AMX;
+# on AVX2 CPUs (most laptops) its generic kernels ran Lite0 2.1x slower and spent 40% of the CPU
+# time in the kernel (page faults; docs/BENCHMARKS.md, issue 17). Read when TensorFlow loads.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 __version__ = "0.1.0"
 

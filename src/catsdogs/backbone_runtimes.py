@@ -2,16 +2,19 @@
 
 The backbone is nearly all of the cost of extraction, prediction and serving (the head and the
 open-set score are a few hundred thousand operations), so it runs in the fastest correct runtime
-this CPU has; `choose` says which, by a rule from the CPU's flags that docs/BENCHMARKS.md measured
+this CPU has. `choose` says which, by a rule from the CPU's flags that docs/BENCHMARKS.md measured
 (issue 17):
 
-- native bfloat16 (AVX512_BF16 or AMX): Keras in bfloat16 (oneDNN's bfloat16 kernels);
-- otherwise (AVX2, AVX-512 without bfloat16): ONNX Runtime in float32; TensorFlow without
-  oneDNN ran 2.6x slower there, and 1.2x slower with it.
+- ONNX Runtime, whose own memory arena and kernels beat TensorFlow's on every CPU measured;
+- in int8 where the CPU has int8 dot products (VNNI: Intel since Cascade Lake, AMD since Zen 4),
+  measured 2.5x float32 from files with the same test accuracy; in float32 elsewhere (AVX2
+  laptops and servers), where int8 was not measured;
+- Keras where the run needs it (an ensemble, fine-tuning, Ray workers), in bfloat16 where that was
+  measured faster (`host.cpu_has_fast_bfloat16`).
 
 An ONNX backbone is converted from the Keras one once (tf2onnx) and cached under the weights'
-fingerprint, like the converted ImageNet weights; an int8 one (`precision="int8"`) is quantized
-from it by ONNX Runtime's static post-training quantization, calibrated on training photos.
+fingerprint, like the converted ImageNet weights; an int8 one is quantized from it by ONNX
+Runtime's static post-training quantization, calibrated on training photos, and cached too.
 """
 
 import hashlib
@@ -21,25 +24,26 @@ import warnings
 
 import numpy as np
 
+from catsdogs.config import BACKBONE_PRECISIONS, BACKBONE_RUNTIMES
 from catsdogs.errors import ConfigError
 from catsdogs.files import atomic_path
-from catsdogs.host import cpu_has_bfloat16, usable_cpus
+from catsdogs.host import cpu_has_vnni, usable_cpus
 
 log = logging.getLogger(__name__)
 
-BACKBONE_RUNTIMES = ("keras", "onnx")  # what runs a frozen backbone
 BACKBONE_FILE = "backbone.onnx"  # in a run directory whose backbone ran in ONNX Runtime: what predict runs
 ONNX_OPSET = 17
 # How many training photos calibrate int8 quantization (the ranges of the activations).
 CALIBRATION_PHOTOS = 128
 
 
-def choose(runtime="auto", precision="auto"):
+def choose(runtime="auto", precision="auto", keras_only=None):
     """The runtime and precision of the frozen backbone (see the module for the rule).
 
     Args:
-        runtime: "auto" or one of BACKBONE_RUNTIMES.
+        runtime: "auto" or one of `config.BACKBONE_RUNTIMES`.
         precision: "auto", "float32", "bfloat16" (Keras only) or "int8" (ONNX Runtime only).
+        keras_only: why this run's backbone must run in Keras (an ensemble, fine-tuning, Ray), or None.
 
     Returns:
         (runtime, precision), neither "auto".
@@ -51,18 +55,22 @@ def choose(runtime="auto", precision="auto"):
 
     if runtime not in ("auto", *BACKBONE_RUNTIMES):
         raise ConfigError(f"unknown backbone runtime {runtime!r}; choose auto or one of {BACKBONE_RUNTIMES}")
-    if precision == "int8":
-        if runtime == "keras":
-            raise ConfigError("int8 runs in ONNX Runtime: use --runtime onnx (or auto) with --precision int8")
-        return "onnx", "int8"
-    if precision == "auto" and runtime == "onnx":
-        return "onnx", "float32"
-    precision = resolve_precision(precision)
+    if precision not in ("auto", *BACKBONE_PRECISIONS):
+        raise ConfigError(f"unknown precision {precision!r}; choose auto or one of {BACKBONE_PRECISIONS}")
+    if keras_only and (runtime == "onnx" or precision == "int8"):
+        raise ConfigError(f"the backbone runs in ONNX Runtime only on its own: {keras_only} (use --runtime keras "
+                          f"and a float precision)")
     if runtime == "auto":
-        runtime = "keras" if precision == "bfloat16" else "onnx"
-    if runtime == "onnx" and precision == "bfloat16":
+        runtime = "keras" if keras_only or precision == "bfloat16" else "onnx"
+    if runtime == "keras":
+        if precision == "int8":
+            raise ConfigError("int8 runs in ONNX Runtime: use --runtime onnx (or auto) with --precision int8")
+        return "keras", resolve_precision(precision)
+    if precision == "bfloat16":
         raise ConfigError("ONNX Runtime has no bfloat16 convolutions on CPU: use --runtime keras with bfloat16")
-    return runtime, precision
+    if precision == "auto":
+        precision = "int8" if cpu_has_vnni() else "float32"
+    return "onnx", precision
 
 
 def export_onnx_file(model, path, signature):
@@ -160,14 +168,22 @@ def quantized_backbone_file(float32_file, calibration_paths, image_size, cache_d
         def get_next(self):
             return next(self._feeds, None)
 
-    with atomic_path(path) as partial:
-        prepared = partial + ".pre.onnx"
-        quant_pre_process(float32_file, prepared, skip_symbolic_shape=True)  # shape inference and graph fusions, as ONNX Runtime advises
-        try:
-            quantize_static(prepared, partial, Calibration(decoded_images(paths, image_size)), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        finally:
-            os.remove(prepared)
+    calibration = Calibration(decoded_images(paths, image_size))
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)  # the quantizer logs a line per adjusted weight scale on the root logger
+    try:
+        with atomic_path(path) as partial:
+            prepared = partial + ".pre.onnx"
+            # Shape inference and graph fusions first, as ONNX Runtime advises for quantization.
+            quant_pre_process(float32_file, prepared, skip_symbolic_shape=True)
+            try:
+                quantize_static(prepared, partial, calibration, quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            finally:
+                os.remove(prepared)
+    finally:
+        root.setLevel(level)
     return path
 
 

@@ -7,8 +7,9 @@ import logging
 import os
 import sys
 
-from catsdogs.config import (BENCH_BATCH_SIZES, ENGINES, EXPORT_FORMATS, HEADS, INFERENCE_BATCH_SIZE, PRECISIONS,
-                             QUANTIZATIONS, RUNTIMES, TrainConfig, default_cache_dir)
+from catsdogs.config import (BACKBONE_PRECISIONS, BACKBONE_RUNTIMES, BENCH_BATCH_SIZES, ENGINES, EXPORT_FORMATS,
+                             HEADS, INFERENCE_BATCH_SIZE, PRECISIONS, QUANTIZATIONS, RUNTIMES, TrainConfig,
+                             default_cache_dir)
 from catsdogs.errors import ConfigError
 from catsdogs.serve import API_KEY_ENV, ServeSettings
 
@@ -46,10 +47,14 @@ def _add_train(commands):
     p.add_argument("--weights", default=defaults.weights,
                    help="imagenet (default), random (no pretraining, for trying the pipeline), or a weights file")
     p.add_argument("--image-size", type=int, default=defaults.image_size, help="input side in pixels (default: the backbone's; an ensemble's largest member's)")
-    p.add_argument("--precision", choices=("auto", *PRECISIONS), default=defaults.precision,
-                   help="compute precision of the backbone; auto (default): bfloat16 on CPUs with native bfloat16 "
-                        "(AVX512_BF16 or AMX), where it was measured faster and as accurate, else float32. "
-                        "The head and the model's output are float32 either way")
+    p.add_argument("--runtime", choices=("auto", *BACKBONE_RUNTIMES), default=defaults.runtime,
+                   help="what runs the frozen backbone: keras (TensorFlow), onnx (ONNX Runtime, the backbone "
+                        "converted once and cached); auto (default): the fastest measured on this kind of CPU "
+                        "(README, Speed); predict and serve then run the model's backbone the same way")
+    p.add_argument("--precision", choices=("auto", *BACKBONE_PRECISIONS), default=defaults.precision,
+                   help="compute precision of the backbone: float32; bfloat16 (keras); int8 (onnx: static "
+                        "quantization calibrated on training photos); auto (default): with the runtime, by CPU "
+                        "(README, Speed). The head and the model's output are float32 either way")
     p.add_argument("--head", choices=HEADS, default=defaults.head,
                    help="linear (default; best by cross-validation on the training photos): logistic regression on "
                         "standardised features, L2 strength chosen by cross-validation; dense: the study's fully "
@@ -283,7 +288,6 @@ def _add_bench(commands):
     p.add_argument("--runtimes", type=_name_list(bench_runtimes), default=None,
                    help=f"comma-separated, from {','.join(bench_runtimes)}: Keras, ONNX Runtime float32 and int8, "
                         f"OpenVINO float32 (default: all that are installed; the others are noted)")
-    p.add_argument("--onnx", action="store_true", help=argparse.SUPPRESS)  # once "also ONNX Runtime": now always
     p.add_argument("--quick", action="store_true", help="a smoke test in seconds, not a measurement")
     p.add_argument("--output", metavar="FILE", help="write the results as JSON")
     p.set_defaults(func=_bench)

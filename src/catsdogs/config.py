@@ -8,7 +8,9 @@ from catsdogs.errors import ConfigError
 
 
 # Choices offered by the command line, here so that parsing it needs no TensorFlow.
-PRECISIONS = ("float32", "bfloat16")  # compute precision of a backbone
+PRECISIONS = ("float32", "bfloat16")  # compute precision of a backbone in Keras
+BACKBONE_RUNTIMES = ("keras", "onnx")  # what runs the frozen backbone (`backbone_runtimes`)
+BACKBONE_PRECISIONS = (*PRECISIONS, "int8")  # int8: ONNX Runtime, statically quantized
 HEADS = ("linear", "dense")  # classifiers on the backbone's features (see heads.py)
 EXPORT_FORMATS = ("keras", "savedmodel", "onnx", "tflite")
 QUANTIZATIONS = ("float32", "float16", "int8")  # of TFLite exports
@@ -63,7 +65,8 @@ class TrainConfig:
     backbone: str = "resnet50"
     weights: str = "imagenet"  # "imagenet", "random" or a weights file
     image_size: int = 0  # 0: the backbone's own
-    precision: str = "auto"  # of the backbone: "float32", "bfloat16", or "auto" (bfloat16 where the CPU has it)
+    runtime: str = "auto"  # of the frozen backbone: "keras", "onnx" (ONNX Runtime), or "auto" (backbone_runtimes.choose)
+    precision: str = "auto"  # of the backbone: "float32", "bfloat16" (Keras), "int8" (ONNX Runtime), or "auto"
     head: str = "linear"  # "linear" (logistic regression; best on validation) or "dense" (the study's)
     hidden_units: tuple = (256,)
     dropout: float = 0.5
@@ -107,10 +110,9 @@ class TrainConfig:
         # Lazy: config.py is imported where TensorFlow (which backbones imports) is not wanted.
         from catsdogs import backbones
         from catsdogs.extras import require
-        from catsdogs.precision import resolve_precision
 
         ensemble = len(backbones.member_names(self.backbone)) > 1
-        resolve_precision(self.precision)
+        self.backbone_runtime()
         if ensemble and self.fine_tune:
             raise ConfigError(f"backbone {self.backbone}: fine-tuning takes one backbone; an ensemble's members "
                               f"stay frozen (train one backbone with --fine-tune instead)")
@@ -145,6 +147,20 @@ class TrainConfig:
             blocks=self.fine_tune_blocks, learning_rate=self.fine_tune_learning_rate, epochs=self.fine_tune_epochs,
             patience=self.fine_tune_patience, batch_size=self.fine_tune_batch_size, augment=self.augment,
             seed=self.seed)
+
+    def backbone_runtime(self):
+        """The runtime and precision of the frozen backbone, "auto" resolved (`backbone_runtimes.choose`).
+
+        Ensembles, fine-tuning and --engine ray compute features in Keras (the Ray workers and the
+        fine-tuned backbone run there), so "auto" is Keras for them.
+        """
+        from catsdogs.backbone_runtimes import choose
+        from catsdogs.backbones import member_names
+
+        keras_only = (f"the ensemble {self.backbone} runs its members in Keras" if len(member_names(self.backbone)) > 1
+                      else "fine-tuning trains the backbone in Keras" if self.fine_tune
+                      else "--engine ray computes features in Keras on its workers" if self.engine == "ray" else None)
+        return choose(self.runtime, self.precision, keras_only)
 
     def to_dict(self):
         return dataclasses.asdict(self)

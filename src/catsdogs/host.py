@@ -12,6 +12,9 @@ CPUINFO = "/proc/cpuinfo"
 # CPU flags of native bfloat16 arithmetic, which oneDNN uses for convolutions: AVX512_BF16 (AMD
 # Zen 4 and later, Intel Cooper Lake) and AMX (Intel Sapphire Rapids and later).
 BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+# CPU flags of int8 dot products (VNNI), which ONNX Runtime's quantized kernels use: AVX512_VNNI (Intel
+# Cascade Lake and later, AMD Zen 4 and later) and AVX_VNNI (Intel Alder Lake and later, AMD Zen 5).
+VNNI_CPU_FLAGS = ("avx512_vnni", "avx_vnni")
 
 
 def usable_cpus():
@@ -33,9 +36,25 @@ def cpu_flags(cpuinfo=CPUINFO):
     return set((_cpuinfo_field("flags", cpuinfo) or "").split())
 
 
+def cpu_has_vnni(cpuinfo=CPUINFO):
+    """Whether the CPU has int8 dot-product instructions (AVX512_VNNI, or AVX_VNNI on AVX2 CPUs)."""
+    return bool(cpu_flags(cpuinfo) & set(VNNI_CPU_FLAGS))
+
+
 def cpu_has_bfloat16(cpuinfo=CPUINFO):
     """Whether the CPU computes bfloat16 natively (False where that cannot be read)."""
     return bool(cpu_flags(cpuinfo) & set(BFLOAT16_CPU_FLAGS))
+
+
+def cpu_has_fast_bfloat16(cpuinfo=CPUINFO):
+    """Whether TensorFlow's bfloat16 convolutions were measured faster than float32 on this kind of CPU.
+
+    Faster with AMX (Intel Sapphire Rapids and later) and on AMD Zen 4/5 (AVX512_BF16): ResNet-50
+    1.9x, EfficientNet-Lite0 1.6x; slower (0.76x, Lite0) on an Intel Xeon with AVX512_BF16 but no
+    AMX (docs/BENCHMARKS.md, issue 17).
+    """
+    flags = cpu_flags(cpuinfo)
+    return "amx_bf16" in flags or ("avx512_bf16" in flags and _cpuinfo_field("vendor_id", cpuinfo) == "AuthenticAMD")
 
 
 def cpu_name(cpuinfo=CPUINFO):

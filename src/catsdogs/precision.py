@@ -5,20 +5,20 @@ import logging
 
 from catsdogs.config import PRECISIONS
 from catsdogs.errors import ConfigError
-from catsdogs.host import BFLOAT16_CPU_FLAGS, cpu_has_bfloat16
+from catsdogs.host import BFLOAT16_CPU_FLAGS, cpu_has_bfloat16, cpu_has_fast_bfloat16
 
 log = logging.getLogger(__name__)
 
 
 def resolve_precision(precision):
-    """The compute precision to use: "auto" becomes "bfloat16" on CPUs with native bfloat16, else "float32".
+    """The Keras compute precision to use: "auto" becomes "bfloat16" where it was measured faster, else "float32".
 
-    bfloat16 is the default where the CPU has it because it was measured both faster (ResNet-50
-    1.9x, EfficientNet-Lite0 1.6-1.8x, with folded BatchNormalization) and as accurate
+    bfloat16 is the default on the CPUs where it was measured both faster (`host.cpu_has_fast_bfloat16`:
+    ResNet-50 1.9x, EfficientNet-Lite0 1.6-1.8x, with folded BatchNormalization) and as accurate
     (docs/BENCHMARKS.md); without native support TensorFlow emulates it, slower than float32.
     """
     if precision == "auto":
-        return "bfloat16" if cpu_has_bfloat16() else "float32"
+        return "bfloat16" if cpu_has_fast_bfloat16() else "float32"
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose auto or one of {PRECISIONS}")
     if precision == "bfloat16" and not cpu_has_bfloat16():

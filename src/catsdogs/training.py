@@ -17,6 +17,7 @@ import numpy as np
 
 from catsdogs import backbones, calibration, data, features, heads, openset
 from catsdogs import model as model_lib
+from catsdogs.backbone_runtimes import BACKBONE_FILE, onnx_backbone
 from catsdogs.classifier import Classifier
 from catsdogs.config import TrainConfig
 from catsdogs.errors import ConfigError
@@ -24,7 +25,6 @@ from catsdogs.evaluation import Evaluation, OpenSetResults, stage_summary, unkno
 from catsdogs.files import timestamp, write_text
 from catsdogs.folding import fold_batch_normalization
 from catsdogs.inference import run_on_files, views_for
-from catsdogs.precision import resolve_precision
 from catsdogs.runtimes import KerasRuntime, compiled_forward
 
 log = logging.getLogger(__name__)
@@ -139,8 +139,9 @@ def prepare(config: TrainConfig) -> Prepared:
         target = parse_target(config.target, class_names)
     open_set = openset.resolve_methods(config.open_set, config.backbone, config.weights, class_names)
     # config.json says what was used: "auto" and 0 (the backbone's size) are resolved.
+    runtime, precision = config.backbone_runtime()
     config = dataclasses.replace(
-        config, data_dir=os.path.abspath(config.data_dir), precision=resolve_precision(config.precision),
+        config, data_dir=os.path.abspath(config.data_dir), runtime=runtime, precision=precision,
         image_size=config.image_size or backbones.default_image_size(config.backbone))
     log.info("%s: classes %s, %s", config.data_dir, class_names,
              ", ".join(f"{len(v)} {k} files" for k, v in dataset.splits.items()))
@@ -149,6 +150,17 @@ def prepare(config: TrainConfig) -> Prepared:
     if config.exclude:
         splits = read_exclusions(config.exclude, splits)
     return Prepared(config, class_names, scan, splits, target, open_set)
+
+
+def keras_precision(config):
+    """The precision the Keras backbone is built in: the run's own, or float32 where ONNX Runtime
+    computes the features (converted from the float32 model, int8 quantized from it)."""
+    return config.precision if config.runtime == "keras" else "float32"
+
+
+def calibration_photos(prepared: Prepared):
+    """The training photos (never validation or test ones) that calibrate int8 quantization."""
+    return [s.path for s in prepared.splits["train"]]
 
 
 def extract(prepared: Prepared, extractor) -> dict:
@@ -176,7 +188,8 @@ def extract(prepared: Prepared, extractor) -> dict:
                 distributed.extract_features(member, config.precision, paths, hashes, cache, views,
                                              config.extract_batch_size, config.ray_address, config.ray_workers)
         outputs = features.extractor_features(extractor, config.precision, paths, hashes, config.cache_dir,
-                                              config.extract_batch_size, views, fill)
+                                              config.extract_batch_size, views, fill, runtime=config.runtime,
+                                              calibration_paths=calibration_photos(prepared))
         for path, reason in outputs.errors.items():
             scan.add_problem(path, reason)
         start = 0
@@ -344,6 +357,8 @@ def write(run: Run, prepared: Prepared) -> str:
             writer.writerows(run.history)
             write_text(os.path.join(partial, "history.csv"), lines.getvalue())
         model_lib.save(run.model, os.path.join(partial, model_lib.MODEL_FILE))
+        if run.classifier.runtime.backbone is not None:  # what predict and serve run the backbone with
+            shutil.copyfile(run.classifier.runtime.backbone.path, os.path.join(partial, BACKBONE_FILE))
         run.evaluation.save(partial)
         os.rename(partial, run_dir)
     except BaseException:
@@ -384,7 +399,7 @@ def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:
     prepared = prepare(config)
     config, class_names = prepared.config, prepared.class_names
     extractor = backbones.build_feature_extractor(
-        config.backbone, config.weights, config.image_size, config.precision, config.cache_dir)
+        config.backbone, config.weights, config.image_size, keras_precision(config), config.cache_dir)
     split_features = extract(prepared, extractor)
     val, test = split_features["val"], split_features["test"]
 
@@ -415,7 +430,10 @@ def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:
     open_set = fit_open_set(prepared, estimator, split_features, temperature)
     model = model_lib.assemble(extractor, head, class_names, temperature, threshold,
                                open_set.layer if open_set else None)
-    classifier = Classifier(KerasRuntime(model))
+    # The classifier computes as extraction did: its backbone in ONNX Runtime where the features came from there.
+    backbone = (onnx_backbone(extractor, config.precision, config.cache_dir, calibration_photos(prepared))
+                if config.runtime == "onnx" else None)
+    classifier = Classifier(KerasRuntime(model, backbone))
     if open_set:
         scores = {name: np.asarray(open_set.layer([split.x[0], logits[0]]))
                   for name, split, logits in (("val", val, val_logits), ("test", test, test_logits))}
@@ -425,7 +443,7 @@ def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:
         test.paths, test.y, class_names, logits=test_logits, temperature=temperature, threshold=threshold,
         validation=(val.y, val_logits), data_dir=config.data_dir, stages=stages,
         integrity=prepared.scan.to_json(), history=history,
-        title=f"{config.backbone} at {config.image_size} px ({config.precision}), {config.head} head",
+        title=f"{config.backbone} at {config.image_size} px ({config.runtime}, {config.precision}), {config.head} head",
         config=config.to_dict(), classifier=classifier,
         open_set=OpenSetResults(
             open_set.methods, open_set.threshold, open_set.keep, open_set.training_kept, scores["val"],
