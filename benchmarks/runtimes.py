@@ -60,12 +60,14 @@ def main():
     parser.add_argument("--unknown", help="photos of neither class, to measure open-set rejection")
     parser.add_argument("--backbones", default="efficientnet_lite0")
     parser.add_argument("--speed-photos", type=int, default=384)
+    parser.add_argument("--combinations", default=",".join(f"{r}:{p}" for r, p in COMBINATIONS),
+                        help="runtime:precision pairs, comma-separated (default: %(default)s)")
     args = parser.parse_args()
     photos = data.spread(sorted(data.expand_inputs([f"{args.data_dir}/test_set"])), args.speed_photos)
     flags = cpu_flags()
     rows = []
     for backbone in args.backbones.split(","):
-        for runtime, precision in COMBINATIONS:
+        for runtime, precision in (pair.split(":") for pair in args.combinations.split(",")):
             run = catsdogs.train(args.data_dir, backbone=backbone, runtime=runtime, precision=precision,
                                  unknown_data=args.unknown or "", runs_dir=None)
             o = run.metrics["open_set"]

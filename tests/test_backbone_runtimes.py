@@ -20,9 +20,10 @@ PHOTOS = [("test", cls, n) for cls in ("cats", "dogs") for n in range(4300, 4330
 
 
 @pytest.mark.parametrize("vnni, expected", [(True, ("onnx", "int8")), (False, ("onnx", "float32"))])
-def test_auto_runs_the_backbone_in_onnx_runtime_int8_only_where_the_cpu_has_vnni(monkeypatch, vnni, expected):
+def test_onnx_runtime_runs_int8_by_default_only_where_the_cpu_has_vnni(monkeypatch, vnni, expected):
     monkeypatch.setattr(backbone_runtimes, "cpu_has_vnni", lambda: vnni)
-    assert backbone_runtimes.choose() == expected
+    assert backbone_runtimes.choose("onnx") == expected
+    assert backbone_runtimes.choose()[0] == "keras"  # the default stays Keras for now
     assert backbone_runtimes.choose("onnx", "float32") == ("onnx", "float32")
     assert backbone_runtimes.choose("auto", "int8") == ("onnx", "int8")
     assert backbone_runtimes.choose("auto", "auto", keras_only="fine-tuning")[0] == "keras"

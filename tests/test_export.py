@@ -47,7 +47,7 @@ def test_export_agrees_with_the_keras_model_on_real_photos(exports, lite0_run, f
 def test_predict_runs_exports_like_the_keras_model(exports, lite0_run, capsys):
     run_dir = lite0_run[0]
     photos = [str(photo("test", "cats", 4300)), str(photo("test", "dogs", 4300)), str(photo("test", "dogs", 4301))]
-    classifier = catsdogs.load(run_dir)
+    classifier = catsdogs.load(run_dir, "keras")  # the model exports are made from, all of it in Keras
     keras_rows = [p.to_dict() for p in classifier.predict(photos)]
     for (format, quantization), folder in exports.items():
         runtime = format
@@ -95,7 +95,7 @@ def test_exports_make_the_same_open_set_decisions_as_the_keras_model(exports, li
 
     photos = [str(unknown_photo("cars", "00029.jpg")), str(unknown_photo("buildings", "urban_img_001.jpg")),
               str(photo("test", "cats", 4300)), str(photo("test", "dogs", 4301))]
-    keras_rows = catsdogs.load(lite0_run[0]).predict(photos)
+    keras_rows = catsdogs.load(lite0_run[0], "keras").predict(photos)  # the model exports are made from
     assert [p.accepted for p in keras_rows] == [False, False, True, True]
     for (format, quantization), folder in exports.items():
         exported = catsdogs.load(folder)
