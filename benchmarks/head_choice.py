@@ -15,7 +15,8 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from catsdogs import backbones, data, features, heads
 from catsdogs.precision import resolve_precision
-from catsdogs.config import INFERENCE_BATCH_SIZE, TrainConfig, default_cache_dir
+from catsdogs.config import TrainConfig
+from catsdogs.options import INFERENCE_BATCH_SIZE, default_cache_dir
 
 
 def training_features(data_dir, backbone, size):

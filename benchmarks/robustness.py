@@ -30,7 +30,8 @@ from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedGroupKFold
 
 from catsdogs import backbones, features, heads, training
-from catsdogs.config import INFERENCE_BATCH_SIZE, TrainConfig, default_cache_dir
+from catsdogs.config import TrainConfig
+from catsdogs.options import INFERENCE_BATCH_SIZE, default_cache_dir
 from catsdogs.data import file_hash
 from catsdogs.files import atomic_path
 from catsdogs.images import load_image

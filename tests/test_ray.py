@@ -102,7 +102,9 @@ def chunk_files(cache_dir):
 def test_feature_extraction_on_ray_fills_the_cache_that_train_reuses(local_cluster, tmp_path):
     data = real_dataset(tmp_path / "data", train_per_class=20, test_per_class=10)
     cache_dir = tmp_path / "cache"
-    settings = dict(backbone="efficientnet_lite0", image_size=224, cache_dir=str(cache_dir), runs_dir=None, tta=True)
+    # Ray's workers compute features in Keras: a local run reuses them when its backbone runs there too.
+    settings = dict(backbone="efficientnet_lite0", image_size=224, cache_dir=str(cache_dir), runs_dir=None, tta=True,
+                    runtime="keras")
 
     on_ray = catsdogs.train(data, engine="ray", ray_workers=2, **settings)
     chunks = chunk_files(cache_dir)

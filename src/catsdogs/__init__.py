@@ -10,8 +10,8 @@ The library in three calls::
 
 Importing catsdogs is cheap: TensorFlow, Keras, scikit-learn and matplotlib are imported when a
 function first needs them. The global changes on import: TensorFlow's C++ start-up messages
-are silenced (TF_CPP_MIN_LOG_LEVEL=2) and its oneDNN kernels are on (TF_ENABLE_ONEDNN_OPTS=1),
-unless either is already set; errors still show.
+are silenced (TF_CPP_MIN_LOG_LEVEL=2), its oneDNN kernels are on (TF_ENABLE_ONEDNN_OPTS=1) and
+its CPU memory is pooled (TF_CPU_ALLOCATOR_USE_BFC=true), unless already set; errors still show.
 """
 
 import importlib
@@ -24,6 +24,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # on AVX2 CPUs (most laptops) its generic kernels ran Lite0 2.1x slower and spent 40% of the CPU
 # time in the kernel (page faults; docs/BENCHMARKS.md, issue 17). Read when TensorFlow loads.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+# TensorFlow's CPU allocator hands every large tensor back to the system and faults it in again on
+# the next batch; its best-fit pool keeps them: the kernel's share of the CPU time fell from about
+# half to a fifth, and the generic (AVX2) kernels ran 1.8x faster (docs/BENCHMARKS.md, issue 17).
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 __version__ = "0.1.0"
 

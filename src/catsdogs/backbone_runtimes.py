@@ -5,12 +5,13 @@ open-set score are a few hundred thousand operations), so it runs in the fastest
 this CPU has. `choose` says which, by a rule from the CPU's flags that docs/BENCHMARKS.md measured
 (issue 17):
 
-- ONNX Runtime, whose own memory arena and kernels beat TensorFlow's on every CPU measured;
-- in int8 where the CPU has int8 dot products (VNNI: Intel since Cascade Lake, AMD since Zen 4),
-  measured 2.5x float32 from files with the same test accuracy; in float32 elsewhere (AVX2
-  laptops and servers), where int8 was not measured;
-- Keras where the run needs it (an ensemble, fine-tuning, Ray workers), in bfloat16 where that was
-  measured faster (`host.cpu_has_fast_bfloat16`).
+- Keras in bfloat16 where TensorFlow's bfloat16 kernels were measured fastest
+  (`host.cpu_has_fast_bfloat16`: AMX, AMD Zen 4/5; Lite0 from files on Zen 5: 1.9x Keras float32,
+  above ONNX Runtime int8 and OpenVINO float32);
+- elsewhere ONNX Runtime: in int8 where the CPU has int8 dot products (VNNI: Intel since Cascade
+  Lake), measured 2.6x Keras float32 from files with the same test accuracy; in float32 on AVX2
+  CPUs without them (most laptops), where it beat TensorFlow with oneDNN (1.2-1.3x forward);
+- Keras wherever the run needs it (an ensemble, fine-tuning, Ray workers).
 
 An ONNX backbone is converted from the Keras one once (tf2onnx) and cached under the weights'
 fingerprint, like the converted ImageNet weights; an int8 one is quantized from it by ONNX
@@ -24,10 +25,10 @@ import warnings
 
 import numpy as np
 
-from catsdogs.config import BACKBONE_PRECISIONS, BACKBONE_RUNTIMES
+from catsdogs.options import BACKBONE_PRECISIONS, BACKBONE_RUNTIMES
 from catsdogs.errors import ConfigError
 from catsdogs.files import atomic_path
-from catsdogs.host import cpu_has_vnni, usable_cpus
+from catsdogs.host import cpu_has_fast_bfloat16, cpu_has_vnni, usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def choose(runtime="auto", precision="auto", keras_only=None):
     """The runtime and precision of the frozen backbone (see the module for the rule).
 
     Args:
-        runtime: "auto" or one of `config.BACKBONE_RUNTIMES`.
+        runtime: "auto" or one of `options.BACKBONE_RUNTIMES`.
         precision: "auto", "float32", "bfloat16" (Keras only) or "int8" (ONNX Runtime only).
         keras_only: why this run's backbone must run in Keras (an ensemble, fine-tuning, Ray), or None.
 
@@ -60,8 +61,9 @@ def choose(runtime="auto", precision="auto", keras_only=None):
     if keras_only and (runtime == "onnx" or precision == "int8"):
         raise ConfigError(f"the backbone runs in ONNX Runtime only on its own: {keras_only} (use --runtime keras "
                           f"and a float precision)")
-    if runtime == "auto":  # ONNX Runtime stays opt-in until the whole suite has run with it as the default
-        runtime = "onnx" if precision == "int8" else "keras"
+    if runtime == "auto":
+        runtime = "keras" if keras_only or precision == "bfloat16" or (
+            precision == "auto" and cpu_has_fast_bfloat16()) else "onnx"
     if runtime == "keras":
         if precision == "int8":
             raise ConfigError("int8 runs in ONNX Runtime: use --runtime onnx (or auto) with --precision int8")
@@ -88,6 +90,9 @@ def onnx_session(path):
     options.intra_op_num_threads = usable_cpus()
     # Its threads would otherwise spin between operators, taking the cores from the decoders that feed it.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # The memory pattern, planned on the first run, allocates its own block again on the second: 2.4 GB
+    # faulted in twice at batch 64. Without it the arena reuses the first run's (measured: no slower).
+    options.enable_mem_pattern = False
     return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 

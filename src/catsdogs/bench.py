@@ -48,7 +48,7 @@ import tempfile
 
 import numpy as np
 
-from catsdogs.config import BENCH_BATCH_SIZES, PRECISIONS, default_cache_dir
+from catsdogs.options import BENCH_BATCH_SIZES, PRECISIONS, default_cache_dir
 from catsdogs.errors import ConfigError, MissingDependency
 from catsdogs.host import cpu_flags, cpu_has_bfloat16, cpu_name, usable_cpus
 from catsdogs.timing import files_rate, forward_rate, median_seconds, peak_rss_mb
@@ -379,7 +379,7 @@ def run_bench(backbones=None, precisions=None, batch_sizes=BENCH_BATCH_SIZES, im
 
     Args:
         backbones: names from `backbones.BACKBONES`, or ensembles of them ("a+b"); default all.
-        precisions: Keras precisions, from `config.PRECISIONS`; default both where the CPU has
+        precisions: Keras precisions, from `options.PRECISIONS`; default both where the CPU has
             native bfloat16, else float32.
         batch_sizes: images per forward pass to measure.
         images: photos to predict from files at each batch size (and to calibrate int8 on).
@@ -388,7 +388,7 @@ def run_bench(backbones=None, precisions=None, batch_sizes=BENCH_BATCH_SIZES, im
         quick: a smoke test, not a measurement: 2 timed repeats.
         runtimes: names from RUNTIMES; default all that are installed (the others are noted).
         image_size: input side in pixels; 0 for each backbone's default.
-        cache_dir: where converted ONNX backbones are cached; default `config.default_cache_dir()`.
+        cache_dir: where converted ONNX backbones are cached; default `options.default_cache_dir()`.
 
     Returns:
         a JSON-ready dict: machine, settings, peaks and one result per backbone, runtime and precision.

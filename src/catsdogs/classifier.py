@@ -10,7 +10,7 @@ import dataclasses
 import numpy as np
 
 from catsdogs import runtimes
-from catsdogs.config import INFERENCE_BATCH_SIZE
+from catsdogs.options import INFERENCE_BATCH_SIZE
 from catsdogs.data import expand_inputs
 from catsdogs.errors import UnsupportedError
 from catsdogs.inference import VIEWS, run_on_files, views_for
@@ -219,7 +219,7 @@ def load(path, runtime: str = None) -> Classifier:
 
     Args:
         path: the run directory, model file or export folder (or the exported file in it).
-        runtime: one of `config.RUNTIMES`, checked against what `path` holds; None: whatever it holds.
+        runtime: one of `options.RUNTIMES`, checked against what `path` holds; None: whatever it holds.
 
     Returns:
         a `Classifier`.

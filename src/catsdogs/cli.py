@@ -7,10 +7,10 @@ import logging
 import os
 import sys
 
-from catsdogs.config import (BACKBONE_PRECISIONS, BACKBONE_RUNTIMES, BENCH_BATCH_SIZES, ENGINES, EXPORT_FORMATS,
-                             HEADS, INFERENCE_BATCH_SIZE, PRECISIONS, QUANTIZATIONS, RUNTIMES, TrainConfig,
-                             default_cache_dir)
+from catsdogs.config import TrainConfig
 from catsdogs.errors import ConfigError
+from catsdogs.options import (BACKBONE_PRECISIONS, BACKBONE_RUNTIMES, BENCH_BATCH_SIZES, ENGINES, EXPORT_FORMATS, HEADS,
+                              INFERENCE_BATCH_SIZE, PRECISIONS, QUANTIZATIONS, RUNTIMES, default_cache_dir)
 from catsdogs.serve import API_KEY_ENV, ServeSettings
 
 EPILOG = "Run `catsdogs COMMAND -h` for the options of a command."

@@ -327,6 +327,7 @@ class ImagePipeline:
         """
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+        self.image_size = image_size
         self.resize = resizer(image_size)
         self.batch_size = batch_size
         self.errors = {}
@@ -334,7 +335,8 @@ class ImagePipeline:
 
     def _decode(self, index):
         try:
-            return load_image(self._paths[index]), True
+            # Large photos decoded near the model's size, as `catsdogs serve` decodes them: the same pixels.
+            return load_image(self._paths[index], min_side=self.image_size), True
         except ImageError as error:
             with self._lock:
                 self.errors[self._paths[index]] = error.reason

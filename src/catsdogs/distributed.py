@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from catsdogs.config import INFERENCE_BATCH_SIZE
+from catsdogs.options import INFERENCE_BATCH_SIZE
 from catsdogs.errors import ConfigError, ModelNotFoundError
 from catsdogs.extras import require
 

@@ -17,7 +17,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from catsdogs import calibration, data, report
-from catsdogs.config import INFERENCE_BATCH_SIZE
+from catsdogs.options import INFERENCE_BATCH_SIZE
 from catsdogs.errors import UnsupportedError
 from catsdogs.files import timestamp, write_text
 from catsdogs.model import SCORE, predicted_classes

@@ -19,7 +19,7 @@ import numpy as np
 from catsdogs import data, report, runtimes
 from catsdogs import model as model_lib
 from catsdogs.backbone_runtimes import export_onnx_file
-from catsdogs.config import EXPORT_FORMATS, INFERENCE_BATCH_SIZE, QUANTIZATIONS
+from catsdogs.options import EXPORT_FORMATS, INFERENCE_BATCH_SIZE, QUANTIZATIONS
 from catsdogs.errors import ConfigError, DataError, ImageError
 from catsdogs.extras import EXTRAS, require
 from catsdogs.inference import decoded_images
@@ -108,9 +108,9 @@ def write_export(model, export_format, path, quantization="float32", calibration
 
     Args:
         model: the end-to-end Keras model.
-        export_format: one of `config.EXPORT_FORMATS`.
+        export_format: one of `options.EXPORT_FORMATS`.
         path: the file (a folder for savedmodel) to write.
-        quantization: for TFLite, one of `config.QUANTIZATIONS`.
+        quantization: for TFLite, one of `options.QUANTIZATIONS`.
         calibration_images: for TFLite int8, resized training images (n, size, size, 3).
     """
     import tensorflow as tf
@@ -193,7 +193,7 @@ def export_model(run_or_model, export_format, output=None, quantization="float32
 
     Args:
         run_or_model: a run directory or .keras file.
-        export_format: one of `config.EXPORT_FORMATS`.
+        export_format: one of `options.EXPORT_FORMATS`.
         output: the export folder (default: `default_output`).
         quantization: for TFLite: float32, float16 (weights) or int8 (weights and activations).
         data_dir: a dataset to take photos from, instead of the run's splits.csv.

@@ -25,7 +25,7 @@ from catsdogs.inference import Outputs, iter_batches
 log = logging.getLogger(__name__)
 
 # Bump when decoding or resizing changes, so that old features are not mixed with new ones.
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2  # 2: large photos decoded near the model's size (`images.shrink_while_decoding`)
 # New features are written out when this many are pending or this many seconds have passed,
 # whichever comes first: an interrupted extraction loses at most that much work.
 CHUNK_SIZE = 512

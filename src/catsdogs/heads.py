@@ -12,7 +12,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from catsdogs.config import HEADS
+from catsdogs.options import HEADS
 from catsdogs.errors import ConfigError
 from catsdogs.layers import class_logits, logit_units
 

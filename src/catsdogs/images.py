@@ -141,13 +141,21 @@ def decode_image_for_model(data, source, min_side, max_pixels=DEFAULT_MAX_PIXELS
     return to_rgb_array(open_image(data, source, max_pixels), source, min_side)
 
 
-def load_image(path, max_pixels=DEFAULT_MAX_PIXELS):
+def load_image(path, max_pixels=DEFAULT_MAX_PIXELS, min_side=None):
     """Reads and decodes an image file into upright RGB uint8 pixels.
+
+    Args:
+        path: the image file.
+        max_pixels: images with more pixels (in their header) are refused.
+        min_side: the model's input size, if the pixels are for a model: a large image is then
+            decoded near that size (`decode_image_for_model`), as `catsdogs serve` decodes uploads.
 
     Raises:
         ImageError: naming the file and the problem.
     """
-    return decode_image(read_file(path), os.fspath(path), max_pixels)
+    data, source = read_file(path), os.fspath(path)
+    return decode_image_for_model(data, source, min_side, max_pixels) if min_side else decode_image(
+        data, source, max_pixels)
 
 
 def describe_quirks(image, path):

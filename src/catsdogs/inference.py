@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from catsdogs.config import INFERENCE_BATCH_SIZE
+from catsdogs.options import INFERENCE_BATCH_SIZE
 
 log = logging.getLogger(__name__)
 

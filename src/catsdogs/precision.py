@@ -3,7 +3,7 @@
 import contextlib
 import logging
 
-from catsdogs.config import PRECISIONS
+from catsdogs.options import PRECISIONS
 from catsdogs.errors import ConfigError
 from catsdogs.host import BFLOAT16_CPU_FLAGS, cpu_has_bfloat16, cpu_has_fast_bfloat16
 

@@ -201,7 +201,7 @@ def load(path, runtime=None):
 
     Args:
         path: a run directory or .keras file, or an export folder (or the exported file in it).
-        runtime: one of `config.RUNTIMES`, checked against what `path` holds; None: whatever it holds
+        runtime: one of `options.RUNTIMES`, checked against what `path` holds; None: whatever it holds
             (a run directory whose backbone ran in ONNX Runtime runs it there again; "keras" runs
             the whole Keras model instead).
 
