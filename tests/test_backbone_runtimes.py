@@ -9,6 +9,7 @@ import pytest
 
 import catsdogs
 from catsdogs import backbone_runtimes, features, host
+from catsdogs import precision as precision_lib
 from catsdogs import model as model_lib
 from catsdogs.backbones import extractor_members
 from catsdogs.classifier import Classifier
@@ -19,14 +20,23 @@ from conftest import photo
 PHOTOS = [("test", cls, n) for cls in ("cats", "dogs") for n in range(4300, 4330)]
 
 
-@pytest.mark.parametrize("vnni, expected", [(True, ("onnx", "int8")), (False, ("onnx", "float32"))])
-def test_onnx_runtime_runs_int8_by_default_only_where_the_cpu_has_vnni(monkeypatch, vnni, expected):
+@pytest.mark.parametrize("fast_bfloat16, vnni, expected", [
+    (True, True, ("keras", "bfloat16")),  # AMX, AMD Zen 4/5: TensorFlow's bfloat16 kernels were fastest
+    (False, True, ("onnx", "int8")),  # Intel with VNNI and no AMX
+    (False, False, ("onnx", "float32")),  # AVX2 laptops and servers
+])
+def test_auto_follows_the_measured_rule_from_the_cpu_flags(monkeypatch, fast_bfloat16, vnni, expected):
     monkeypatch.setattr(backbone_runtimes, "cpu_has_vnni", lambda: vnni)
-    assert backbone_runtimes.choose("onnx") == expected
-    assert backbone_runtimes.choose()[0] == "keras"  # the default stays Keras for now
+    monkeypatch.setattr(backbone_runtimes, "cpu_has_fast_bfloat16", lambda: fast_bfloat16)
+    monkeypatch.setattr(precision_lib, "cpu_has_fast_bfloat16", lambda: fast_bfloat16)
+    assert backbone_runtimes.choose() == expected
+    assert backbone_runtimes.choose("onnx") == ("onnx", "int8" if vnni else "float32")
     assert backbone_runtimes.choose("onnx", "float32") == ("onnx", "float32")
     assert backbone_runtimes.choose("auto", "int8") == ("onnx", "int8")
-    assert backbone_runtimes.choose("auto", "auto", keras_only="fine-tuning")[0] == "keras"
+    assert backbone_runtimes.choose("auto", "float32") == ("onnx", "float32")
+    assert backbone_runtimes.choose("auto", "bfloat16") == ("keras", "bfloat16")
+    assert backbone_runtimes.choose("auto", "auto", keras_only="fine-tuning") == (
+        "keras", "bfloat16" if fast_bfloat16 else "float32")
     assert backbone_runtimes.choose("keras", "float32") == ("keras", "float32")
 
 
