@@ -20,14 +20,15 @@ from conftest import photo
 PHOTOS = [("test", cls, n) for cls in ("cats", "dogs") for n in range(4300, 4330)]
 
 
-@pytest.mark.parametrize("fast_bfloat16, vnni, expected", [
-    (True, True, ("keras", "bfloat16")),  # AMX, AMD Zen 4/5: TensorFlow's bfloat16 kernels were fastest
-    (False, True, ("onnx", "int8")),  # Intel with VNNI and no AMX
-    (False, False, ("onnx", "float32")),  # AVX2 laptops and servers
+@pytest.mark.parametrize("amx, fast_bfloat16, vnni, expected", [
+    (True, True, True, ("keras", "bfloat16")),  # Intel with AMX: TensorFlow's bfloat16 kernels
+    (False, True, True, ("onnx", "int8")),  # AMD Zen 4/5: int8 measured faster than Keras bfloat16
+    (False, False, True, ("onnx", "int8")),  # Intel with VNNI and no AMX
+    (False, False, False, ("onnx", "float32")),  # AVX2 laptops and servers
 ])
-def test_auto_follows_the_measured_rule_from_the_cpu_flags(monkeypatch, fast_bfloat16, vnni, expected):
+def test_auto_follows_the_measured_rule_from_the_cpu_flags(monkeypatch, amx, fast_bfloat16, vnni, expected):
+    monkeypatch.setattr(backbone_runtimes, "cpu_has_amx", lambda: amx)
     monkeypatch.setattr(backbone_runtimes, "cpu_has_vnni", lambda: vnni)
-    monkeypatch.setattr(backbone_runtimes, "cpu_has_fast_bfloat16", lambda: fast_bfloat16)
     monkeypatch.setattr(precision_lib, "cpu_has_fast_bfloat16", lambda: fast_bfloat16)
     assert backbone_runtimes.choose() == expected
     assert backbone_runtimes.choose("onnx") == ("onnx", "int8" if vnni else "float32")

@@ -5,13 +5,14 @@ open-set score are a few hundred thousand operations), so it runs in the fastest
 this CPU has. `choose` says which, by a rule from the CPU's flags that docs/BENCHMARKS.md measured
 (issue 17):
 
-- Keras in bfloat16 where TensorFlow's bfloat16 kernels were measured fastest
-  (`host.cpu_has_fast_bfloat16`: AMX, AMD Zen 4/5; Lite0 from files on Zen 5: 1.9x Keras float32,
-  above ONNX Runtime int8 and OpenVINO float32);
+- Keras in bfloat16 on CPUs with AMX (Intel Sapphire Rapids and later), where TensorFlow's
+  bfloat16 kernels were measured 1.9x float32 (ResNet-50) and ONNX Runtime was not measured;
 - elsewhere ONNX Runtime: in int8 where the CPU has int8 dot products (VNNI: Intel since Cascade
-  Lake), measured 2.6x Keras float32 from files with the same test accuracy; in float32 on AVX2
-  CPUs without them (most laptops), where it beat TensorFlow with oneDNN (1.2-1.3x forward);
-- Keras wherever the run needs it (an ensemble, fine-tuning, Ray workers).
+  Lake, AMD since Zen 4), from files 2.6x Keras float32 on a Xeon and 1.46x Keras bfloat16 on
+  Zen 5, with the same test accuracy; in float32 on AVX2 CPUs without them (most laptops), where
+  it beat TensorFlow with oneDNN (1.2-1.3x forward, Zen 3);
+- Keras wherever the run needs it (an ensemble, fine-tuning, Ray workers), in bfloat16 where that
+  was measured faster than float32 (`host.cpu_has_fast_bfloat16`).
 
 An ONNX backbone is converted from the Keras one once (tf2onnx) and cached under the weights'
 fingerprint, like the converted ImageNet weights; an int8 one is quantized from it by ONNX
@@ -28,7 +29,7 @@ import numpy as np
 from catsdogs.options import BACKBONE_PRECISIONS, BACKBONE_RUNTIMES
 from catsdogs.errors import ConfigError
 from catsdogs.files import atomic_path
-from catsdogs.host import cpu_has_fast_bfloat16, cpu_has_vnni, usable_cpus
+from catsdogs.host import cpu_has_amx, cpu_has_vnni, usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,7 @@ def choose(runtime="auto", precision="auto", keras_only=None):
         raise ConfigError(f"the backbone runs in ONNX Runtime only on its own: {keras_only} (use --runtime keras "
                           f"and a float precision)")
     if runtime == "auto":
-        runtime = "keras" if keras_only or precision == "bfloat16" or (
-            precision == "auto" and cpu_has_fast_bfloat16()) else "onnx"
+        runtime = "keras" if keras_only or precision == "bfloat16" or (precision == "auto" and cpu_has_amx()) else "onnx"
     if runtime == "keras":
         if precision == "int8":
             raise ConfigError("int8 runs in ONNX Runtime: use --runtime onnx (or auto) with --precision int8")

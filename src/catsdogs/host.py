@@ -46,6 +46,11 @@ def cpu_has_bfloat16(cpuinfo=CPUINFO):
     return bool(cpu_flags(cpuinfo) & set(BFLOAT16_CPU_FLAGS))
 
 
+def cpu_has_amx(cpuinfo=CPUINFO):
+    """Whether the CPU has AMX tile matrix units for bfloat16 (Intel Sapphire Rapids and later)."""
+    return "amx_bf16" in cpu_flags(cpuinfo)
+
+
 def cpu_has_fast_bfloat16(cpuinfo=CPUINFO):
     """Whether TensorFlow's bfloat16 convolutions were measured faster than float32 on this kind of CPU.
 
@@ -54,7 +59,7 @@ def cpu_has_fast_bfloat16(cpuinfo=CPUINFO):
     AMX (docs/BENCHMARKS.md, issue 17).
     """
     flags = cpu_flags(cpuinfo)
-    return "amx_bf16" in flags or ("avx512_bf16" in flags and _cpuinfo_field("vendor_id", cpuinfo) == "AuthenticAMD")
+    return cpu_has_amx(cpuinfo) or ("avx512_bf16" in flags and _cpuinfo_field("vendor_id", cpuinfo) == "AuthenticAMD")
 
 
 def cpu_name(cpuinfo=CPUINFO):
