@@ -153,9 +153,8 @@ def load_image(path, max_pixels=DEFAULT_MAX_PIXELS, min_side=None):
     Raises:
         ImageError: naming the file and the problem.
     """
-    data, source = read_file(path), os.fspath(path)
-    return decode_image_for_model(data, source, min_side, max_pixels) if min_side else decode_image(
-        data, source, max_pixels)
+    source = os.fspath(path)
+    return to_rgb_array(open_image(read_file(path), source, max_pixels), source, min_side)
 
 
 def describe_quirks(image, path):
