@@ -140,27 +140,48 @@ def _shown_class(shown, class_names):
     return matches[0]
 
 
-def test_twelve_classes_with_long_names_train_and_every_figure_names_each_class_readably(tmp_path):
-    names = [f"a_very_long_class_name_number_{i:02d}" for i in range(12)]
+def test_forty_classes_with_long_names_train_and_every_figure_and_summary_names_each_class_readably(tmp_path, capsys):
+    names = [f"a_very_long_class_name_number_{i:02d}" for i in range(40)]
     root = tmp_path / "data"
     for i, name in enumerate(names):  # cats and dogs, each split by photo number into six classes
         cls = ("cats", "dogs")[i % 2]
         link_photos(root / "train" / name, "train", cls, range(1000 + 7 * i, 1007 + 7 * i))
         link_photos(root / "test" / name, "test", cls, range(4800 + 2 * i, 4802 + 2 * i))
-    run = catsdogs.train(root, backbone="efficientnet_lite0", image_size=96, runs_dir=str(tmp_path / "runs"),
-                         name="many")
-    assert run.classifier.classes == names
-    metrics = json.loads(open(f"{run.run_dir}/metrics.json").read())
-    assert metrics["images"] == 24 and len(metrics["confusion_matrix"]) == 12 and set(metrics["per_class"]) == set(names)
-    written = set(os.listdir(run.run_dir))
-    assert run.evaluation.mistakes()  # six classes of cats told apart by photo number: there are mistakes
+    assert main(["train", str(root), *FAST, "--runs-dir", str(tmp_path / "runs"), "--name", "many"]) == 0
+    printed = capsys.readouterr().out
+    run_dir = tmp_path / "runs" / "many"
+    metrics = json.loads(open(f"{run_dir}/metrics.json").read())
+    assert metrics["images"] == 80 and len(metrics["confusion_matrix"]) == 40 and set(metrics["per_class"]) == set(names)
+    top = metrics["top_k_accuracy"]
+    assert set(top) == {"3", "5"} and metrics["accuracy"] <= top["3"] <= top["5"] <= 1
+    assert f"top-3 accuracy {top['3']:.4f}   top-5 accuracy {top['5']:.4f}" in printed
+    confusion = np.array(metrics["confusion_matrix"])
+    pairs = metrics["most_confused"]  # the largest off-diagonal cells, largest first, named
+    assert pairs and [p["photos"] for p in pairs] == sorted((p["photos"] for p in pairs), reverse=True)
+    assert pairs[0]["photos"] == (confusion - np.diag(np.diag(confusion))).max()
+    assert all(confusion[names.index(p["true"]), names.index(p["predicted"])] == p["photos"] for p in pairs)
+    assert f"most confused: {pairs[0]['true']} as {pairs[0]['predicted']} ({pairs[0]['photos']})" in printed
+    assert "Most confused pairs" in open(f"{run_dir}/report.html").read()
+    # predict --top-k: the N most probable classes of each photo, most probable first
+    photo_path = str(photo("test", "cats", 4800))
+    assert main(["predict", str(run_dir), photo_path, "--top-k", "3", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)[0]
+    probabilities = sorted(answer["probabilities"].items(), key=lambda item: -item[1])[:3]
+    assert [(t["label"], t["probability"]) for t in answer["top_k"]] == probabilities
+    assert main(["predict", str(run_dir), photo_path, "--top-k", "3"]) == 0
+    assert ", ".join(f"{label} {p:.4f}" for label, p in probabilities) in capsys.readouterr().out
+    run = catsdogs.load(run_dir)
+    assert run.classes == names
+    evaluation = catsdogs.evaluate(run, root)
+    written = set(os.listdir(run_dir))
+    assert evaluation.mistakes()  # twenty classes of cats told apart by photo number: there are mistakes
     assert RUN_FILES | {"gradcam.png", "open_set.png", "rejections.png"} <= written
     for figure in sorted(name for name in written if name.endswith(".png")):
-        with Image.open(f"{run.run_dir}/{figure}") as image:
+        with Image.open(f"{run_dir}/{figure}") as image:
             image.verify()  # a whole PNG, not a truncated one
             assert min(image.size) > 100, figure
 
-    figure = run.evaluation.plot_confusion()
+    figure = evaluation.plot_confusion()
     save_figure(figure, tmp_path / "confusion.png")  # laid out as in the run directory
     ax = figure.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == names  # every name in full: the ends tell them apart
@@ -171,7 +192,7 @@ def test_twelve_classes_with_long_names_train_and_every_figure_names_each_class_
         box = label.get_window_extent(renderer)
         assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1, \
             label.get_text()
-    for ax in run.evaluation.plot_grid().axes:  # each title names its classes so that each is one class
+    for ax in evaluation.plot_grid().axes:  # each title names its classes so that each is one class
         if ax.get_title():
             predicted, _, rest = ax.get_title().partition(" ")
             assert _shown_class(predicted, names)

@@ -195,7 +195,7 @@ def test_exclusions_drop_listed_training_images_but_never_test_images(tmp_path):
               "val": [Sample("d/train/dogs/dog.1.jpg", 1)], "test": [Sample("d/test/cats/cat.9.jpg", 0)]}
     listing = tmp_path / "label_errors.txt"
     listing.write_text("# confirmed label errors\ncat.2.jpg\nd/train/dogs/dog.1.jpg\ncat.9.jpg\n")
-    kept = read_exclusions(listing, splits)
+    kept = read_exclusions(listing, splits, "d")
     assert [s.path for s in kept["train"]] == ["d/train/cats/cat.1.jpg"]
     assert kept["val"] == [] and kept["test"] == splits["test"]
 

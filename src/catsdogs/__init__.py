@@ -41,6 +41,8 @@ _PUBLIC = {
     "evaluate": "catsdogs.evaluation",
     "Evaluation": "catsdogs.evaluation",
     "TrainConfig": "catsdogs.config",
+    # Run directories side by side (runs.py reads their JSON files only).
+    **{name: "catsdogs.runs" for name in ("list_runs", "compare_runs", "format_runs", "format_comparison")},
     # The errors a user catches (all in errors.py, all `CatsdogsError`s).
     **{name: "catsdogs.errors" for name in (
         "CatsdogsError", "ConfigError", "DataError", "ImageError", "ModelNotFoundError", "UnsupportedError",
@@ -54,6 +56,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time these come from __g
     from catsdogs.errors import (CacheError, CatsdogsError, ConfigError, DataError, ImageError, MissingDependency,
                                  ModelNotFoundError, UnsupportedError, WeightsError)
     from catsdogs.evaluation import Evaluation, evaluate
+    from catsdogs.runs import compare_runs, format_comparison, format_runs, list_runs
     from catsdogs.training import Run, train
 
 

@@ -45,16 +45,25 @@ class Prediction:
     accepted: bool = None
     error: str = None
 
-    def to_dict(self) -> dict:
-        """The fields that are set: path, label, probability, probabilities, the score; or path and error."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+    def top(self, k: int) -> list:
+        """The `k` most probable classes, as (class name, probability), most probable first ([] on error)."""
+        return sorted((self.probabilities or {}).items(), key=lambda item: -item[1])[:k]
 
-    def to_row(self, classes) -> dict:
+    def to_dict(self, top_k: int = 1) -> dict:
+        """The fields that are set: path, label, probability, probabilities, the score; or path and
+        error; with `top_k` above 1, "top_k": the most probable classes as [{"label", "probability"}]."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        if top_k > 1 and self.error is None:
+            fields["top_k"] = [{"label": label, "probability": probability} for label, probability in self.top(top_k)]
+        return fields
+
+    def to_row(self, classes, top_k: int = 1) -> dict:
         """One flat row for a table (Parquet): every field, None where unset, with `probabilities`
         spread into one column per class, p_<class>, so that error rows have the same columns.
 
         Args:
             classes: the class names, in the order of the columns.
+            top_k: above 1, a "top_k" column: "label:probability; ..." of the most probable classes.
         """
         row = {}
         for field in dataclasses.fields(self):
@@ -63,6 +72,8 @@ class Prediction:
                 row.update({f"p_{name}": (value or {}).get(name) for name in classes})
             else:
                 row[field.name] = value
+        if top_k > 1:
+            row["top_k"] = "; ".join(f"{label}:{probability:.4f}" for label, probability in self.top(top_k))
         return row
 
 

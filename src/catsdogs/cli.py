@@ -9,8 +9,9 @@ import sys
 
 from catsdogs.config import TrainConfig
 from catsdogs.errors import ConfigError
-from catsdogs.options import (BACKBONE_PRECISIONS, BACKBONE_RUNTIMES, BENCH_BATCH_SIZES, ENGINES, EXPORT_FORMATS, HEADS,
-                              INFERENCE_BATCH_SIZE, PRECISIONS, QUANTIZATIONS, RUNTIMES, default_cache_dir)
+from catsdogs.options import (BACKBONE_PRECISIONS, BACKBONE_RUNTIMES, BENCH_BATCH_SIZES, CLASS_WEIGHTS, ENGINES,
+                              EXPORT_FORMATS, HEADS, INFERENCE_BATCH_SIZE, PRECISIONS, QUANTIZATIONS, REVIEW_MISTAKES,
+                              RUNTIMES, default_cache_dir)
 from catsdogs.serve import API_KEY_ENV, ServeSettings
 
 EPILOG = "Run `catsdogs COMMAND -h` for the options of a command."
@@ -40,6 +41,7 @@ def _add_train(commands):
                     "run directory with the model, metrics, figures and report.html.")
     p.add_argument("data_dir", help="dataset folder: Kaggle cat-and-dog layout, train/[val/]test/ folders of "
                                     "classes, or one folder of class folders")
+    _add_labels(p)
     p.add_argument("--backbone", default=defaults.backbone, help="resnet50 (the study's), efficientnet_lite0/1/2 "
                    "(ImageNet weights from pip, works offline), or an ensemble of several joined by + (e.g. "
                    "efficientnet_lite0+efficientnet_lite2: one head on their concatenated features, each cached "
@@ -59,6 +61,10 @@ def _add_train(commands):
                    help="linear (default; best by cross-validation on the training photos): logistic regression on "
                         "standardised features, L2 strength chosen by cross-validation; dense: the study's fully "
                         "connected layers with dropout")
+    p.add_argument("--class-weight", choices=CLASS_WEIGHTS, default=defaults.class_weight,
+                   help="balanced (default): every class weighs alike in the head's loss, so that a small class is "
+                        "not sacrificed to a large one (measured: docs/BENCHMARKS.md, unbalanced classes); none: "
+                        "every photo weighs alike")
     p.add_argument("--hidden-units", type=_int_list, default=defaults.hidden_units,
                    help="hidden layer sizes of a dense head, comma separated (default: 256)")
     p.add_argument("--dropout", type=float, default=defaults.dropout)
@@ -111,9 +117,28 @@ def _add_train(commands):
     p.add_argument("--cache-dir", default=default_cache_dir(), help="feature and weights cache (default: %(default)s)")
     p.add_argument("--runs-dir", default=defaults.runs_dir, help="where run directories are created")
     p.add_argument("--name", default="", help="run directory name (default: backbone and time)")
+    p.add_argument("--mlflow", action="store_true",
+                   help="also log the run to MLflow: settings, metrics, the run directory (on as well when "
+                        "MLFLOW_TRACKING_URI is set; without it, a local store in RUNS_DIR/.mlflow; "
+                        "pip install 'catsdogs[mlflow]')")
     _add_engine(p, "ray_", "computes the missing features on a Ray cluster into --cache-dir (a folder every "
                 "node shares), then fits the head here as usual; with --fine-tune, fine-tunes on --workers Ray "
                 "workers (MultiWorkerMirroredStrategy), checkpointing every epoch into --cache-dir")
+
+
+def _add_labels(p):
+    """--labels and the names of its columns (train and evaluate)."""
+    defaults = TrainConfig(data_dir="")
+    p.add_argument("--labels", action="append", default=[], metavar="CSV",
+                   help="labels from a table instead of class folders: a CSV with columns path (relative to the data "
+                        "folder; a name without extension is looked for as .jpg, .png, ...), label and optionally "
+                        "split (train/val/test). Give it again for a corrections table from `catsdogs review` "
+                        "(relabels and exclusions, applied after the labels)")
+    p.add_argument("--path-column", default=defaults.path_column, help="the labels table's path column (default: path)")
+    p.add_argument("--label-column", default=defaults.label_column,
+                   help="the labels table's label column (default: label; e.g. breed)")
+    p.add_argument("--split-column", default=defaults.split_column,
+                   help="the labels table's split column, if it has one (default: split)")
 
 
 def _add_runtime(p):
@@ -139,7 +164,8 @@ def _train(args):
     from catsdogs.evaluation import format_metrics
     from catsdogs.training import train
 
-    config = TrainConfig(**{k: v for k, v in vars(args).items() if k not in ("command", "func", "verbose")})
+    settings = {k: v for k, v in vars(args).items() if k not in ("command", "func", "verbose")}
+    config = TrainConfig(**{**settings, "labels": tuple(args.labels)})
     run = train(config)
     print(format_metrics(run.metrics))
     print(f"\nrun directory: {run.run_dir}  (open {run.run_dir}/report.html)")
@@ -149,7 +175,9 @@ def _evaluate(args):
     from catsdogs.classifier import load
     from catsdogs.evaluation import default_output_dir, evaluate, format_metrics
 
-    evaluation = evaluate(load(args.model), args.data, args.tta, args.batch_size, args.unknown_data)
+    columns = TrainConfig(data_dir="", path_column=args.path_column, label_column=args.label_column,
+                          split_column=args.split_column).label_columns()
+    evaluation = evaluate(load(args.model), args.data, args.tta, args.batch_size, args.unknown_data, args.labels, columns)
     # Each file left out is named with its reason, so that the metrics' image count is explained.
     for skipped in evaluation.integrity["skipped"]:
         logging.getLogger("catsdogs").warning("skipped %s: %s", printable(skipped["path"]), skipped["problem"])
@@ -164,21 +192,25 @@ def printable(name):
     return name if name.isprintable() else ascii(name)[1:-1]
 
 
-def format_table(predictions):
-    """A plain table: path, label, probability (and in-distribution score); errors on their own line.
+def format_table(predictions, top_k=1):
+    """A plain table: path, label, probability (and in-distribution score), and the next most
+    probable classes with `top_k` above 1; errors on their own line.
 
     Odd characters in file names (newlines, undecodable bytes) are escaped, so each file keeps one line.
     """
     names = [printable(p.path) for p in predictions]
     width = max([len(n) for n in names] + [4])
     scored = any(p.in_distribution_score is not None for p in predictions)
-    lines = [f"{'file':<{width}}  " + ("in-distribution  " if scored else "") + f"{'label':<12} probability"]
+    lines = [f"{'file':<{width}}  " + ("in-distribution  " if scored else "") + f"{'label':<12} probability"
+             + (f"  top {top_k}" if top_k > 1 else "")]
     for name, p in zip(names, predictions):
         if p.error is not None:
             lines.append(f"{name:<{width}}  ERROR: {p.error}")
         else:
             score = f"{p.in_distribution_score:15.4f}  " if p.in_distribution_score is not None else ""
-            lines.append(f"{name:<{width}}  {score}{p.label:<12} {p.probability:.4f}")
+            top = "  " + ", ".join(f"{label} {probability:.4f}" for label, probability in p.top(top_k)) \
+                if top_k > 1 else ""
+            lines.append(f"{name:<{width}}  {score}{p.label:<12} {p.probability:.4f}{top}")
     return "\n".join(lines)
 
 
@@ -205,13 +237,15 @@ def _predict(args):
     classifier = load(args.model, args.runtime)
     predictions = classifier.predict(args.inputs, args.tta, args.batch_size, reject=args.reject,
                                      reject_threshold=args.reject_threshold, unknown_label=args.unknown_label)
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k {args.top_k}: expected at least 1")
     if args.json:
-        print(json.dumps([p.to_dict() for p in predictions], indent=2))
+        print(json.dumps([p.to_dict(args.top_k) for p in predictions], indent=2))
     elif args.csv:
-        report.write_csv([p.to_row(classifier.classes) for p in predictions], args.csv)  # same columns per row
+        report.write_csv([p.to_row(classifier.classes, args.top_k) for p in predictions], args.csv)  # same columns per row
         print(f"{len(predictions)} predictions written to {args.csv}")
     else:
-        print(format_table(predictions))
+        print(format_table(predictions, args.top_k))
     failed = sum(p.error is not None for p in predictions)
     if failed:
         logging.getLogger("catsdogs").warning("%d of %d files could not be read", failed, len(predictions))
@@ -236,6 +270,35 @@ def _bench(args):
         with open(args.output, "w") as f:
             json.dump(report, f, indent=2)
         print(f"results written to {args.output}")
+
+
+def _runs(args):
+    from catsdogs import runs
+
+    if args.compare:
+        comparison = runs.compare_runs(*args.compare, folder=args.folder)
+        print(json.dumps(comparison, indent=2) if args.json else runs.format_comparison(comparison))
+        return
+    listed = runs.list_runs(args.folder)  # folders that are not finished runs are named on stderr
+    if args.json:
+        print(json.dumps(listed, indent=2))
+    else:
+        print(runs.format_runs(listed) if listed else f"no runs in {args.folder}")
+
+
+def _add_runs(commands):
+    p = commands.add_parser(
+        "runs", help="list the runs in a folder, or compare two",
+        description="Lists the run directories in DIR, oldest first: backbone, head, input size, runtime, the "
+                    "other settings that differ from the defaults, test accuracy, balanced accuracy, the share "
+                    "of unknown photos accepted (runs trained with --unknown-data), the seconds of the training "
+                    "stages and the date. Folders that are not finished runs are named on stderr. With --compare, "
+                    "every setting that differs between two runs, then their metrics side by side.")
+    p.add_argument("folder", nargs="?", default="runs", metavar="DIR",
+                   help="folder of run directories (default: %(default)s)")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two run directories, or names of runs in DIR")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_runs)
 
 
 def _add_export(commands):
@@ -338,6 +401,35 @@ def _add_serve(commands):
     p.set_defaults(func=_serve)
 
 
+def _review(args):
+    from catsdogs.extras import require
+
+    require("serve", "the review page")
+    from catsdogs.review.app import review
+
+    review(args.run, args.corrections, args.mistakes, args.host, args.port)
+
+
+def _add_review(commands):
+    p = commands.add_parser(
+        "review", help="review wrongly labelled photos in a web page: keep, relabel or exclude each",
+        description="Opens a local web page listing the training and validation photos whose labels look wrong "
+                    "(cleanlab, on out-of-sample predictions) and the most confident mistakes of every split, "
+                    "each with its Grad-CAM. Keep, relabel or exclude each one with a click or a key; every "
+                    "decision is saved at once to a corrections file, which `catsdogs train DATA --labels FILE` "
+                    "applies. Test photos can be relabelled but never excluded.")
+    p.add_argument("run", help="run directory (from catsdogs train)")
+    p.add_argument("--corrections", metavar="FILE",
+                   help="the corrections CSV to append decisions to; decisions already in it are shown "
+                        "(default: RUN/corrections.csv)")
+    p.add_argument("--mistakes", type=int, default=REVIEW_MISTAKES, metavar="K",
+                   help="list the K most confident mistakes besides the flagged photos (default: %(default)s)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: %(default)s, this machine only)")
+    p.add_argument("--port", type=int, default=8001, help="port (default: %(default)s; 0 picks a free one)")
+    p.set_defaults(func=_review)
+
+
 def _backbones(args):
     from catsdogs.backbones import BACKBONES
 
@@ -361,6 +453,7 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=INFERENCE_BATCH_SIZE, help="images per forward pass")
     p.add_argument("--unknown-data", metavar="DIR",
                    help="a folder of photos of no trained class: AUROC and false accepts of the open-set score")
+    _add_labels(p)
     p.set_defaults(func=_evaluate)
 
     p = commands.add_parser("predict", help="predict the class of photos")
@@ -377,6 +470,8 @@ def build_parser():
                    help="in-distribution score under which a photo is 'unknown', instead of the model's own "
                         "(from 0 to 1; higher rejects more)")
     p.add_argument("--unknown-label", default="unknown", help="the label of rejected photos (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=1, metavar="N",
+                   help="also show the N most probable classes of each photo, with their probabilities")
     _add_runtime(p)
     _add_engine(p, "", "scores the photos on a Ray cluster (INPUTS may also be URIs such as s3://bucket/photos) "
                 "into Parquet files in --output")
@@ -393,8 +488,10 @@ def build_parser():
     p.set_defaults(func=_explain)
 
     _add_serve(commands)
+    _add_review(commands)
     _add_export(commands)
     _add_bench(commands)
+    _add_runs(commands)
 
     p = commands.add_parser("backbones", help="list the available backbones")
     p.set_defaults(func=_backbones)
@@ -412,7 +509,7 @@ class _NoRetracingWarnings(logging.Filter):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    for noisy in ("absl", "tensorflow", "h5py", "matplotlib", "PIL", "tf2onnx"):
+    for noisy in ("absl", "tensorflow", "h5py", "matplotlib", "PIL", "tf2onnx", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("tensorflow").addFilter(_NoRetracingWarnings())
     from catsdogs.errors import CatsdogsError

@@ -5,12 +5,12 @@ import json
 import os
 
 from catsdogs.errors import ConfigError
-from catsdogs.options import ENGINES, HEADS, INFERENCE_BATCH_SIZE, default_cache_dir
+from catsdogs.options import CLASS_WEIGHTS, ENGINES, HEADS, INFERENCE_BATCH_SIZE, default_cache_dir
 
 # Settings checked alike by `TrainConfig.check` (in the manner of Ultralytics' CFG_FRACTION_KEYS).
 FRACTION_KEYS = ("val_fraction", "test_fraction", "open_set_keep")  # strictly between 0 and 1
 COUNT_KEYS = ("batch_size", "extract_batch_size", "fine_tune_batch_size", "max_epochs", "fine_tune_epochs")  # >= 1
-CHOICE_KEYS = {"head": HEADS, "engine": ENGINES}
+CHOICE_KEYS = {"head": HEADS, "class_weight": CLASS_WEIGHTS, "engine": ENGINES}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,12 +41,19 @@ class TrainConfig:
     """Everything that decides what `catsdogs train` does."""
 
     data_dir: str
+    # CSV files: a labels table (path, label[, split]) instead of class folders, then corrections
+    # tables (`catsdogs review`'s), applied in order; see labels.py. The library also takes a table in memory.
+    labels: tuple = ()
+    path_column: str = "path"
+    label_column: str = "label"
+    split_column: str = "split"
     backbone: str = "resnet50"
     weights: str = "imagenet"  # "imagenet", "random" or a weights file
     image_size: int = 0  # 0: the backbone's own
     runtime: str = "auto"  # of the frozen backbone: "keras", "onnx" (ONNX Runtime), or "auto" (backbone_runtimes.choose)
     precision: str = "auto"  # of the backbone: "float32", "bfloat16" (Keras), "int8" (ONNX Runtime), or "auto"
     head: str = "linear"  # "linear" (logistic regression; best on validation) or "dense" (the study's)
+    class_weight: str = "balanced"  # of the head's loss: "balanced" (classes weigh alike) or "none"; docs/BENCHMARKS.md
     hidden_units: tuple = (256,)
     dropout: float = 0.5
     l2: float = 0.0  # dense head only: the linear head chooses its own by cross-validation
@@ -76,6 +83,7 @@ class TrainConfig:
     cache_dir: str = dataclasses.field(default_factory=default_cache_dir)
     runs_dir: str = "runs"
     name: str = ""
+    mlflow: bool = False  # also log the run to MLflow (tracking.py); on as well when MLFLOW_TRACKING_URI is set
     engine: str = "local"  # "ray": missing features computed, and fine-tuning run, on a Ray cluster
     ray_address: str = ""  # the cluster for engine "ray" ("" : $RAY_ADDRESS, else a new local one)
     ray_workers: int = 0  # extractor actors and fine-tuning workers for engine "ray" (0: one per node)
@@ -109,8 +117,13 @@ class TrainConfig:
                 raise ConfigError(f"{name} {getattr(self, name)}: expected at least 1")
         if self.unknown_data and not os.path.isdir(self.unknown_data):
             raise ConfigError(f"unknown_data {self.unknown_data!r}: not a folder")
+        for table in self.labels:
+            if not os.path.isfile(table):
+                raise ConfigError(f"labels table {table!r} not found")
         if self.exclude and not os.path.isfile(self.exclude):
             raise ConfigError(f"exclude file {self.exclude!r} not found")
+        if self.mlflow:
+            require("mlflow", "--mlflow")
         if self.engine == "ray":
             require("ray", "--engine ray")
             if self.ray_workers < 0:
@@ -126,6 +139,12 @@ class TrainConfig:
             blocks=self.fine_tune_blocks, learning_rate=self.fine_tune_learning_rate, epochs=self.fine_tune_epochs,
             patience=self.fine_tune_patience, batch_size=self.fine_tune_batch_size, augment=self.augment,
             seed=self.seed)
+
+    def label_columns(self):
+        """The column names of the labels table (`labels.Columns`)."""
+        from catsdogs.labels import Columns
+
+        return Columns(self.path_column, self.label_column, self.split_column)
 
     def backbone_runtime(self):
         """The runtime and precision of the frozen backbone, "auto" resolved (`backbone_runtimes.choose`).
@@ -153,5 +172,6 @@ class TrainConfig:
         with open(path) as f:
             values = json.load(f)
         known = {f.name for f in dataclasses.fields(cls)}
-        values["hidden_units"] = tuple(values.get("hidden_units", ()))
+        for name in ("hidden_units", "labels"):
+            values[name] = tuple(values.get(name, ()))
         return cls(**{k: v for k, v in values.items() if k in known})

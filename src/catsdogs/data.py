@@ -37,11 +37,15 @@ class Dataset:
     """Images found in a folder: class names and the samples of each split found there.
 
     `splits` has some of "train", "val", "test", or only "all" for a plain folder of classes.
+    A dataset from a labels table (`labels.table_dataset`) also says where each photo's row is
+    (`rows`: path -> "labels.csv line 5") and which rows name no file (`problems`: path -> reason).
     """
 
     root: str
     class_names: list
     splits: dict
+    problems: dict = dataclasses.field(default_factory=dict)
+    rows: dict = dataclasses.field(default_factory=dict)
 
 
 # Folders that archivers add beside the photos: macOS zips carry "__MACOSX" with "._" resource forks.
@@ -148,16 +152,18 @@ def discover(data_dir):
 
 @dataclasses.dataclass
 class ScanReport:
-    """What the integrity scan found. Paths map to content hashes, problems and quirks."""
+    """What the integrity scan found. Paths map to content hashes, problems and quirks; `rows`
+    (path -> "labels.csv line 5") says where a labels table lists a photo, to name it in problems."""
 
     hashes: dict = dataclasses.field(default_factory=dict)
     problems: dict = dataclasses.field(default_factory=dict)
     quirks: dict = dataclasses.field(default_factory=dict)
     duplicates: list = dataclasses.field(default_factory=list)
     leaks: list = dataclasses.field(default_factory=list)
+    rows: dict = dataclasses.field(default_factory=dict)
 
     def add_problem(self, path, reason):
-        self.problems[path] = reason
+        self.problems[path] = f"{self.rows[path]}: {reason}" if path in self.rows else reason
         self.hashes.pop(path, None)
 
     def to_json(self):
@@ -209,7 +215,7 @@ def scan(dataset, workers=8):
     Returns:
         a `ScanReport`.
     """
-    report = ScanReport()
+    report = ScanReport(problems=dict(dataset.problems), rows=dataset.rows)
     paths = [s.path for samples in dataset.splits.values() for s in samples]
     with ThreadPoolExecutor(workers) as pool:
         futures = [pool.submit(_scan_file, p) for p in paths]
@@ -217,7 +223,7 @@ def scan(dataset, workers=8):
             try:
                 report.hashes[path], quirks = future.result()
             except ImageError as error:
-                report.problems[path] = error.reason
+                report.add_problem(path, error.reason)
             else:
                 if quirks:
                     report.quirks[path] = quirks

@@ -34,13 +34,19 @@ FIGURES = (
     ("Open set: in-distribution scores of known and unknown photos", "open_set.png"),
     ("Open set: photos rejected as none of the classes", "rejections.png"),
 )
+TOP_K = (3, 5)  # top-k accuracies reported where there are more than k classes
+CONFUSED_PAIRS = 10  # the most confused (true, predicted) pairs listed
+# Fewer test photos of a class than this and its recall moves by more than 3 points per photo: warned.
+SMALL_CLASS = 30
 GRADCAM_MISTAKES = 8  # Grad-CAM needs a forward and a backward pass per photo: keep it to a handful
 TOP_LOSSES = 16
 REPORT_MISTAKES = 100
 
 
 def compute_metrics(y_true, probabilities, class_names, threshold: float = 0.5) -> dict:
-    """Accuracy, per-class and averaged precision/recall/F1, ROC-AUC, log-loss, ECE, confusion matrix.
+    """Accuracy, balanced accuracy, per-class and averaged precision/recall/F1 and PR-AUC, top-k
+    accuracy (more than 3 classes), ROC-AUC, log-loss, ECE, the confusion matrix and its most
+    confused pairs, and warnings about classes too small to trust.
 
     Args:
         y_true: true class indices.
@@ -57,11 +63,16 @@ def compute_metrics(y_true, probabilities, class_names, threshold: float = 0.5) 
     labels = list(range(len(class_names)))
     table = skm.classification_report(y_true, y_pred, labels=labels, target_names=class_names,
                                       output_dict=True, zero_division=0)
+    confusion = skm.confusion_matrix(y_true, y_pred, labels=labels)
+    present = np.isin(labels, y_true)
     result = {
         "images": int(len(y_true)),
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        # The mean of the per-class recalls of the classes present: what accuracy would be with balanced classes.
+        "balanced_accuracy": float(np.mean(np.diag(confusion)[present] / confusion.sum(axis=1)[present])),
         "errors": int((y_true != y_pred).sum()),
-        "per_class": {name: _prf(table[name]) for name in class_names},
+        "per_class": {name: {**_prf(table[name]), "pr_auc": _average_precision(y_true == label, probabilities[:, label])}
+                      for label, name in enumerate(class_names)},
         "macro_avg": _prf(table["macro avg"]),
         "weighted_avg": _prf(table["weighted avg"]),
         # float32 outputs sum to 1 only within float32 rounding, which log_loss warns about.
@@ -69,14 +80,34 @@ def compute_metrics(y_true, probabilities, class_names, threshold: float = 0.5) 
                                        labels=labels)),
         "ece": calibration.expected_calibration_error(probabilities, y_true),
         "roc_auc": None,
-        "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "confusion_matrix": confusion.tolist(),
+        "most_confused": most_confused(confusion, class_names),
         "class_names": list(class_names),
         "threshold": float(threshold),
+        "warnings": [f"class {name!r} has {count} test photos: its recall moves by {1 / count:.0%} per photo"
+                     for name, count in zip(class_names, confusion.sum(axis=1)) if 0 < count < SMALL_CLASS],
     }
+    if len(class_names) > min(TOP_K):
+        result["top_k_accuracy"] = {str(k): float(skm.top_k_accuracy_score(y_true, probabilities, k=k, labels=labels))
+                                    for k in TOP_K if k < len(class_names)}
     if len(np.unique(y_true)) == len(class_names):
         scores = probabilities[:, 1] if len(class_names) == 2 else probabilities
         result["roc_auc"] = float(skm.roc_auc_score(y_true, scores, multi_class="ovr", labels=labels))
     return result
+
+
+def _average_precision(is_class, scores):
+    """The area under the precision-recall curve of one class, None where the class has no photo."""
+    return float(skm.average_precision_score(is_class, scores)) if is_class.any() else None
+
+
+def most_confused(confusion, class_names, count=CONFUSED_PAIRS):
+    """The off-diagonal cells of a confusion matrix with the most photos, as dicts, most first."""
+    confusion = np.asarray(confusion)
+    off = confusion * (1 - np.eye(len(confusion), dtype=confusion.dtype))
+    order = np.argsort(-off, axis=None, kind="stable")[:count]
+    return [{"true": class_names[t], "predicted": class_names[p], "photos": int(off[t, p])}
+            for t, p in zip(*np.unravel_index(order, off.shape)) if off[t, p]]
 
 
 def _prf(row):
@@ -110,9 +141,20 @@ def format_metrics(metrics: dict) -> str:
     for name, row in rows:
         lines.append(f"{name:>{width}} {row['precision']:9.4f} {row['recall']:9.4f} {row['f1']:9.4f} {row['support']:8d}")
     lines.append("")
-    lines.append(f"accuracy {metrics['accuracy']:.4f} ({metrics['errors']} errors in {metrics['images']} images)")
+    lines.append(f"accuracy {metrics['accuracy']:.4f} ({metrics['errors']} errors in {metrics['images']} images)   "
+                 f"balanced accuracy {metrics['balanced_accuracy']:.4f}")
+    smallest = min(names, key=lambda n: metrics["per_class"][n]["support"])
+    if metrics["per_class"][smallest]["support"] * 2 < metrics["images"] / len(names):  # unbalanced: say it plainly
+        lines.append(f"smallest class {smallest!r}: {metrics['per_class'][smallest]['support']} photos, recall "
+                     f"{metrics['per_class'][smallest]['recall']:.4f}")
+    if metrics.get("top_k_accuracy"):
+        lines.append("   ".join(f"top-{k} accuracy {v:.4f}" for k, v in metrics["top_k_accuracy"].items()))
     auc = f"{metrics['roc_auc']:.4f}" if metrics["roc_auc"] is not None else "n/a"
     lines.append(f"ROC-AUC {auc}   log-loss {metrics['log_loss']:.4f}   ECE {metrics['ece']:.4f}")
+    if len(names) > 2 and metrics.get("most_confused"):
+        lines.append("most confused: " + "; ".join(f"{pair['true']} as {pair['predicted']} ({pair['photos']})"
+                                                   for pair in metrics["most_confused"][:5]))
+    lines += [f"warning: {warning}" for warning in metrics.get("warnings", ())]
     if metrics.get("open_set"):
         o = metrics["open_set"]
         lines.append(f"open set ({'+'.join(o['methods'])}): threshold {o['threshold']:.4f} keeps {o['test_kept']:.2%} "
@@ -424,7 +466,7 @@ class Evaluation:
 
 
 def evaluate(classifier, data_dir, tta: bool = False, batch_size: int = INFERENCE_BATCH_SIZE,
-             unknown_data=None) -> Evaluation:
+             unknown_data=None, labels=(), columns=None) -> Evaluation:
     """Evaluates a classifier on labelled photos.
 
     Args:
@@ -434,23 +476,30 @@ def evaluate(classifier, data_dir, tta: bool = False, batch_size: int = INFERENC
         batch_size: images per forward pass.
         unknown_data: a folder of photos of no trained class: how many the open-set score
             rejects, its AUROC and false-accept rates (models with an open-set score).
+        labels: a labels table instead of class folders (its test rows, or all rows without a
+            split column) and corrections tables, as `train` takes them (labels.py).
+        columns: the labels table's column names (`labels.Columns`).
 
     Returns:
         an `Evaluation`; `.save(folder)` writes its files.
     """
     from catsdogs.classifier import Classifier, load
+    from catsdogs.labels import Columns, apply_corrections, load_dataset
 
     if not isinstance(classifier, Classifier):
         classifier = load(classifier)
     class_names = classifier.classes
-    dataset = data.discover(data_dir)
+    dataset, corrections = load_dataset(data_dir, labels, columns or Columns())
     split = "test" if "test" in dataset.splits else "all"
     if split not in dataset.splits:
-        raise data.DataError(f"{data_dir}: no test folder, and not a folder of class folders")
+        raise data.DataError(f"{data_dir}: no test folder (or test rows), and not a folder of class folders")
+    for source in corrections:
+        dataset.splits[split] = apply_corrections({"test": dataset.splits[split]}, dataset.class_names,
+                                                  os.path.abspath(data_dir), source)["test"]
     unknown = sorted(set(dataset.class_names) - set(class_names))
     if unknown:
         raise data.DataError(f"{data_dir}: classes {unknown} are unknown to the model, which knows {class_names}")
-    scan = data.scan(data.Dataset(dataset.root, dataset.class_names, {split: dataset.splits[split]}))
+    scan = data.scan(dataclasses.replace(dataset, splits={split: dataset.splits[split]}))
     samples = [s for s in dataset.splits[split] if s.path in scan.hashes]
     outputs = classifier.outputs_of_files([s.path for s in samples], tta, batch_size, desc="evaluate")
     for path, reason in outputs.errors.items():

@@ -15,6 +15,7 @@ EXTRAS = {
     "onnx": [("tf2onnx", "tf2onnx"), ("onnxruntime", "onnxruntime")],
     "tflite": [("ai_edge_litert", "ai-edge-litert")],
     "ray": [("ray", "ray[data]"), ("pyarrow", "pyarrow")],
+    "mlflow": [("mlflow", "mlflow")],
 }
 
 

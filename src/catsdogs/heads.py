@@ -79,8 +79,12 @@ class LinearHead:
         folds_: the folds it was chosen by (0: too few images, `FALLBACK_C` was used).
     """
 
-    def __init__(self, strengths=LINEAR_HEAD_CS, folds=5, seed=42):
-        self.strengths, self.folds, self.seed = tuple(strengths), folds, seed
+    def __init__(self, strengths=LINEAR_HEAD_CS, folds=5, seed=42, class_weight=None):
+        """Args:
+            class_weight: None, or "balanced": each class weighs as much as the others in the loss
+                (scikit-learn's n / (classes * count of the class)).
+        """
+        self.strengths, self.folds, self.seed, self.class_weight = tuple(strengths), folds, seed, class_weight
 
     def fit(self, X, y, groups=None):
         """Fits the head; returns self.
@@ -97,7 +101,7 @@ class LinearHead:
 
         X, y = np.asarray(X, np.float32), np.asarray(y)
         self.num_classes_ = int(y.max()) + 1
-        pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+        pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, class_weight=self.class_weight))
         self.folds_ = min(self.folds, int(np.bincount(y).min()))
         # One BLAS thread: beside TensorFlow's thread pools, BLAS's own threads oversubscribe the
         # cores and the fit ran several times slower (docs/BENCHMARKS.md).
@@ -160,6 +164,16 @@ class EpochHistory(keras.callbacks.Callback):
         self.bar.close()
 
 
+def balanced_weights(y, class_weight):
+    """Keras' class_weight dict for "balanced" (as scikit-learn computes it), else None."""
+    if class_weight is None:
+        return None
+    from sklearn.utils.class_weight import compute_class_weight
+
+    classes = np.unique(y)
+    return dict(zip(classes.tolist(), compute_class_weight(class_weight, classes=classes, y=y).tolist()))
+
+
 class DenseHead:
     """The study's head: fully connected ReLU layers with dropout, trained by Adam with early stopping.
 
@@ -168,10 +182,13 @@ class DenseHead:
     """
 
     def __init__(self, hidden_units=(256,), dropout=0.5, l2=0.0, learning_rate=1e-3, batch_size=64,
-                 max_epochs=100, patience=10, seed=42):
+                 max_epochs=100, patience=10, seed=42, class_weight=None):
+        """Args:
+            class_weight: None, or "balanced": as `LinearHead`'s, on the training loss only.
+        """
         self.hidden_units, self.dropout, self.l2 = tuple(hidden_units), dropout, l2
         self.learning_rate, self.batch_size = learning_rate, batch_size
-        self.max_epochs, self.patience, self.seed = max_epochs, patience, seed
+        self.max_epochs, self.patience, self.seed, self.class_weight = max_epochs, patience, seed, class_weight
 
     def fit(self, X, y, validation_data):
         """Trains on (X, y), stopping early on the loss of `validation_data` = (X_val, y_val); returns self.
@@ -185,8 +202,11 @@ class DenseHead:
         self.model_ = build_head(X.shape[1], self.num_classes_, self.hidden_units, self.dropout, self.l2)
         compile_classifier(self.model_, self.learning_rate)
         history = EpochHistory(self.max_epochs, "head")
-        self.model_.fit(X, y, validation_data=(X_val, y_val), epochs=self.max_epochs, batch_size=self.batch_size,
-                        verbose=0, shuffle=True, callbacks=[
+        weights = balanced_weights(y, self.class_weight)
+        # The validation loss that stops training and picks the epoch is weighted as the training loss is.
+        validation = (X_val, y_val) if weights is None else (X_val, y_val, np.vectorize(weights.get)(y_val))
+        self.model_.fit(X, y, validation_data=validation, epochs=self.max_epochs, batch_size=self.batch_size,
+                        verbose=0, shuffle=True, class_weight=weights, callbacks=[
                             keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.patience,
                                                           restore_best_weights=True),
                             history])
@@ -207,9 +227,10 @@ class DenseHead:
 
 def make_head(config):
     """The head a `TrainConfig` asks for, unfitted."""
+    class_weight = None if config.class_weight == "none" else config.class_weight
     if config.head == "linear":
-        return LinearHead(seed=config.seed)
+        return LinearHead(seed=config.seed, class_weight=class_weight)
     if config.head == "dense":
         return DenseHead(config.hidden_units, config.dropout, config.l2, config.learning_rate, config.batch_size,
-                         config.max_epochs, config.patience, config.seed)
+                         config.max_epochs, config.patience, config.seed, class_weight)
     raise ConfigError(f"unknown head {config.head!r}; choose one of {HEADS}")

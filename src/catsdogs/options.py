@@ -7,6 +7,7 @@ PRECISIONS = ("float32", "bfloat16")  # compute precision of a backbone in Keras
 BACKBONE_RUNTIMES = ("keras", "onnx")  # what runs the frozen backbone (`backbone_runtimes`)
 BACKBONE_PRECISIONS = (*PRECISIONS, "int8")  # int8: ONNX Runtime, statically quantized
 HEADS = ("linear", "dense")  # classifiers on the backbone's features (see heads.py)
+CLASS_WEIGHTS = ("balanced", "none")  # of the head's training loss: every class weighs alike, or every photo
 EXPORT_FORMATS = ("keras", "savedmodel", "onnx", "tflite")
 QUANTIZATIONS = ("float32", "float16", "int8")  # of TFLite exports
 ENGINES = ("local", "ray")  # where features are extracted and photos scored: this process, or a Ray cluster
@@ -15,6 +16,7 @@ RUNTIMES = EXPORT_FORMATS  # what runs a model: Keras itself, or the runtime of 
 # for both backbones and precisions on a 2-core Zen CPU (docs/BENCHMARKS.md), and small enough in memory.
 INFERENCE_BATCH_SIZE = 64
 BENCH_BATCH_SIZES = (16, 32, 64)  # what `catsdogs bench` compares by default
+REVIEW_MISTAKES = 50  # most confident mistakes `catsdogs review` lists besides the flagged photos
 
 
 def default_cache_dir():

@@ -156,13 +156,25 @@ def plot_gradcam(mistakes, explainer, columns=4):
 
 
 def plot_confusion(confusion, class_names, ax=None):
-    """The confusion matrix (rows: true class, columns: predicted), counts in each cell."""
+    """The confusion matrix (rows: true class, columns: predicted), each row normalised to the
+    share of its class's photos, so that a small class reads as well as a large one.
+
+    Counts are written in the cells up to 12 classes; beyond, the colours carry the shares and
+    the cells stay legible (the most confused pairs are listed in metrics.json and the report).
+    """
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    side = 1.5 + 0.9 * len(class_names)
-    fig, ax = _figure_and_ax(ax, (side + 1, side))
-    ConfusionMatrixDisplay(np.asarray(confusion), display_labels=list(class_names)).plot(  # names in full
-        ax=ax, cmap="Blues", values_format="d", colorbar=False, xticks_rotation=45 if len(class_names) > 4 else "horizontal")
+    confusion = np.asarray(confusion)
+    shares = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    many = len(class_names) > 12
+    side = 1.5 + (0.3 if many else 0.9) * len(class_names)
+    fig, ax = _figure_and_ax(ax, (side + 1.5, side))
+    ConfusionMatrixDisplay(shares, display_labels=list(class_names)).plot(  # names in full: the ends tell them apart
+        ax=ax, cmap="Blues", values_format=".2f", include_values=not many, colorbar=True,
+        xticks_rotation=90 if many else 45 if len(class_names) > 4 else "horizontal", im_kw={"vmin": 0, "vmax": 1})
+    if many:
+        ax.tick_params(labelsize=7)
+    ax.images[-1].colorbar.set_label("share of the true class's photos")
     ax.set_title("Confusion matrix (test)")
     return fig
 

@@ -15,20 +15,23 @@ import time
 
 import numpy as np
 
-from catsdogs import backbones, calibration, data, features, heads, openset
+from catsdogs import backbones, calibration, data, features, heads, labels, openset, report
 from catsdogs import model as model_lib
 from catsdogs.backbone_runtimes import BACKBONE_FILE, onnx_backbone
 from catsdogs.classifier import Classifier
 from catsdogs.config import TrainConfig
 from catsdogs.errors import ConfigError
-from catsdogs.evaluation import Evaluation, OpenSetResults, stage_summary, unknown_scores
+from catsdogs.evaluation import Evaluation, OpenSetResults, label_issues, stage_summary, unknown_scores
 from catsdogs.files import timestamp, write_text
 from catsdogs.folding import fold_batch_normalization
 from catsdogs.inference import run_on_files, views_for
+from catsdogs.model import predicted_classes
 from catsdogs.runtimes import KerasRuntime, compiled_forward
+from catsdogs.tracking import log_run
 
 log = logging.getLogger(__name__)
 
+REVIEW_FILE = "review.csv"  # every photo's out-of-sample prediction, for `catsdogs review`
 HISTORY_FIELDS = ("stage", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 
 
@@ -43,6 +46,7 @@ class Run:
         run_dir: the run directory written, or None (`runs_dir=None`).
         splits: split name -> the `data.Sample`s used.
         history: epoch rows of the dense head and fine-tuning (empty for the linear head alone).
+        review: one row per photo of every split for `catsdogs review` (`review_rows`).
     """
 
     config: TrainConfig
@@ -51,6 +55,7 @@ class Run:
     run_dir: str = None
     splits: dict = None
     history: list = dataclasses.field(default_factory=list)
+    review: list = dataclasses.field(default_factory=list)
 
     @property
     def metrics(self) -> dict:
@@ -100,16 +105,21 @@ def parse_target(target, class_names):
                           f"one of {class_names} and VALUE in (0, 1]") from None
 
 
-def read_exclusions(path, splits):
-    """Drops the training and validation images listed in a file (one path or file name a line).
+def read_exclusions(path, splits, data_dir):
+    """Drops the training and validation images a file lists: one path or file name a line, or
+    the photos a corrections table (`catsdogs review`'s) excludes.
 
     Test images are never dropped: excluding them would only flatter the score.
 
     Returns:
         the splits without the excluded images.
     """
-    with open(path) as f:
-        wanted = {line.strip() for line in f if line.strip() and not line.startswith("#")}
+    if labels.DECISION_COLUMN in labels.csv_header(path):
+        wanted = {os.path.join(data_dir, row.path) for row in labels.read_decisions(path).values()
+                  if row.decision == "exclude"}
+    else:
+        with open(path) as f:
+            wanted = {line.strip() for line in f if line.strip() and not line.startswith("#")}
 
     def listed(sample):
         return any(sample.path == w or os.path.abspath(sample.path) == os.path.abspath(w)
@@ -123,14 +133,19 @@ def read_exclusions(path, splits):
     return kept
 
 
-def prepare(config: TrainConfig) -> Prepared:
+def prepare(config: TrainConfig, table=None) -> Prepared:
     """Stage "prepare": checks the settings, finds the images, scans them and splits them.
 
     Every setting is checked before the first image is read. Images are only hashed and their
     headers read here; decoding comes with extraction.
+
+    Args:
+        table: a labels table in memory (a DataFrame or (path, label) pairs), instead of
+            `config.labels`' first file or the class folders.
     """
     config.check()
-    dataset = data.discover(config.data_dir)
+    dataset, corrections = labels.load_dataset(config.data_dir, table if table is not None else config.labels,
+                                               config.label_columns())
     class_names = dataset.class_names
     target = None
     if config.target:
@@ -147,8 +162,10 @@ def prepare(config: TrainConfig) -> Prepared:
              ", ".join(f"{len(v)} {k} files" for k, v in dataset.splits.items()))
     scan = data.scan(dataset)
     splits = data.make_splits(dataset, scan, config.val_fraction, config.test_fraction, config.seed)
+    for source in corrections:
+        splits = labels.apply_corrections(splits, class_names, config.data_dir, source)
     if config.exclude:
-        splits = read_exclusions(config.exclude, splits)
+        splits = read_exclusions(config.exclude, splits, config.data_dir)
     return Prepared(config, class_names, scan, splits, target, open_set)
 
 
@@ -302,8 +319,11 @@ def calibrate(prepared: Prepared, val_logits, val_y):
     return temperature, threshold
 
 
-def fit_open_set(prepared: Prepared, estimator, split_features, temperature):
+def fit_open_set(prepared: Prepared, split_features, oof_logits, temperature):
     """Stage "open set": the in-distribution score and its threshold, from the training photos alone.
+
+    Args:
+        oof_logits: out-of-fold head logits of the training photos (`openset.out_of_fold_logits`).
 
     Returns:
         an `openset.OpenSetFit`, or None when the run has no open-set score.
@@ -313,9 +333,29 @@ def fit_open_set(prepared: Prepared, estimator, split_features, temperature):
         return None
     train = split_features["train"]
     imagenet = openset.imagenet_head(config.backbone, class_names) if "imagenet" in prepared.open_set else None
-    oof_logits = openset.out_of_fold_logits(train.x[0], train.y, estimator, config.seed)
     return openset.fit_open_set(train.x[0], train.y, oof_logits, len(class_names), prepared.open_set, temperature,
                                 imagenet, config.open_set_keep, config.seed)
+
+
+def review_rows(class_names, threshold, temperature, splits):
+    """What `catsdogs review` lists: every photo's out-of-sample prediction and whether its label looks wrong.
+
+    Training photos are judged by heads fitted without them (out of fold), validation and test
+    photos by the head, which never saw them; cleanlab flags suspect labels within each split.
+
+    Args:
+        splits: ((SplitFeatures, logits of its first view), ...) of train, val and test, in that order.
+
+    Returns:
+        dicts: `report.prediction_rows`' columns and "split".
+    """
+    rows = []
+    for name, (split, logits) in zip(("train", "val", "test"), splits):
+        probabilities = calibration.probabilities(logits, class_names, temperature)
+        rows += [{**row, "split": name} for row in report.prediction_rows(
+            split.paths, split.y, probabilities, predicted_classes(probabilities, threshold), class_names,
+            label_issues(split.y, probabilities))]
+    return rows
 
 
 def new_run_dir(runs_dir, name):
@@ -350,6 +390,8 @@ def write(run: Run, prepared: Prepared) -> str:
         writer.writerows((os.path.relpath(s.path, config.data_dir), split, prepared.class_names[s.label])
                          for split, samples in prepared.splits.items() for s in samples)
         write_text(os.path.join(partial, "splits.csv"), lines.getvalue())
+        report.write_csv([{**row, "path": os.path.relpath(row["path"], config.data_dir)} for row in run.review],
+                         os.path.join(partial, REVIEW_FILE))
         if run.history:
             lines = io.StringIO()
             writer = csv.DictWriter(lines, HISTORY_FIELDS, extrasaction="ignore")
@@ -376,13 +418,18 @@ def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:
             classes, or one folder of class folders).
         config: a whole `TrainConfig` instead of `data_dir` and keywords (or as the base they change).
         **settings: any `TrainConfig` field, e.g. backbone="efficientnet_lite0", head="dense",
-            fine_tune=True, runs_dir=None (write nothing but the feature cache).
+            fine_tune=True, runs_dir=None (write nothing but the feature cache); labels= also takes
+            a table in memory: a pandas DataFrame, or a list of (path, label) or (path, label, split)
+            (the run's splits.csv then records it).
 
     Returns:
         a `Run`: `.metrics`, `.classifier`, `.evaluation`, `.run_dir`, `.config`, `.model`.
     """
     if isinstance(data_dir, TrainConfig):
         config, data_dir = data_dir, None
+    table = settings.pop("labels") if labels.is_table(settings.get("labels")) else None
+    if isinstance(settings.get("labels"), (str, os.PathLike)):
+        settings["labels"] = (os.fspath(settings["labels"]),)
     known = {field.name for field in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(settings) - known)
     if unknown:
@@ -396,7 +443,7 @@ def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:
     else:
         config = dataclasses.replace(config, **settings)
 
-    prepared = prepare(config)
+    prepared = prepare(config, table)
     config, class_names = prepared.config, prepared.class_names
     extractor = backbones.build_feature_extractor(
         config.backbone, config.weights, config.image_size, keras_precision(config), config.cache_dir)
@@ -416,9 +463,9 @@ def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:
             stages["kept"] = "fine_tune"
             extractor = tuned
             split_features = {**split_features, **tuned_features}
-            if config.open_set != "none":  # the open-set score is fitted on the training photos' features
-                split_features["train"] = features_of_images(tuned, split_features["train"],
-                                                             config.extract_batch_size, ("original",))
+            # The open-set score and the review's out-of-fold probabilities come from the training photos' features.
+            split_features["train"] = features_of_images(tuned, split_features["train"], config.extract_batch_size,
+                                                         ("original",))
             val, test = split_features["val"], split_features["test"]
             val_logits, test_logits = head_logits(head, val), head_logits(head, test)
         else:  # never leave a model worse on validation than stage 1
@@ -427,7 +474,9 @@ def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:
                  stages["head"]["val_loss"], stages["fine_tune"]["val_loss"], stages["kept"].replace("_", "-"))
 
     temperature, threshold = calibrate(prepared, val_logits[0], val.y)
-    open_set = fit_open_set(prepared, estimator, split_features, temperature)
+    train = split_features["train"]
+    oof_logits = openset.out_of_fold_logits(train.x[0], train.y, estimator, config.seed)
+    open_set = fit_open_set(prepared, split_features, oof_logits, temperature)
     model = model_lib.assemble(extractor, head, class_names, temperature, threshold,
                                open_set.layer if open_set else None)
     # The classifier computes as extraction did: its backbone in ONNX Runtime where the features came from there.
@@ -448,7 +497,10 @@ def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:
         open_set=OpenSetResults(
             open_set.methods, open_set.threshold, open_set.keep, open_set.training_kept, scores["val"],
             scores["test"], *(unknown or (None, None))) if open_set else None)
-    run = Run(config, classifier, evaluation, None, prepared.splits, history)
+    review = review_rows(class_names, threshold, temperature,
+                         ((train, oof_logits), (val, val_logits[0]), (test, test_logits[0])))
+    run = Run(config, classifier, evaluation, None, prepared.splits, history, review)
     if config.runs_dir is not None:
         run.run_dir = write(run, prepared)
+        log_run(run.run_dir, config, run.metrics)  # when asked for; a failure only warns: the run is written
     return run
