@@ -58,13 +58,14 @@ def main():
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--blocks", type=int, default=0, help="blocks to unfreeze (default: the backbone's)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--precision", default="auto", help="auto (the default's), float32 or bfloat16")
     args = parser.parse_args()
 
     weights = args.weights or ("random" if args.backbone == "resnet50" else "imagenet")
     config = TrainConfig(data_dir=DATA, backbone=args.backbone, weights=weights, fine_tune=True,
                          fine_tune_blocks=args.blocks, fine_tune_epochs=args.epochs, fine_tune_patience=args.epochs,
                          fine_tune_batch_size=args.batch_size)
-    precision = resolve_precision(config.precision)
+    precision = resolve_precision(args.precision)
     extractor = backbones.build_feature_extractor(args.backbone, weights, args.image_size, precision,
                                                   fold_batch_norm=False)
     head = build_head(extractor.output_shape[-1], 2, hidden_units=(256,))  # the dense head

@@ -5,6 +5,7 @@ import io
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -141,6 +142,49 @@ def lite0_server(lite0_run):
         yield url, app
 
 
+def start_server_command(*arguments, env=None):
+    """`catsdogs ARGUMENTS --port 0` (serve, review) in a subprocess, returned once it listens.
+
+    Returns:
+        (the `subprocess.Popen`, the URL it listens on, the lines it has printed so far).
+    """
+    command = [sys.executable, "-m", "catsdogs.cli", *map(str, arguments), "--port", "0"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    deadline, lines, started = time.monotonic() + 180, [], None
+    while time.monotonic() < deadline and not started:
+        line = server.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        started = re.search(r"running on (http://[^ ]+)", line)
+    if not started:
+        server.kill()
+        server.wait()
+    assert started, "".join(lines)
+    return server, started.group(1), lines
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium driven by Debian's chromedriver; Selenium is never let to download one."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and chromedriver):
+        reason = "needs Chromium and its driver: apt-get install chromium chromium-driver"
+        if os.environ.get("CI"):
+            pytest.fail(f"the browser test must run on CI; it {reason}")
+        pytest.skip(reason)
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,760"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=chromedriver), options=options)
+    yield driver
+    driver.quit()
+
+
 @contextlib.contextmanager
 def serve_command(*arguments, env=None):
     """`catsdogs serve ARGUMENTS --port 0` in a subprocess, stopped with Ctrl-C at the end.
@@ -148,19 +192,9 @@ def serve_command(*arguments, env=None):
     Yields:
         (the URL it listens on, the lines it has printed so far).
     """
-    command = [sys.executable, "-m", "catsdogs.cli", "serve", *map(str, arguments), "--port", "0"]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    server, url, lines = start_server_command("serve", *arguments, env=env)
     try:
-        deadline, lines, started = time.monotonic() + 180, [], None
-        while time.monotonic() < deadline and not started:
-            line = server.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            started = re.search(r"running on (http://[^ ]+)", line)
-        assert started, "".join(lines)
-        yield started.group(1), lines
+        yield url, lines
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=60)

@@ -3,9 +3,7 @@
 import base64
 import io
 import os
-import shutil
 
-import pytest
 from PIL import Image
 
 from conftest import photo
@@ -35,26 +33,6 @@ let low = 255, high = 0;
 for (let i = 3; i < pixels.length; i += 4) { low = Math.min(low, pixels[i]); high = Math.max(high, pixels[i]); }
 return [low, high];
 """
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """Headless Chromium driven by Debian's chromedriver; Selenium is never let to download one."""
-    webdriver = pytest.importorskip("selenium.webdriver")
-    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and chromedriver):
-        reason = "needs Chromium and its driver: apt-get install chromium chromium-driver"
-        if os.environ.get("CI"):
-            pytest.fail(f"the browser test must run on CI; it {reason}")
-        pytest.skip(reason)
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,760"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=chromedriver), options=options)
-    yield driver
-    driver.quit()
 
 
 def test_page_labels_a_cat_and_a_dog_and_overlays_their_heatmaps(browser, lite0_server):

@@ -146,8 +146,8 @@ def test_corrections_relabel_and_exclude_exactly_their_photos_and_never_exclude_
     assert set(before) - set(labelled(excluded)) == {f"{train_dir}/cats/cat.2.jpg"}
     bad = write_table(tmp_path / "bad.csv", ["path", "split", "given_label", "decision", "label", "time"],
                       [(f"{train_dir}/cats/cat.1.jpg", "train", "cats", "relabel", "birds", "t")])
-    with pytest.raises(DataError, match=r"relabels to classes the dataset does not have \(\['cats', 'dogs'\]\): "
-                                        r"bad.csv line 2"):
+    with pytest.raises(DataError, match=r"bad.csv: relabels to classes the dataset does not have "
+                                        r"\(\['cats', 'dogs'\]\): training_set/training_set/cats/cat.1.jpg as 'birds'"):
         prepare(TrainConfig(data_dir=str(data), labels=(str(bad),), backbone="efficientnet_lite0"))
 
 

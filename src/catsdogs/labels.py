@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import os
 
+from catsdogs.corrections import read_corrections
 from catsdogs.data import SPLIT_ALIASES, Dataset, Sample
 from catsdogs.errors import DataError
 
@@ -24,8 +25,7 @@ log = logging.getLogger(__name__)
 
 # What a path without an extension (a Kaggle id) is looked for with, in this order.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-DECISION_COLUMN = "decision"  # what marks a corrections table
-DECISIONS = ("keep", "relabel", "exclude")
+DECISION_COLUMN = "decision"  # what marks a corrections table (corrections.py: `catsdogs review` writes them)
 SHOWN_ROWS = 10  # bad rows named in one error
 
 
@@ -45,6 +45,11 @@ class Row:
     label: str
     split: str = ""
     decision: str = ""
+
+
+def _cell(value):
+    """A table's cell as text: "" for a missing one (None, or a DataFrame's NaN)."""
+    return "" if value is None or value != value else str(value).strip()
 
 
 def describe(source):
@@ -72,26 +77,21 @@ def read_rows(source, columns=Columns()) -> list:
     Returns:
         a list of `Row`.
     """
+    wanted = (columns.path, columns.label, columns.split, DECISION_COLUMN)
     if isinstance(source, (str, os.PathLike)):
         try:
             with open(source, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets write a BOM
                 reader = csv.DictReader(f)
                 _require_columns(reader.fieldnames or [], columns, source)
-                rows = []
-                for record in reader:
-                    rows.append(Row(f"{os.path.basename(source)} line {reader.line_num}",
-                                    *(str(record.get(name) or "").strip() for name in
-                                      (columns.path, columns.label, columns.split, DECISION_COLUMN))))
-                return rows
+                return [Row(f"{os.path.basename(source)} line {reader.line_num}",
+                            *(_cell(record.get(name)) for name in wanted)) for record in reader]
         except (OSError, UnicodeDecodeError, csv.Error) as error:
             raise DataError(f"{source}: cannot read the labels table: {error}") from None
     if hasattr(source, "columns"):  # a pandas DataFrame (pandas is not imported for it)
         _require_columns(list(source.columns), columns, source)
-        names = [name for name in (columns.path, columns.label, columns.split, DECISION_COLUMN) if name in source.columns]
-        return [Row(f"row {index}", *("" if value is None or value != value else str(value).strip()
-                                      for value in (record.get(name, "") for name in
-                                                    (columns.path, columns.label, columns.split, DECISION_COLUMN))))
-                for index, record in zip(source.index, source[names].to_dict("records"))]
+        records = source[[name for name in wanted if name in source.columns]].to_dict("records")
+        return [Row(f"row {index}", *(_cell(record.get(name)) for name in wanted))
+                for index, record in zip(source.index, records)]
     rows = []
     for number, item in enumerate(source, 1):
         if isinstance(item, (str, bytes)) or len(item) not in (2, 3):
@@ -186,16 +186,6 @@ def table_dataset(data_dir, source, columns=Columns()) -> Dataset:
     return Dataset(data_dir, class_names, dict(splits), problems=problems, rows=where)
 
 
-def read_decisions(source) -> dict:
-    """A corrections table's decisions: path (relative to the data folder) -> its last `Row`, since
-    the review appends a row per click and a later one is a change of mind."""
-    rows = read_rows(source)
-    bad = [row for row in rows if row.decision not in DECISIONS]
-    if bad:
-        _fail(f"decisions that are not one of {', '.join(DECISIONS)}", bad, source)
-    return {os.path.normpath(row.path): row for row in rows}
-
-
 def apply_corrections(splits, class_names, data_dir, source):
     """The splits with a corrections table's decisions applied: relabelled and excluded photos.
 
@@ -205,10 +195,13 @@ def apply_corrections(splits, class_names, data_dir, source):
     Raises:
         DataError: a relabel to a class the dataset does not have.
     """
-    decisions = read_decisions(source)
-    unknown = [row for row in decisions.values() if row.decision == "relabel" and row.label not in class_names]
+    decisions = {os.path.normpath(path): row for path, row in read_corrections(source).items()}
+    unknown = [f"{path} as {row.label!r}" for path, row in decisions.items()
+               if row.decision == "relabel" and row.label not in class_names]
     if unknown:
-        _fail(f"relabels to classes the dataset does not have ({class_names})", unknown, source)
+        raise DataError(f"{source}: relabels to classes the dataset does not have ({class_names}): "
+                        + ", ".join(unknown[:SHOWN_ROWS]) + (f" and {len(unknown) - SHOWN_ROWS} more"
+                                                             if len(unknown) > SHOWN_ROWS else ""))
     corrected, applied, matched = {}, collections.Counter(), 0
     for name, samples in splits.items():
         kept = []

@@ -20,18 +20,19 @@ from catsdogs import model as model_lib
 from catsdogs.backbone_runtimes import BACKBONE_FILE, onnx_backbone
 from catsdogs.classifier import Classifier
 from catsdogs.config import TrainConfig
+from catsdogs.corrections import read_corrections
 from catsdogs.errors import ConfigError
 from catsdogs.evaluation import Evaluation, OpenSetResults, label_issues, stage_summary, unknown_scores
 from catsdogs.files import timestamp, write_text
 from catsdogs.folding import fold_batch_normalization
 from catsdogs.inference import run_on_files, views_for
 from catsdogs.model import predicted_classes
+from catsdogs.review import REVIEW_FILE
 from catsdogs.runtimes import KerasRuntime, compiled_forward
 from catsdogs.tracking import log_run
 
 log = logging.getLogger(__name__)
 
-REVIEW_FILE = "review.csv"  # every photo's out-of-sample prediction, for `catsdogs review`
 HISTORY_FIELDS = ("stage", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 
 
@@ -115,8 +116,8 @@ def read_exclusions(path, splits, data_dir):
         the splits without the excluded images.
     """
     if labels.DECISION_COLUMN in labels.csv_header(path):
-        wanted = {os.path.join(data_dir, row.path) for row in labels.read_decisions(path).values()
-                  if row.decision == "exclude"}
+        wanted = {os.path.join(data_dir, photo) for photo, correction in read_corrections(path).items()
+                  if correction.decision == "exclude"}
     else:
         with open(path) as f:
             wanted = {line.strip() for line in f if line.strip() and not line.startswith("#")}

@@ -24,7 +24,6 @@ import threading
 
 import numpy as np
 from fastapi import Depends, Path, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import APIKeyHeader, HTTPBearer
 from fastapi.staticfiles import StaticFiles
@@ -35,7 +34,6 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import ClientDisconnect
 
 from catsdogs import __version__, explain
 from catsdogs import model as model_lib
@@ -45,12 +43,17 @@ from catsdogs.images import decode_image_for_model, open_image
 from catsdogs.pixels import prepare
 from catsdogs.serve import ServeSettings
 from catsdogs.serve.batcher import MicroBatcher
+from catsdogs.serve.handlers import add_error_handlers, describe_validation_error
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
 JSON_EXAMPLE = '{"instances": [{"b64": "<base64 of an image file>"}]}'
 MULTIPART_HINT = "send one or more images as multipart/form-data in the field 'files'"
+# What each predict route expects, added to its 400 answers.
+PREDICT_HINTS = {"/v1/models/{model_name}:predict": f"expected JSON like {JSON_EXAMPLE}",
+                 "/v1/models/{model_name}/versions/{version}:predict": f"expected JSON like {JSON_EXAMPLE}",
+                 "/predict": MULTIPART_HINT}
 MODEL_VERSION = 1  # TF Serving's URLs name versions; a catsdogs server has one
 # Decodes of at least this many pixels hand their freed memory back to the system afterwards.
 TRIM_AFTER_PIXELS = 4_000_000
@@ -348,20 +351,6 @@ def _require_multipart(request: Request):
                                  f"{MULTIPART_HINT}")
 
 
-def _describe_validation_error(errors):
-    """One readable line from pydantic's error list, e.g. "instances[0].b64: Field required"."""
-    first = errors[0]
-    if first["type"] == "json_invalid":
-        return f"malformed JSON: {first['ctx']['error']}"
-    location = ""
-    for part in first["loc"]:
-        if part in ("body", "query", "path"):
-            continue
-        location += f"[{part}]" if isinstance(part, int) else f"{'.' if location else ''}{part}"
-    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
-    return f"{location or 'request'}: {first['msg']}{more}"
-
-
 def _api_key_dependency(api_key):
     """A dependency that requires the API key, as `Authorization: Bearer KEY` or `X-API-Key: KEY`.
 
@@ -484,7 +473,7 @@ async def _read_instances(request):
     try:
         parsed = PredictRequest.model_validate_json(body)
     except ValidationError as error:
-        raise HTTPException(400, _describe_validation_error(error.errors()))
+        raise HTTPException(400, describe_validation_error(error.errors()))
     if not parsed.instances:
         raise HTTPException(400, "no instances")
     if parsed.signature_name != "serving_default":
@@ -531,40 +520,6 @@ async def _read_uploads(request, max_images):
         return images
     finally:
         await form.close()
-
-
-def _add_error_handlers(app):
-    hints = {"/v1/models/{model_name}:predict": f"expected JSON like {JSON_EXAMPLE}",
-             "/v1/models/{model_name}/versions/{version}:predict": f"expected JSON like {JSON_EXAMPLE}",
-             "/predict": MULTIPART_HINT}
-
-    def with_hint(request, message):
-        """A malformed request's error, followed by what its route expects."""
-        hint = hints.get(getattr(request.scope.get("route"), "path_format", ""))
-        return f"{message}; {hint}" if hint else message
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request, error):
-        message = with_hint(request, error.detail) if error.status_code == 400 else error.detail
-        return JSONResponse({"error": message}, error.status_code, headers=error.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request, error):
-        return JSONResponse({"error": with_hint(request, _describe_validation_error(error.errors()))}, 400)
-
-    @app.exception_handler(ImageError)
-    async def image_error(request, error):
-        return JSONResponse({"error": str(error)}, 422)
-
-    @app.exception_handler(ClientDisconnect)
-    async def client_gone(request, error):  # nobody is left to read the answer
-        log.info("client went away during %s %s", request.method, request.url.path)
-        return JSONResponse({"error": "client disconnected"}, 400)
-
-    @app.exception_handler(Exception)
-    async def internal_error(request, error):
-        log.exception("internal error on %s %s", request.method, request.url.path)
-        return JSONResponse({"error": "internal server error (the server's log says more)"}, 500)
 
 
 def _add_page_and_health(app, service):
@@ -695,7 +650,7 @@ def create_app(classifier, name="model", metrics=None, settings=None):
     auth = {"dependencies": [], "statuses": []}
     if settings.api_key:
         auth = {"dependencies": [Depends(_api_key_dependency(settings.api_key))], "statuses": [401]}
-    _add_error_handlers(app)
+    add_error_handlers(app, PREDICT_HINTS)
     _add_page_and_health(app, service)
     _add_status_routes(app, service, auth)
     _add_predict_routes(app, service, auth)
@@ -703,7 +658,9 @@ def create_app(classifier, name="model", metrics=None, settings=None):
 
 
 def _warn_if_exposed(host, settings):
-    if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
+    from catsdogs.serve.server import LOOPBACK_HOSTS
+
+    if host not in LOOPBACK_HOSTS and not settings.api_key:
         log.warning("listening on %s without an API key: anyone who can reach this machine can use the service "
                     "(set --api-key or CATSDOGS_API_KEY)", host)
 

@@ -1,0 +1,220 @@
+"use strict";
+// The review page: the photos of GET /photos, one card each; every decision goes to
+// POST /photos/{index}/decision, which has saved it to the corrections file when it answers.
+// Keys act on the current photo (the framed one), and a decision moves on to the next.
+
+const list = document.getElementById("photos");
+const template = document.getElementById("photo-template");
+const statusLine = document.getElementById("status");
+let classes = [];
+let photos = [];  // as the server last described them, by index
+const items = [];  // the card of each photo, by index
+let current = 0;
+let correctionsFile = "";
+
+function percent(probability) {
+  return `${(100 * probability).toFixed(1)}%`;
+}
+
+function fileName(photo) {
+  return photo.path.split("/").pop();
+}
+
+// A message about a photo: in the page's status line (announced), and on the photo's card (seen
+// wherever the page is scrolled).
+function say(index, message, isError = false) {
+  for (const line of [statusLine, items[index].querySelector(".message")]) {
+    line.textContent = message;
+    line.classList.toggle("error", isError);
+  }
+}
+
+function describeDecision(photo) {
+  switch (photo.decision) {
+    case "keep": return `Kept as ${photo.label}`;
+    case "relabel": return `Relabelled as ${photo.label}`;
+    case "exclude": return "Excluded from training";
+    default: return "Not decided yet";
+  }
+}
+
+function showProgress() {
+  const decided = photos.filter((photo) => photo.decision).length;
+  document.getElementById("progress").textContent =
+    `${decided} of ${photos.length} decided. Each decision is saved to ${correctionsFile} as it is made.`;
+}
+
+function actionButton(text, key, decision, label, onClick) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.setAttribute("aria-label", text);  // the key is announced by aria-keyshortcuts
+  button.className = decision;
+  button.dataset.decision = decision;
+  if (label) button.dataset.label = label;
+  button.setAttribute("aria-keyshortcuts", key);
+  button.setAttribute("aria-pressed", "false");
+  const shortcut = document.createElement("kbd");
+  shortcut.textContent = key;
+  button.append(`${text} `, shortcut);
+  button.addEventListener("click", onClick);
+  return button;
+}
+
+function classKey(name) {
+  const number = classes.indexOf(name) + 1;
+  return number <= 9 ? String(number) : "";
+}
+
+function buildCard(photo) {
+  const card = template.content.firstElementChild.cloneNode(true);
+  const name = fileName(photo);
+  card.dataset.index = photo.index;
+  card.dataset.split = photo.split;
+  card.setAttribute("aria-label", `Photo ${photo.index + 1} of ${photos.length}: ${name}, labelled ${photo.given_label}`);
+  const image = card.querySelector(".photo");
+  image.loading = "lazy";
+  image.src = `/photos/${photo.index}/photo.jpg`;
+  image.alt = `${name}, labelled ${photo.given_label}`;
+  const gradcam = card.querySelector(".gradcam");
+  gradcam.src = `/photos/${photo.index}/gradcam.png`;
+  gradcam.alt = `Grad-CAM of ${name}: where the model saw ${photo.predicted}`;
+  card.querySelector(".gradcam-caption").textContent = `Grad-CAM: evidence for ${photo.predicted}`;
+  card.querySelector(".name").textContent = `${photo.path} (${photo.split})`;
+
+  const labels = card.querySelector(".labels");
+  const given = document.createElement("strong");
+  given.textContent = photo.given_label;
+  const predicted = document.createElement("strong");
+  predicted.textContent = photo.predicted;
+  labels.append("Labelled ", given, ", predicted ", predicted, ` ${percent(photo.probability)}`);
+  const why = [];
+  if (photo.label_looks_wrong) why.push("its label looks wrong (cleanlab)");
+  if (photo.confident_mistake) why.push("a confident mistake");
+  why.push(`loss ${photo.loss.toFixed(2)}`);
+  if (photo.split === "test") why.push("a test photo: never excluded from evaluation");
+  card.querySelector(".why").textContent = why.join("; ");
+
+  const actions = card.querySelector(".actions");
+  actions.setAttribute("aria-label", `Decision for ${name}`);
+  actions.append(actionButton(`Keep as ${photo.given_label}`, "k", "keep", null, () => choose(photo.index, "keep")));
+  for (const other of classes.filter((name) => name !== photo.given_label)) {
+    actions.append(actionButton(`Relabel as ${other}`, classKey(other), "relabel", other,
+                                () => choose(photo.index, "relabel", other)));
+  }
+  if (photo.split !== "test") {
+    actions.append(actionButton("Exclude from training", "x", "exclude", null, () => choose(photo.index, "exclude")));
+  }
+  card.addEventListener("click", (event) => {
+    if (!event.target.closest("button")) select(photo.index);  // a button's decision moves on by itself
+  });
+  return card;
+}
+
+function showDecision(photo) {
+  const card = items[photo.index];
+  if (photo.decision) card.dataset.decision = photo.decision;
+  else delete card.dataset.decision;
+  card.querySelector(".decision-text").textContent = describeDecision(photo);
+  for (const button of card.querySelectorAll(".actions button")) {
+    const pressed = button.dataset.decision === photo.decision &&
+      (photo.decision !== "relabel" || button.dataset.label === photo.label);
+    button.setAttribute("aria-pressed", String(pressed));
+  }
+}
+
+function select(index) {
+  if (index < 0 || index >= items.length) return;
+  items[current].classList.remove("current");
+  current = index;
+  const card = items[current];
+  card.classList.add("current");
+  if (!card.contains(document.activeElement)) card.focus({ preventScroll: true });
+  card.scrollIntoView({ block: "nearest" });
+}
+
+async function decide(index, decision, label = null) {
+  const photo = photos[index];
+  try {
+    const response = await fetch(`/photos/${index}/decision`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ decision, label }),
+    });
+    const payload = await response.json();
+    if (!response.ok) throw new Error(payload.error || response.statusText);
+    photos[index] = payload;
+    showDecision(payload);
+    showProgress();
+    say(index, `${fileName(photo)}: ${describeDecision(payload).toLowerCase()} (saved).`);
+  } catch (error) {
+    say(index, `${fileName(photo)}: not saved: ${error.message}`, true);
+  }
+}
+
+// A decision on a photo, then on to the next: at once, so that keys pressed quickly each act
+// on their own photo while the answers come.
+function choose(index, decision, label = null) {
+  const photo = photos[index];
+  if (decision === "relabel" && label === photo.given_label) decision = "keep";  // its own class: kept
+  if (decision === "exclude" && photo.split === "test") {
+    say(index, `${fileName(photo)} is a test photo: test photos are never excluded from evaluation (keep or ` +
+        "relabel it).", true);
+    return;
+  }
+  decide(index, decision, decision === "relabel" ? label : null);
+  select(index + 1);
+}
+
+document.addEventListener("keydown", (event) => {
+  if (event.ctrlKey || event.metaKey || event.altKey || !items.length) return;
+  const key = event.key;
+  if (["ArrowRight", "ArrowDown", "l"].includes(key)) select(current + 1);
+  else if (["ArrowLeft", "ArrowUp", "j"].includes(key)) select(current - 1);
+  else if (key === "k") choose(current, "keep");
+  else if (key === "x") choose(current, "exclude");
+  else if (/^[1-9]$/.test(key) && Number(key) <= classes.length) choose(current, "relabel", classes[Number(key) - 1]);
+  else return;
+  event.preventDefault();
+});
+
+async function start() {
+  const info = document.getElementById("run-info");
+  let listing;
+  try {
+    const response = await fetch("/photos");
+    listing = await response.json();
+    if (!response.ok) throw new Error(listing.error || response.statusText);
+  } catch (error) {
+    info.textContent = `The photos could not be listed (${error.message}).`;
+    return;
+  }
+  ({ classes, photos } = listing);
+  correctionsFile = listing.corrections_file;
+  info.textContent = `Run ${listing.run}: ${photos.length} photos to review, highest loss first: training and ` +
+    `validation photos whose labels look wrong, and the most confident mistakes. Classes: ${classes.join(", ")}.`;
+  if (listing.note) {
+    const note = document.getElementById("source-note");
+    note.textContent = listing.note;
+    note.hidden = false;
+  }
+  const classKeys = document.getElementById("class-keys");
+  classKeys.replaceChildren();
+  classes.slice(0, 9).forEach((name, i) => {
+    const key = document.createElement("kbd");
+    key.textContent = String(i + 1);
+    classKeys.append(i ? " · " : "", key, ` label as ${name}`);
+  });
+  showProgress();
+  if (!photos.length) {
+    list.textContent = "Nothing to review: no training or validation photo looks mislabelled, and the model made " +
+      "no mistakes.";
+    return;
+  }
+  for (const photo of photos) {
+    items.push(buildCard(photo));
+    showDecision(photo);
+  }
+  list.append(...items);
+  const firstUndecided = photos.findIndex((photo) => !photo.decision);
+  select(firstUndecided === -1 ? 0 : firstUndecided);
+}
+
+start();
