@@ -26,10 +26,10 @@ import warnings
 
 import numpy as np
 
-from catsdogs.options import BACKBONE_PRECISIONS, BACKBONE_RUNTIMES
 from catsdogs.errors import ConfigError
 from catsdogs.files import atomic_path
 from catsdogs.host import cpu_has_amx, cpu_has_vnni, usable_cpus
+from catsdogs.options import BACKBONE_PRECISIONS, BACKBONE_RUNTIMES
 
 log = logging.getLogger(__name__)
 

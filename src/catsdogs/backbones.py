@@ -16,10 +16,10 @@ from keras import layers
 
 from catsdogs import efficientnet_lite
 from catsdogs import weights as weights_lib
-from catsdogs.options import default_cache_dir
 from catsdogs.errors import ConfigError
 from catsdogs.folding import fold_batch_normalization
 from catsdogs.layers import CaffePreprocessing
+from catsdogs.options import default_cache_dir
 from catsdogs.precision import dtype_policy, resolve_precision
 
 

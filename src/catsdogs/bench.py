@@ -48,9 +48,9 @@ import tempfile
 
 import numpy as np
 
-from catsdogs.options import BENCH_BATCH_SIZES, PRECISIONS, default_cache_dir
 from catsdogs.errors import ConfigError, MissingDependency
 from catsdogs.host import cpu_flags, cpu_has_bfloat16, cpu_name, usable_cpus
+from catsdogs.options import BENCH_BATCH_SIZES, PRECISIONS, default_cache_dir
 from catsdogs.timing import files_rate, forward_rate, median_seconds, peak_rss_mb
 
 # What `--runtimes` names: Keras (in the precisions of `--precision`), ONNX Runtime in float32 and

@@ -10,11 +10,11 @@ import dataclasses
 import numpy as np
 
 from catsdogs import runtimes
-from catsdogs.options import INFERENCE_BATCH_SIZE
 from catsdogs.data import expand_inputs
 from catsdogs.errors import UnsupportedError
 from catsdogs.inference import VIEWS, run_on_files, views_for
 from catsdogs.model import SCORE, ModelInfo, predicted_classes, probabilities_by_class
+from catsdogs.options import INFERENCE_BATCH_SIZE
 from catsdogs.pixels import prepare_batch
 
 UNKNOWN_LABEL = "unknown"  # the label of a photo rejected as none of the classes

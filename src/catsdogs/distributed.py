@@ -27,9 +27,9 @@ import time
 
 import numpy as np
 
-from catsdogs.options import INFERENCE_BATCH_SIZE
 from catsdogs.errors import ConfigError, ModelNotFoundError
 from catsdogs.extras import require
+from catsdogs.options import INFERENCE_BATCH_SIZE
 
 log = logging.getLogger(__name__)
 

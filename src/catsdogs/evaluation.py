@@ -17,10 +17,10 @@ import numpy as np
 from sklearn import metrics as skm
 
 from catsdogs import calibration, data, report
-from catsdogs.options import INFERENCE_BATCH_SIZE
 from catsdogs.errors import UnsupportedError
 from catsdogs.files import timestamp, write_text
 from catsdogs.model import SCORE, predicted_classes
+from catsdogs.options import INFERENCE_BATCH_SIZE
 
 log = logging.getLogger(__name__)
 

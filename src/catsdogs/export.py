@@ -19,10 +19,10 @@ import numpy as np
 from catsdogs import data, report, runtimes
 from catsdogs import model as model_lib
 from catsdogs.backbone_runtimes import export_onnx_file
-from catsdogs.options import EXPORT_FORMATS, INFERENCE_BATCH_SIZE, QUANTIZATIONS
 from catsdogs.errors import ConfigError, DataError, ImageError
 from catsdogs.extras import EXTRAS, require
 from catsdogs.inference import decoded_images
+from catsdogs.options import EXPORT_FORMATS, INFERENCE_BATCH_SIZE, QUANTIZATIONS
 from catsdogs.timing import forward_rate
 
 FILE_NAMES = {"keras": model_lib.MODEL_FILE, "savedmodel": "saved_model", "onnx": "model.onnx", "tflite": "model.tflite"}

@@ -12,9 +12,9 @@ import keras
 import numpy as np
 from keras import layers
 
-from catsdogs.options import HEADS
 from catsdogs.errors import ConfigError
 from catsdogs.layers import class_logits, logit_units
+from catsdogs.options import HEADS
 
 log = logging.getLogger(__name__)
 

@@ -3,9 +3,9 @@
 import contextlib
 import logging
 
-from catsdogs.options import PRECISIONS
 from catsdogs.errors import ConfigError
 from catsdogs.host import BFLOAT16_CPU_FLAGS, cpu_has_bfloat16, cpu_has_fast_bfloat16
+from catsdogs.options import PRECISIONS
 
 log = logging.getLogger(__name__)
 

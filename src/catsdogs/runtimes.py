@@ -20,9 +20,9 @@ import numpy as np
 
 from catsdogs import model as model_lib
 from catsdogs.backbone_runtimes import onnx_session
-from catsdogs.host import usable_cpus
 from catsdogs.errors import ConfigError
 from catsdogs.extras import require
+from catsdogs.host import usable_cpus
 
 EXPORT_INFO_FILE = "export.json"
 
