@@ -79,7 +79,7 @@ def test_a_fine_tuning_that_hurts_is_discarded(tmp_path):
                          fine_tune_blocks=4, calibrate=False)
     run_dir = catsdogs.train(config).run_dir
     stages = json.load(open(f"{run_dir}/metrics.json"))["stages"]
-    assert set(stages) == {"head", "fine_tune", "kept"}
+    assert set(stages) == {"extract", "head", "fine_tune", "kept"}
     assert stages["fine_tune"]["val_loss"] > stages["head"]["val_loss"] and stages["kept"] == "head"
     # The saved model is the stage-1 model: its validation loss is the head's, not the ruined one's.
     saved = json.load(open(f"{run_dir}/metrics.json"))["validation"]["log_loss"]

@@ -69,7 +69,7 @@ def test_runs_lists_each_run_with_its_settings_and_metrics(trained_runs, capsys,
     header, *rows = capsys.readouterr().out.splitlines()
     assert not caplog.records  # the MLflow store in runs/.mlflow is not taken for a run
     assert cells(header) == ["name", "backbone", "head", "size", "runtime", "options", "accuracy", "balanced",
-                             "unknown accepted", "fit s", "date"]
+                             "unknown accepted", "seconds", "date"]
     config = json.loads((runs / "linear" / "config.json").read_text())  # "auto" resolved as on this machine
     size, runtime = str(config["image_size"]), f"{config['runtime']} {config['precision']}"
     assert [cells(row)[:6] for row in rows] == [  # oldest first

@@ -76,10 +76,9 @@ def flatten_metrics(metrics, prefix="") -> dict:
 
 
 def training_seconds(metrics):
-    """Seconds of the training stages metrics.json records (the head, fine-tuning), or None.
-
-    Feature extraction is not among them: its features are cached, so its time says little of the run.
-    """
+    """Seconds of the training stages metrics.json records, or None: the scan and feature
+    extraction (from the cache or the backbone), the head, fine-tuning. Runs written before
+    extraction was timed count the head and fine-tuning only."""
     seconds = [stage["seconds"] for stage in metrics.get("stages", {}).values()
                if isinstance(stage, dict) and isinstance(stage.get("seconds"), numbers.Real)]
     return sum(seconds) if seconds else None
@@ -241,14 +240,14 @@ def _table(header, rows, numeric):
 def format_runs(runs) -> str:
     """The listing of `list_runs` as a table, one line per run."""
     header = ["name", "backbone", "head", "size", "runtime", "options", "accuracy", "balanced",
-              "unknown accepted", "fit s", "date"]
+              "unknown accepted", "seconds", "date"]
     rows = [[run["name"], _text(run["backbone"]), _text(run["head"]), _text(run["image_size"]),
              f"{_text(run['runtime'])} {_text(run['precision'])}", " ".join(run["options"]) or "-",
              _text(run["accuracy"]), _text(run["balanced_accuracy"]),
              "-" if run["unknown_accepted"] is None else f"{run['unknown_accepted']:.1%}",
              _text(run["seconds"], 1), run["date"].replace("T", " ")[:16]]
             for run in runs]
-    return _table(header, rows, numeric={"size", "accuracy", "balanced", "unknown accepted", "fit s"})
+    return _table(header, rows, numeric={"size", "accuracy", "balanced", "unknown accepted", "seconds"})
 
 
 def format_comparison(comparison) -> str:

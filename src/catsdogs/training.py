@@ -444,18 +444,20 @@ def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:
     else:
         config = dataclasses.replace(config, **settings)
 
+    started = time.perf_counter()
     prepared = prepare(config, table)
     config, class_names = prepared.config, prepared.class_names
     extractor = backbones.build_feature_extractor(
         config.backbone, config.weights, config.image_size, keras_precision(config), config.cache_dir)
     split_features = extract(prepared, extractor)
     val, test = split_features["val"], split_features["test"]
-
-    start = time.perf_counter()
+    extracted = time.perf_counter()
     estimator, head, history = fit_head(config, split_features)
     val_logits, test_logits = head_logits(head, val), head_logits(head, test)
-    stages = {"head": {**stage_summary((val.y, val_logits[0]), (test.y, test_logits[0]), class_names,
-                                       time.perf_counter() - start), **estimator.summary()}, "kept": "head"}
+    # "extract": the scan and the features (from the cache or the backbone), with building the backbone.
+    stages = {"extract": {"seconds": round(extracted - started, 1)},
+              "head": {**stage_summary((val.y, val_logits[0]), (test.y, test_logits[0]), class_names,
+                                       time.perf_counter() - extracted), **estimator.summary()}, "kept": "head"}
     if config.fine_tune:
         stage1_head = head.get_weights()
         tuned, stages["fine_tune"], tuned_features, tuned_history = fine_tune(prepared, head, split_features)
