@@ -103,3 +103,12 @@ def test_serve_settings_from_the_command_line(monkeypatch):
     assert given[1] == ServeSettings(header_timeout_s=3.0, max_images=4, api_key="from-env")
     assert given[2].api_key == "given"
 
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--top-k", "0"], "--top-k 0: expected at least 1"),
+    (["--engine", "ray", "--output", "out", "--top-k", "3"], "--top-k is for predictions printed or written here"),
+])
+def test_predict_refuses_a_top_k_it_cannot_give(lite0_run, capsys, arguments, message):
+    assert main(["predict", str(lite0_run[0]), str(photo("test", "cats", 4001)), *arguments]) == 2
+    assert message in capsys.readouterr().err

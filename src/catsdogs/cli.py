@@ -219,6 +219,9 @@ def _predict_on_ray(args):
 
     if not args.output or args.csv or args.json:
         raise ConfigError("--engine ray writes Parquet: give --output DIR (and neither --csv nor --json)")
+    if args.top_k != 1:
+        raise ConfigError("--top-k is for predictions printed or written here; --engine ray's Parquet files have "
+                          "every class's probability (p_CLASS columns)")
     result = predict_to_parquet(args.model, args.inputs, args.output, args.address or None, args.workers,
                                 args.runtime, args.tta, args.batch_size)
     print(f"{result.rows} predictions ({result.errors} errors) written to {result.output} by {result.workers} "
@@ -227,6 +230,8 @@ def _predict_on_ray(args):
 
 
 def _predict(args):
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k {args.top_k}: expected at least 1")
     if args.engine == "ray":  # before anything loads TensorFlow: this process only lists files and starts Ray
         return _predict_on_ray(args)
     from catsdogs import report
@@ -237,8 +242,6 @@ def _predict(args):
     classifier = load(args.model, args.runtime)
     predictions = classifier.predict(args.inputs, args.tta, args.batch_size, reject=args.reject,
                                      reject_threshold=args.reject_threshold, unknown_label=args.unknown_label)
-    if args.top_k < 1:
-        raise ConfigError(f"--top-k {args.top_k}: expected at least 1")
     if args.json:
         print(json.dumps([p.to_dict(args.top_k) for p in predictions], indent=2))
     elif args.csv:

@@ -141,7 +141,8 @@ def format_metrics(metrics: dict) -> str:
     for name, row in rows:
         lines.append(f"{name:>{width}} {row['precision']:9.4f} {row['recall']:9.4f} {row['f1']:9.4f} {row['support']:8d}")
     lines.append("")
-    lines.append(f"accuracy {metrics['accuracy']:.4f} ({metrics['errors']} errors in {metrics['images']} images)   "
+    errors = f"{metrics['errors']} error" + ("" if metrics["errors"] == 1 else "s")
+    lines.append(f"accuracy {metrics['accuracy']:.4f} ({errors} in {metrics['images']} images)   "
                  f"balanced accuracy {metrics['balanced_accuracy']:.4f}")
     smallest = min(names, key=lambda n: metrics["per_class"][n]["support"])
     if metrics["per_class"][smallest]["support"] * 2 < metrics["images"] / len(names):  # unbalanced: say it plainly
