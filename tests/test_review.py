@@ -372,3 +372,19 @@ def test_page_keeps_relabels_and_excludes_with_keys_and_clicks(browser, mislabel
         errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
         assert not errors, errors
     assert os.path.getsize(file) > 0
+
+
+def test_a_file_that_is_not_a_corrections_file_is_refused_before_the_model_loads(mislabelled_run, tmp_path, capsys,
+                                                                                   monkeypatch):
+    from catsdogs.cli import main
+    from catsdogs.review import app
+
+    def load(*arguments):
+        raise AssertionError("the model was loaded before the corrections file was checked")
+
+    monkeypatch.setattr(app, "load", load)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\ncat.1.jpg,cats\n")
+    assert main(["review", str(mislabelled_run[0]), "--corrections", str(labels)]) == 2
+    assert f"{labels}: not a corrections file" in capsys.readouterr().err
+    assert labels.read_text() == "path,label\ncat.1.jpg,cats\n"  # and nothing was written into it

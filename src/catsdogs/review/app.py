@@ -211,6 +211,8 @@ def review(run_dir, corrections_file=None, mistakes=REVIEW_MISTAKES, host="127.0
 
     corrections_file = corrections_file or os.path.join(run_dir, corrections.DEFAULT_FILE)
     run_photos = read_run_photos(run_dir, mistakes)  # before the model loads: its errors come in seconds
+    if os.path.exists(corrections_file):  # likewise a file that is not a corrections file
+        corrections.read_corrections(corrections_file)
     app = create_app(run_dir, run_photos, load(run_dir, "keras").explainer(), corrections_file)
     if host not in LOOPBACK_HOSTS:
         log.warning("listening on %s: anyone who can reach this machine can see the run's photos and change its "
