@@ -127,20 +127,10 @@ def _fail(problem, rows, source):
     raise DataError(f"{describe(source)}: {problem}: {shown}")
 
 
-def table_dataset(data_dir, source, columns=Columns()) -> Dataset:
-    """A `data.Dataset` from a labels table: its classes are the labels, its splits the split column's.
-
-    Rows without a split (or a table without the column) are the training photos, from which
-    validation and, without test rows, test photos are carved as for folders.
-
-    Raises:
-        DataError: naming the rows of every kind of bad row; a missing file is not one (see
-        `Dataset.problems`).
-    """
-    data_dir = os.fspath(data_dir)
-    if not os.path.isdir(data_dir):
-        raise DataError(f"{data_dir}: no such folder")
-    rows = read_rows(source, columns)
+def _checked(rows, source):
+    """The rows of a labels table, once each, or a DataError naming every row of the first kind of
+    bad row: no path, no label, an unknown split, a photo listed twice differently, a label that
+    appears once, or decisions (a corrections table given as the labels)."""
     if any(row.decision for row in rows):
         raise DataError(f"{describe(source)}: this is a corrections table (it has decisions); give the photos' "
                         f"labels (class folders or a labels table) and the corrections as a second --labels")
@@ -148,7 +138,7 @@ def table_dataset(data_dir, source, columns=Columns()) -> Dataset:
         raise DataError(f"{describe(source)}: the labels table has no rows")
     for problem, bad in (("rows without a path", [r for r in rows if not r.path]),
                          ("rows without a label", [r for r in rows if not r.label]),
-                         (f"rows whose split is not one of train, val, test", [
+                         ("rows whose split is not one of train, val, test", [
                              r for r in rows if r.split and r.split.lower() not in SPLIT_ALIASES])):
         if bad:
             _fail(problem, bad, source)
@@ -167,7 +157,24 @@ def table_dataset(data_dir, source, columns=Columns()) -> Dataset:
     if once:
         _fail("labels that appear only once (a class needs photos to train and to check on; a typo?) "
               + ", ".join(repr(row.label) for row in once[:SHOWN_ROWS]) + ", in", once, source)
-    class_names = sorted(counts)
+    return rows
+
+
+def table_dataset(data_dir, source, columns=Columns()) -> Dataset:
+    """A `data.Dataset` from a labels table: its classes are the labels, its splits the split column's.
+
+    Rows without a split (or a table without the column) are the training photos, from which
+    validation and, without test rows, test photos are carved as for folders.
+
+    Raises:
+        DataError: naming the rows of every kind of bad row; a missing file is not one (see
+        `Dataset.problems`).
+    """
+    data_dir = os.fspath(data_dir)
+    if not os.path.isdir(data_dir):
+        raise DataError(f"{data_dir}: no such folder")
+    rows = _checked(read_rows(source, columns), source)
+    class_names = sorted({row.label for row in rows})
     has_splits = any(row.split for row in rows)
     splits, problems, where = collections.defaultdict(list), {}, {}
     for row in rows:
@@ -181,8 +188,6 @@ def table_dataset(data_dir, source, columns=Columns()) -> Dataset:
     if not splits:
         raise DataError(f"{describe(source)}: none of the {len(rows)} files it lists exists below {data_dir} "
                         f"(e.g. {_resolve(data_dir, rows[0].path)}); paths are relative to the data folder")
-    for path, reason in problems.items():
-        log.warning("skipped %s: %s", path, reason)
     return Dataset(data_dir, class_names, dict(splits), problems=problems, rows=where)
 
 
