@@ -73,9 +73,10 @@ def to_rgb_array(image, source, min_side=None):
         raise ImageError(source, f"corrupt or truncated image ({error})") from None
 
 
-def decode_image(data, source="image", max_pixels=DEFAULT_MAX_PIXELS):
-    """Decodes image bytes into upright RGB uint8 pixels (see `to_rgb_array`)."""
-    return to_rgb_array(open_image(data, source, max_pixels), source)
+def decode_image(data, source="image", max_pixels=DEFAULT_MAX_PIXELS, min_side=None):
+    """Decodes image bytes into upright RGB uint8 pixels (see `to_rgb_array`; `min_side`: shrunk
+    while decoding, as `decode_image_for_model` says)."""
+    return to_rgb_array(open_image(data, source, max_pixels), source, min_side)
 
 
 def read_file(path):
@@ -138,7 +139,7 @@ def decode_image_for_model(data, source, min_side, max_pixels=DEFAULT_MAX_PIXELS
     Raises:
         ImageError: naming the source and the problem.
     """
-    return to_rgb_array(open_image(data, source, max_pixels), source, min_side)
+    return decode_image(data, source, max_pixels, min_side)
 
 
 def load_image(path, max_pixels=DEFAULT_MAX_PIXELS, min_side=None):
@@ -153,8 +154,7 @@ def load_image(path, max_pixels=DEFAULT_MAX_PIXELS, min_side=None):
     Raises:
         ImageError: naming the file and the problem.
     """
-    source = os.fspath(path)
-    return to_rgb_array(open_image(read_file(path), source, max_pixels), source, min_side)
+    return decode_image(read_file(path), os.fspath(path), max_pixels, min_side)
 
 
 def describe_quirks(image, path):
