@@ -44,9 +44,9 @@ REPORT_MISTAKES = 100
 
 
 def compute_metrics(y_true, probabilities, class_names, threshold: float = 0.5) -> dict:
-    """Accuracy, balanced accuracy, per-class and averaged precision/recall/F1 and PR-AUC, top-k
-    accuracy (more than 3 classes), ROC-AUC, log-loss, ECE, the confusion matrix and its most
-    confused pairs, and warnings about classes too small to trust.
+    """Accuracy, balanced accuracy, per-class and averaged precision/recall/F1 and PR-AUC, the
+    smallest class and its recall, top-k accuracy (more than 3 classes), ROC-AUC, log-loss, ECE,
+    the confusion matrix and its most confused pairs, and warnings about classes too small to trust.
 
     Args:
         y_true: true class indices.
@@ -87,6 +87,12 @@ def compute_metrics(y_true, probabilities, class_names, threshold: float = 0.5) 
         "warnings": [f"class {name!r} has {count} test photos: its recall moves by {1 / count:.0%} per photo"
                      for name, count in zip(class_names, confusion.sum(axis=1)) if 0 < count < SMALL_CLASS],
     }
+    counts = confusion.sum(axis=1)
+    smallest = int(np.argmin(counts))
+    result["smallest_class"] = {"name": class_names[smallest], "photos": int(counts[smallest]),
+                                "recall": result["per_class"][class_names[smallest]]["recall"],
+                                # under half the photos of the mean class: accuracy hides it
+                                "unbalanced": bool(counts[smallest] * 2 < counts.mean())}
     if len(class_names) > min(TOP_K):
         result["top_k_accuracy"] = {str(k): float(skm.top_k_accuracy_score(y_true, probabilities, k=k, labels=labels))
                                     for k in TOP_K if k < len(class_names)}
@@ -144,10 +150,9 @@ def format_metrics(metrics: dict) -> str:
     errors = f"{metrics['errors']} error" + ("" if metrics["errors"] == 1 else "s")
     lines.append(f"accuracy {metrics['accuracy']:.4f} ({errors} in {metrics['images']} images)   "
                  f"balanced accuracy {metrics['balanced_accuracy']:.4f}")
-    smallest = min(names, key=lambda n: metrics["per_class"][n]["support"])
-    if metrics["per_class"][smallest]["support"] * 2 < metrics["images"] / len(names):  # unbalanced: say it plainly
-        lines.append(f"smallest class {smallest!r}: {metrics['per_class'][smallest]['support']} photos, recall "
-                     f"{metrics['per_class'][smallest]['recall']:.4f}")
+    smallest = metrics["smallest_class"]
+    if smallest["unbalanced"]:
+        lines.append(f"smallest class {smallest['name']!r}: {smallest['photos']} photos, recall {smallest['recall']:.4f}")
     if metrics.get("top_k_accuracy"):
         lines.append("   ".join(f"top-{k} accuracy {v:.4f}" for k, v in metrics["top_k_accuracy"].items()))
     auc = f"{metrics['roc_auc']:.4f}" if metrics["roc_auc"] is not None else "n/a"
@@ -494,7 +499,7 @@ def evaluate(classifier, data_dir, tta: bool = False, batch_size: int = INFERENC
     split = "test" if "test" in dataset.splits else "all"
     if split not in dataset.splits:
         raise data.DataError(f"{data_dir}: no test folder (or test rows), and not a folder of class folders")
-    for source in corrections:
+    for source in corrections:  # the evaluated photos count as test photos: relabelled, never excluded
         dataset.splits[split] = apply_corrections({"test": dataset.splits[split]}, dataset.class_names,
                                                   os.path.abspath(data_dir), source)["test"]
     unknown = sorted(set(dataset.class_names) - set(class_names))

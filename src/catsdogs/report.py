@@ -159,8 +159,8 @@ def plot_confusion(confusion, class_names, ax=None):
     """The confusion matrix (rows: true class, columns: predicted), each row normalised to the
     share of its class's photos, so that a small class reads as well as a large one.
 
-    Counts are written in the cells up to 12 classes; beyond, the colours carry the shares and
-    the cells stay legible (the most confused pairs are listed in metrics.json and the report).
+    The shares are written in the cells up to 12 classes; beyond, the colours carry them and the
+    cells stay legible (the most confused pairs are listed in metrics.json and the report).
     """
     from sklearn.metrics import ConfusionMatrixDisplay
 

@@ -338,25 +338,26 @@ def fit_open_set(prepared: Prepared, split_features, oof_logits, temperature):
                                 imagenet, config.open_set_keep, config.seed)
 
 
-def review_rows(class_names, threshold, temperature, splits):
+def review_rows(evaluation, train_and_val):
     """What `catsdogs review` lists: every photo's out-of-sample prediction and whether its label looks wrong.
 
     Training photos are judged by heads fitted without them (out of fold), validation and test
     photos by the head, which never saw them; cleanlab flags suspect labels within each split.
 
     Args:
-        splits: ((SplitFeatures, logits of its first view), ...) of train, val and test, in that order.
+        evaluation: the run's `Evaluation`: its test rows, and the temperature and threshold.
+        train_and_val: ((SplitFeatures, logits of its first view), ...) of train and val, in that order.
 
     Returns:
         dicts: `report.prediction_rows`' columns and "split".
     """
     rows = []
-    for name, (split, logits) in zip(("train", "val", "test"), splits):
-        probabilities = calibration.probabilities(logits, class_names, temperature)
+    for name, (split, logits) in zip(("train", "val"), train_and_val):
+        probabilities = calibration.probabilities(logits, evaluation.class_names, evaluation.temperature)
         rows += [{**row, "split": name} for row in report.prediction_rows(
-            split.paths, split.y, probabilities, predicted_classes(probabilities, threshold), class_names,
-            label_issues(split.y, probabilities))]
-    return rows
+            split.paths, split.y, probabilities, predicted_classes(probabilities, evaluation.threshold),
+            evaluation.class_names, label_issues(split.y, probabilities))]
+    return rows + [{**row, "split": "test"} for row in evaluation.rows]
 
 
 def new_run_dir(runs_dir, name):
@@ -500,8 +501,7 @@ def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:
         open_set=OpenSetResults(
             open_set.methods, open_set.threshold, open_set.keep, open_set.training_kept, scores["val"],
             scores["test"], *(unknown or (None, None))) if open_set else None)
-    review = review_rows(class_names, threshold, temperature,
-                         ((train, oof_logits), (val, val_logits[0]), (test, test_logits[0])))
+    review = review_rows(evaluation, ((train, oof_logits), (val, val_logits[0])))
     run = Run(config, classifier, evaluation, None, prepared.splits, history, review)
     if config.runs_dir is not None:
         run.run_dir = write(run, prepared)
