@@ -174,9 +174,9 @@ def _train(args):
 def _evaluate(args):
     from catsdogs.classifier import load
     from catsdogs.evaluation import default_output_dir, evaluate, format_metrics
+    from catsdogs.labels import Columns
 
-    columns = TrainConfig(data_dir="", path_column=args.path_column, label_column=args.label_column,
-                          split_column=args.split_column).label_columns()
+    columns = Columns(args.path_column, args.label_column, args.split_column)
     evaluation = evaluate(load(args.model), args.data, args.tta, args.batch_size, args.unknown_data, args.labels, columns)
     # Each file left out is named with its reason, so that the metrics' image count is explained.
     for skipped in evaluation.integrity["skipped"]:
