@@ -142,8 +142,13 @@ def lite0_server(lite0_run):
         yield url, app
 
 
+LISTENING = re.compile(r"running on (http://[^ ]+)")  # uvicorn's line
+REVIEW_ADDRESS = re.compile(r"open ((http://[^ /]+)/\?token=[^ ]+)")  # the address `catsdogs review` prints
+
+
 def start_server_command(*arguments, env=None):
-    """`catsdogs ARGUMENTS --port 0` (serve, review) in a subprocess, returned once it listens.
+    """`catsdogs ARGUMENTS --port 0` (serve, review) in a subprocess, returned once it listens (review:
+    once it has printed its address with the token, which `review_login` opens).
 
     Returns:
         (the `subprocess.Popen`, the URL it listens on, the lines it has printed so far).
@@ -151,18 +156,27 @@ def start_server_command(*arguments, env=None):
     command = [sys.executable, "-m", "catsdogs.cli", *map(str, arguments), "--port", "0"]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    ready = REVIEW_ADDRESS if arguments[0] == "review" else LISTENING
     deadline, lines, started = time.monotonic() + 180, [], None
     while time.monotonic() < deadline and not started:
         line = server.stdout.readline()
         if not line:
             break
         lines.append(line)
-        started = re.search(r"running on (http://[^ ]+)", line)
+        started = ready.search(line)
     if not started:
         server.kill()
         server.wait()
     assert started, "".join(lines)
-    return server, started.group(1), lines
+    return server, started.group(2 if ready is REVIEW_ADDRESS else 1), lines
+
+
+def review_login(client, lines):
+    """Opens the address that `catsdogs review` printed (`lines`), as a browser does: the cookie it
+    sets lets `client` (an httpx.Client) in from then on."""
+    address = REVIEW_ADDRESS.search("".join(lines)).group(1)
+    page = client.get(address, follow_redirects=True)
+    assert page.status_code == 200 and "token" not in str(page.url), (page.status_code, page.url)
 
 
 @pytest.fixture(scope="module")

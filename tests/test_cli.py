@@ -75,7 +75,8 @@ def test_serve_has_an_option_for_every_serve_setting_with_its_default_and_help(c
     for field in dataclasses.fields(ServeSettings):
         action = options[field.name]
         assert action.option_strings == [field.metadata["flag"]]
-        assert action.default == field.default and action.help == field.metadata["help"]
+        default = tuple(action.default) if field.type == tuple[str, ...] else action.default  # a repeated option
+        assert default == field.default and action.help == field.metadata["help"]
     assert options["header_timeout_s"].option_strings == ["--header-timeout"]  # the flags users know, kept
     assert options["header_timeout_s"].metavar == "HEADER_TIMEOUT"
     with pytest.raises(SystemExit):
@@ -99,9 +100,11 @@ def test_serve_settings_from_the_command_line(monkeypatch):
     monkeypatch.setenv("CATSDOGS_API_KEY", "from-env")
     assert cli.main(["serve", "runs/x", "--header-timeout", "3", "--max-images", "4"]) == 0
     assert cli.main(["serve", "runs/x", "--api-key", "given"]) == 0
+    assert cli.main(["serve", "runs/x", "--allowed-host", "a.lan", "--allowed-host", "B.lan"]) == 0
     assert given[0] == ServeSettings()
     assert given[1] == ServeSettings(header_timeout_s=3.0, max_images=4, api_key="from-env")
     assert given[2].api_key == "given"
+    assert given[3].allowed_hosts == ("a.lan", "b.lan")
 
 
 

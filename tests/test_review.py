@@ -19,10 +19,11 @@ from catsdogs import corrections
 from catsdogs.config import TrainConfig
 from catsdogs.corrections import Correction, append_decision, read_corrections
 from catsdogs.errors import DataError
-from conftest import ServerThread, link_photos, real_dataset, start_server_command
+from conftest import ServerThread, link_photos, real_dataset, review_login, start_server_command
 
 PLANTED = [f"training_set/training_set/dogs/cat.{number}.jpg" for number in (101, 102, 103)]  # cats among the dogs
 CLASSES = ["cats", "dogs"]
+TOKEN = "a-token-for-these-tests"
 OTHER = {"cats": "dogs", "dogs": "cats"}
 
 
@@ -57,7 +58,8 @@ def review_client(run_dir, explainer, corrections_file, mistakes=50):
     from catsdogs.review import read_run_photos
     from catsdogs.review.app import create_app
 
-    return TestClient(create_app(run_dir, read_run_photos(run_dir, mistakes), explainer, corrections_file))
+    app = create_app(run_dir, read_run_photos(run_dir, mistakes), explainer, corrections_file, TOKEN)
+    return TestClient(app, base_url="http://127.0.0.1", headers={"Authorization": f"Bearer {TOKEN}"})
 
 
 def expected_listing(rows, mistakes):
@@ -247,9 +249,10 @@ def test_a_run_without_review_csv_lists_its_test_mistakes_and_says_so(mislabelle
 def test_decisions_survive_a_kill_and_show_again_after_a_restart(mislabelled_run, tmp_path):
     run_dir, _ = mislabelled_run
     file = tmp_path / "corrections.csv"
-    server, url, _ = start_server_command("review", run_dir, "--corrections", file)
+    server, url, lines = start_server_command("review", run_dir, "--corrections", file)
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
+            review_login(client, lines)
             photos = client.get("/photos").json()["photos"]
             trainable = [p for p in photos if p["split"] != "test"]
             test_photo = next(p for p in photos if p["split"] == "test")
@@ -283,6 +286,7 @@ def test_decisions_survive_a_kill_and_show_again_after_a_restart(mislabelled_run
     try:
         assert any("ignoring its last line, torn" in line for line in lines), "".join(lines)
         with httpx.Client(base_url=url, timeout=60) as client:
+            review_login(client, lines)
             shown = client.get("/photos").json()["photos"]
             for index, decision in decisions.items():
                 assert (shown[index]["decision"], shown[index]["label"]) == (
@@ -312,9 +316,10 @@ def test_page_keeps_relabels_and_excludes_with_keys_and_clicks(browser, mislabel
     run_dir, _ = mislabelled_run
     file = tmp_path / "corrections.csv"
     photos = read_run_photos(run_dir).photos
-    with ServerThread(create_app(run_dir, read_run_photos(run_dir), explainer, file)) as url:
+    with ServerThread(create_app(run_dir, read_run_photos(run_dir), explainer, file, TOKEN)) as url:
         wait = WebDriverWait(browser, 60)
-        browser.get(url + "/")
+        browser.get(f"{url}/?token={TOKEN}")  # as printed at start-up: the cookie lets the page in
+        assert browser.current_url == f"{url}/"  # and the token is out of the address bar
         wait.until(lambda d: len(d.find_elements(By.CLASS_NAME, "review-item")) == len(photos))
         cards = browser.find_elements(By.CLASS_NAME, "review-item")
         keys = browser.find_element(By.ID, "keys").text

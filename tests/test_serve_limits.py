@@ -118,7 +118,7 @@ def test_connections_that_send_their_headers_slowly_are_closed(served, client):
     host, port = served[1].removeprefix("http://").split(":")
     idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(100)]  # never say anything
     slow = socket.create_connection((host, int(port)), timeout=10)
-    slow.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")
+    slow.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n")
     start, closed = time.monotonic(), False
     while time.monotonic() - start < HEADER_TIMEOUT + 5:
         try:
@@ -138,8 +138,9 @@ def test_connections_that_send_their_headers_slowly_are_closed(served, client):
 def test_a_body_that_stalls_gets_408(served):
     host, port = served[1].removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=BODY_TIMEOUT + 10) as connection:
-        connection.sendall(b"POST /v1/models/lite0:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                           b"Authorization: Bearer " + API_KEY.encode() + b"\r\nContent-Length: 1000\r\n\r\n{\"inst")
+        connection.sendall(b"POST /v1/models/lite0:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                           b"Content-Type: application/json\r\nAuthorization: Bearer " + API_KEY.encode()
+                           + b"\r\nContent-Length: 1000\r\n\r\n{\"inst")
         start = time.monotonic()
         answer = connection.recv(4096)
         head, _, body = answer.partition(b"\r\n\r\n")
@@ -189,7 +190,7 @@ def test_sigterm_exits_within_the_shutdown_timeout_while_a_client_stalls_mid_bod
     server, url, log_path = served
     host, port = url.removeprefix("http://").split(":")
     stalled = socket.create_connection((host, int(port)), timeout=30)
-    stalled.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    stalled.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
                     b"X-API-Key: " + API_KEY.encode() + b"\r\nContent-Length: 100000\r\n\r\n--b\r\n")
     silent = socket.create_connection((host, int(port)), timeout=30)
     time.sleep(0.5)

@@ -397,11 +397,18 @@ def _add_serve(commands):
     _add_runtime(p)
     # One option per setting, as ServeSettings declares it (flag, help); the destination is the field.
     for field in dataclasses.fields(ServeSettings):
-        flag = field.metadata["flag"]
-        p.add_argument(flag, dest=field.name, metavar=flag.lstrip("-").replace("-", "_").upper(),
-                       type=field.type if field.type in (int, float) else str, default=field.default,
-                       help=field.metadata["help"])
+        _add_setting(p, field)
     p.set_defaults(func=_serve)
+
+
+def _add_setting(p, field):
+    """The option of a `ServeSettings` field; a tuple is a repeatable option."""
+    flag = field.metadata["flag"]
+    kwargs = dict(type=field.type if field.type in (int, float) else str, default=field.default)
+    if field.type == tuple[str, ...]:
+        kwargs = dict(action="append", default=[])
+    p.add_argument(flag, dest=field.name, metavar=flag.lstrip("-").replace("-", "_").upper(),
+                   help=field.metadata["help"], **kwargs)
 
 
 def _review(args):
@@ -410,7 +417,7 @@ def _review(args):
     require("serve", "the review page")
     from catsdogs.review.app import review
 
-    review(args.run, args.corrections, args.mistakes, args.host, args.port)
+    review(args.run, args.corrections, args.mistakes, args.host, args.port, args.allowed_hosts)
 
 
 def _add_review(commands):
@@ -420,7 +427,8 @@ def _add_review(commands):
                     "(cleanlab, on out-of-sample predictions) and the most confident mistakes of every split, "
                     "each with its Grad-CAM. Keep, relabel or exclude each one with a click or a key; every "
                     "decision is saved at once to a corrections file, which `catsdogs train DATA --labels FILE` "
-                    "applies. Test photos can be relabelled but never excluded.")
+                    "applies. Test photos can be relabelled but never excluded. The page opens from the address "
+                    "printed at start-up, whose token lets the browser in.")
     p.add_argument("run", help="run directory (from catsdogs train)")
     p.add_argument("--corrections", metavar="FILE",
                    help="the corrections CSV to append decisions to; decisions already in it are shown "
@@ -430,6 +438,7 @@ def _add_review(commands):
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: %(default)s, this machine only)")
     p.add_argument("--port", type=int, default=8001, help="port (default: %(default)s; 0 picks a free one)")
+    _add_setting(p, next(field for field in dataclasses.fields(ServeSettings) if field.name == "allowed_hosts"))
     p.set_defaults(func=_review)
 
 

@@ -10,6 +10,7 @@ import dataclasses
 import io
 import logging
 import os
+import secrets
 import threading
 from typing import Literal
 
@@ -32,6 +33,7 @@ from catsdogs.serve import ServeSettings
 from catsdogs.serve.app import STATIC_DIR as SERVE_STATIC_DIR
 from catsdogs.serve.app import BodyLimit
 from catsdogs.serve.handlers import add_error_handlers
+from catsdogs.serve.security import ANY_ADDRESS, TOKEN_PARAMETER, markdown_text, protect
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +147,7 @@ def jpeg_bytes(pixels):
 INDEX_PATH = Path(ge=0, description="the photo's number in the list (GET /photos)")
 
 
-def create_app(run_dir, run_photos, explainer, corrections_file):
+def create_app(run_dir, run_photos, explainer, corrections_file, token, host="127.0.0.1", allowed_hosts=()):
     """The FastAPI application of the review page.
 
     Args:
@@ -153,6 +155,9 @@ def create_app(run_dir, run_photos, explainer, corrections_file):
         run_photos: its `review.RunPhotos`.
         explainer: the run's `explain.Explainer` (`catsdogs.load(run_dir, "keras").explainer()`).
         corrections_file: where decisions are appended; the decisions already there are shown.
+        token: the secret every request needs (`security.TokenGate`).
+        host: the address the server listens on: requests must name it, loopback or an allowed host.
+        allowed_hosts: more names it answers to, as `ServeSettings.allowed_hosts` holds them.
 
     Returns:
         a FastAPI app.
@@ -163,10 +168,13 @@ def create_app(run_dir, run_photos, explainer, corrections_file):
                           f"folder, or a read-only file)")
     review = Review(run_dir, run_photos, explainer, corrections_file)
     app = FastAPIOffline(title="catsdogs review", version=__version__,
-                         description=f"Review the labels of run `{review.run}`: keep, relabel or exclude each photo. "
+                         description=f"Review the labels of run {markdown_text(review.run)}: keep, relabel or "
+                                     "exclude each photo. Every route needs the token in the address that `catsdogs "
+                                     "review` printed: its cookie, `?token=TOKEN` or `Authorization: Bearer TOKEN`. "
                                      "Errors are JSON objects `{\"error\": \"...\"}`.")
     app.state.review = review
     app.add_middleware(BodyLimit, max_bytes=MAX_DECISION_BYTES, timeout_s=ServeSettings().body_timeout_s)
+    protect(app, host, allowed_hosts, token)
     app.mount("/static", StaticFiles(directory=SERVE_STATIC_DIR), name="static")  # the look of serve's page
     app.mount("/review", StaticFiles(directory=STATIC_DIR), name="review")
     add_error_handlers(app)
@@ -197,8 +205,9 @@ def create_app(run_dir, run_photos, explainer, corrections_file):
     return app
 
 
-def review(run_dir, corrections_file=None, mistakes=REVIEW_MISTAKES, host="127.0.0.1", port=8001):
-    """Serves the review page of a run with uvicorn until interrupted (SIGINT or SIGTERM).
+def review(run_dir, corrections_file=None, mistakes=REVIEW_MISTAKES, host="127.0.0.1", port=8001, allowed_hosts=()):
+    """Serves the review page of a run with uvicorn until interrupted (SIGINT or SIGTERM), and logs
+    its address with a new token, which lets in the browser that opens it.
 
     Args:
         run_dir: a run directory (`catsdogs train`).
@@ -206,22 +215,33 @@ def review(run_dir, corrections_file=None, mistakes=REVIEW_MISTAKES, host="127.0
         mistakes: how many of the most confident mistakes to list, besides the flagged photos.
         host: the address to listen on; the default is reachable from this machine only.
         port: 0 picks a free port (the log says which).
+        allowed_hosts: more host names the page answers to (--allowed-host), besides loopback and `host`.
     """
     from catsdogs.serve.server import LOOPBACK_HOSTS, Server, uvicorn_config
 
+    settings = ServeSettings(allowed_hosts=allowed_hosts)  # checks the names
     corrections_file = corrections_file or os.path.join(run_dir, corrections.DEFAULT_FILE)
     run_photos = read_run_photos(run_dir, mistakes)  # before the model loads: its errors come in seconds
     if os.path.exists(corrections_file):  # likewise a file that is not a corrections file
         corrections.read_corrections(corrections_file)
-    app = create_app(run_dir, run_photos, load(run_dir, "keras").explainer(), corrections_file)
+    token = secrets.token_urlsafe(32)
+    app = create_app(run_dir, run_photos, load(run_dir, "keras").explainer(), corrections_file, token, host,
+                     settings.allowed_hosts)
     if host not in LOOPBACK_HOSTS:
-        log.warning("listening on %s: anyone who can reach this machine can see the run's photos and change its "
-                    "corrections", host)
+        log.warning("listening on %s: anyone who can reach this machine and has the address printed below (its "
+                    "token) can see the run's photos and change its corrections; the token travels in clear over "
+                    "plain HTTP", host)
     if run_photos.note:
         log.warning("%s", run_photos.note)
     log.info("reviewing %d photos of %s; decisions are saved to %s", len(run_photos.photos), run_dir,
              corrections_file)
+    shown_host = "127.0.0.1" if host in ANY_ADDRESS else f"[{host}]" if ":" in host else host
+
+    def show_address(port):
+        log.info("review page: open http://%s:%d/?%s=%s (the token lets the browser in; keep it to yourself)",
+                 shown_host, port, TOKEN_PARAMETER, token)
+
     try:
-        Server(uvicorn_config(app, host, port, ServeSettings())).run()
+        Server(uvicorn_config(app, host, port, settings), on_listening=show_address).run()
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it has handled, once it has shut down
         pass

@@ -5,11 +5,14 @@ imports none of them, so that `extras.require` can say what is missing.
 """
 
 import dataclasses
+import ipaddress
+import re
 
 from catsdogs.errors import ConfigError
 from catsdogs.images import DEFAULT_MAX_PIXELS
 
 API_KEY_ENV = "CATSDOGS_API_KEY"
+HOST_NAME = re.compile(r"[a-z0-9_.-]+")  # a DNS name as a Host header carries it (IDNs in punycode)
 
 
 def _option(default, flag, help, **kwargs):
@@ -65,13 +68,45 @@ class ServeSettings:
                                   f"require this key on the API (Authorization: Bearer KEY or X-API-Key: KEY); "
                                   f"default: ${API_KEY_ENV} if set, else none (the variable keeps it out of `ps`). "
                                   f"Use it whenever --host is not loopback", repr=False)
+    allowed_hosts: tuple[str, ...] = _option(
+        (), "--allowed-host", "also answer requests addressed to this host name (repeat the option for more). "
+        "Only 127.0.0.1, localhost, [::1] and the --host address are answered by default, so that no web page can "
+        "reach the server under a DNS name of its own (DNS rebinding); with --host 0.0.0.0 or ::, any IP address "
+        "of the machine is answered as well, names only when allowed here")
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
-            if field.name == "api_key":
+            if field.type not in (int, float):
                 continue
             minimum = 0 if field.name == "max_wait_ms" else 1
             if getattr(self, field.name) < minimum:
                 raise ConfigError(f"{field.name} must be at least {minimum}, got {getattr(self, field.name)}")
         if self.api_key is not None and not self.api_key.strip():
             raise ConfigError("api_key must not be empty (leave it unset to serve without authentication)")
+        # HTTP headers carry latin-1 at best, and clients encode other characters each their own way:
+        # such a key could never match. The key itself stays out of the message.
+        if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable()
+                                             and self.api_key == self.api_key.strip()):
+            raise ConfigError("api_key must be printable ASCII, without spaces at its ends (it travels in an HTTP "
+                              "header); make one with: python -c 'import secrets; print(secrets.token_urlsafe(24))'")
+        self.allowed_hosts = tuple(allowed_host(name) for name in self.allowed_hosts)
+
+
+def allowed_host(name):
+    """A host name or IP address given to --allowed-host, as a Host header carries it: lowercase,
+    an IPv6 address without its brackets.
+
+    Raises:
+        ConfigError: anything else (a URL, a port, a wildcard).
+    """
+    host = name.strip().lower()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if not HOST_NAME.fullmatch(host):
+        raise ConfigError(f"allowed host {name!r}: expected a host name or an IP address, without scheme, port or "
+                          f"path (e.g. myhost.lan)")
+    return host

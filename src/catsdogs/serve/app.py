@@ -44,6 +44,7 @@ from catsdogs.pixels import prepare
 from catsdogs.serve import ServeSettings
 from catsdogs.serve.batcher import MicroBatcher
 from catsdogs.serve.handlers import add_error_handlers, describe_validation_error
+from catsdogs.serve.security import markdown_text, protect
 
 log = logging.getLogger(__name__)
 
@@ -616,7 +617,7 @@ def _add_predict_routes(app, service, auth):
             return PredictResponse(predictions=await service.predict_images(images, heatmap, reject, reject_threshold))
 
 
-def create_app(classifier, name="model", metrics=None, settings=None):
+def create_app(classifier, name="model", metrics=None, settings=None, host="127.0.0.1"):
     """The FastAPI application serving one catsdogs model.
 
     Args:
@@ -624,6 +625,8 @@ def create_app(classifier, name="model", metrics=None, settings=None):
         name: the model's name in TensorFlow Serving's URLs (/v1/models/NAME).
         metrics: test metrics to report with the model, if any.
         settings: `ServeSettings`; with an `api_key`, the model's routes require it.
+        host: the address the server listens on: requests must name it, loopback or an allowed host
+            (`security.protect`).
 
     Returns:
         a FastAPI app; `app.state.batcher` is its `MicroBatcher`.
@@ -639,13 +642,16 @@ def create_app(classifier, name="model", metrics=None, settings=None):
         await service.batcher.stop()
         service.decoder.shutdown(wait=False, cancel_futures=True)
 
-    info = service.info
+    # The schema is open even with an API key, so it names the model and nothing more of it
+    # (README, "Authentication"); /redoc renders the description as HTML: the name is escaped.
     app = FastAPIOffline(
         title="catsdogs", version=__version__, lifespan=lifespan,
-        description=f"Serves the image classifier `{name}` ({info.backbone}, classes {', '.join(info.class_names)}). "
-                    "Errors are JSON objects `{\"error\": \"...\"}`.")
+        description=f"Serves the image classifier {markdown_text(name)}: its classes, backbone and test metrics are "
+                    "at `GET /v1/models/{model_name}` (which needs the API key when the server has one). Errors are "
+                    "JSON objects `{\"error\": \"...\"}`.")
     app.state.batcher = service.batcher
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes, timeout_s=settings.body_timeout_s)
+    protect(app, host, settings.allowed_hosts)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     auth = {"dependencies": [], "statuses": []}
     if settings.api_key:
@@ -680,7 +686,7 @@ def serve(run_or_model, host="127.0.0.1", port=8000, settings=None, name=None, r
 
     settings = settings or ServeSettings()
     classifier, default_name, metrics = load_served_model(run_or_model, runtime)
-    app = create_app(classifier, name or default_name, metrics, settings)
+    app = create_app(classifier, name or default_name, metrics, settings, host)
     _warn_if_exposed(host, settings)
     log.info("serving %s: web page at /, API documentation at /docs%s", name or default_name,
              " (API key required)" if settings.api_key else "")

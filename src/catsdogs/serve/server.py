@@ -64,7 +64,20 @@ class HeaderTimeoutProtocol(H11Protocol):
 
 class Server(uvicorn.Server):
     """uvicorn's server, where a second SIGTERM forces the exit (uvicorn forces it on a second
-    SIGINT only), as the graceful-shutdown timeout does in any case."""
+    SIGINT only), as the graceful-shutdown timeout does in any case, and which says when it listens."""
+
+    def __init__(self, config, on_listening=None):
+        """Args:
+            config: `uvicorn_config`.
+            on_listening: called with the port once the server listens, e.g. to log an address.
+        """
+        super().__init__(config)
+        self.on_listening = on_listening
+
+    async def startup(self, sockets=None):
+        await super().startup(sockets)
+        if self.started and self.on_listening:  # not started: uvicorn has said why
+            self.on_listening(self.servers[0].sockets[0].getsockname()[1])
 
     def handle_exit(self, sig, frame):
         if self.should_exit and sig == signal.SIGTERM:

@@ -75,6 +75,14 @@ function neither(classes) {
   return classes.length === 2 ? `Neither ${one(classes[0])} nor ${one(classes[1])}` : `None of: ${classes.join(", ")}`;
 }
 
+// A <span> of a class, holding text (class names are text, never HTML).
+function span(className, text = "") {
+  const element = document.createElement("span");
+  element.className = className;
+  element.textContent = text;
+  return element;
+}
+
 function showPrediction(card, prediction) {
   card.dataset.state = "done";
   card.dataset.label = prediction.label;
@@ -94,10 +102,11 @@ function showPrediction(card, prediction) {
   for (const [name, probability] of Object.entries(prediction.probabilities)) {
     const row = document.createElement("div");
     row.className = name === prediction.label ? "bar-row predicted" : "bar-row";
-    row.innerHTML = '<span class="class"></span><span class="bar"><span></span></span><span class="value"></span>';
-    row.querySelector(".class").textContent = name;
-    row.querySelector(".bar span").style.width = percent(probability);
-    row.querySelector(".value").textContent = percent(probability);
+    const fill = document.createElement("span");
+    fill.style.width = percent(probability);
+    const bar = span("bar");
+    bar.append(fill);
+    row.append(span("class", name), bar, span("value", percent(probability)));
     bars.append(row);
   }
   if (!prediction.heatmap_png) {
