@@ -245,6 +245,7 @@ ERRORS = {status: {"model": ErrorResponse, "description": description} for statu
     (413, "request body, image count or the images' total pixels over the limit"),
     (415, "wrong content type"),
     (422, "a file that is not a usable image: not an image, truncated, too many pixels"),
+    (503, "the server is busy: no request slot came free within the body timeout; try again"),
 )}
 
 
@@ -642,7 +643,7 @@ def _add_predict_routes(app, service, auth):
                                                           "(higher rejects more)")
     tf_serving = dict(
         response_model=PredictResponse, response_model_exclude_none=True, dependencies=auth["dependencies"],
-        responses=_responses(400, 404, 408, 413, 415, 422, *auth["statuses"]),
+        responses=_responses(400, 404, 408, 413, 415, 422, 503, *auth["statuses"]),
         openapi_extra={"requestBody": {"required": True,
                                        "content": {"application/json": {"schema": _request_schema(settings)}}}})
 
@@ -668,7 +669,7 @@ def _add_predict_routes(app, service, auth):
         return await tf_serving_predict(request, heatmap, reject, reject_threshold)
 
     @app.post("/predict", response_model=PredictResponse, response_model_exclude_none=True,
-              responses=_responses(400, 408, 413, 415, 422, *auth["statuses"]),
+              responses=_responses(400, 408, 413, 415, 422, 503, *auth["statuses"]),
               summary="Predict uploaded images (multipart/form-data, field 'files')",
               dependencies=[Depends(_require_multipart), *auth["dependencies"]],
               openapi_extra={"requestBody": {"required": True,
