@@ -22,7 +22,6 @@ import json
 import math
 import socket
 import sys
-import threading
 import time
 
 import httpx
@@ -36,28 +35,10 @@ from catsdogs.serve import ServeSettings
 
 sys.path.insert(0, str(ROOT / "tests"))
 from corpus import large_png, tiny_instances_json  # noqa: E402  (the tests' hostile inputs)
+from health_watch import HealthWatch  # noqa: E402
 
 CONCURRENCY = 8
 SLOW_HEALTH_S = 0.5
-
-
-class HealthWatch(threading.Thread):
-    """Asks /healthz every 100 ms on a new connection (as a new client would) until stopped;
-    `slowest` is the longest wait for an answer in seconds, `statuses` counts the answers."""
-
-    def __init__(self, url):
-        super().__init__(daemon=True)
-        self.url, self.slowest, self.statuses, self.stop = url, 0.0, {}, threading.Event()
-
-    def run(self):
-        while not self.stop.wait(0.1):
-            start = time.perf_counter()
-            try:
-                status = str(httpx.get(f"{self.url}/healthz", timeout=120).status_code)
-            except httpx.HTTPError as error:
-                status = type(error).__name__
-            self.slowest = max(self.slowest, time.perf_counter() - start)
-            self.statuses[status] = self.statuses.get(status, 0) + 1
 
 
 class Measurement:
