@@ -45,14 +45,14 @@ def stated_worst_case_bytes():
 
 
 class RssSampler(threading.Thread):
-    """Samples a process' RSS every 20 ms; `peak` is the largest seen."""
+    """Samples a process' RSS every `interval` seconds; `peak` is the largest seen."""
 
-    def __init__(self, pid):
+    def __init__(self, pid, interval=0.02):
         super().__init__(daemon=True)
-        self.pid, self.peak, self.stop = pid, 0, threading.Event()
+        self.pid, self.interval, self.peak, self.stop = pid, interval, 0, threading.Event()
 
     def run(self):
-        while not self.stop.wait(0.02):
+        while not self.stop.wait(self.interval):
             self.peak = max(self.peak, rss_bytes(self.pid))
 
 

@@ -19,6 +19,7 @@ from catsdogs.errors import ImageError
 from catsdogs.images import load_image
 from catsdogs.serve.app import Job, Predictor, Result
 from conftest import gradient, image_bytes, photo, serve_command
+from corpus import tiny_instances_json
 
 CAT, DOG = ("test", "cats", 4200), ("test", "dogs", 4200)
 
@@ -176,6 +177,9 @@ BAD_REQUESTS = {
     "malformed json": ("/v1/models/lite0:predict", {"content": b'{"instances": [', "headers": {"Content-Type": "application/json"}}, 400, "malformed JSON"),
     "malformed base64": ("/v1/models/lite0:predict", {"json": {"instances": [{"b64": "not base64!"}]}}, 400, "instances[0].b64: not valid base64"),
     "instance without b64": ("/v1/models/lite0:predict", {"json": {"instances": [{"image": "x"}]}}, 400, "instances[0].b64: Field required"),
+    "more than b64 in an instance": ("/v1/models/lite0:predict", {"json": {"instances": [{"b64": "AAAA", "key": 1}]}}, 400, "instances[0].key: Extra inputs are not permitted"),
+    "too many instances": ("/v1/models/lite0:predict", {"json": instances(*[b"x"] * 5)}, 413, "5 images in one request; the limit is 4"),
+    "many tiny instances": ("/v1/models/lite0:predict", {"content": tiny_instances_json(1_900_000), "headers": {"Content-Type": "application/json"}}, 413, "send at most 4 instances"),
     "instances not a list": ("/v1/models/lite0:predict", {"json": {"instances": "abc"}}, 400, "instances: Input should be a valid array"),
     "unknown signature": ("/v1/models/lite0:predict", {"json": {**instances(b"x"), "signature_name": "other"}}, 400, "unknown signature_name 'other'"),
     "malformed multipart": ("/predict", {"content": b"garbage", "headers": {"Content-Type": "multipart/form-data; boundary=xyz"}}, 400, "multipart"),

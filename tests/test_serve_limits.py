@@ -1,6 +1,7 @@
 """`catsdogs serve` as a real process under hostile load: memory, slow clients, shutdown, auth,
 and the bad-input corpus (issue 12). Everything stays on 127.0.0.1 and is bounded in time."""
 
+import base64
 import concurrent.futures
 import os
 import re
@@ -16,7 +17,8 @@ import pytest
 from catsdogs.serve import ServeSettings
 from catsdogs.serve.app import _warn_if_exposed
 from conftest import ROOT, photo
-from corpus import build_corpus, large_png
+from corpus import build_corpus, large_png, tiny_instances_json
+from health_watch import HealthWatch
 
 API_KEY = "test-key-0123"
 HEADER_TIMEOUT, BODY_TIMEOUT, SHUTDOWN_TIMEOUT = 2, 8, 2
@@ -65,6 +67,21 @@ def client(served):
 def rss_bytes(pid, field="VmRSS"):
     with open(f"/proc/{pid}/status") as f:
         return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1)) * 1024
+
+
+def reset_peak_rss(pid):
+    """Resets the kernel's peak RSS of a process (VmHWM) to its current RSS; returns that."""
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+    return rss_bytes(pid)
+
+
+def read_until_closed(connection):
+    """Everything a socket receives until the server closes it (a timeout if it never does)."""
+    answer = b""
+    while chunk := connection.recv(65536):
+        answer += chunk
+    return answer
 
 
 def stated_worst_case_bytes():
@@ -135,22 +152,77 @@ def test_connections_that_send_their_headers_slowly_are_closed(served, client):
     assert client.get("/healthz").status_code == 200
 
 
-def test_a_body_that_stalls_gets_408(served):
+def test_a_body_that_stalls_gets_408_and_its_connection_is_closed(served):
     host, port = served[1].removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=BODY_TIMEOUT + 10) as connection:
         connection.sendall(b"POST /v1/models/lite0:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                            b"Content-Type: application/json\r\nAuthorization: Bearer " + API_KEY.encode()
                            + b"\r\nContent-Length: 1000\r\n\r\n{\"inst")
         start = time.monotonic()
-        answer = connection.recv(4096)
-        head, _, body = answer.partition(b"\r\n\r\n")
-        length = int(re.search(rb"content-length: (\d+)", head, re.IGNORECASE).group(1))
-        while len(body) < length:  # headers and body may come in separate segments
-            body += connection.recv(4096)
-        answer = head + b"\r\n\r\n" + body
+        answer = read_until_closed(connection)
     assert answer.startswith(b"HTTP/1.1 408"), answer
     assert b"request body not received within 8 s" in answer
     assert time.monotonic() - start < BODY_TIMEOUT + 3
+
+
+def test_requests_whose_body_never_comes_hold_nobody_past_the_body_timeout(served):
+    # Issue 23: 63 connections (the 64th is the last the server admits) send their headers and no
+    # body. Waiting for a request slot counts against the body timeout, so all of them are answered
+    # and closed within it, and a real request gets through then (before: one wave of 8 per timeout).
+    host, port = served[1].removeprefix("http://").split(":")
+    head = (b"POST /v1/models/lite0:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + API_KEY.encode() + b"\r\nContent-Length: 1000\r\n\r\n")
+    stalled = [socket.create_connection((host, int(port)), timeout=BODY_TIMEOUT + 10) for _ in range(63)]
+    for connection in stalled:
+        connection.sendall(head)
+    start = time.monotonic()
+    files = {"files": ("cat.jpg", photo("test", "cats", 4001).read_bytes())}
+    while True:  # over the connection limit, a request gets 503 at once: try again, as a client would
+        response = httpx.post(f"{served[1]}/predict", files=files, headers={"X-API-Key": API_KEY}, timeout=60)
+        if response.status_code != 503 or time.monotonic() - start > BODY_TIMEOUT + 5:
+            break
+        time.sleep(0.25)
+    assert response.status_code == 200, response.text
+    assert time.monotonic() - start < BODY_TIMEOUT + 2
+    for connection in stalled:
+        answer = read_until_closed(connection)
+        assert answer.startswith((b"HTTP/1.1 408", b"HTTP/1.1 503")), answer
+        connection.close()
+    assert time.monotonic() - start < BODY_TIMEOUT + 3
+
+
+def test_millions_of_tiny_json_instances_are_refused_before_they_are_parsed(served, client):
+    # Issue 23: parsed first, 2 million {"b64": "AAAA"} took 1.7 GB and the event loop for 5-11 s.
+    server, url, _ = served
+    body = tiny_instances_json(31 * 2**20)
+    before = reset_peak_rss(server.pid)
+    with HealthWatch(url) as health:
+        response = client.post("/v1/models/lite0:predict", content=body, headers={"Content-Type": "application/json"})
+        time.sleep(0.2)
+    assert response.status_code == 413, response.text
+    assert "send at most 32 instances" in response.json()["error"]
+    assert rss_bytes(server.pid, "VmHWM") - before < 3 * len(body)  # README: 3 x the body per active request
+    assert set(health.statuses) == {"200"}
+    assert health.slowest < 0.5
+
+
+def test_eight_concurrent_bodies_of_tiny_instances_stay_inside_the_stated_bound(served, client):
+    server, url, _ = served
+    body = tiny_instances_json(31 * 2**20)
+
+    def one(_):
+        return client.post("/v1/models/lite0:predict", content=body, headers={"Content-Type": "application/json"})
+
+    before = reset_peak_rss(server.pid)
+    with HealthWatch(url) as health, concurrent.futures.ThreadPoolExecutor(8) as pool:
+        statuses = [response.status_code for response in pool.map(one, range(8))]
+    peak = rss_bytes(server.pid, "VmHWM")
+    print(f"8 x {len(body) / 2**20:.0f} MiB of tiny instances: RSS before {before / 1e9:.2f} GB, peak "
+          f"{peak / 1e9:.2f} GB; slowest /healthz {health.slowest * 1000:.0f} ms")
+    assert statuses == [413] * 8
+    assert peak - before < 8 * 3 * len(body)
+    assert peak < stated_worst_case_bytes()
+    assert health.slowest < 0.5
 
 
 def test_a_burst_of_large_pngs_stays_under_the_stated_worst_case_and_memory_is_returned(served, client):
@@ -158,9 +230,13 @@ def test_a_burst_of_large_pngs_stays_under_the_stated_worst_case_and_memory_is_r
     large = large_png(7000)  # 49 MP in under a megabyte: only the pixel limits stop it
     assert len(large) < 1_000_000
     files = [("files", ("large-1.png", large)), ("files", ("large-2.png", large))]  # 98 MP: under 100 MP a request
+    instances = {"instances": [{"b64": base64.b64encode(large).decode()}] * 2}
 
-    def one(i):
-        return client.post("/predict", params={"heatmap": str(i % 2 == 0).lower()}, files=files).status_code
+    def one(i):  # half of them to each route, half with heatmaps
+        params = {"heatmap": str(i % 4 < 2).lower()}
+        if i % 2:
+            return client.post("/v1/models/lite0:predict", params=params, json=instances).status_code
+        return client.post("/predict", params=params, files=files).status_code
 
     def burst():
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -168,11 +244,10 @@ def test_a_burst_of_large_pngs_stays_under_the_stated_worst_case_and_memory_is_r
 
     burst()  # once, so that "before" is the server's working state (TensorFlow's buffers for batches of 16)
     time.sleep(1)
-    before = rss_bytes(server.pid)
-    with open(f"/proc/{server.pid}/clear_refs", "w") as f:
-        f.write("5")  # resets the peak (VmHWM) to the current RSS
+    before = reset_peak_rss(server.pid)
     start = time.monotonic()
-    statuses = burst()
+    with HealthWatch(served[1]) as health:
+        statuses = burst()
     over_budget = client.post("/predict", files=files + files[:1])  # 147 MP: over the request's budget
     assert statuses == [200] * 8
     assert over_budget.status_code == 413 and "the limit is 100000000" in over_budget.json()["error"]
@@ -180,8 +255,9 @@ def test_a_burst_of_large_pngs_stays_under_the_stated_worst_case_and_memory_is_r
     time.sleep(1)
     after = rss_bytes(server.pid)
     print(f"16 decodes of 7000x7000 in {time.monotonic() - start:.1f} s; RSS before {before / 1e9:.2f} GB, "
-          f"peak {peak / 1e9:.2f} GB, after {after / 1e9:.2f} GB")
+          f"peak {peak / 1e9:.2f} GB, after {after / 1e9:.2f} GB; slowest /healthz {health.slowest * 1000:.0f} ms")
     assert peak < stated_worst_case_bytes()
+    assert health.slowest < 0.5
     assert after < 1.10 * before
 
 

@@ -52,13 +52,14 @@ class ServeSettings:
     max_decodes: int = _option(2, "--max-decodes",
                                "most images decoded at once, across requests (default: %(default)s)")
     max_active_requests: int = _option(8, "--max-active-requests", "most prediction requests reading or holding "
-                                       "their body at once; others wait (default: %(default)s)")
+                                       "their body at once; others wait, within --body-timeout (default: %(default)s)")
     max_connections: int = _option(64, "--max-connections",
                                    "most open connections; requests beyond get 503 (default: %(default)s)")
     header_timeout_s: float = _option(10.0, "--header-timeout", "seconds for a request's headers to arrive before "
                                       "the connection is closed (default: %(default)s)")
-    body_timeout_s: float = _option(60.0, "--body-timeout",
-                                    "seconds for a request's body to arrive, else 408 (default: %(default)s)")
+    body_timeout_s: float = _option(60.0, "--body-timeout", "seconds from a request's headers to the end of its "
+                                    "body, waiting for a request slot included, else 408 (503 if no slot came free) "
+                                    "(default: %(default)s)")
     keep_alive_s: float = _option(5.0, "--keep-alive",
                                   "seconds an idle connection stays open between requests (default: %(default)s)")
     shutdown_timeout_s: float = _option(10.0, "--shutdown-timeout", "on SIGTERM or Ctrl-C, seconds to let requests "

@@ -6,7 +6,8 @@ shape TensorFlow Serving uses, with a 4xx status for anything the client can fix
 
 Memory is bounded by design (README, "Serving"): at most `max_active_requests` requests hold a
 body, at most `max_decodes` images are decoded at once, each near the model's input size, and
-the pixels of one request are budgeted from the images' headers before any is decoded.
+the pixels of one request are budgeted from the images' headers before any is decoded. A JSON
+body's structure is counted before it is parsed, and its images before they are decoded.
 """
 
 import asyncio
@@ -28,7 +29,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import APIKeyHeader, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import Headers, UploadFile
@@ -58,6 +59,8 @@ PREDICT_HINTS = {"/v1/models/{model_name}:predict": f"expected JSON like {JSON_E
 MODEL_VERSION = 1  # TF Serving's URLs name versions; a catsdogs server has one
 # Decodes of at least this many pixels hand their freed memory back to the system afterwards.
 TRIM_AFTER_PIXELS = 4_000_000
+# Sent with answers given before the request's body was read: the connection is freed at once.
+CLOSE_CONNECTION = {"Connection": "close"}
 
 
 class ModelNameConvertor(Convertor):
@@ -136,12 +139,18 @@ class Predictor:
         self([Job(np.zeros((8, 8, 3), np.uint8), self.explainer is not None, "warm-up")])
 
 
+# Fields beyond these are refused: they would cost a parse and mean nothing (TF Serving reads an
+# object with more keys than "b64" as named inputs, not as an image).
 class B64Image(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     b64: str = Field(description="an image file (JPEG, PNG, WEBP, GIF, BMP, TIFF), base64-encoded")
 
 
 class PredictRequest(BaseModel):
     """TensorFlow Serving's REST predict request, row format."""
+
+    model_config = ConfigDict(extra="forbid")
 
     instances: list[B64Image] = Field(description="the images")
     signature_name: str = Field("serving_default", description="accepted for compatibility; one signature")
@@ -237,6 +246,7 @@ ERRORS = {status: {"model": ErrorResponse, "description": description} for statu
     (413, "request body, image count or the images' total pixels over the limit"),
     (415, "wrong content type"),
     (422, "a file that is not a usable image: not an image, truncated, too many pixels"),
+    (503, "the server is busy: no request slot came free within the body timeout; try again"),
 )}
 
 
@@ -284,8 +294,10 @@ class BodyLimit:
 
     A declared Content-Length over the limit is refused before the body is read; a body sent
     without one (chunked) is counted as it arrives. (Starlette's own limit answers in plain text.)
-    The time limit runs from the app's first read of the body to its last part, so a client that
-    stalls mid-body frees its request (and its slot) after `timeout_s`.
+    The time limit runs from the request's arrival (its headers in) to the body's last part, so
+    that waiting for a request slot counts against it (`request.state.body_deadline`, in the
+    event loop's clock) and a client that never sends its body, or stalls in it, frees its
+    request, its slot and its connection after `timeout_s`.
     """
 
     def __init__(self, app, max_bytes, timeout_s):
@@ -301,17 +313,19 @@ class BodyLimit:
         if declared.isdigit() and int(declared) > self.max_bytes:
             return await JSONResponse({"error": message}, 413)(scope, receive, send)
         loop = asyncio.get_running_loop()
-        received, deadline, complete = 0, None, False
+        deadline = loop.time() + self.timeout_s
+        scope.setdefault("state", {})["body_deadline"] = deadline
+        received, complete = 0, False
 
         async def guarded_receive():
-            nonlocal received, deadline, complete
+            nonlocal received, complete
             if complete:  # after the body, receive() only waits for a disconnect: no deadline
                 return await receive()
-            deadline = deadline or loop.time() + self.timeout_s
             try:
                 event = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
             except asyncio.TimeoutError:
-                raise HTTPException(408, f"request body not received within {self.timeout_s:g} s") from None
+                raise HTTPException(408, f"request body not received within {self.timeout_s:g} s",
+                                    headers=CLOSE_CONNECTION) from None
             received += len(event.get("body", b""))
             complete = not event.get("more_body", False)
             if received > self.max_bytes:
@@ -398,6 +412,25 @@ class Service:
         if version is not None and version != MODEL_VERSION:
             raise HTTPException(404, f"version {version} of model {self.name!r} not found; it has version {MODEL_VERSION}")
 
+    @contextlib.asynccontextmanager
+    async def request_slot(self, request):
+        """Holds one of the `max_active_requests` slots of the requests that read or hold a body.
+
+        Waiting for one counts against the request's body deadline (`BodyLimit`): a request that
+        gets none by then is answered 503 and its connection closed, so that clients who never
+        send their body cannot keep the others waiting beyond it.
+        """
+        try:
+            async with asyncio.timeout_at(request.state.body_deadline):
+                await self.request_slots.acquire()
+        except TimeoutError:
+            raise HTTPException(503, f"server busy: no request slot came free within "
+                                     f"{self.settings.body_timeout_s:g} s; try again", headers=CLOSE_CONNECTION) from None
+        try:
+            yield
+        finally:
+            self.request_slots.release()
+
     def measure(self, images):
         """Checks every image's header and the request's pixel budget, before anything is decoded.
 
@@ -437,8 +470,6 @@ class Service:
             raise HTTPException(400, f"heatmap=true needs the Keras model (Grad-CAM opens it at its last "
                                      f"convolutional block), and this server runs a {self.runtime} export: ask "
                                      f"without heatmap, or serve the run directory or its .keras file")
-        if len(images) > self.settings.max_images:
-            raise HTTPException(413, f"{len(images)} images in one request; the limit is {self.settings.max_images}")
         pixels = await run_in_threadpool(self.measure, images)
 
         loop = asyncio.get_running_loop()
@@ -462,15 +493,47 @@ class Service:
         return predictions
 
 
-async def _read_instances(request):
+def _check_image_count(count, max_images):
+    if count > max_images:
+        raise HTTPException(413, f"{count} images in one request; the limit is {max_images}")
+
+
+def _max_json_tokens(max_images):
+    """The most separators and brackets (`,` `:` `[` `{`) a predict request of `max_images` images may hold.
+
+    Every JSON value or key but the first follows one of them, so their count bounds what a parse
+    builds. A valid request holds 3 per image and 4 more; the margin lets a request of up to a
+    third more images be parsed, to be told how many it holds.
+    """
+    return 4 * max_images + 4
+
+
+async def _read_instances(request, max_images):
     """The images of a TF Serving predict request: list of (bytes, "instances[i]")."""
     # TF Serving reads the body as JSON whatever its content type; so do we for the types its
     # clients send: JSON, none, and curl -d's default (x-www-form-urlencoded).
     if _media_type(request) not in ("application/json", "application/x-www-form-urlencoded", ""):
         raise HTTPException(415, f"expected Content-Type application/json, got {_media_type(request)}")
     body = await request.body()
-    if not body.strip():
+    # In a worker thread, so that the event loop goes on answering: a parse or a decode of a
+    # body of 32 MiB holds the interpreter for tens of milliseconds at a time.
+    return await run_in_threadpool(_parse_instances, body, max_images)
+
+
+def _parse_instances(body, max_images):
+    """Parses and decodes the body of a TF Serving predict request: list of (bytes, "instances[i]").
+
+    Its JSON structure is counted before it is parsed (a body of millions of tiny instances is
+    refused for the cost of a scan), and the instances before any is decoded. While it is parsed,
+    a body of n bytes costs at most 3n: itself, pydantic's copy of its strings, the strings.
+    """
+    if not body or body.isspace():
         raise HTTPException(400, "empty request body")
+    tokens = sum(body.count(char) for char in b",:[{")
+    if tokens > _max_json_tokens(max_images):
+        raise HTTPException(413, f"the request's JSON has {tokens} separators and brackets, more than "
+                                 f"{max_images} images need ({_max_json_tokens(max_images)}): send at most "
+                                 f"{max_images} instances")
     try:
         parsed = PredictRequest.model_validate_json(body)
     except ValidationError as error:
@@ -479,6 +542,7 @@ async def _read_instances(request):
         raise HTTPException(400, "no instances")
     if parsed.signature_name != "serving_default":
         raise HTTPException(400, f"unknown signature_name {parsed.signature_name!r}; the model has 'serving_default'")
+    _check_image_count(len(parsed.instances), max_images)
     images = []
     for i, instance in enumerate(parsed.instances):
         if not instance.b64:
@@ -513,6 +577,7 @@ async def _read_uploads(request, max_images):
         unexpected = sorted(set(form.keys()) - {"files"})
         if unexpected:
             raise HTTPException(400, f"unexpected field {unexpected[0]!r}")
+        _check_image_count(len(files), max_images)
         images = []
         for i, file in enumerate(files):
             if not isinstance(file, UploadFile):
@@ -579,13 +644,13 @@ def _add_predict_routes(app, service, auth):
                                                           "(higher rejects more)")
     tf_serving = dict(
         response_model=PredictResponse, response_model_exclude_none=True, dependencies=auth["dependencies"],
-        responses=_responses(400, 404, 408, 413, 415, 422, *auth["statuses"]),
+        responses=_responses(400, 404, 408, 413, 415, 422, 503, *auth["statuses"]),
         openapi_extra={"requestBody": {"required": True,
                                        "content": {"application/json": {"schema": _request_schema(settings)}}}})
 
     async def tf_serving_predict(request, heatmap, reject, reject_threshold):
-        async with service.request_slots:  # bounds the bodies held in memory at once
-            images = await _read_instances(request)
+        async with service.request_slot(request):  # bounds the bodies held in memory at once
+            images = await _read_instances(request, settings.max_images)
             return PredictResponse(predictions=await service.predict_images(images, heatmap, reject, reject_threshold))
 
     @app.post("/v1/models/{model_name:model_name}:predict",
@@ -605,14 +670,14 @@ def _add_predict_routes(app, service, auth):
         return await tf_serving_predict(request, heatmap, reject, reject_threshold)
 
     @app.post("/predict", response_model=PredictResponse, response_model_exclude_none=True,
-              responses=_responses(400, 408, 413, 415, 422, *auth["statuses"]),
+              responses=_responses(400, 408, 413, 415, 422, 503, *auth["statuses"]),
               summary="Predict uploaded images (multipart/form-data, field 'files')",
               dependencies=[Depends(_require_multipart), *auth["dependencies"]],
               openapi_extra={"requestBody": {"required": True,
                                              "content": {"multipart/form-data": {"schema": _upload_schema(settings)}}}})
     async def upload_predict(request: Request, heatmap: bool = heatmap_query, reject: bool = reject_query,
                              reject_threshold: float | None = threshold_query):
-        async with service.request_slots:
+        async with service.request_slot(request):
             images = await _read_uploads(request, settings.max_images)
             return PredictResponse(predictions=await service.predict_images(images, heatmap, reject, reject_threshold))
 
