@@ -17,8 +17,8 @@ import sys
 import numpy as np
 import pytest
 
-from catsdogs import weights
-from catsdogs.errors import WeightsError
+from catsdogs import backbones, weights
+from catsdogs.errors import ConfigError, WeightsError
 from catsdogs.torch_checkpoint import MAGIC_NUMBER, PROTOCOL_VERSION, read_torch_checkpoint
 
 SYSTEM_INFO = {"protocol_version": PROTOCOL_VERSION, "little_endian": True,
@@ -216,3 +216,26 @@ def test_a_malformed_checkpoint_is_refused_naming_the_file_and_its_fault(tmp_pat
     assert result.returncode == 0, f"the reader died ({result.returncode}): {result.stderr[-2000:]}"
     assert result.stdout.startswith(f"refused: {path}: "), result.stdout
     assert fault in result.stdout, result.stdout
+
+
+def test_weights_files_are_checked_for_a_kind_that_holds_no_code(tmp_path):
+    pth = write_checkpoint(tmp_path / "x.pth")
+    with pytest.raises(ConfigError, match=re.escape(f"{pth}: not a weights file this backbone reads; expected "
+                                                    f"imagenet, random or a file ending in .weights.h5 (Keras "
+                                                    f"weights), .h5 (Keras weights, older layout)")):
+        backbones.check_weights("resnet50", str(pth))
+    other = tmp_path / "x.bin"
+    other.write_bytes(b"")
+    with pytest.raises(ConfigError, match=re.escape(".pth (legacy PyTorch checkpoint)")):
+        backbones.check_weights("efficientnet_lite0", str(other))
+    with pytest.raises(WeightsError, match="not a weights file this backbone reads"):
+        backbones.build_feature_extractor("efficientnet_lite0", weights=str(other))
+    backbones.check_weights("efficientnet_lite0", str(pth))  # a checkpoint: read by the restricted reader
+
+
+def test_a_poisoned_checkpoint_given_as_weights_runs_no_code(tmp_path):
+    marker = tmp_path / "ran"
+    path = write_checkpoint(tmp_path / "x.pth", state=pickle.dumps({"a.weight": CreatesFile(marker)}, 2))
+    with pytest.raises(WeightsError, match=re.escape(f"{path}: its state dict refers to 'io.open'")):
+        backbones.build_feature_extractor("efficientnet_lite0", weights=str(path), image_size=64)
+    assert not marker.exists()
