@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from catsdogs import backbones, weights
-from catsdogs.errors import ConfigError, WeightsError
+from catsdogs import model as model_lib
+from catsdogs.errors import ConfigError, ModelNotFoundError, WeightsError
 from catsdogs.torch_checkpoint import MAGIC_NUMBER, PROTOCOL_VERSION, read_torch_checkpoint
 
 SYSTEM_INFO = {"protocol_version": PROTOCOL_VERSION, "little_endian": True,
@@ -239,3 +240,28 @@ def test_a_poisoned_checkpoint_given_as_weights_runs_no_code(tmp_path):
     with pytest.raises(WeightsError, match=re.escape(f"{path}: its state dict refers to 'io.open'")):
         backbones.build_feature_extractor("efficientnet_lite0", weights=str(path), image_size=64)
     assert not marker.exists()
+
+
+def test_models_in_other_formats_than_keras_are_refused(tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.save(tmp_path / "model.h5")  # the legacy format, which Keras still loads
+    with pytest.raises(ModelNotFoundError, match=re.escape(f"{tmp_path / 'model.h5'}: not a .keras model file")):
+        model_lib.load(tmp_path / "model.h5")
+
+
+def test_keras_models_load_in_safe_mode(tmp_path):
+    import keras
+
+    marker, path = tmp_path / "ran", tmp_path / "lambda.keras"
+    # A Lambda layer keeps its function's bytecode in the file; building the model runs it once.
+    inputs = keras.Input((2,))
+    function = eval(f"lambda x: (open({str(marker)!r}, 'w').close(), x)[1]")
+    keras.Model(inputs, keras.layers.Lambda(function)(inputs)).save(path)
+    marker.unlink()
+    with pytest.raises(ValueError, match="safe_mode"):
+        model_lib.load(path)
+    assert not marker.exists()
+    keras.models.load_model(path, safe_mode=False)  # the proof that the file would have run code
+    assert marker.exists()
