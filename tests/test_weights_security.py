@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import pytest
 
-from catsdogs import backbones, weights
+from catsdogs import backbones, features, weights
 from catsdogs import model as model_lib
 from catsdogs.errors import ConfigError, ModelNotFoundError, WeightsError
 from catsdogs.torch_checkpoint import MAGIC_NUMBER, PROTOCOL_VERSION, read_torch_checkpoint
@@ -265,3 +265,14 @@ def test_keras_models_load_in_safe_mode(tmp_path):
     assert not marker.exists()
     keras.models.load_model(path, safe_mode=False)  # the proof that the file would have run code
     assert marker.exists()
+
+
+def test_a_feature_cache_chunk_holding_objects_is_skipped_not_unpickled(tmp_path):
+    marker = tmp_path / "ran"
+    folder = tmp_path / "features" / "key"
+    features.write_chunk(str(folder), ["good"], np.ones((1, 4), np.float32))
+    np.savez(folder / "chunk-objects.npz", hashes=np.array([CreatesFile(marker)], dtype=object),
+             features=np.zeros((1, 4), np.float32))
+    cache = features.FeatureCache(str(tmp_path), "key")
+    assert list(cache.features) == ["good"]
+    assert not marker.exists()
