@@ -11,10 +11,9 @@ from catsdogs.errors import ImageError
 
 # Guards against decompression bombs; a photo this size (about 50 megapixels) is already rare.
 DEFAULT_MAX_PIXELS = 50_000_000
-# The largest photo file read: the size of a photo at the pixel limit stored uncompressed (RGBA, 8 bits a
-# channel), which no image the pixel limit lets through needs to exceed. Photos are far smaller (JPEGs
-# here under 1 MB, a phone's RAW or TIFF about 50 MB); the cap keeps a huge file, or a link to an endless
-# one, from being read into memory.
+# The largest photo file read: a photo at the pixel limit stored uncompressed (RGBA, 8 bits a channel).
+# Photos are far smaller (JPEGs here under 1 MB, a phone's RAW or TIFF about 50 MB); the cap keeps a huge
+# file from being read into memory whole (by each of the scan's threads) only to be refused by its pixels.
 DEFAULT_MAX_FILE_BYTES = 4 * DEFAULT_MAX_PIXELS
 FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
@@ -90,7 +89,7 @@ def decode_image(data, source="image", max_pixels=DEFAULT_MAX_PIXELS, min_side=N
 def read_file(path, max_bytes=DEFAULT_MAX_FILE_BYTES):
     """The bytes of a photo file, or an ImageError that names it and says why it cannot be read.
 
-    Every photo catsdogs reads from disk is read here. Only regular files (or links to them) of at
+    Every photo catsdogs reads from a local disk is read here. Only regular files (or links to them) of at
     most `max_bytes` are read: a FIFO would block the reader for ever and a link to /dev/zero would
     fill the memory. The file is checked before it is opened, so that a device or FIFO is never
     opened, and again once open (without waiting: O_NONBLOCK), in case it was replaced in between.
@@ -111,7 +110,7 @@ def read_file(path, max_bytes=DEFAULT_MAX_FILE_BYTES):
     except OSError as error:
         raise ImageError(path, f"cannot read file ({error.strerror or error})") from None
     if len(data) > max_bytes:  # grown since it was checked
-        raise ImageError(path, f"too large: over {max_bytes} bytes, the limit")
+        raise ImageError(path, f"too large: over the limit of {max_bytes} bytes")
     return data
 
 
