@@ -5,6 +5,7 @@ import io
 import os
 import pathlib
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -87,6 +88,21 @@ def gradient(height=40, width=60, mode="RGB"):
     y, x = np.mgrid[0:height, 0:width]
     rgb = np.stack([x * 255 // width, y * 255 // height, (x + y) % 256], axis=-1).astype(np.uint8)
     return rgb if mode == "RGB" else Image.fromarray(rgb).convert(mode)
+
+
+def run_bounded(code, *arguments, timeout=60, memory_bytes=2 << 30):
+    """Runs Python `code` (with `arguments` as sys.argv[1:]) in a subprocess that is killed after
+    `timeout` seconds and refused data memory past `memory_bytes` (RLIMIT_DATA): a test of what
+    could hang or fill the memory fails instead of stopping the suite or the machine.
+
+    Returns:
+        the `subprocess.CompletedProcess`, output as text; raises `subprocess.TimeoutExpired`.
+    """
+    def limit():
+        resource.setrlimit(resource.RLIMIT_DATA, (memory_bytes, memory_bytes))
+
+    return subprocess.run([sys.executable, "-c", code, *map(str, arguments)], capture_output=True, text=True,
+                          timeout=timeout, preexec_fn=limit)
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,15 @@
 """The `catsdogs` command as a user runs it."""
 
-import csv
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
 from catsdogs.cli import main
-from conftest import photo
+from catsdogs.csvfiles import read_csv
+from conftest import photo, run_bounded
 
 
 def test_console_script_lists_backbones():
@@ -42,9 +43,31 @@ def test_predict_table_csv_and_json(lite0_run, tmp_path, capsys):
 
     out = tmp_path / "out.csv"
     assert main(["predict", str(run_dir), str(dog), "--csv", str(out)]) == 0
-    with open(out) as f:
-        row = next(csv.DictReader(f))
+    row = read_csv(out)[0]
     assert row["label"] == "dogs" and float(row["p_dogs"]) > 0.5
+
+
+PREDICT = """
+import sys
+from catsdogs.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_predict_skips_fifos_and_devices_by_name_and_stays_small(lite0_run, tmp_path):
+    """At c87dfbb a FIFO among the photos hung `catsdogs predict` for ever, and a link to /dev/zero
+    grew it to 23 GB: here it runs in a subprocess with a timeout and 4 GB of data memory at most."""
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    (folder / "cat.jpg").symlink_to(photo("test", "cats", 4001))
+    os.mkfifo(folder / "pipe.jpg")
+    (folder / "zero.jpg").symlink_to("/dev/zero")
+    result = run_bounded(PREDICT, "predict", lite0_run[0], folder, "--json", timeout=300, memory_bytes=4 << 30)
+    assert result.returncode == 0, result.stderr
+    rows = {os.path.basename(row["path"]): row for row in json.loads(result.stdout)}
+    assert rows["cat.jpg"]["label"] == "cats"
+    assert rows["pipe.jpg"]["error"] == "not a regular file (a FIFO)"
+    assert rows["zero.jpg"]["error"] == "not a regular file (a character device)"
 
 
 def test_evaluate_writes_metrics_and_report(lite0_run, tmp_path, capsys):

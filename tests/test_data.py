@@ -1,13 +1,15 @@
 """Dataset layouts, the integrity scan, and repeatable stratified splits."""
 
 import collections
+import json
+import os
 import zlib
 
 import numpy as np
 import pytest
 
 from catsdogs import data
-from conftest import gradient, image_bytes
+from conftest import gradient, image_bytes, run_bounded
 
 
 def make_images(folder, count, start=0, fmt="PNG"):
@@ -97,6 +99,25 @@ def test_scan_reports_broken_files_duplicates_and_test_leaks(tmp_path):
         ("seen.png", "img1.png")]
     summary = "\n".join(report.summary_lines())
     assert "empty.jpg: empty file" in summary and "leak: test" in summary
+
+
+SCAN = """
+import json, sys
+from catsdogs import data
+print(json.dumps(data.scan(data.discover(sys.argv[1])).problems))
+"""
+
+
+def test_scan_skips_fifos_and_devices_by_name_and_stays_small(tmp_path):
+    """At c87dfbb a FIFO hung the scan for ever and a link to /dev/zero read until the memory ran out."""
+    for cls in ("cats", "dogs"):
+        make_images(tmp_path / cls, 3)
+    os.mkfifo(tmp_path / "cats" / "pipe.jpg")
+    (tmp_path / "dogs" / "zero.jpg").symlink_to("/dev/zero")
+    result = run_bounded(SCAN, tmp_path, memory_bytes=2 << 30)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {str(tmp_path / "cats" / "pipe.jpg"): "not a regular file (a FIFO)",
+                                         str(tmp_path / "dogs" / "zero.jpg"): "not a regular file (a character device)"}
 
 
 @pytest.mark.parametrize("setup, message", [

@@ -1,6 +1,9 @@
 """Exports checked against the Keras model on real photos, and predicting with them."""
 
 import json
+import os
+import re
+import shutil
 import sys
 
 import numpy as np
@@ -9,6 +12,7 @@ import pytest
 import catsdogs
 from catsdogs import export, runtimes
 from catsdogs.cli import main
+from catsdogs.errors import DataError
 from conftest import photo
 
 PARITY_FILE_FIELDS = {"reference", "images", "max_abs_probability_difference", "mean_abs_probability_difference",
@@ -82,6 +86,27 @@ def test_missing_runtime_package_says_what_to_install(lite0_run, monkeypatch, ca
     error = capsys.readouterr().err
     assert 'the onnx format needs onnxruntime, which is not installed' in error
     assert 'pip install "catsdogs[onnx]"' in error
+
+
+@pytest.mark.parametrize("file", ["../../../../../../etc/passwd", "/etc/passwd", "link.onnx"])
+def test_an_export_json_naming_a_file_outside_its_folder_is_refused(exports, tmp_path, file):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "link.onnx").symlink_to(os.path.join(exports["onnx", "float32"], "model.onnx"))  # leads out too
+    metadata = json.loads(open(f"{exports['onnx', 'float32']}/{runtimes.EXPORT_INFO_FILE}").read())
+    (folder / runtimes.EXPORT_INFO_FILE).write_text(json.dumps({**metadata, "file": file}))
+    with pytest.raises(DataError, match=re.escape(f"{folder / runtimes.EXPORT_INFO_FILE}: its \"file\" ({file!r}) "
+                                                  f"leads outside the export folder {folder}")):
+        runtimes.load(folder)
+
+
+def test_an_export_names_its_source_model_only_from_inside_that_models_folder(exports, lite0_run, tmp_path):
+    inside = runtimes.load(exports["onnx", "float32"])
+    assert inside.source == str(lite0_run[0] / "model.keras")  # RUN/exports/onnx: the run's own export
+    moved = tmp_path / "moved"
+    shutil.copytree(exports["onnx", "float32"], moved)
+    elsewhere = runtimes.load(moved)  # an export.json from elsewhere could name any model
+    assert elsewhere.metadata["source"] == inside.source and elsewhere.source is None
 
 
 def test_export_never_overwrites_a_folder_it_did_not_write(lite0_run, tmp_path, capsys):

@@ -1,11 +1,15 @@
 """Decoding any common image into upright RGB, and clear errors for files that are not usable."""
 
+import json
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from catsdogs.images import ImageError, decode_image, decode_image_for_model, describe_quirks, load_image, open_image
-from conftest import gradient, image_bytes
+from catsdogs.images import (DEFAULT_MAX_FILE_BYTES, ImageError, decode_image, decode_image_for_model, describe_quirks,
+                             load_image, open_image, read_file)
+from conftest import gradient, image_bytes, run_bounded
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "BMP", "WEBP", "TIFF"])
@@ -88,6 +92,50 @@ def test_decompression_bomb_is_refused_before_decoding():
 def test_missing_file(tmp_path):
     with pytest.raises(ImageError, match="cannot read file"):
         load_image(tmp_path / "nothing.jpg")
+
+
+READ_EACH = """
+import json, sys
+from catsdogs.images import ImageError, read_file
+reasons = {}
+for path in sys.argv[1:]:
+    try:
+        reasons[path] = len(read_file(path))
+    except ImageError as error:
+        reasons[path] = error.reason
+print(json.dumps(reasons))
+"""
+
+
+def test_only_regular_files_of_bounded_size_are_read(tmp_path):
+    """A FIFO blocked the reader for ever, a link to /dev/zero read until the memory ran out (issue 23):
+    read in a subprocess with a timeout and a memory limit, so that a regression fails this test only."""
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(image_bytes(gradient(), "PNG"))
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "pipe-link.jpg").symlink_to(tmp_path / "pipe.jpg")
+    (tmp_path / "zero.jpg").symlink_to("/dev/zero")
+    (tmp_path / "photo-link.png").symlink_to(photo)  # a link to a regular file is read
+    (tmp_path / "folder.jpg").mkdir()
+    with open(tmp_path / "huge.tif", "wb") as f:
+        f.truncate(DEFAULT_MAX_FILE_BYTES + 1)  # sparse: takes no disk
+    names = ["photo.png", "photo-link.png", "pipe.jpg", "pipe-link.jpg", "zero.jpg", "folder.jpg", "huge.tif"]
+    result = run_bounded(READ_EACH, *(tmp_path / name for name in names), memory_bytes=1 << 30)
+    assert result.returncode == 0, result.stderr
+    reasons = {os.path.basename(path): reason for path, reason in json.loads(result.stdout).items()}
+    assert reasons == {"photo.png": photo.stat().st_size, "photo-link.png": photo.stat().st_size,
+                       "pipe.jpg": "not a regular file (a FIFO)", "pipe-link.jpg": "not a regular file (a FIFO)",
+                       "zero.jpg": "not a regular file (a character device)",
+                       "folder.jpg": "not a regular file (a folder)",
+                       "huge.tif": f"too large: {DEFAULT_MAX_FILE_BYTES + 1} bytes, limit {DEFAULT_MAX_FILE_BYTES}"}
+
+
+def test_read_file_reads_up_to_its_limit(tmp_path):
+    path = tmp_path / "ten.bin"
+    path.write_bytes(b"0123456789")
+    assert read_file(path, max_bytes=10) == b"0123456789"
+    with pytest.raises(ImageError, match="ten.bin: too large: 10 bytes, limit 9"):
+        read_file(path, max_bytes=9)
 
 
 def test_decompression_bomb_beyond_pillows_own_limit_says_too_large():

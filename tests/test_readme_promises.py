@@ -14,8 +14,9 @@ from PIL import Image
 
 import catsdogs
 from catsdogs.cli import main
+from catsdogs.csvfiles import read_csv
 from catsdogs.images import load_image
-from catsdogs.report import read_csv, save_figure
+from catsdogs.report import save_figure
 from catsdogs.serve import API_KEY_ENV
 from conftest import link_photos, photo, real_dataset, serve_command
 

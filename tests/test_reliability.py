@@ -4,7 +4,6 @@ Every test here failed (or would have) at commit f1e2805, before the fixes; each
 Run them with `pytest tests/test_reliability.py`; the bad-input corpus comes from `tests/corpus.py`.
 """
 
-import csv
 import errno
 import json
 import logging
@@ -21,6 +20,7 @@ import pytest
 
 from catsdogs import features
 from catsdogs.cli import main
+from catsdogs.csvfiles import read_csv
 from catsdogs.errors import CatsdogsError
 from conftest import ROOT, link_photos, photo
 from corpus import build_corpus
@@ -62,8 +62,7 @@ def test_predict_csv_with_a_readme_first_is_complete(lite0_run, tmp_path, capsys
     shutil.copy(photo("test", "cats", 4100), folder / "z-cat.jpg")
     out = tmp_path / "out.csv"
     assert main(["predict", str(lite0_run[0]), str(folder), "--csv", str(out)]) == 0
-    with open(out, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_csv(out)
     assert [pathlib.Path(r["path"]).name for r in rows] == ["README.md", "z-cat.jpg"]
     assert "not an image" in rows[0]["error"] and rows[0]["p_cats"] == ""
     assert rows[1]["label"] == "cats" and float(rows[1]["p_cats"]) > 0.5 and rows[1]["error"] == ""
@@ -83,8 +82,7 @@ def test_predict_a_file_name_that_is_not_utf8(lite0_run, tmp_path, capsys):
 
     out = tmp_path / "out.csv"
     assert main(["predict", str(lite0_run[0]), bad, "--csv", str(out)]) == 0
-    with open(out, newline="", encoding="utf-8", errors="surrogateescape") as f:
-        row = next(csv.DictReader(f))
+    row = read_csv(out)[0]
     assert os.fsencode(row["path"]).endswith(b"bad\xff.jpg") and row["label"] == "dogs"
 
 
@@ -195,8 +193,7 @@ def test_train_skips_hidden_files_macosx_readme_and_broken_links(tmp_path, capsy
     assert "not an image" in skipped["README.md"] and "cannot read file" in skipped["dangling.jpg"]
     for name in skipped:
         assert f"skipped {data / 'dogs' / name}" in caplog.text
-    with open(runs / "junk" / "splits.csv", newline="", encoding="utf-8", errors="surrogateescape") as f:
-        listed = [row["path"] for row in csv.DictReader(f)]
+    listed = [row["path"] for row in read_csv(runs / "junk" / "splits.csv")]
     assert os.path.relpath(bad, data) in listed and not any("MACOSX" in p or "/." in p for p in listed)
     assert sorted(os.listdir(runs)) == ["junk"]
 
@@ -241,8 +238,7 @@ def test_corpus_through_predict(lite0_run, corpus_dataset, tmp_path, capsys):
 
     out = tmp_path / "corpus.csv"
     assert main(["predict", run_dir, str(data / "cats"), "--csv", str(out)]) == 0
-    with open(out, newline="", encoding="utf-8", errors="surrogateescape") as f:
-        _check_corpus_rows(list(csv.DictReader(f)), entries)
+    _check_corpus_rows(read_csv(out), entries)
 
 
 def test_corpus_through_evaluate(lite0_run, corpus_dataset, tmp_path, capsys, caplog):
@@ -269,8 +265,7 @@ def test_corpus_through_train(corpus_dataset, tmp_path, capsys, caplog):
                for s in json.loads((runs / "corpus" / "integrity.json").read_text())["skipped"]}
     assert set(skipped) == {os.fsencode(p) for _, p, e in entries if e == "error"}
     assert all(skipped.values())
-    used = {os.fsencode(os.path.join(data, r["path"]))
-            for r in csv.DictReader(open(runs / "corpus" / "splits.csv", newline="", errors="surrogateescape"))}
+    used = {os.fsencode(os.path.join(data, r["path"])) for r in read_csv(runs / "corpus" / "splits.csv")}
     assert {os.fsencode(p) for _, p, e in entries if e == "ok"} <= used
 
 
@@ -319,6 +314,7 @@ import numpy as np
 from catsdogs import evaluation, features
 from catsdogs import model as model_lib
 from catsdogs.cli import main
+from catsdogs.csvfiles import read_csv
 
 point = os.environ.get("CATSDOGS_TEST_KILL_AT", "")
 if os.environ.get("CATSDOGS_TEST_CHUNK_SIZE"):  # chunks of exactly this many features, however slow
@@ -444,7 +440,6 @@ def _numbers_or_text(row):
 def _assert_same_outputs(run_dir, reference):
     """A run's outputs equal an uninterrupted run's: metrics, predictions.csv, splits.csv, the model."""
     from catsdogs import load
-    from catsdogs.report import read_csv
 
     metrics, expected = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, reference))
     assert (metrics["accuracy"], metrics["images"]) == (expected["accuracy"], expected["images"])

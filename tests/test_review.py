@@ -35,14 +35,14 @@ def mislabelled_run(tmp_path_factory):
         (run directory, the rows of its review.csv).
     """
     import catsdogs
-    from catsdogs import report
+    from catsdogs.csvfiles import read_csv
 
     data = real_dataset(tmp_path_factory.mktemp("mislabelled"), train_per_class=100, test_per_class=50)
     link_photos(data / "training_set" / "training_set" / "dogs", "train", "cats", (101, 102, 103))
     run = catsdogs.train(data, backbone="efficientnet_lite0", runtime="keras",
                          runs_dir=str(tmp_path_factory.mktemp("runs")), name="mislabelled")
     run_dir = pathlib.Path(run.run_dir)
-    return run_dir, report.read_csv(run_dir / "review.csv")
+    return run_dir, read_csv(run_dir / "review.csv")
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +143,25 @@ def test_corrections_refuse_what_cannot_be_meant(tmp_path):
         read_corrections(bad)
 
 
+@pytest.mark.parametrize("outside", ["../../../etc/passwd", "/etc/passwd", "cats/../../secret.jpg"])
+def test_a_review_csv_naming_a_file_outside_the_data_folder_is_refused(tmp_path, outside):
+    from catsdogs.csvfiles import write_csv
+    from catsdogs.review import REVIEW_FILE, read_run_photos
+
+    data_dir, run_dir = tmp_path / "data", tmp_path / "run"
+    (data_dir / "cats").mkdir(parents=True)
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps({"data_dir": str(data_dir)}))
+    row = {"true": "cats", "predicted": "dogs", "probability": 0.9, "loss": 2.3, "label_looks_wrong": True,
+           "split": "train"}
+    write_csv([{"path": "cats/cat.1.jpg", **row}, {"path": outside, **row}], run_dir / REVIEW_FILE)
+    with pytest.raises(DataError, match=re.escape(f"{run_dir / REVIEW_FILE}: the photo {outside!r} lies outside "
+                                                  f"the run's data folder {data_dir}")):
+        read_run_photos(run_dir)
+    write_csv([{"path": "cats/cat.1.jpg", **row}, {"path": "cats/../cats/cat.2.jpg", **row}], run_dir / REVIEW_FILE)
+    assert [photo.path for photo in read_run_photos(run_dir).photos] == ["cats/cat.1.jpg", "cats/../cats/cat.2.jpg"]
+
+
 # The API, in this process.
 
 def test_listing_has_the_flagged_photos_and_the_most_confident_mistakes(mislabelled_run, explainer, tmp_path):
@@ -229,7 +248,7 @@ def test_photos_and_their_grad_cam_are_served_and_the_grad_cam_kept(mislabelled_
 
 
 def test_a_run_without_review_csv_lists_its_test_mistakes_and_says_so(mislabelled_run, explainer, tmp_path):
-    from catsdogs import report
+    from catsdogs.csvfiles import read_csv
 
     run_dir, _ = mislabelled_run
     old_run = tmp_path / "old-run"
@@ -239,7 +258,7 @@ def test_a_run_without_review_csv_lists_its_test_mistakes_and_says_so(mislabelle
     listing = review_client(old_run, explainer, tmp_path / "c.csv").get("/photos").json()
     assert listing["source"] == "predictions.csv"
     assert "no review.csv" in listing["note"] and "only its test photos" in listing["note"]
-    test_rows = [{**r, "split": "test"} for r in report.read_csv(run_dir / "predictions.csv")]
+    test_rows = [{**r, "split": "test"} for r in read_csv(run_dir / "predictions.csv")]
     assert [p["path"] for p in listing["photos"]] == expected_listing(test_rows, 50)
     assert {p["split"] for p in listing["photos"]} == {"test"}
 

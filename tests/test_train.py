@@ -22,7 +22,7 @@ from catsdogs.cli import format_table
 from catsdogs.config import TrainConfig
 from catsdogs.heads import LinearHead
 from catsdogs.images import load_image
-from catsdogs.report import read_csv
+from catsdogs.csvfiles import read_csv
 from conftest import gradient, image_bytes, link_photos, photo, real_dataset
 
 

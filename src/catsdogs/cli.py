@@ -234,8 +234,8 @@ def _predict(args):
         raise ConfigError(f"--top-k {args.top_k}: expected at least 1")
     if args.engine == "ray":  # before anything loads TensorFlow: this process only lists files and starts Ray
         return _predict_on_ray(args)
-    from catsdogs import report
     from catsdogs.classifier import load
+    from catsdogs.csvfiles import write_csv
 
     if args.output:
         raise ConfigError("--output is for --engine ray (Parquet); use --csv FILE or --json")
@@ -245,7 +245,7 @@ def _predict(args):
     if args.json:
         print(json.dumps([p.to_dict(args.top_k) for p in predictions], indent=2))
     elif args.csv:
-        report.write_csv([p.to_row(classifier.classes, args.top_k) for p in predictions], args.csv)  # same columns per row
+        write_csv([p.to_row(classifier.classes, args.top_k) for p in predictions], args.csv)  # same columns per row
         print(f"{len(predictions)} predictions written to {args.csv}")
     else:
         print(format_table(predictions, args.top_k))

@@ -17,22 +17,17 @@ the test set would only flatter the score. This module imports nothing heavy, so
 can read the file cheaply.
 """
 
-import csv
 import datetime
-import io
-import logging
-import os
 import typing
 
+from catsdogs.csvfiles import append_row, read_appended
 from catsdogs.errors import DataError
-
-log = logging.getLogger(__name__)
 
 FIELDS = ("path", "split", "given_label", "decision", "label", "time")
 DECISIONS = ("keep", "relabel", "exclude")
 SPLITS = ("train", "val", "test")
 DEFAULT_FILE = "corrections.csv"  # in the run directory
-ENCODING = dict(encoding="utf-8", errors="surrogateescape")  # file names that are not UTF-8 keep their bytes
+KIND = "corrections file"  # in messages
 
 
 class Correction(typing.NamedTuple):
@@ -101,22 +96,7 @@ def append_decision(corrections_file, path, split, given_label, decision, classe
     """
     label = check_decision(split, given_label, decision, label, classes)
     time = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    created = not os.path.exists(corrections_file)
-    with open(corrections_file, "a+b") as f:  # reads anywhere, writes at the end
-        f.seek(0)
-        complete_bytes = _parse(f.read().decode(**ENCODING), corrections_file)[1]
-        if complete_bytes < f.tell():
-            f.truncate(complete_bytes)
-        lines = io.StringIO()
-        writer = csv.writer(lines)
-        if complete_bytes == 0:
-            writer.writerow(FIELDS)
-        writer.writerow((path, split, given_label, decision, label, time))
-        f.write(lines.getvalue().encode(**ENCODING))  # one write: a kill tears at most this row
-        f.flush()
-        os.fsync(f.fileno())
-    if created:  # the new file's name must survive a crash too
-        _sync_folder(os.path.dirname(os.path.abspath(corrections_file)))
+    append_row(corrections_file, FIELDS, (path, split, given_label, decision, label, time), KIND)
     return Correction(decision, label, split)
 
 
@@ -131,42 +111,10 @@ def read_corrections(corrections_file) -> dict:
     Raises:
         DataError: a file that is not a corrections file, or a malformed row before the last.
     """
-    with open(corrections_file, "rb") as f:
-        rows = _parse(f.read().decode(**ENCODING), corrections_file)[0]
-    return {row["path"]: Correction(row["decision"], row["label"], row["split"]) for row in rows}
-
-
-def _parse(text, corrections_file):
-    """(the rows of a corrections file's text as dicts, the length in bytes of its complete part).
-
-    The last row is torn when the text does not end with a line end or the row is not whole;
-    it is left out with a warning, and the complete part ends before it.
-    """
-    lines = io.StringIO(text, newline="").readlines()  # splits as the csv module expects
-    reader = csv.reader(lines)
-    rows, complete_lines = [], 0
-    for number, fields in enumerate(reader, 1):
-        is_last = reader.line_num == len(lines)
-        if is_last and (not text.endswith("\n") or len(fields) != len(FIELDS)):
-            log.warning("%s: ignoring its last line, torn when it was being written (a decision whose answer "
-                        "never came back)", corrections_file)
-            break
-        if number == 1:
-            if tuple(fields) != FIELDS:
-                raise DataError(f"{corrections_file}: not a corrections file: its header is {','.join(fields)!r}, "
-                                f"expected {','.join(FIELDS)!r}")
-        elif len(fields) != len(FIELDS) or fields[3] not in DECISIONS:
-            raise DataError(f"{corrections_file}, line {reader.line_num}: expected {len(FIELDS)} fields "
-                            f"({','.join(FIELDS)}) with a decision among {', '.join(DECISIONS)}, got {fields}")
-        else:
-            rows.append(dict(zip(FIELDS, fields)))
-        complete_lines = reader.line_num
-    return rows, len("".join(lines[:complete_lines]).encode(**ENCODING))
-
-
-def _sync_folder(folder):
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    rows = {}
+    for line, row in read_appended(corrections_file, FIELDS, KIND):
+        if row["decision"] not in DECISIONS:
+            raise DataError(f"{corrections_file}, line {line}: expected {len(FIELDS)} fields ({','.join(FIELDS)}) "
+                            f"with a decision among {', '.join(DECISIONS)}, got {list(row.values())}")
+        rows[row["path"]] = Correction(row["decision"], row["label"], row["split"])
+    return rows

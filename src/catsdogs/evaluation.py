@@ -17,6 +17,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from catsdogs import calibration, data, report
+from catsdogs.csvfiles import write_csv
 from catsdogs.errors import UnsupportedError
 from catsdogs.files import timestamp, write_text
 from catsdogs.model import SCORE, predicted_classes
@@ -444,8 +445,8 @@ class Evaluation:
         os.makedirs(folder, exist_ok=True)
         metrics = self.metrics
         write_text(os.path.join(folder, "metrics.json"), json.dumps(metrics, indent=2))
-        report.write_csv([{**row, "path": self._saved_path(row["path"])} for row in self.rows],
-                         os.path.join(folder, "predictions.csv"))
+        write_csv([{**row, "path": self._saved_path(row["path"])} for row in self.rows],
+                  os.path.join(folder, "predictions.csv"))
         write_text(os.path.join(folder, "integrity.json"), json.dumps(self.integrity, indent=2))
         figures = {"grid.png": self.plot_grid, "confusion.png": self.plot_confusion,
                    "errors.png": self.plot_top_losses, "reliability.png": self.plot_reliability,

@@ -16,9 +16,10 @@ import time
 
 import numpy as np
 
-from catsdogs import data, report, runtimes
+from catsdogs import data, runtimes
 from catsdogs import model as model_lib
 from catsdogs.backbone_runtimes import export_onnx_file
+from catsdogs.csvfiles import read_csv
 from catsdogs.errors import ConfigError, DataError, ImageError
 from catsdogs.extras import EXTRAS, require
 from catsdogs.inference import decoded_images
@@ -74,7 +75,7 @@ def known_photos(model_path, data_dir=None):
         # splits.csv paths are relative to the data folder that config.json names.
         with open(os.path.join(os.path.dirname(model_path), "config.json")) as f:
             root = json.load(f)["data_dir"]
-        rows = report.read_csv(source)
+        rows = read_csv(source)
         train = [os.path.join(root, r["path"]) for r in rows if r["split"] == "train"]
         test = [os.path.join(root, r["path"]) for r in rows if r["split"] == "test"]
         if test and not os.path.exists(test[0]):

@@ -1,4 +1,5 @@
-"""Writing files so that a crash never leaves a half-written one where a complete one is expected."""
+"""Writing files so that a crash never leaves a half-written one where a complete one is expected, and
+keeping the paths that a file names inside the folder they belong to."""
 
 import contextlib
 import os
@@ -35,6 +36,19 @@ def write_text(path, text):
         # surrogateescape: file names that are not valid UTF-8 are written back as their own bytes.
         with open(partial, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
             f.write(text)
+
+
+def is_inside(folder, path):
+    """Whether `path` lies inside `folder` (or is it), by their names: `..` and absolute paths that
+    lead out are caught. Links are not followed; to judge where a path really leads, pass both
+    through `os.path.realpath`.
+
+    Args:
+        folder: the folder.
+        path: a path, absolute or relative to the working directory (as `folder`).
+    """
+    folder, path = os.path.abspath(folder), os.path.abspath(path)
+    return os.path.commonpath([folder, path]) == folder
 
 
 def timestamp():

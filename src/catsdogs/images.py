@@ -2,6 +2,7 @@
 
 import io
 import os
+import stat
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -10,6 +11,12 @@ from catsdogs.errors import ImageError
 
 # Guards against decompression bombs; a photo this size (about 50 megapixels) is already rare.
 DEFAULT_MAX_PIXELS = 50_000_000
+# The largest photo file read: a photo at the pixel limit stored uncompressed (RGBA, 8 bits a channel).
+# Photos are far smaller (JPEGs here under 1 MB, a phone's RAW or TIFF about 50 MB); the cap keeps a huge
+# file from being read into memory whole (by each of the scan's threads) only to be refused by its pixels.
+DEFAULT_MAX_FILE_BYTES = 4 * DEFAULT_MAX_PIXELS
+FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+              (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 EXIF_ORIENTATION = 0x0112
 
 
@@ -79,13 +86,41 @@ def decode_image(data, source="image", max_pixels=DEFAULT_MAX_PIXELS, min_side=N
     return to_rgb_array(open_image(data, source, max_pixels), source, min_side)
 
 
-def read_file(path):
-    """The bytes of a file, or an ImageError that names it and says why it cannot be read."""
+def read_file(path, max_bytes=DEFAULT_MAX_FILE_BYTES):
+    """The bytes of a photo file, or an ImageError that names it and says why it cannot be read.
+
+    Every photo catsdogs reads from a local disk is read here. Only regular files (or links to them) of at
+    most `max_bytes` are read: a FIFO would block the reader for ever and a link to /dev/zero would
+    fill the memory. The file is checked before it is opened, so that a device or FIFO is never
+    opened, and again once open (without waiting: O_NONBLOCK), in case it was replaced in between.
+
+    Args:
+        path: the file.
+        max_bytes: larger files are refused.
+
+    Raises:
+        ImageError: a file that is missing, unreadable, not a regular file or too large.
+    """
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        _check_regular(path, os.stat(path), max_bytes)
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with open(descriptor, "rb") as f:
+            _check_regular(path, os.fstat(descriptor), max_bytes)
+            data = f.read(max_bytes + 1)
     except OSError as error:
         raise ImageError(path, f"cannot read file ({error.strerror or error})") from None
+    if len(data) > max_bytes:  # grown since it was checked
+        raise ImageError(path, f"too large: over the limit of {max_bytes} bytes")
+    return data
+
+
+def _check_regular(path, info, max_bytes):
+    """Raises an ImageError unless `info` (an os.stat result) is that of a regular file of at most `max_bytes`."""
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for is_kind, name in FILE_KINDS if is_kind(info.st_mode)), "of an unknown kind")
+        raise ImageError(path, f"not a regular file ({kind})")
+    if info.st_size > max_bytes:
+        raise ImageError(path, f"too large: {info.st_size} bytes, limit {max_bytes}")
 
 
 def shrink_while_decoding(image, min_side):

@@ -9,6 +9,14 @@ review`) has a `decision` column as well: it changes the labels of photos the da
 Nothing is dropped silently: a row whose file is missing is skipped and reported by its row,
 as an unreadable file is; a row that cannot be meant (no path, no label, an unknown split, a
 path labelled twice differently, a label that appears once) is an error naming its rows.
+
+A CSV table is read as it is, except that every cell is unescaped as catsdogs' own CSV files are
+(`csvfiles.unescape`), whoever wrote it: a run's splits.csv is a labels table too, and its cells
+that would start a spreadsheet formula (a class named `=1+1`, a photo named `-x.jpg`) are
+written with a leading `'`. A user's table keeps every cell but one starting with `'` followed
+by `= + - @`, a tab, a carriage return or another `'`, whose first `'` is dropped: the text
+marker a spreadsheet would not count as part of the value either. Telling our files from a
+user's by their header would not do: splits.csv's (path,split,label) is the default of any table.
 """
 
 import collections
@@ -18,6 +26,7 @@ import logging
 import os
 
 from catsdogs.corrections import read_corrections
+from catsdogs.csvfiles import unescape
 from catsdogs.data import SPLIT_ALIASES, Dataset, Sample
 from catsdogs.errors import DataError
 
@@ -84,7 +93,7 @@ def read_rows(source, columns=Columns()) -> list:
                 reader = csv.DictReader(f)
                 _require_columns(reader.fieldnames or [], columns, source)
                 return [Row(f"{os.path.basename(source)} line {reader.line_num}",
-                            *(_cell(record.get(name)) for name in wanted)) for record in reader]
+                            *(unescape(_cell(record.get(name))) for name in wanted)) for record in reader]
         except (OSError, UnicodeDecodeError, csv.Error) as error:
             raise DataError(f"{source}: cannot read the labels table: {error}") from None
     if hasattr(source, "columns"):  # a pandas DataFrame (pandas is not imported for it)

@@ -2,10 +2,11 @@
 
 Every `plot_*` function returns a matplotlib Figure and leaves no figure open in pyplot, so a
 notebook shows it once where it is returned and a script can save it (`save_figure`). Nothing
-here chooses matplotlib's backend: saving to a file works with any of them.
+here chooses matplotlib's backend: saving to a file works with any of them. Class and file names
+are shown as they are (`plain`): matplotlib would read `$...$` in them as mathtext, and fail on
+some (`$\\frac{}$`) when the figure is drawn.
 """
 
-import csv
 import os
 import pathlib
 
@@ -29,19 +30,14 @@ def prediction_rows(paths, y_true, probabilities, y_pred, class_names, label_iss
     return rows
 
 
-def write_csv(rows, path, fieldnames=None):
-    """Writes dicts as CSV; the columns are `fieldnames`, else the keys of every row in order of appearance."""
-    if fieldnames is None:
-        fieldnames = list(dict.fromkeys(key for row in rows for key in row)) or ["path"]
-    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
-        writer = csv.DictWriter(f, fieldnames=fieldnames)
-        writer.writeheader()
-        writer.writerows(rows)
+def plain(name):
+    """A class or file name as matplotlib text that shows it as it is, never as mathtext.
 
-
-def read_csv(path):
-    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
-        return list(csv.DictReader(f))
+    Matplotlib parses text with an even number of unescaped `$` as mathtext; with every `$`
+    escaped it parses none, shows `\\$` as `$` and everything else (backslashes included) as
+    written.
+    """
+    return str(name).replace("$", r"\$")
 
 
 def new_figure(rows=1, columns=1, figsize=None):
@@ -86,12 +82,12 @@ def _photo_grid(count, columns, title):
 
 
 def _short(name, width=18):
-    """A name in at most `width` characters: its start and its end around "…", so that names that
-    differ only at the end (class_01, class_02) stay apart."""
-    if len(name) <= width:
-        return name
-    tail = (width - 1) // 2
-    return name[:width - 1 - tail] + "…" + name[-tail:]
+    """A name in at most `width` characters, as matplotlib text (`plain`): its start and its end
+    around "…", so that names that differ only at the end (class_01, class_02) stay apart."""
+    if len(name) > width:
+        tail = (width - 1) // 2
+        name = name[:width - 1 - tail] + "…" + name[-tail:]
+    return plain(name)
 
 
 def plot_grid(rows, seed=0, side=5):
@@ -169,7 +165,8 @@ def plot_confusion(confusion, class_names, ax=None):
     many = len(class_names) > 12
     side = 1.5 + (0.3 if many else 0.9) * len(class_names)
     fig, ax = _figure_and_ax(ax, (side + 1.5, side))
-    ConfusionMatrixDisplay(shares, display_labels=list(class_names)).plot(  # names in full: the ends tell them apart
+    labels = [plain(name) for name in class_names]  # in full: the ends tell them apart
+    ConfusionMatrixDisplay(shares, display_labels=labels).plot(
         ax=ax, cmap="Blues", values_format=".2f", include_values=not many, colorbar=True,
         xticks_rotation=90 if many else 45 if len(class_names) > 4 else "horizontal", im_kw={"vmin": 0, "vmax": 1})
     if many:

@@ -11,6 +11,11 @@ class names, threshold and input size of the model it came from. Every exported 
 `pixels.resize_layer` (bilinear with antialiasing, no crop), and returns one probability per
 class, then the in-distribution score where the model has one (`model.fixed_size_model`): the Keras
 model after its own resize layer.
+
+An export folder from elsewhere may be hostile, and its export.json names files: the exported file
+must lie inside the folder (links followed), and the model it names as its source is believed only
+where the export lies inside that model's folder, as `catsdogs export` writes it by default
+(RUN/exports/FORMAT).
 """
 
 import json
@@ -20,8 +25,9 @@ import numpy as np
 
 from catsdogs import model as model_lib
 from catsdogs.backbone_runtimes import onnx_session
-from catsdogs.errors import ConfigError
+from catsdogs.errors import ConfigError, DataError
 from catsdogs.extras import require
+from catsdogs.files import is_inside
 from catsdogs.host import usable_cpus
 
 EXPORT_INFO_FILE = "export.json"
@@ -84,16 +90,27 @@ class ExportedModel:
         metadata: the contents of its export.json.
         info: the `model.ModelInfo` of the model it was exported from.
         path: the exported file (or SavedModel folder).
+        source: the model file it was exported from, where that is still there and the export lies
+            inside its folder (see the module); else None.
     """
 
     runtime = None
 
     def __init__(self, folder):
         self.folder = folder
-        with open(os.path.join(folder, EXPORT_INFO_FILE)) as f:
+        info_file = os.path.join(folder, EXPORT_INFO_FILE)
+        with open(info_file) as f:
             self.metadata = json.load(f)
+        file = self.metadata["file"]
+        self.path = os.path.join(folder, str(file))
+        if not isinstance(file, str) or not is_inside(os.path.realpath(folder), os.path.realpath(self.path)):
+            raise DataError(f"{info_file}: its \"file\" ({file!r}) leads outside the export folder {folder}; an "
+                            f"export's model must be inside its folder, and this export.json is not one catsdogs "
+                            f"wrote: do not load it")
         self.info = model_lib.ModelInfo(**self.metadata["model"])
-        self.path = os.path.join(folder, self.metadata["file"])
+        source = self.metadata.get("source")
+        self.source = source if isinstance(source, str) and os.path.isfile(source) and is_inside(
+            os.path.realpath(os.path.dirname(source)), os.path.realpath(folder)) else None
 
     def __call__(self, images):
         """The model's outputs (see the module) for (batch, size, size, 3) float32 pixels in [0, 255]."""

@@ -5,9 +5,7 @@ in seconds; fine-tuning, calibration and the decision threshold are all chosen o
 validation split, never on the test folder. `train` runs the stages and returns a `Run`.
 """
 
-import csv
 import dataclasses
-import io
 import logging
 import os
 import shutil
@@ -21,9 +19,10 @@ from catsdogs.backbone_runtimes import BACKBONE_FILE, onnx_backbone
 from catsdogs.classifier import Classifier
 from catsdogs.config import TrainConfig
 from catsdogs.corrections import read_corrections
+from catsdogs.csvfiles import write_csv
 from catsdogs.errors import ConfigError
 from catsdogs.evaluation import Evaluation, OpenSetResults, label_issues, stage_summary, unknown_scores
-from catsdogs.files import timestamp, write_text
+from catsdogs.files import timestamp
 from catsdogs.folding import fold_batch_normalization
 from catsdogs.inference import run_on_files, views_for
 from catsdogs.model import predicted_classes
@@ -34,6 +33,7 @@ from catsdogs.tracking import log_run
 log = logging.getLogger(__name__)
 
 HISTORY_FIELDS = ("stage", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
+SPLITS_FIELDS = ("path", "split", "label")
 
 
 @dataclasses.dataclass
@@ -386,20 +386,13 @@ def write(run: Run, prepared: Prepared) -> str:
     os.makedirs(partial)
     try:
         config.save(os.path.join(partial, "config.json"))
-        lines = io.StringIO()
-        writer = csv.writer(lines)
-        writer.writerow(["path", "split", "label"])
-        writer.writerows((os.path.relpath(s.path, config.data_dir), split, prepared.class_names[s.label])
-                         for split, samples in prepared.splits.items() for s in samples)
-        write_text(os.path.join(partial, "splits.csv"), lines.getvalue())
-        report.write_csv([{**row, "path": os.path.relpath(row["path"], config.data_dir)} for row in run.review],
-                         os.path.join(partial, REVIEW_FILE))
+        write_csv([{"path": os.path.relpath(s.path, config.data_dir), "split": split,
+                    "label": prepared.class_names[s.label]} for split, samples in prepared.splits.items()
+                   for s in samples], os.path.join(partial, "splits.csv"), SPLITS_FIELDS)
+        write_csv([{**row, "path": os.path.relpath(row["path"], config.data_dir)} for row in run.review],
+                  os.path.join(partial, REVIEW_FILE))
         if run.history:
-            lines = io.StringIO()
-            writer = csv.DictWriter(lines, HISTORY_FIELDS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(run.history)
-            write_text(os.path.join(partial, "history.csv"), lines.getvalue())
+            write_csv(run.history, os.path.join(partial, "history.csv"), HISTORY_FIELDS)
         model_lib.save(run.model, os.path.join(partial, model_lib.MODEL_FILE))
         if run.classifier.runtime.backbone is not None:  # what predict and serve run the backbone with
             shutil.copyfile(run.classifier.runtime.backbone.path, os.path.join(partial, BACKBONE_FILE))

@@ -12,8 +12,9 @@ import dataclasses
 import json
 import os
 
-from catsdogs import report
+from catsdogs.csvfiles import read_csv
 from catsdogs.errors import ConfigError, DataError
+from catsdogs.files import is_inside
 from catsdogs.options import REVIEW_MISTAKES
 
 REVIEW_FILE = "review.csv"  # every photo of every split, out-of-sample
@@ -89,8 +90,8 @@ def read_run_photos(run_dir, mistakes=REVIEW_MISTAKES) -> RunPhotos:
 
     Raises:
         ConfigError: a negative `mistakes`.
-        DataError: no config.json, a data folder that is gone, no table of predictions, or one
-            without the columns needed.
+        DataError: no config.json, a data folder that is gone, no table of predictions, one
+            without the columns needed, or one naming a photo outside the data folder.
     """
     if mistakes < 0:
         raise ConfigError(f"mistakes {mistakes}: expected 0 (the flagged photos only) or more")
@@ -104,10 +105,16 @@ def read_run_photos(run_dir, mistakes=REVIEW_MISTAKES) -> RunPhotos:
                 f"are listed, from {PREDICTIONS_FILE}: train again to review the training and validation photos.")
     else:
         raise DataError(f"{run_dir} has neither {REVIEW_FILE} nor {PREDICTIONS_FILE}: not a finished run directory")
-    rows = report.read_csv(source)
+    rows = read_csv(source)
     missing = [column for column in required if rows and column not in rows[0]]
     if missing:
         raise DataError(f"{source}: no column {', '.join(missing)}; it has {', '.join(rows[0])}")
+    outside = [row["path"] for row in rows if not is_inside(data_dir, os.path.join(data_dir, row["path"]))]
+    if outside:
+        raise DataError(f"{source}: the photo {outside[0]!r} lies outside the run's data folder {data_dir}"
+                        + (f" (and {len(outside) - 1} more)" if len(outside) > 1 else "")
+                        + ": review shows only the photos inside it, as a run directory from elsewhere could "
+                          "name any file")
     if source == predictions_file:
         rows = [{**row, "split": "test"} for row in rows]  # predictions.csv holds the test photos
     return RunPhotos(data_dir, select_photos(rows, mistakes), os.path.basename(source), note)
