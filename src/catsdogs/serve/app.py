@@ -283,8 +283,8 @@ def load_served_model(path, runtime=None):
     if classifier.model is not None:
         return (classifier, *_name_and_metrics(model_lib.resolve_model_path(path)))
     # An export names the model it came from; where that is still there, it gives the name and metrics.
-    source = classifier.runtime.metadata.get("source", "")
-    if os.path.isfile(source):
+    source = classifier.runtime.source  # None unless the export lies in its source model's folder
+    if source:
         return (classifier, *_name_and_metrics(source))
     return classifier, os.path.basename(os.path.normpath(classifier.runtime.folder)), None
 
