@@ -20,10 +20,10 @@ import numpy as np
 
 def measure(backbone, precision, fold, paths, batch_size, repeats):
     """Forward images/s of one configuration (run in a fresh process)."""
-    from catsdogs.bench import extractor_with_available_weights
-    from catsdogs.timing import forward_rate
-    from catsdogs.inference import decoded_images
-    from catsdogs.runtimes import compiled_forward
+    from catsdogs.engine.bench import extractor_with_available_weights
+    from catsdogs.engine.timing import forward_rate
+    from catsdogs.inference.model_formats import compiled_forward
+    from catsdogs.inference.pipeline import decoded_images
 
     extractor = extractor_with_available_weights(backbone, precision, fold_batch_norm=fold)[0]
     images = decoded_images(paths[:batch_size], extractor.input_shape[1])
@@ -39,7 +39,7 @@ def main():
     parser.add_argument("--output", help="write the results as JSON")
     args = parser.parse_args()
 
-    from catsdogs.data import expand_inputs
+    from catsdogs.data.dataset import expand_inputs
 
     paths = expand_inputs([args.data])
     configurations = list(itertools.product(("resnet50", "efficientnet_lite0"), ("float32", "bfloat16"), (False, True)))

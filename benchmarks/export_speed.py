@@ -22,10 +22,11 @@ def main():
     parser.add_argument("--output", help="write the results as JSON")
     args = parser.parse_args()
 
-    from catsdogs import export, runtimes
-    from catsdogs import model as model_lib
-    from catsdogs.timing import forward_rate
-    from catsdogs.inference import decoded_images
+    from catsdogs.engine import export
+    from catsdogs.engine.timing import forward_rate
+    from catsdogs.inference import model_formats as runtimes
+    from catsdogs.inference.pipeline import decoded_images
+    from catsdogs.models import model as model_lib
 
     keras_model = model_lib.load(args.run)
     precision = model_lib.compute_precision(keras_model)

@@ -18,10 +18,11 @@ import time
 import keras
 import numpy as np
 
-from catsdogs import backbones, finetune
-from catsdogs.precision import resolve_precision
-from catsdogs.heads import build_head
-from catsdogs.config import TrainConfig
+from catsdogs.config.train import TrainConfig
+from catsdogs.engine import finetune
+from catsdogs.models import backbones
+from catsdogs.models.heads import build_head
+from catsdogs.models.precision import resolve_precision
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cats-and-dogs", "training_set")
 

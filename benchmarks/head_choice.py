@@ -13,20 +13,23 @@ import numpy as np
 from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from catsdogs import backbones, data, features, heads
-from catsdogs.precision import resolve_precision
-from catsdogs.config import TrainConfig
-from catsdogs.options import INFERENCE_BATCH_SIZE, default_cache_dir
+from catsdogs.config.choices import INFERENCE_BATCH_SIZE, default_cache_dir
+from catsdogs.config.train import TrainConfig
+from catsdogs.data import dataset as data
+from catsdogs.data.scan import file_hash
+from catsdogs.inference.features import extractor_features
+from catsdogs.models import backbones, heads
+from catsdogs.models.precision import resolve_precision
 
 
 def training_features(data_dir, backbone, size):
     dataset = data.discover(data_dir)
     samples = dataset.splits.get("train") or dataset.splits["all"]
     paths = [s.path for s in samples]
-    hashes = [data.file_hash(p) for p in paths]
+    hashes = [file_hash(p) for p in paths]
     precision = resolve_precision(TrainConfig(data_dir="").precision)  # as `catsdogs train` computes them
     extractor = backbones.build_feature_extractor(backbone, image_size=size, precision=precision)
-    outputs = features.extractor_features(extractor, precision, paths, hashes, default_cache_dir(),
+    outputs = extractor_features(extractor, precision, paths, hashes, default_cache_dir(),
                                           INFERENCE_BATCH_SIZE)
     labels = np.array([s.label for s in samples])
     return outputs.values[0, outputs.ok], labels[outputs.ok], dataset.class_names

@@ -17,11 +17,11 @@ import platform
 
 import numpy as np
 
-from catsdogs import backbones, host
-from catsdogs.config import TrainConfig
-from catsdogs.evaluation import compute_metrics
-from catsdogs.training import SplitFeatures, calibrate, extract, fit_head, head_logits, keras_precision, prepare
-from catsdogs import calibration
+from catsdogs.config.train import TrainConfig
+from catsdogs.engine.train import SplitFeatures, calibrate, extract, fit_head, head_logits, keras_precision, prepare
+from catsdogs.evaluation.metrics import compute_metrics
+from catsdogs.models import backbones, calibration
+from catsdogs.utils import host
 
 
 def thinned(split, minority, ratio, rng):

@@ -1,7 +1,7 @@
 """Open-set rejection, measured: every in-distribution score on known test photos against unknown ones.
 
 The scores are fitted on the training photos only (out-of-fold references, threshold keeping 99%
-of them, `catsdogs.openset`). The unknown photos (`../shared/data/not-cats-or-dogs`, 631 photos
+of them, `catsdogs.models.openset`). The unknown photos (`../shared/data/not-cats-or-dogs`, 631 photos
 in 7 folders) only measure: AUROC against the 2000 known test photos, the false-accept rate when
 the threshold keeps 99% and 95% of the known test photos (thresholds set on the test photos, for
 comparing methods), and, at the threshold a run really uses (from the training photos), the
@@ -18,10 +18,13 @@ import time
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from catsdogs import backbones, calibration, data, features, openset
-from catsdogs.config import TrainConfig
-from catsdogs.heads import LinearHead
-from catsdogs.training import extract, prepare
+from catsdogs.config.train import TrainConfig
+from catsdogs.data import dataset as data
+from catsdogs.data.scan import file_hash
+from catsdogs.engine.train import extract, prepare
+from catsdogs.inference.features import extractor_features
+from catsdogs.models import backbones, calibration, openset
+from catsdogs.models.heads import LinearHead
 
 CANDIDATES = ("msp", "energy", "mahalanobis", "knn", "imagenet", "knn+imagenet", "mahalanobis+imagenet",
               "knn+mahalanobis")
@@ -31,8 +34,8 @@ def unknown_features(extractor, config, folder):
     """Features of every photo below `folder`, by subfolder."""
     paths = data.list_files(folder)
     paths = [p for p in paths if not p.endswith(".md")]
-    hashes = [data.file_hash(p) for p in paths]
-    outputs = features.extractor_features(extractor, config.precision, paths, hashes, config.cache_dir,
+    hashes = [file_hash(p) for p in paths]
+    outputs = extractor_features(extractor, config.precision, paths, hashes, config.cache_dir,
                                           config.extract_batch_size)
     groups = [os.path.relpath(p, folder).split(os.sep)[0] for p in paths]
     return outputs.values[0, outputs.ok], np.array(groups)[outputs.ok]

@@ -8,7 +8,7 @@ import sys
 import time
 
 import catsdogs
-from catsdogs.data import list_files
+from catsdogs.data.dataset import list_files
 
 
 def main():

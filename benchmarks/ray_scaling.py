@@ -31,8 +31,8 @@ def main():
     parser.add_argument("--output")
     args = parser.parse_args()
 
-    from catsdogs.data import expand_inputs
-    from catsdogs.host import usable_cpus
+    from catsdogs.data.dataset import expand_inputs
+    from catsdogs.utils.host import usable_cpus
 
     images, cores = len(expand_inputs([args.photos])), usable_cpus()
     catsdogs = [sys.executable, "-m", "catsdogs.cli", "predict", args.run_dir, args.photos]

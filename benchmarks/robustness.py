@@ -29,14 +29,16 @@ from PIL import Image, ImageOps
 from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedGroupKFold
 
-from catsdogs import backbones, features, heads, training
-from catsdogs.config import TrainConfig
-from catsdogs.options import INFERENCE_BATCH_SIZE, default_cache_dir
-from catsdogs.data import file_hash
-from catsdogs.files import atomic_path
-from catsdogs.images import load_image
-from catsdogs.inference import run_on_files
-from catsdogs.runtimes import compiled_forward
+from catsdogs.config.choices import INFERENCE_BATCH_SIZE, default_cache_dir
+from catsdogs.config.train import TrainConfig
+from catsdogs.data.images import load_image
+from catsdogs.data.scan import file_hash
+from catsdogs.engine import train as training
+from catsdogs.inference.features import extractor_features
+from catsdogs.inference.model_formats import compiled_forward
+from catsdogs.inference.pipeline import run_on_files
+from catsdogs.models import backbones, heads
+from catsdogs.utils.files import atomic_path
 
 
 def downscaled(image, long_side):
@@ -141,7 +143,7 @@ def measure(data_dir, work_dir, model, low_resolution, speed_images):
     row["accuracy"] = {"original": float((trained.estimator.predict_proba(test.x[0]).argmax(1) == test.y).mean())}
     for shift in SHIFTS:
         paths = shifted_photos(test.paths, config.data_dir, work_dir, shift)
-        outputs = features.extractor_features(trained.extractor, config.precision, paths,
+        outputs = extractor_features(trained.extractor, config.precision, paths,
                                               [file_hash(p) for p in paths], config.cache_dir,
                                               config.extract_batch_size, desc=shift)
         if not outputs.ok.all():

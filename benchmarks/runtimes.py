@@ -14,16 +14,19 @@ import argparse
 import json
 
 import numpy as np
+from head_choice import cross_validated_probabilities
 from sklearn.metrics import log_loss
 
 import catsdogs
-from catsdogs import data, features
-from catsdogs.backbones import build_feature_extractor
-from catsdogs.backbone_runtimes import onnx_backbone
-from catsdogs.host import cpu_flags, cpu_name
-from catsdogs.runtimes import compiled_forward
-from catsdogs.timing import files_rate
-from head_choice import cross_validated_probabilities
+from catsdogs.data import dataset as data
+from catsdogs.data.scan import file_hash
+from catsdogs.data.splits import spread
+from catsdogs.engine.timing import files_rate
+from catsdogs.inference.backbone_runtime import onnx_backbone
+from catsdogs.inference.features import extractor_features
+from catsdogs.inference.model_formats import compiled_forward
+from catsdogs.models.backbones import build_feature_extractor
+from catsdogs.utils.host import cpu_flags, cpu_name
 
 COMBINATIONS = (("keras", "float32"), ("onnx", "float32"), ("onnx", "int8"))
 FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
@@ -36,7 +39,7 @@ def cross_validated_log_loss(run):
     paths, labels = [s.path for s in train], np.array([s.label for s in train])
     extractor = build_feature_extractor(config.backbone, config.weights, config.image_size,
                                         config.precision if config.runtime == "keras" else "float32")
-    outputs = features.extractor_features(extractor, config.precision, paths, [data.file_hash(p) for p in paths],
+    outputs = extractor_features(extractor, config.precision, paths, [file_hash(p) for p in paths],
                                           config.cache_dir, config.extract_batch_size, runtime=config.runtime,
                                           calibration_paths=paths)
     x, y = outputs.values[0, outputs.ok], labels[outputs.ok]
@@ -63,7 +66,7 @@ def main():
     parser.add_argument("--combinations", default=",".join(f"{r}:{p}" for r, p in COMBINATIONS),
                         help="runtime:precision pairs, comma-separated (default: %(default)s)")
     args = parser.parse_args()
-    photos = data.spread(sorted(data.expand_inputs([f"{args.data_dir}/test_set"])), args.speed_photos)
+    photos = spread(sorted(data.expand_inputs([f"{args.data_dir}/test_set"])), args.speed_photos)
     flags = cpu_flags()
     rows = []
     for backbone in args.backbones.split(","):

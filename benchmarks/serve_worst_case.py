@@ -26,12 +26,11 @@ import time
 
 import httpx
 import numpy as np
-from PIL import Image
-
 from load_test import DEFAULT_PHOTOS, ROOT, Server, read_photos
+from PIL import Image
 from stress_serve import RssSampler, rss_bytes, stated_worst_case_bytes
 
-from catsdogs.serve import ServeSettings
+from catsdogs.config.serve import ServeSettings
 
 sys.path.insert(0, str(ROOT / "tests"))
 from corpus import large_png, tiny_instances_json  # noqa: E402  (the tests' hostile inputs)

@@ -24,7 +24,6 @@ import time
 
 import httpx
 import numpy as np
-
 from load_test import DEFAULT_PHOTOS, ROOT, Server, read_photos
 
 sys.path.insert(0, str(ROOT / "tests"))

@@ -60,7 +60,7 @@ def study_way(data_dir, backbone, weights, cache_dir, seed):
     os.environ["CATSDOGS_CACHE"] = cache_dir
     import keras
 
-    from catsdogs.backbones import build_feature_extractor
+    from catsdogs.models.backbones import build_feature_extractor
 
     start = time.perf_counter()
     train, val = keras.utils.image_dataset_from_directory(
@@ -88,10 +88,10 @@ def our_way(data_dir, backbone, weights, cache_dir, seed, precision, runs_dir, s
         dict: seconds, test accuracy, epochs, precision.
     """
     os.environ["CATSDOGS_CACHE"] = cache_dir
-    from catsdogs.backbones import get_backbone
-    from catsdogs.precision import resolve_precision
-    from catsdogs.config import TrainConfig
-    from catsdogs.training import train
+    from catsdogs.config.train import TrainConfig
+    from catsdogs.engine.train import train
+    from catsdogs.models.backbones import get_backbone
+    from catsdogs.models.precision import resolve_precision
 
     study = {"head": "dense", "image_size": STUDY_IMAGE_SIZE, "max_epochs": EPOCHS, "patience": EPOCHS,
              "batch_size": BATCH_SIZE} if study_head else {}
@@ -108,7 +108,7 @@ def our_way(data_dir, backbone, weights, cache_dir, seed, precision, runs_dir, s
 def converted_weights(cache_dir):
     """Converts Lite0's ImageNet weights into a cache once, outside any timing."""
     os.environ["CATSDOGS_CACHE"] = cache_dir
-    from catsdogs.backbones import build_feature_extractor
+    from catsdogs.models.backbones import build_feature_extractor
 
     build_feature_extractor("efficientnet_lite0")
 

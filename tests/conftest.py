@@ -147,8 +147,8 @@ def lite0_server(lite0_run):
     Yields:
         (base URL, the FastAPI app).
     """
-    from catsdogs.serve import ServeSettings
-    from catsdogs.serve.app import create_app, load_served_model
+    from catsdogs.apps.serve.app import create_app, load_served_model
+    from catsdogs.config.serve import ServeSettings
 
     classifier, name, metrics = load_served_model(lite0_run[0])
     settings = ServeSettings(max_batch_size=8, max_wait_ms=50, max_upload_bytes=2_000_000, max_pixels=4_000_000,

@@ -14,7 +14,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from catsdogs.images import DEFAULT_MAX_PIXELS
+from catsdogs.data.images import DEFAULT_MAX_PIXELS
 
 
 def _encode(image, fmt, **save_args):

@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 
 import catsdogs
-from catsdogs import backbone_runtimes, features, host
-from catsdogs import precision as precision_lib
-from catsdogs import model as model_lib
-from catsdogs.backbones import extractor_members
-from catsdogs.classifier import Classifier
-from catsdogs.runtimes import KerasRuntime
+from catsdogs.inference import backbone_runtime as backbone_runtimes
+from catsdogs.inference.classifier import Classifier
+from catsdogs.inference.features import extractor_features
+from catsdogs.inference.model_formats import KerasRuntime
+from catsdogs.models import model as model_lib
+from catsdogs.models import precision as precision_lib
+from catsdogs.models.backbones import extractor_members
+from catsdogs.utils import host
 from conftest import photo
 
 # 30 cats and 30 dogs of the test folder, none of them seen in training.
@@ -112,8 +114,8 @@ def test_features_of_each_runtime_are_cached_apart(runtimes_of_the_run, isolated
     extractor = model_lib.parts(runtimes["keras float32"].model).extractor
     paths = photos[:3]
     hashes = [f"{i:064x}" for i in range(3)]
-    keras = features.extractor_features(extractor, "float32", paths, hashes, str(tmp_path), 3)
-    onnx = features.extractor_features(extractor, "float32", paths, hashes, str(tmp_path), 3, runtime="onnx")
+    keras = extractor_features(extractor, "float32", paths, hashes, str(tmp_path), 3)
+    onnx = extractor_features(extractor, "float32", paths, hashes, str(tmp_path), 3, runtime="onnx")
     folders = sorted(os.listdir(tmp_path / "features"))
     assert len(folders) == 2 and any("-onnx-float32-" in f for f in folders)
     np.testing.assert_allclose(onnx.values, keras.values, rtol=1e-4, atol=1e-4)

@@ -4,12 +4,14 @@ import keras
 import numpy as np
 import pytest
 
-from catsdogs import backbones, efficientnet_lite, finetune, host, precision, weights
+from catsdogs.data.images import load_image
+from catsdogs.engine import finetune
 from catsdogs.errors import WeightsError
-from catsdogs.folding import fold_batch_normalization
-from catsdogs.pixels import resize_layer
-from catsdogs.images import load_image
-from catsdogs.torch_checkpoint import read_torch_checkpoint
+from catsdogs.models import backbones, efficientnet_lite, precision, weights
+from catsdogs.models.folding import fold_batch_normalization
+from catsdogs.models.layers import resize_layer
+from catsdogs.models.torch_checkpoint import read_torch_checkpoint
+from catsdogs.utils import host
 from conftest import photo
 
 DOMESTIC_CATS = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -90,8 +92,8 @@ def test_resnet50_random_and_weights_file_round_trip(tmp_path):
 
     new_format = tmp_path / "resnet.weights.h5"
     random.save_weights(new_format)
-    from keras.src.legacy.saving import legacy_h5_format  # the format of Keras' own download
     import h5py
+    from keras.src.legacy.saving import legacy_h5_format  # the format of Keras' own download
 
     legacy = tmp_path / "resnet50_notop.h5"
     with h5py.File(legacy, "w") as f:
@@ -127,7 +129,7 @@ def test_missing_weights_file_and_unknown_backbone(tmp_path):
 
 
 def test_caffe_preprocessing_matches_keras():
-    from catsdogs.layers import CaffePreprocessing
+    from catsdogs.models.layers import CaffePreprocessing
 
     pixels = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
     ours = keras.ops.convert_to_numpy(CaffePreprocessing()(pixels))

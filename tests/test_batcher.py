@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from catsdogs.serve.batcher import MicroBatcher
+from catsdogs.apps.serve.batcher import MicroBatcher
 
 
 class Recorder:

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from catsdogs import bench
 from catsdogs.cli import main
+from catsdogs.engine import bench
 from conftest import link_photos
 
 
@@ -92,14 +92,14 @@ def test_bench_runs_offline_resnet50_on_random_weights_and_says_why(tmp_path, mo
 def test_synthetic_photos_and_unknown_backbones(tmp_path):
     paths = bench.synthetic_photos(tmp_path, 3)
     assert len(paths) == 3 and all(p.endswith(".jpg") for p in paths)
-    from catsdogs.images import load_image
+    from catsdogs.data.images import load_image
 
     assert load_image(paths[0]).shape == (375, 500, 3)
     assert main(["bench", "--backbone", "vgg16", "--quick"]) == 2
 
 
 def test_an_ensemble_is_measured_as_one_extractor_costing_its_members_together(tmp_path, capsys):
-    from catsdogs.backbones import build_feature_extractor
+    from catsdogs.models.backbones import build_feature_extractor
 
     ensemble = "efficientnet_lite0+efficientnet_lite1"
     out = tmp_path / "bench.json"

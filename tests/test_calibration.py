@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from catsdogs import calibration
+from catsdogs.models import calibration
 
 NAMES = ["cats", "dogs"]
 

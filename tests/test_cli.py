@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from catsdogs.cli import main
-from catsdogs.csvfiles import read_csv
+from catsdogs.utils.csvfiles import read_csv
 from conftest import photo, run_bounded
 
 
@@ -92,7 +92,7 @@ def serve_parser():
 def test_serve_has_an_option_for_every_serve_setting_with_its_default_and_help(capsys):
     import dataclasses
 
-    from catsdogs.serve import ServeSettings
+    from catsdogs.config.serve import ServeSettings
 
     options = {action.dest: action for action in serve_parser()._actions}
     for field in dataclasses.fields(ServeSettings):
@@ -111,12 +111,13 @@ def test_serve_has_an_option_for_every_serve_setting_with_its_default_and_help(c
 
 
 def test_serve_settings_from_the_command_line(monkeypatch):
-    from catsdogs import cli, extras
-    from catsdogs.serve import ServeSettings
+    from catsdogs import cli
+    from catsdogs.config.serve import ServeSettings
+    from catsdogs.utils import extras
 
     given = []
     monkeypatch.setattr(extras, "require", lambda *args: None)
-    monkeypatch.setattr("catsdogs.serve.app.serve",
+    monkeypatch.setattr("catsdogs.apps.serve.app.serve",
                         lambda model, host, port, settings, name=None, runtime=None: given.append(settings))
     monkeypatch.delenv("CATSDOGS_API_KEY", raising=False)
     assert cli.main(["serve", "runs/x"]) == 0

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from catsdogs import labels
-from catsdogs.csvfiles import append_row, escape, read_appended, read_csv, unescape, write_csv
+from catsdogs.data import labels
 from catsdogs.errors import DataError
+from catsdogs.utils.csvfiles import append_row, escape, read_appended, read_csv, unescape, write_csv
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 AWKWARD = ["=1+1", "+1", "-cmd.jpg", "@SUM(A1).jpg", "\tx", "\rx", "'x", "'=1+1", "''", "'", "", "plain.jpg",

@@ -8,7 +8,11 @@ import zlib
 import numpy as np
 import pytest
 
-from catsdogs import data
+from catsdogs.data import dataset as data
+from catsdogs.data.scan import scan_dataset
+from catsdogs.data.splits import make_splits
+from catsdogs.errors import DataError
+from catsdogs.inference.pipeline import ImagePipeline
 from conftest import gradient, image_bytes, run_bounded
 
 
@@ -41,8 +45,8 @@ def test_plain_folder_of_classes_is_split_three_ways(tmp_path):
         make_images(tmp_path / cls, count)
     dataset = data.discover(tmp_path)
     assert dataset.class_names == ["ants", "bees", "wasps"] and list(dataset.splits) == ["all"]
-    report = data.scan(dataset)
-    splits = data.make_splits(dataset, report, val_fraction=0.25, test_fraction=0.25, seed=1)
+    report = scan_dataset(dataset)
+    splits = make_splits(dataset, report, val_fraction=0.25, test_fraction=0.25, seed=1)
     assert [len(splits[s]) for s in ("train", "val", "test")] == [33, 12, 15]
     for split in splits.values():  # stratified: every class on every side, in proportion
         assert set(collections.Counter(s.label for s in split).values()) <= {4, 5, 11}
@@ -54,14 +58,14 @@ def test_validation_split_is_repeatable_and_shuffled(tmp_path):
         make_images(tmp_path / "train" / cls, 30)
         make_images(tmp_path / "test" / cls, 2)
     dataset = data.discover(tmp_path)
-    report = data.scan(dataset)
+    report = scan_dataset(dataset)
 
     def val_paths(seed):
-        return [s.path for s in data.make_splits(dataset, report, 0.2, 0.2, seed)["val"]]
+        return [s.path for s in make_splits(dataset, report, 0.2, 0.2, seed)["val"]]
 
     assert val_paths(3) == val_paths(3)
     assert val_paths(3) != val_paths(4)
-    val = data.make_splits(dataset, report, 0.2, 0.2, 3)["val"]
+    val = make_splits(dataset, report, 0.2, 0.2, 3)["val"]
     assert collections.Counter(s.label for s in val) == {0: 6, 1: 6}  # not the last 20% (all dogs)
 
 
@@ -71,10 +75,10 @@ def test_identical_files_stay_on_one_side_of_the_split(tmp_path):
     for i in range(5):  # five cats that also exist under another name
         (tmp_path / "cats" / f"copy{i}.png").write_bytes((tmp_path / "cats" / f"img{i}.png").read_bytes())
     dataset = data.discover(tmp_path)
-    report = data.scan(dataset)
+    report = scan_dataset(dataset)
     assert len(report.duplicates) == 5
     for seed in range(5):
-        splits = data.make_splits(dataset, report, 0.3, 0.3, seed)
+        splits = make_splits(dataset, report, 0.3, 0.3, seed)
         side = {s.path: name for name, v in splits.items() for s in v}
         assert all(side[str(tmp_path / "cats" / f"img{i}.png")] == side[str(tmp_path / "cats" / f"copy{i}.png")]
                    for i in range(5))
@@ -89,7 +93,7 @@ def test_scan_reports_broken_files_duplicates_and_test_leaks(tmp_path):
     (tmp_path / "train" / "dogs" / "twin.png").write_bytes((tmp_path / "train" / "dogs" / "img0.png").read_bytes())
     (tmp_path / "test" / "cats" / "seen.png").write_bytes((tmp_path / "train" / "cats" / "img1.png").read_bytes())
     (tmp_path / "train" / "cats" / ".DS_Store").write_bytes(b"junk")  # hidden files are ignored
-    report = data.scan(data.discover(tmp_path))
+    report = scan_dataset(data.discover(tmp_path))
     assert {p.rsplit("/", 1)[1]: r for p, r in report.problems.items()} == {
         "empty.jpg": "empty file (0 bytes)", "notes.jpg": "not an image (no known image format)"}
     assert len(report.hashes) == 8 + 4 + 2
@@ -104,7 +108,7 @@ def test_scan_reports_broken_files_duplicates_and_test_leaks(tmp_path):
 SCAN = """
 import json, sys
 from catsdogs import data
-print(json.dumps(data.scan(data.discover(sys.argv[1])).problems))
+print(json.dumps(scan_dataset(data.discover(sys.argv[1])).problems))
 """
 
 
@@ -129,12 +133,12 @@ def test_scan_skips_fifos_and_devices_by_name_and_stays_small(tmp_path):
 ])
 def test_unusable_layouts_say_what_is_wrong(tmp_path, setup, message):
     setup(tmp_path)
-    with pytest.raises(data.DataError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(DataError, match=message.replace("[", r"\[").replace("]", r"\]")):
         data.discover(tmp_path)
 
 
 def test_missing_folder(tmp_path):
-    with pytest.raises(data.DataError, match="no such folder"):
+    with pytest.raises(DataError, match="no such folder"):
         data.discover(tmp_path / "nowhere")
 
 
@@ -143,7 +147,7 @@ def test_pipeline_resizes_in_order_and_reports_undecodable_files(tmp_path):
     good.write_bytes(image_bytes(gradient(30, 50), "PNG"))
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(image_bytes(gradient(200, 200), "JPEG")[:300])
-    pipeline = data.ImagePipeline(16, batch_size=2)
+    pipeline = ImagePipeline(16, batch_size=2)
     batches = list(pipeline.dataset([good, bad, good]))
     images = np.concatenate([b[0].numpy() for b in batches])
     ok = np.concatenate([b[1].numpy() for b in batches])

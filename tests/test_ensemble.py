@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 import catsdogs
-from catsdogs import backbones, export
+from catsdogs.data.images import load_image
+from catsdogs.engine import export
 from catsdogs.errors import ConfigError
-from catsdogs.explain import Explainer
-from catsdogs.images import load_image
+from catsdogs.inference.explain import Explainer
+from catsdogs.models import backbones
 from conftest import ServerThread, photo
 
 ENSEMBLE = "efficientnet_lite0+efficientnet_lite1"
@@ -67,7 +68,7 @@ def test_ensemble_is_explained_exported_and_served(ensemble_run):
     parity = json.loads(open(f"{folder}/{export.PARITY_FILE}").read())
     assert parity["agreement"] == 1.0 and parity["max_abs_probability_difference"] < 1e-4
 
-    from catsdogs.serve.app import create_app, load_served_model
+    from catsdogs.apps.serve.app import create_app, load_served_model
 
     with ServerThread(create_app(*load_served_model(run.run_dir))) as url:
         answer = httpx.post(f"{url}/predict", params={"heatmap": "true"}, timeout=120,

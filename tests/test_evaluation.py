@@ -5,7 +5,7 @@ import multiprocessing
 import numpy as np
 import pytest
 
-from catsdogs.evaluation import label_issues
+from catsdogs.evaluation.metrics import label_issues
 
 
 def test_confidently_contradicted_labels_are_flagged_in_this_process(monkeypatch):
@@ -26,8 +26,9 @@ def test_confidently_contradicted_labels_are_flagged_in_this_process(monkeypatch
 
 
 def test_evaluation_from_logits_derives_calibrated_views_tta_and_validation():
-    from catsdogs import calibration
-    from catsdogs.evaluation import Evaluation, compute_metrics
+    from catsdogs.evaluation.evaluate import Evaluation
+    from catsdogs.evaluation.metrics import compute_metrics
+    from catsdogs.models import calibration
 
     rng = np.random.default_rng(0)
     names = ["cats", "dogs"]
@@ -53,7 +54,7 @@ def test_evaluation_from_logits_derives_calibrated_views_tta_and_validation():
 
 
 def test_evaluation_from_probabilities_takes_them_as_they_are():
-    from catsdogs.evaluation import Evaluation
+    from catsdogs.evaluation.evaluate import Evaluation
 
     probabilities = np.array([[[0.9, 0.1], [0.3, 0.7]], [[0.7, 0.3], [0.1, 0.9]]])  # (views, photos, classes)
     ev = Evaluation.from_outputs(["a.jpg", "b.jpg"], np.array([0, 1]), ["cats", "dogs"],

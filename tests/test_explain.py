@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catsdogs import explain
-from catsdogs import model as model_lib
 from catsdogs.cli import main
-from catsdogs.images import load_image
+from catsdogs.data.images import load_image
+from catsdogs.inference import explain
+from catsdogs.models import model as model_lib
 from conftest import photo
 
 CAT, DOG = ("test", "cats", 4200), ("test", "dogs", 4200)

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 import catsdogs
-from catsdogs import export, runtimes
 from catsdogs.cli import main
+from catsdogs.engine import export
 from catsdogs.errors import DataError
+from catsdogs.inference import model_formats as runtimes
 from conftest import photo
 
 PARITY_FILE_FIELDS = {"reference", "images", "max_abs_probability_difference", "mean_abs_probability_difference",
@@ -152,8 +153,8 @@ def float32_reference(lite0_run):
     Exports compute in float32, so that is their reference (README, Export); the run's model
     computes in bfloat16 where the CPU has it, and is turned into float32 with the same weights.
     """
-    from catsdogs import model as model_lib
-    from catsdogs.classifier import Classifier
+    from catsdogs.inference.classifier import Classifier
+    from catsdogs.models import model as model_lib
 
     model = model_lib.load(lite0_run[0])
     if model_lib.compute_precision(model) != "float32":

@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catsdogs import backbones, features
-from catsdogs.weights import weights_fingerprint
-from catsdogs.images import load_image
-from catsdogs.inference import TTA_VIEWS, run_on_files
-from catsdogs.runtimes import compiled_forward
+from catsdogs.data.images import load_image
+from catsdogs.inference.features import cached_features
+from catsdogs.inference.model_formats import compiled_forward
+from catsdogs.inference.pipeline import run_on_files
+from catsdogs.inference.preprocess import TTA_VIEWS
+from catsdogs.models import backbones
+from catsdogs.models.weights import weights_fingerprint
+from catsdogs.store import feature_cache as features
 
 LITE0_SIZE = backbones.get_backbone("efficientnet_lite0").default_image_size
 from conftest import photo
@@ -43,17 +46,17 @@ def test_features_are_computed_once_and_recomputed_only_for_changed_images(tmp_p
         shutil.copy(photo("test", cls, number), images[-1])
     paths = [str(p) for p in images]
     cache = cache_for(lite0, tmp_path / "cache")
-    first = features.cached_features(lite0, paths, [sha256(p) for p in paths], cache, batch_size=3)
+    first = cached_features(lite0, paths, [sha256(p) for p in paths], cache, batch_size=3)
     assert first.values.shape == (1, 4, 1280) and not first.errors and stored_entries(cache) == 4
     first = first.values[0]
 
     reopened = cache_for(lite0, tmp_path / "cache")
-    again = features.cached_features(lite0, paths, [sha256(p) for p in paths], reopened, batch_size=3)
+    again = cached_features(lite0, paths, [sha256(p) for p in paths], reopened, batch_size=3)
     assert stored_entries(reopened) == 4  # nothing recomputed
     np.testing.assert_array_equal(again.values[0], first)
 
     shutil.copy(photo("test", "dogs", 4003), images[1])  # the same path now holds another photo
-    changed = features.cached_features(lite0, paths, [sha256(p) for p in paths], reopened, batch_size=3)
+    changed = cached_features(lite0, paths, [sha256(p) for p in paths], reopened, batch_size=3)
     changed = changed.values[0]
     assert stored_entries(reopened) == 5
     np.testing.assert_array_equal(changed[[0, 2, 3]], first[[0, 2, 3]])
@@ -64,7 +67,7 @@ def test_features_are_computed_once_and_recomputed_only_for_changed_images(tmp_p
     np.testing.assert_allclose(changed, direct, rtol=1e-5, atol=1e-5)
 
     # Test-time augmentation adds the mirror view: only that is computed, and it is the mirror's features.
-    both = features.cached_features(lite0, paths[:2], [sha256(p) for p in paths[:2]], reopened, 2, TTA_VIEWS).values
+    both = cached_features(lite0, paths[:2], [sha256(p) for p in paths[:2]], reopened, 2, TTA_VIEWS).values
     assert both.shape == (2, 2, 1280) and stored_entries(reopened) == 7
     np.testing.assert_array_equal(both[0], changed[:2])
     mirrored = tmp_path / "mirrored.png"
@@ -89,7 +92,7 @@ def test_undecodable_files_are_errors_not_nan_rows_and_are_not_cached(tmp_path, 
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(good.read_bytes()[:2000])
     cache = cache_for(lite0, tmp_path / "cache")
-    outputs = features.cached_features(
+    outputs = cached_features(
         lite0, [str(good), str(bad)], [sha256(good), sha256(bad)], cache, batch_size=2)
     assert outputs.ok.tolist() == [True, False] and np.isfinite(outputs.values).all()
     assert np.abs(outputs.values[0, 0]).sum() > 0

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 import catsdogs
-from catsdogs import backbones, finetune
-from catsdogs.config import FineTuneSettings, TrainConfig
-from catsdogs.heads import build_head
+from catsdogs.config.train import FineTuneSettings, TrainConfig
+from catsdogs.engine import finetune
+from catsdogs.models import backbones
+from catsdogs.models.heads import build_head
 from conftest import photo, real_dataset
 
 

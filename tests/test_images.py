@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catsdogs.images import (DEFAULT_MAX_FILE_BYTES, ImageError, decode_image, decode_image_for_model, describe_quirks,
-                             load_image, open_image, read_file)
+from catsdogs.data.images import (
+    DEFAULT_MAX_FILE_BYTES,
+    decode_image,
+    decode_image_for_model,
+    describe_quirks,
+    load_image,
+    open_image,
+    read_file,
+)
+from catsdogs.errors import ImageError
 from conftest import gradient, image_bytes, run_bounded
 
 

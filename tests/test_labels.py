@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 import catsdogs
-from catsdogs import labels
 from catsdogs.cli import main
-from catsdogs.config import TrainConfig
+from catsdogs.config.train import TrainConfig
+from catsdogs.data import labels
+from catsdogs.engine.train import prepare
 from catsdogs.errors import DataError
-from catsdogs.training import prepare
 from conftest import link_photos, photo, real_dataset
 
 
@@ -174,7 +174,7 @@ def test_a_1_to_20_split_reports_the_small_class_everywhere_a_user_looks(tmp_pat
 
 
 def test_class_weights_balance_the_loss_of_both_heads():
-    from catsdogs.heads import DenseHead, LinearHead, balanced_weights
+    from catsdogs.models.heads import DenseHead, LinearHead, balanced_weights
 
     assert balanced_weights(np.array([0] * 10 + [1] * 90), "balanced") == pytest.approx({0: 5.0, 1: 100 / 180})
     assert balanced_weights(np.array([0, 1]), None) is None

@@ -64,7 +64,7 @@ def test_a_run_in_memory_writes_nothing_and_evaluation_figures_are_returned(tmp_
 
 
 def test_settings_are_checked_before_any_image_is_read(tmp_path, monkeypatch):
-    from catsdogs import data
+    from catsdogs.data import dataset as data
 
     def no_scan(*args, **kwargs):
         raise AssertionError("the images were read before the settings were checked")
@@ -101,7 +101,8 @@ print(light, matplotlib.get_backend())
 
 
 def test_the_cli_shows_a_traceback_for_bugs_and_a_message_for_user_errors(monkeypatch, capsys):
-    from catsdogs import cli, training
+    from catsdogs import cli
+    from catsdogs.engine import train as training
 
     def bug(*args, **kwargs):
         raise ZeroDivisionError("an internal bug")

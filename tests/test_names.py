@@ -8,14 +8,14 @@ import pathlib
 import numpy as np
 import pytest
 
-from catsdogs import report
+from catsdogs.apps.review.photos import read_run_photos
 from catsdogs.cli import main
-from catsdogs.config import TrainConfig
-from catsdogs.corrections import append_decision, read_corrections
-from catsdogs.csvfiles import read_csv
-from catsdogs.evaluation import FIGURES
-from catsdogs.review import read_run_photos
-from catsdogs.training import prepare
+from catsdogs.config.train import TrainConfig
+from catsdogs.data.corrections import append_decision, read_corrections
+from catsdogs.engine.train import prepare
+from catsdogs.evaluation import figures as report
+from catsdogs.evaluation.evaluate import FIGURES
+from catsdogs.utils.csvfiles import read_csv
 from conftest import photo
 
 HTML_NAME = "<img src=x onerror=alert(1)>"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import catsdogs
-from catsdogs import openset
 from catsdogs.cli import main
+from catsdogs.models import openset
 from conftest import photo, unknown_photo
 
 CAR, BUILDING = ("cars", "00029.jpg"), ("buildings", "urban_img_001.jpg")

@@ -14,13 +14,16 @@ import time
 import numpy as np
 import pytest
 
+from catsdogs.engine.ray.cluster import connect
+from catsdogs.inference.features import cached_features
+
 pytest.importorskip("ray", reason="the [ray] extra is not installed: pip install 'catsdogs[ray]'")
 pytest.importorskip("pyarrow", reason="the [ray] extra is not installed: pip install 'catsdogs[ray]'")
 
 import pyarrow.parquet
 
 import catsdogs
-from catsdogs import distributed
+from catsdogs.engine.ray import scoring as distributed
 from conftest import link_photos, photo, real_dataset
 
 pytestmark = pytest.mark.slow
@@ -30,7 +33,7 @@ SRC = os.path.dirname(os.path.dirname(catsdogs.__file__))
 @pytest.fixture(scope="module")
 def local_cluster():
     """A Ray cluster of this machine with two CPUs, joined by this process."""
-    ray = distributed.connect(num_cpus=2)
+    ray = connect(num_cpus=2)
     yield ray
     ray.shutdown()
 
@@ -120,14 +123,15 @@ def test_feature_extraction_on_ray_fills_the_cache_that_train_reuses(local_clust
     assert local.metrics["accuracy"] == on_ray.metrics["accuracy"]
 
     # The features the workers computed are those this process computes.
-    from catsdogs import backbones, features
+    from catsdogs.models import backbones
+    from catsdogs.store import feature_cache as features
 
     extractor = backbones.build_feature_extractor("efficientnet_lite0", image_size=224, precision="auto",
                                                   cache_dir=str(cache_dir))
     paths = [str(photo("test", cls, 4001)) for cls in ("cats", "dogs")]
     hashes = [f"check-{i}" for i in range(len(paths))]
     fresh = features.FeatureCache(str(tmp_path / "fresh"), "key")
-    here = features.cached_features(extractor, paths, hashes, fresh, batch_size=2).values[0]
+    here = cached_features(extractor, paths, hashes, fresh, batch_size=2).values[0]
     digests = [hashlib.sha256(open(path, "rb").read()).hexdigest() for path in paths]
     np.testing.assert_allclose(np.stack([cached[d] for d in digests]), here, rtol=1e-3, atol=1e-3)
 
@@ -280,7 +284,7 @@ def test_fine_tuning_resumes_from_its_last_checkpoint_when_a_worker_dies(local_c
 
     killer = threading.Thread(target=kill_a_worker_after_the_first_checkpoint, daemon=True)
     killer.start()
-    with caplog.at_level(logging.INFO, logger="catsdogs.distributed_training"):
+    with caplog.at_level(logging.INFO, logger="catsdogs.engine.ray.finetune"):
         run = catsdogs.train(data, engine="ray", ray_workers=2, fine_tune_epochs=4, fine_tune_patience=10,
                              cache_dir=str(tmp_path / "cache"),
                              **FINE_TUNE)

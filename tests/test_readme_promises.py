@@ -14,10 +14,10 @@ from PIL import Image
 
 import catsdogs
 from catsdogs.cli import main
-from catsdogs.csvfiles import read_csv
-from catsdogs.images import load_image
-from catsdogs.report import save_figure
-from catsdogs.serve import API_KEY_ENV
+from catsdogs.config.serve import API_KEY_ENV
+from catsdogs.data.images import load_image
+from catsdogs.evaluation.figures import save_figure
+from catsdogs.utils.csvfiles import read_csv
 from conftest import link_photos, photo, real_dataset, serve_command
 
 FAST = ["--backbone", "efficientnet_lite0", "--image-size", "96"]

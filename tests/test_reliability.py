@@ -18,10 +18,10 @@ import time
 import numpy as np
 import pytest
 
-from catsdogs import features
 from catsdogs.cli import main
-from catsdogs.csvfiles import read_csv
 from catsdogs.errors import CatsdogsError
+from catsdogs.store import feature_cache as features
+from catsdogs.utils.csvfiles import read_csv
 from conftest import ROOT, link_photos, photo
 from corpus import build_corpus
 
@@ -548,7 +548,7 @@ def test_two_trainings_share_one_cache(tmp_path):
 def test_a_failed_run_leaves_no_finished_looking_directory(tmp_path, monkeypatch, capsys):
     """A stage that fails while the run is written leaves nothing in the runs folder.
     At f1e2805 each failed run left a run directory without a model."""
-    from catsdogs import evaluation
+    from catsdogs.evaluation import evaluate as evaluation
 
     def broken(self, folder):
         raise OSError(errno.EIO, "Input/output error", folder)

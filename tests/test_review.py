@@ -15,9 +15,9 @@ import httpx
 import numpy as np
 import pytest
 
-from catsdogs import corrections
-from catsdogs.config import TrainConfig
-from catsdogs.corrections import Correction, append_decision, read_corrections
+from catsdogs.config.train import TrainConfig
+from catsdogs.data import corrections
+from catsdogs.data.corrections import Correction, append_decision, read_corrections
 from catsdogs.errors import DataError
 from conftest import ServerThread, link_photos, real_dataset, review_login, start_server_command
 
@@ -35,7 +35,7 @@ def mislabelled_run(tmp_path_factory):
         (run directory, the rows of its review.csv).
     """
     import catsdogs
-    from catsdogs.csvfiles import read_csv
+    from catsdogs.utils.csvfiles import read_csv
 
     data = real_dataset(tmp_path_factory.mktemp("mislabelled"), train_per_class=100, test_per_class=50)
     link_photos(data / "training_set" / "training_set" / "dogs", "train", "cats", (101, 102, 103))
@@ -55,8 +55,8 @@ def explainer(mislabelled_run):
 def review_client(run_dir, explainer, corrections_file, mistakes=50):
     from fastapi.testclient import TestClient
 
-    from catsdogs.review import read_run_photos
-    from catsdogs.review.app import create_app
+    from catsdogs.apps.review.app import create_app
+    from catsdogs.apps.review.photos import read_run_photos
 
     app = create_app(run_dir, read_run_photos(run_dir, mistakes), explainer, corrections_file, TOKEN)
     return TestClient(app, base_url="http://127.0.0.1", headers={"Authorization": f"Bearer {TOKEN}"})
@@ -76,7 +76,7 @@ def photo_index(listing, path):
 
 def labelled_photos(config):
     """photo path (relative to the data folder) -> (split, label), as training prepares them."""
-    from catsdogs.training import prepare
+    from catsdogs.engine.train import prepare
 
     prepared = prepare(config)
     return {os.path.relpath(s.path, config.data_dir): (split, prepared.class_names[s.label])
@@ -108,7 +108,7 @@ def test_corrections_last_decision_wins_and_a_torn_last_line_is_ignored(tmp_path
     for torn in (b"dogs/cat.2.jpg,train,do", b'"dogs/cat\n'):  # killed mid-write: in a field, in a quoted name
         with open(file, "ab") as f:
             f.write(torn)
-        with caplog.at_level(logging.WARNING, "catsdogs.corrections"):
+        with caplog.at_level(logging.WARNING, "catsdogs.data.corrections"):
             assert read_corrections(file) == expected
         assert "torn" in caplog.text
         caplog.clear()
@@ -145,8 +145,8 @@ def test_corrections_refuse_what_cannot_be_meant(tmp_path):
 
 @pytest.mark.parametrize("outside", ["../../../etc/passwd", "/etc/passwd", "cats/../../secret.jpg"])
 def test_a_review_csv_naming_a_file_outside_the_data_folder_is_refused(tmp_path, outside):
-    from catsdogs.csvfiles import write_csv
-    from catsdogs.review import REVIEW_FILE, read_run_photos
+    from catsdogs.apps.review.photos import REVIEW_FILE, read_run_photos
+    from catsdogs.utils.csvfiles import write_csv
 
     data_dir, run_dir = tmp_path / "data", tmp_path / "run"
     (data_dir / "cats").mkdir(parents=True)
@@ -248,7 +248,7 @@ def test_photos_and_their_grad_cam_are_served_and_the_grad_cam_kept(mislabelled_
 
 
 def test_a_run_without_review_csv_lists_its_test_mistakes_and_says_so(mislabelled_run, explainer, tmp_path):
-    from catsdogs.csvfiles import read_csv
+    from catsdogs.utils.csvfiles import read_csv
 
     run_dir, _ = mislabelled_run
     old_run = tmp_path / "old-run"
@@ -329,8 +329,8 @@ def test_page_keeps_relabels_and_excludes_with_keys_and_clicks(browser, mislabel
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from catsdogs.review import read_run_photos
-    from catsdogs.review.app import create_app
+    from catsdogs.apps.review.app import create_app
+    from catsdogs.apps.review.photos import read_run_photos
 
     run_dir, _ = mislabelled_run
     file = tmp_path / "corrections.csv"
@@ -400,8 +400,8 @@ def test_page_keeps_relabels_and_excludes_with_keys_and_clicks(browser, mislabel
 
 def test_a_file_that_is_not_a_corrections_file_is_refused_before_the_model_loads(mislabelled_run, tmp_path, capsys,
                                                                                    monkeypatch):
+    from catsdogs.apps.review import app
     from catsdogs.cli import main
-    from catsdogs.review import app
 
     def load(*arguments):
         raise AssertionError("the model was loaded before the corrections file was checked")

@@ -156,7 +156,7 @@ def test_unfinished_and_incomplete_folders_are_skipped_and_named(trained_runs, t
 
 def test_importing_runs_and_tracking_loads_neither_tensorflow_nor_mlflow():
     loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, catsdogs.runs, catsdogs.tracking; "
+        [sys.executable, "-c", "import sys, catsdogs.store.runs, catsdogs.engine.tracking; "
                                "print(sorted({'tensorflow', 'keras', 'mlflow'} & set(sys.modules)))"],
         capture_output=True, text=True, timeout=60, check=True)
     assert loaded.stdout.strip() == "[]"
@@ -203,22 +203,22 @@ def test_mlflow_tracking_uri_turns_logging_on_and_chooses_the_store(trained_runs
 
 
 def test_a_failure_of_mlflow_only_warns(trained_runs, monkeypatch, caplog):
-    from catsdogs.config import TrainConfig
-    from catsdogs.tracking import log_run
+    from catsdogs.config.train import TrainConfig
+    from catsdogs.engine.tracking import log_run
 
     runs, _ = trained_runs
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchstore://here")
     config = TrainConfig.load(runs / "linear" / "config.json")
-    with caplog.at_level(logging.WARNING, "catsdogs.tracking"):
+    with caplog.at_level(logging.WARNING, "catsdogs.engine.tracking"):
         assert log_run(str(runs / "linear"), config, metrics_of(runs / "linear")) is None
-    [warning] = [record.getMessage() for record in caplog.records if record.name == "catsdogs.tracking"]
+    [warning] = [record.getMessage() for record in caplog.records if record.name == "catsdogs.engine.tracking"]
     assert warning.startswith(f"run {runs / 'linear'} not logged to MLflow: ")
     assert "nosuchstore" in warning and "(the run directory is complete)" in warning
 
 
 @pytest.fixture
 def without_mlflow(monkeypatch):
-    """mlflow looks uninstalled to `catsdogs.extras.require`."""
+    """mlflow looks uninstalled to `catsdogs.utils.extras.require`."""
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *args, **kwargs: None if name == "mlflow" else find_spec(name, *args, **kwargs))
@@ -236,13 +236,13 @@ def test_mlflow_asked_for_but_not_installed_fails_before_training(without_mlflow
 
 def test_tracking_uri_without_mlflow_installed_warns_and_logs_nothing(trained_runs, without_mlflow, monkeypatch,
                                                                       caplog):
-    from catsdogs.config import TrainConfig
-    from catsdogs.tracking import log_run
+    from catsdogs.config.train import TrainConfig
+    from catsdogs.engine.tracking import log_run
 
     runs, root = trained_runs
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/never.db")
     config = TrainConfig.load(runs / "dense" / "config.json")
-    with caplog.at_level(logging.WARNING, "catsdogs.tracking"):
+    with caplog.at_level(logging.WARNING, "catsdogs.engine.tracking"):
         assert log_run(str(runs / "dense"), config, metrics_of(runs / "dense")) is None
     assert 'pip install "catsdogs[mlflow]"' in caplog.text
     assert not (root / "never.db").exists()

@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 
 import catsdogs
+from catsdogs.apps.serve.app import Job, Predictor, Result
 from catsdogs.cli import main
+from catsdogs.data.images import load_image
 from catsdogs.errors import ImageError
-from catsdogs.images import load_image
-from catsdogs.serve.app import Job, Predictor, Result
 from conftest import gradient, image_bytes, photo, serve_command
 from corpus import tiny_instances_json
 

@@ -4,8 +4,8 @@ import httpx
 import pytest
 
 import catsdogs
-from catsdogs import export
-from catsdogs.serve.app import create_app, load_served_model
+from catsdogs.apps.serve.app import create_app, load_served_model
+from catsdogs.engine import export
 from conftest import ServerThread, photo, serve_command, unknown_photo
 
 FORMATS = ("onnx", "tflite", "savedmodel")

@@ -14,8 +14,8 @@ import time
 import httpx
 import pytest
 
-from catsdogs.serve import ServeSettings
-from catsdogs.serve.app import _warn_if_exposed
+from catsdogs.apps.serve.app import _warn_if_exposed
+from catsdogs.config.serve import ServeSettings
 from conftest import ROOT, photo
 from corpus import build_corpus, large_png, tiny_instances_json
 from health_watch import HealthWatch

@@ -16,13 +16,13 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import catsdogs
-from catsdogs import model as model_lib
-from catsdogs.backbones import get_backbone
 from catsdogs.cli import format_table
-from catsdogs.config import TrainConfig
-from catsdogs.heads import LinearHead
-from catsdogs.images import load_image
-from catsdogs.csvfiles import read_csv
+from catsdogs.config.train import TrainConfig
+from catsdogs.data.images import load_image
+from catsdogs.models import model as model_lib
+from catsdogs.models.backbones import get_backbone
+from catsdogs.models.heads import LinearHead
+from catsdogs.utils.csvfiles import read_csv
 from conftest import gradient, image_bytes, link_photos, photo, real_dataset
 
 
@@ -188,8 +188,8 @@ def test_threshold_for_a_target_is_chosen_on_validation_and_saved_in_the_model(t
 
 
 def test_exclusions_drop_listed_training_images_but_never_test_images(tmp_path):
-    from catsdogs.data import Sample
-    from catsdogs.training import read_exclusions
+    from catsdogs.data.dataset import Sample
+    from catsdogs.engine.train import read_exclusions
 
     splits = {"train": [Sample("d/train/cats/cat.1.jpg", 0), Sample("d/train/cats/cat.2.jpg", 0)],
               "val": [Sample("d/train/dogs/dog.1.jpg", 1)], "test": [Sample("d/test/cats/cat.9.jpg", 0)]}
@@ -253,7 +253,7 @@ def test_train_config_checks_its_own_settings_without_data(settings, message):
 
 def test_train_config_defaults_pass_its_check_and_import_no_tensorflow():
     TrainConfig(data_dir="").check()  # the defaults, with no data folder at all
-    script = ("import sys; from catsdogs.config import TrainConfig; "
+    script = ("import sys; from catsdogs.config.train import TrainConfig; "
               "TrainConfig(data_dir='').fine_tune_settings(); print('tensorflow' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from catsdogs.cli import build_parser, main
+from catsdogs.config.serve import ServeSettings
 from catsdogs.errors import ConfigError
-from catsdogs.serve import ServeSettings
 from conftest import ServerThread, link_photos, photo, review_login, serve_command, start_server_command
 
 XSS = "<img src=x onerror=alert(1)>"  # a class folder, a model name, a run directory
@@ -48,14 +48,14 @@ def xss_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def loaded(xss_run):
     """(classifier, metrics) of the run, loaded once for every app of this module."""
-    from catsdogs.serve.app import load_served_model
+    from catsdogs.apps.serve.app import load_served_model
 
     classifier, _, metrics = load_served_model(xss_run)
     return classifier, metrics
 
 
 def serve_app(loaded, host="127.0.0.1", name=XSS, **settings):
-    from catsdogs.serve.app import create_app
+    from catsdogs.apps.serve.app import create_app
 
     classifier, metrics = loaded
     return create_app(classifier, name, metrics, ServeSettings(**settings), host)
@@ -207,13 +207,13 @@ def test_the_serve_command_answers_an_allowed_host_and_refuses_others(xss_run):
 def review_parts(xss_run):
     """(run directory, its photos, its explainer) for review apps."""
     import catsdogs
-    from catsdogs.review import read_run_photos
+    from catsdogs.apps.review.photos import read_run_photos
 
     return xss_run, read_run_photos(xss_run), catsdogs.load(xss_run, "keras").explainer()
 
 
 def review_app(review_parts, corrections_file, **kwargs):
-    from catsdogs.review.app import create_app
+    from catsdogs.apps.review.app import create_app
 
     return create_app(*review_parts, corrections_file, TOKEN, **kwargs)
 

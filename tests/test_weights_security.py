@@ -17,10 +17,11 @@ import sys
 import numpy as np
 import pytest
 
-from catsdogs import backbones, features, weights
-from catsdogs import model as model_lib
 from catsdogs.errors import ConfigError, ModelNotFoundError, WeightsError
-from catsdogs.torch_checkpoint import MAGIC_NUMBER, PROTOCOL_VERSION, read_torch_checkpoint
+from catsdogs.models import backbones, weights
+from catsdogs.models import model as model_lib
+from catsdogs.models.torch_checkpoint import MAGIC_NUMBER, PROTOCOL_VERSION, read_torch_checkpoint
+from catsdogs.store import feature_cache as features
 
 SYSTEM_INFO = {"protocol_version": PROTOCOL_VERSION, "little_endian": True,
                "type_sizes": {"short": 2, "int": 4, "long": 4}}

@@ -33,16 +33,16 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it, imported on first use (PEP 562).
 _PUBLIC = {
-    "train": "catsdogs.training",
-    "Run": "catsdogs.training",
-    "load": "catsdogs.classifier",
-    "Classifier": "catsdogs.classifier",
-    "Prediction": "catsdogs.classifier",
-    "evaluate": "catsdogs.evaluation",
-    "Evaluation": "catsdogs.evaluation",
-    "TrainConfig": "catsdogs.config",
+    "train": "catsdogs.engine.train",
+    "Run": "catsdogs.engine.train",
+    "load": "catsdogs.inference.classifier",
+    "Classifier": "catsdogs.inference.classifier",
+    "Prediction": "catsdogs.inference.classifier",
+    "evaluate": "catsdogs.evaluation.evaluate",
+    "Evaluation": "catsdogs.evaluation.evaluate",
+    "TrainConfig": "catsdogs.config.train",
     # Run directories side by side (runs.py reads their JSON files only).
-    **{name: "catsdogs.runs" for name in ("list_runs", "compare_runs", "format_runs", "format_comparison")},
+    **{name: "catsdogs.store.runs" for name in ("list_runs", "compare_runs", "format_runs", "format_comparison")},
     # The errors a user catches (all in errors.py, all `CatsdogsError`s).
     **{name: "catsdogs.errors" for name in (
         "CatsdogsError", "ConfigError", "DataError", "ImageError", "ModelNotFoundError", "UnsupportedError",
@@ -51,13 +51,22 @@ _PUBLIC = {
 __all__ = [*_PUBLIC, "__version__"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these come from __getattr__
-    from catsdogs.classifier import Classifier, Prediction, load
-    from catsdogs.config import TrainConfig
-    from catsdogs.errors import (CacheError, CatsdogsError, ConfigError, DataError, ImageError, MissingDependency,
-                                 ModelNotFoundError, UnsupportedError, WeightsError)
-    from catsdogs.evaluation import Evaluation, evaluate
-    from catsdogs.runs import compare_runs, format_comparison, format_runs, list_runs
-    from catsdogs.training import Run, train
+    from catsdogs.config.train import TrainConfig
+    from catsdogs.engine.train import Run, train
+    from catsdogs.errors import (
+        CacheError,
+        CatsdogsError,
+        ConfigError,
+        DataError,
+        ImageError,
+        MissingDependency,
+        ModelNotFoundError,
+        UnsupportedError,
+        WeightsError,
+    )
+    from catsdogs.evaluation.evaluate import Evaluation, evaluate
+    from catsdogs.inference.classifier import Classifier, Prediction, load
+    from catsdogs.store.runs import compare_runs, format_comparison, format_runs, list_runs
 
 
 def __getattr__(name):

@@ -7,12 +7,24 @@ import logging
 import os
 import sys
 
-from catsdogs.config import TrainConfig
+from catsdogs.config.choices import (
+    BACKBONE_PRECISIONS,
+    BACKBONE_RUNTIMES,
+    BENCH_BATCH_SIZES,
+    CLASS_WEIGHTS,
+    ENGINES,
+    EXPORT_FORMATS,
+    HEADS,
+    INFERENCE_BATCH_SIZE,
+    PRECISIONS,
+    QUANTIZATIONS,
+    REVIEW_MISTAKES,
+    RUNTIMES,
+    default_cache_dir,
+)
+from catsdogs.config.serve import API_KEY_ENV, ServeSettings
+from catsdogs.config.train import TrainConfig
 from catsdogs.errors import ConfigError
-from catsdogs.options import (BACKBONE_PRECISIONS, BACKBONE_RUNTIMES, BENCH_BATCH_SIZES, CLASS_WEIGHTS, ENGINES,
-                              EXPORT_FORMATS, HEADS, INFERENCE_BATCH_SIZE, PRECISIONS, QUANTIZATIONS, REVIEW_MISTAKES,
-                              RUNTIMES, default_cache_dir)
-from catsdogs.serve import API_KEY_ENV, ServeSettings
 
 EPILOG = "Run `catsdogs COMMAND -h` for the options of a command."
 
@@ -161,8 +173,8 @@ def _add_engine(p, prefix, what):
 
 
 def _train(args):
-    from catsdogs.evaluation import format_metrics
-    from catsdogs.training import train
+    from catsdogs.engine.train import train
+    from catsdogs.evaluation.metrics import format_metrics
 
     settings = {k: v for k, v in vars(args).items() if k not in ("command", "func", "verbose")}
     config = TrainConfig(**{**settings, "labels": tuple(args.labels)})
@@ -172,9 +184,10 @@ def _train(args):
 
 
 def _evaluate(args):
-    from catsdogs.classifier import load
-    from catsdogs.evaluation import default_output_dir, evaluate, format_metrics
-    from catsdogs.labels import Columns
+    from catsdogs.data.labels import Columns
+    from catsdogs.evaluation.evaluate import default_output_dir, evaluate
+    from catsdogs.evaluation.metrics import format_metrics
+    from catsdogs.inference.classifier import load
 
     columns = Columns(args.path_column, args.label_column, args.split_column)
     evaluation = evaluate(load(args.model), args.data, args.tta, args.batch_size, args.unknown_data, args.labels, columns)
@@ -215,7 +228,7 @@ def format_table(predictions, top_k=1):
 
 
 def _predict_on_ray(args):
-    from catsdogs.distributed import predict_to_parquet
+    from catsdogs.engine.ray.scoring import predict_to_parquet
 
     if not args.output or args.csv or args.json:
         raise ConfigError("--engine ray writes Parquet: give --output DIR (and neither --csv nor --json)")
@@ -234,8 +247,8 @@ def _predict(args):
         raise ConfigError(f"--top-k {args.top_k}: expected at least 1")
     if args.engine == "ray":  # before anything loads TensorFlow: this process only lists files and starts Ray
         return _predict_on_ray(args)
-    from catsdogs.classifier import load
-    from catsdogs.csvfiles import write_csv
+    from catsdogs.inference.classifier import load
+    from catsdogs.utils.csvfiles import write_csv
 
     if args.output:
         raise ConfigError("--output is for --engine ray (Parquet); use --csv FILE or --json")
@@ -256,7 +269,7 @@ def _predict(args):
 
 
 def _export(args):
-    from catsdogs.export import export_model, format_parity
+    from catsdogs.engine.export import export_model, format_parity
 
     folder, parity = export_model(args.model, args.format, args.output, args.quantization, args.data,
                                   args.parity_images, args.calibration_images, args.batch_size)
@@ -264,7 +277,7 @@ def _export(args):
 
 
 def _bench(args):
-    from catsdogs.bench import format_report, run_bench
+    from catsdogs.engine.bench import format_report, run_bench
 
     report = run_bench(args.backbone, args.precision, args.batch_sizes, args.images, args.data, args.repeats,
                        args.quick, args.runtimes, args.image_size)
@@ -276,7 +289,7 @@ def _bench(args):
 
 
 def _runs(args):
-    from catsdogs import runs
+    from catsdogs.store import runs
 
     if args.compare:
         comparison = runs.compare_runs(*args.compare, folder=args.folder)
@@ -358,8 +371,8 @@ def _add_bench(commands):
     p.add_argument("--output", metavar="FILE", help="write the results as JSON")
     p.set_defaults(func=_bench)
 def _explain(args):
-    from catsdogs import explain
-    from catsdogs.classifier import load
+    from catsdogs.inference import explain
+    from catsdogs.inference.classifier import load
 
     explanation, output = explain.explain_photo(load(args.model, "keras").model, args.photo, args.output,
                                                 args.class_name)
@@ -368,10 +381,10 @@ def _explain(args):
 
 
 def _serve(args):
-    from catsdogs.extras import require
+    from catsdogs.utils.extras import require
 
     require("serve", "serving")
-    from catsdogs.serve.app import serve
+    from catsdogs.apps.serve.app import serve
 
     settings = {field.name: getattr(args, field.name) for field in dataclasses.fields(ServeSettings)}
     # The key may come from the environment, so that it stays out of `ps` and shell history.
@@ -412,10 +425,10 @@ def _add_setting(p, field):
 
 
 def _review(args):
-    from catsdogs.extras import require
+    from catsdogs.utils.extras import require
 
     require("serve", "the review page")
-    from catsdogs.review.app import review
+    from catsdogs.apps.review.app import review
 
     review(args.run, args.corrections, args.mistakes, args.host, args.port, args.allowed_hosts)
 
@@ -443,7 +456,7 @@ def _add_review(commands):
 
 
 def _backbones(args):
-    from catsdogs.backbones import BACKBONES
+    from catsdogs.models.backbones import BACKBONES
 
     for backbone in BACKBONES.values():
         print(f"{backbone.name:<20} {backbone.default_image_size}px  {backbone.feature_dim}-d  {backbone.description}")

@@ -1,0 +1,1 @@
+"""`catsdogs review`: a local web page to keep, relabel or exclude photos of a run."""

@@ -1,0 +1,87 @@
+"""Splits: usable photos per split, the missing splits carved out of the training photos
+(stratified, seeded, identical files kept together)."""
+
+import collections
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from catsdogs.errors import DataError
+
+
+def _grouped_stratified_split(samples, hashes, fraction, seed):
+    """Splits off `fraction` of the samples, stratified by label; identical files stay together."""
+    groups = collections.defaultdict(list)
+    for sample in samples:
+        groups[hashes[sample.path]].append(sample)
+    keys = sorted(groups)
+    labels = [groups[k][0].label for k in keys]
+    try:
+        kept, held = train_test_split(keys, test_size=fraction, stratify=labels, random_state=seed)
+    except ValueError as error:
+        raise DataError(f"cannot split {len(samples)} images into {1 - fraction:.0%}/{fraction:.0%} "
+                        f"with every class on both sides: {error}") from None
+    return [s for k in kept for s in groups[k]], [s for k in held for s in groups[k]]
+
+
+def check_class_counts(dataset, report, usable):
+    """Checks that every class has enough usable images in every split, before any is decoded.
+
+    The training images must also provide the splits the dataset lacks (one image of each class
+    for each), so a class with one photo, an empty class folder or a class whose files are all
+    unreadable is refused here, by name, rather than deep inside splitting or fitting.
+
+    Args:
+        dataset: from `discover`.
+        report: the `ScanReport` (its problems say why files were skipped).
+        usable: split name -> the samples the scan kept.
+
+    Raises:
+        DataError: naming the split, the class and how many files were found and skipped.
+    """
+    carved = [name for name in ("test", "val") if name not in usable]
+    for split, samples in usable.items():
+        needed = 1 + len(carved) if split in ("train", "all") else 1
+        counts = collections.Counter(s.label for s in samples)
+        for label, name in enumerate(dataset.class_names):
+            if counts[label] >= needed:
+                continue
+            found = [s.path for s in dataset.splits[split] if s.label == label]
+            skipped = [p for p in found if p in report.problems]
+            detail = f"{len(found)} files" + (f", {len(skipped)} skipped as unreadable (e.g. {skipped[0]}: "
+                                              f"{report.problems[skipped[0]]})" if skipped else "")
+            where = f"{dataset.root}" + ("" if split == "all" else f" ({split} split)")
+            raise DataError(f"{where}: class {name!r} has {counts[label]} usable images ({detail}); at least "
+                            f"{needed} needed" + (f", one for each of training, {' and '.join(carved)}"
+                                                  if needed > 1 else ""))
+
+
+def make_splits(dataset, report, val_fraction, test_fraction, seed):
+    """Returns usable train, val and test samples, carving missing splits out of the training data.
+
+    A test split is taken from the images only when the dataset has none; the validation split
+    comes from the training images (stratified, shuffled with `seed`) unless a val folder exists.
+
+    Returns:
+        dict split name -> list of `Sample`, without the files the scan rejected.
+    """
+    usable = {split: [s for s in samples if s.path in report.hashes]
+              for split, samples in dataset.splits.items()}
+    train = usable.get("train", usable.get("all"))
+    if train is None:
+        raise DataError(f"{dataset.root}: no training images (expected a train or training_set folder)")
+    check_class_counts(dataset, report, usable)
+    test = usable.get("test")
+    if test is None:
+        train, test = _grouped_stratified_split(train, report.hashes, test_fraction, seed)
+    val = usable.get("val")
+    if val is None:
+        train, val = _grouped_stratified_split(train, report.hashes, val_fraction, seed)
+    return {"train": train, "val": val, "test": test}
+
+
+def spread(paths, count):
+    """`count` paths evenly spread over the list (every class of a sorted folder tree), in order."""
+    if count >= len(paths):
+        return list(paths)
+    return [paths[i] for i in np.linspace(0, len(paths) - 1, count).astype(int)]

@@ -1,0 +1,1 @@
+"""Workflows: training, fine-tuning, export, benchmarks, tracking, and the same on Ray."""

@@ -1,0 +1,1 @@
+"""Past one machine on Ray: batch scoring, feature extraction and multi-worker fine-tuning."""

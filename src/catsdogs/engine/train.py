@@ -1,0 +1,510 @@
+"""Training a classifier, in named stages: prepare, extract, fit the head, fine-tune, calibrate, write.
+
+Features are computed once by the frozen backbone and cached (`features`), so the head trains
+in seconds; fine-tuning, calibration and the decision threshold are all chosen on the
+validation split, never on the test folder. `train` runs the stages and returns a `Run`.
+"""
+
+import dataclasses
+import logging
+import os
+import shutil
+import time
+
+import numpy as np
+
+from catsdogs.apps.review.photos import REVIEW_FILE
+from catsdogs.config.train import TrainConfig
+from catsdogs.data import labels
+from catsdogs.data.corrections import read_corrections
+from catsdogs.data.scan import ScanReport, scan_dataset
+from catsdogs.data.splits import make_splits
+from catsdogs.engine.ray.features import extract_features
+from catsdogs.engine.tracking import log_run
+from catsdogs.errors import ConfigError, DataError
+from catsdogs.evaluation.evaluate import Evaluation, OpenSetResults, unknown_scores
+from catsdogs.evaluation.metrics import label_issues, stage_summary
+from catsdogs.evaluation.report import prediction_rows
+from catsdogs.inference.backbone_runtime import BACKBONE_FILE, onnx_backbone
+from catsdogs.inference.classifier import Classifier
+from catsdogs.inference.features import extractor_features
+from catsdogs.inference.model_formats import KerasRuntime, compiled_forward
+from catsdogs.inference.pipeline import run_on_files
+from catsdogs.inference.preprocess import views_for
+from catsdogs.models import backbones, calibration, heads, openset
+from catsdogs.models import model as model_lib
+from catsdogs.models.folding import fold_batch_normalization
+from catsdogs.models.model import predicted_classes
+from catsdogs.utils.csvfiles import write_csv
+from catsdogs.utils.files import timestamp
+
+log = logging.getLogger(__name__)
+
+
+HISTORY_FIELDS = ("stage", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
+SPLITS_FIELDS = ("path", "split", "label")
+
+
+@dataclasses.dataclass
+class Run:
+    """What `train` made.
+
+    Attributes:
+        config: the settings used ("auto" precision and the default image size resolved).
+        classifier: the trained `Classifier`.
+        evaluation: its `Evaluation` on the test photos, with validation and stage summaries.
+        run_dir: the run directory written, or None (`runs_dir=None`).
+        splits: split name -> the `data.Sample`s used.
+        history: epoch rows of the dense head and fine-tuning (empty for the linear head alone).
+        review: one row per photo of every split for `catsdogs review` (`review_rows`).
+    """
+
+    config: TrainConfig
+    classifier: Classifier
+    evaluation: Evaluation
+    run_dir: str = None
+    splits: dict = None
+    history: list = dataclasses.field(default_factory=list)
+    review: list = dataclasses.field(default_factory=list)
+
+    @property
+    def metrics(self) -> dict:
+        """Test metrics (see `Evaluation.metrics`)."""
+        return self.evaluation.metrics
+
+    @property
+    def model(self):
+        """The end-to-end `keras.Model`."""
+        return self.classifier.model
+
+    def __repr__(self):
+        return (f"Run(run_dir={self.run_dir!r}, backbone={self.config.backbone!r}, "
+                f"accuracy={self.metrics['accuracy']:.4f}, classes={self.classifier.classes})")
+
+
+@dataclasses.dataclass
+class SplitFeatures:
+    x: np.ndarray  # (views, images, feature_dim)
+    y: np.ndarray
+    paths: list
+
+
+@dataclasses.dataclass
+class Prepared:
+    """The dataset ready to train on: classes, integrity scan, splits, and the checked settings."""
+
+    config: TrainConfig
+    class_names: list
+    scan: ScanReport
+    splits: dict  # "train", "val", "test" -> list of data.Sample
+    target: tuple = None  # parsed --target: (metric, class index, value)
+    open_set: tuple = ()  # the methods of the in-distribution score
+
+
+def parse_target(target, class_names):
+    """"precision:dogs=0.99" -> ("precision", 1, 0.99)."""
+    try:
+        metric, rest = target.split(":", 1)
+        name, value = rest.rsplit("=", 1)
+        value = float(value)
+        if metric not in ("precision", "recall") or name not in class_names or not 0 < value <= 1:
+            raise ValueError
+        return metric, class_names.index(name), value
+    except ValueError:
+        raise ConfigError(f"target {target!r}: expected precision:CLASS=VALUE or recall:CLASS=VALUE with CLASS "
+                          f"one of {class_names} and VALUE in (0, 1]") from None
+
+
+def read_exclusions(path, splits, data_dir):
+    """Drops the training and validation images a file lists: one path or file name a line, or
+    the photos a corrections table (`catsdogs review`'s) excludes.
+
+    Test images are never dropped: excluding them would only flatter the score.
+
+    Returns:
+        the splits without the excluded images.
+    """
+    if labels.DECISION_COLUMN in labels.csv_header(path):
+        wanted = {os.path.join(data_dir, photo) for photo, correction in read_corrections(path).items()
+                  if correction.decision == "exclude"}
+    else:
+        with open(path) as f:
+            wanted = {line.strip() for line in f if line.strip() and not line.startswith("#")}
+
+    def listed(sample):
+        return any(sample.path == w or os.path.abspath(sample.path) == os.path.abspath(w)
+                   or sample.path.endswith(os.sep + w) for w in wanted)
+
+    kept = {name: [s for s in split if name == "test" or not listed(s)] for name, split in splits.items()}
+    dropped = sum(len(splits[n]) - len(kept[n]) for n in splits)
+    in_test = sum(listed(s) for s in splits["test"])
+    log.info("excluded %d training/validation images listed in %s%s", dropped, path,
+             f"; {in_test} listed test images were kept (test images are never excluded)" if in_test else "")
+    return kept
+
+
+def prepare(config: TrainConfig, table=None) -> Prepared:
+    """Stage "prepare": checks the settings, finds the images, scans them and splits them.
+
+    Every setting is checked before the first image is read. Images are only hashed and their
+    headers read here; decoding comes with extraction.
+
+    Args:
+        table: a labels table in memory (a DataFrame or (path, label) pairs), instead of
+            `config.labels`' first file or the class folders.
+    """
+    config.check()
+    dataset, corrections = labels.load_dataset(config.data_dir, table if table is not None else config.labels,
+                                               config.label_columns())
+    class_names = dataset.class_names
+    target = None
+    if config.target:
+        if len(class_names) != 2:
+            raise ConfigError(f"--target needs exactly two classes; {config.data_dir} has {len(class_names)}")
+        target = parse_target(config.target, class_names)
+    open_set = openset.resolve_methods(config.open_set, config.backbone, config.weights, class_names)
+    # config.json says what was used: "auto" and 0 (the backbone's size) are resolved.
+    runtime, precision = config.backbone_runtime()
+    config = dataclasses.replace(
+        config, data_dir=os.path.abspath(config.data_dir), runtime=runtime, precision=precision,
+        image_size=config.image_size or backbones.default_image_size(config.backbone))
+    log.info("%s: classes %s, %s", config.data_dir, class_names,
+             ", ".join(f"{len(v)} {k} files" for k, v in dataset.splits.items()))
+    scan = scan_dataset(dataset)
+    splits = make_splits(dataset, scan, config.val_fraction, config.test_fraction, config.seed)
+    for source in corrections:
+        splits = labels.apply_corrections(splits, class_names, config.data_dir, source)
+    if config.exclude:
+        splits = read_exclusions(config.exclude, splits, config.data_dir)
+    return Prepared(config, class_names, scan, splits, target, open_set)
+
+
+def keras_precision(config):
+    """The precision the Keras backbone is built in: the run's own, or float32 where ONNX Runtime
+    computes the features (converted from the float32 model, int8 quantized from it)."""
+    return config.precision if config.runtime == "keras" else "float32"
+
+
+def calibration_photos(prepared: Prepared):
+    """The training photos (never validation or test ones) that calibrate int8 quantization."""
+    return [s.path for s in prepared.splits["train"]]
+
+
+def extract(prepared: Prepared, extractor) -> dict:
+    """Stage "extract": features of every split, from the cache or the backbone.
+
+    Training images get the original view, and the low-resolution one with `low_resolution`;
+    validation and test images also the mirrored view when `tta` is on. Files that fail to decode
+    join the scan's problems and are left out.
+
+    Returns:
+        split name -> `SplitFeatures` of the images that decoded.
+    """
+    config, scan = prepared.config, prepared.scan
+    result = {}
+    train_views = ("original", "low_resolution") if config.low_resolution else ("original",)
+    for names, views in ((("train",), train_views), (("val", "test"), views_for(config.tta))):
+        samples = [s for name in names for s in prepared.splits[name]]
+        paths = [s.path for s in samples]
+        hashes = [scan.hashes[p] for p in paths]
+        fill = None
+        if config.engine == "ray":  # the cluster fills the cache; the cache is then read as usual
+
+            def fill(member, cache):
+                extract_features(member, config.precision, paths, hashes, cache, views,
+                                             config.extract_batch_size, config.ray_address, config.ray_workers)
+        outputs = extractor_features(extractor, config.precision, paths, hashes, config.cache_dir,
+                                              config.extract_batch_size, views, fill, runtime=config.runtime,
+                                              calibration_paths=calibration_photos(prepared))
+        for path, reason in outputs.errors.items():
+            scan.add_problem(path, reason)
+        start = 0
+        for name in names:
+            count = len(prepared.splits[name])
+            ok = outputs.ok[start:start + count]
+            result[name] = SplitFeatures(outputs.values[:, start:start + count][:, ok],
+                                         np.array([s.label for s in prepared.splits[name]], int)[ok],
+                                         [s.path for s, k in zip(prepared.splits[name], ok) if k])
+            start += count
+    for line in scan.summary_lines():
+        log.info("%s", line)
+    for name, split in result.items():
+        missing = sorted(set(range(len(prepared.class_names))) - set(split.y.tolist()))
+        if missing:
+            raise DataError(f"{config.data_dir}: no usable {name} images of class "
+                                 f"{', '.join(prepared.class_names[i] for i in missing)} (skipped files: "
+                                 f"{len(scan.problems)}; see the list above)")
+    return result
+
+
+def head_logits(head, split):
+    """(views, images, logits) of a Keras head on a split's features."""
+    return np.stack([head.predict(x, batch_size=1024, verbose=0) for x in split.x])
+
+
+def fit_head(config: TrainConfig, split_features: dict):
+    """Stage "fit head": the linear or dense head on the training features.
+
+    Returns:
+        (the fitted estimator, its Keras head, epoch rows of its history).
+    """
+    import keras
+
+    keras.utils.set_random_seed(config.seed)
+    estimator = heads.make_head(config)
+    train, val = split_features["train"], split_features["val"]
+    # Every view of a training photo is one more sample (the original, and its low-resolution view).
+    x, y = np.concatenate(list(train.x)), np.tile(train.y, len(train.x))
+    if isinstance(estimator, heads.DenseHead):
+        estimator.fit(x, y, validation_data=(val.x[0], val.y))
+        history = [{"stage": "head", **row} for row in estimator.history_]
+    else:
+        estimator.fit(x, y, groups=np.tile(np.arange(len(train.y)), len(train.x)) if len(train.x) > 1 else None)
+        history = []
+    return estimator, estimator.to_keras(), history
+
+
+def features_of_images(extractor, split, batch_size, views):
+    """A split's features from another extractor (the fine-tuned one), computed from its photos."""
+    outputs = run_on_files(compiled_forward(extractor), split.paths, extractor.input_shape[1], batch_size, views,
+                           desc="features")
+    if not outputs.ok.all():
+        raise DataError("photos that decoded before fail now: " + "; ".join(
+            f"{path}: {reason}" for path, reason in outputs.errors.items()))
+    return SplitFeatures(outputs.values, split.y, split.paths)
+
+
+def fine_tune(prepared: Prepared, head, split_features):
+    """Stage "fine-tune": the top blocks of the backbone and the head, end to end, on images.
+
+    Returns:
+        (the folded fine-tuned extractor, its stage summary, its validation and test
+        `SplitFeatures`, epoch rows); the head is trained in place.
+    """
+    from catsdogs.engine import finetune
+    from catsdogs.models.heads import EpochHistory
+
+    config = prepared.config
+    train, val, test = (split_features[name] for name in ("train", "val", "test"))
+    # Fine-tuned apart from the folded extractor: with its BatchNormalization layers kept, and frozen.
+    tunable = backbones.build_feature_extractor(config.backbone, config.weights, config.image_size,
+                                                config.precision, config.cache_dir, fold_batch_norm=False)
+    start = time.perf_counter()
+    settings = config.fine_tune_settings()
+    if config.engine == "ray":  # the same fine-tuning, on several Ray workers; the weights come back here
+        from catsdogs.engine.ray import finetune as distributed_training
+
+        rows = distributed_training.fine_tune(tunable, head, (train.paths, train.y), (val.paths, val.y), settings,
+                                              config.precision, config.cache_dir, config.ray_address,
+                                              config.ray_workers)
+    else:
+        history = EpochHistory(settings.epochs, "fine-tune")
+        finetune.fine_tune(tunable, head, (train.paths, train.y), (val.paths, val.y), settings, [history])
+        rows = history.rows
+    seconds = time.perf_counter() - start
+    tuned = fold_batch_normalization(tunable)
+    views = views_for(config.tta)
+    tuned_features = {name: features_of_images(tuned, split_features[name], config.extract_batch_size, views)
+                      for name in ("val", "test")}
+    summary = stage_summary((val.y, head_logits(head, tuned_features["val"])[0]),
+                            (test.y, head_logits(head, tuned_features["test"])[0]), prepared.class_names, seconds)
+    return tuned, summary, tuned_features, [{"stage": "fine_tune", **row} for row in rows]
+
+
+def calibrate(prepared: Prepared, val_logits, val_y):
+    """Stage "calibrate": the temperature and the decision threshold, both on validation.
+
+    Returns:
+        (temperature, threshold).
+    """
+    config, class_names = prepared.config, prepared.class_names
+    temperature = calibration.fit_temperature(val_logits, val_y, class_names) if config.calibrate else 1.0
+    threshold = 0.5
+    if prepared.target:
+        metric, class_index, value = prepared.target
+        val_probs = calibration.probabilities(val_logits, class_names, temperature)
+        threshold = calibration.threshold_for_target(val_probs, val_y, class_index, metric, value)
+        log.info("threshold %.4f on p(%s) meets %s", threshold, class_names[1], config.target)
+    return temperature, threshold
+
+
+def fit_open_set(prepared: Prepared, split_features, oof_logits, temperature):
+    """Stage "open set": the in-distribution score and its threshold, from the training photos alone.
+
+    Args:
+        oof_logits: out-of-fold head logits of the training photos (`openset.out_of_fold_logits`).
+
+    Returns:
+        an `openset.OpenSetFit`, or None when the run has no open-set score.
+    """
+    config, class_names = prepared.config, prepared.class_names
+    if not prepared.open_set:
+        return None
+    train = split_features["train"]
+    imagenet = openset.imagenet_head(config.backbone, class_names) if "imagenet" in prepared.open_set else None
+    return openset.fit_open_set(train.x[0], train.y, oof_logits, len(class_names), prepared.open_set, temperature,
+                                imagenet, config.open_set_keep, config.seed)
+
+
+def review_rows(evaluation, train_and_val):
+    """What `catsdogs review` lists: every photo's out-of-sample prediction and whether its label looks wrong.
+
+    Training photos are judged by heads fitted without them (out of fold), validation and test
+    photos by the head, which never saw them; cleanlab flags suspect labels within each split.
+
+    Args:
+        evaluation: the run's `Evaluation`: its test rows, and the temperature and threshold.
+        train_and_val: ((SplitFeatures, logits of its first view), ...) of train and val, in that order.
+
+    Returns:
+        dicts: `report.prediction_rows`' columns and "split".
+    """
+    rows = []
+    for name, (split, logits) in zip(("train", "val"), train_and_val):
+        probabilities = calibration.probabilities(logits, evaluation.class_names, evaluation.temperature)
+        rows += [{**row, "split": name} for row in prediction_rows(
+            split.paths, split.y, probabilities, predicted_classes(probabilities, evaluation.threshold),
+            evaluation.class_names, label_issues(split.y, probabilities))]
+    return rows + [{**row, "split": "test"} for row in evaluation.rows]
+
+
+def new_run_dir(runs_dir, name):
+    """A free path runs/<name>, adding -2, -3... rather than overwriting an earlier run."""
+    path, suffix = os.path.join(runs_dir, name), 1
+    while os.path.exists(path):
+        suffix += 1
+        path = os.path.join(runs_dir, f"{name}-{suffix}")
+    return path
+
+
+def write(run: Run, prepared: Prepared) -> str:
+    """Stage "write": the run directory, complete or not at all.
+
+    Everything is written into a hidden folder beside it, which is renamed into place at the end:
+    a run that fails or is killed never leaves a directory that looks finished.
+
+    Returns:
+        the run directory.
+    """
+    config = run.config
+    os.makedirs(config.runs_dir, exist_ok=True)
+    run_dir = new_run_dir(config.runs_dir, config.name or f"{config.backbone}-{timestamp()}")
+    run.evaluation.title = f"catsdogs run {os.path.basename(run_dir)}: {run.evaluation.title}"
+    partial = os.path.join(config.runs_dir, f".partial-{timestamp()}-{os.getpid()}")
+    os.makedirs(partial)
+    try:
+        config.save(os.path.join(partial, "config.json"))
+        write_csv([{"path": os.path.relpath(s.path, config.data_dir), "split": split,
+                    "label": prepared.class_names[s.label]} for split, samples in prepared.splits.items()
+                   for s in samples], os.path.join(partial, "splits.csv"), SPLITS_FIELDS)
+        write_csv([{**row, "path": os.path.relpath(row["path"], config.data_dir)} for row in run.review],
+                  os.path.join(partial, REVIEW_FILE))
+        if run.history:
+            write_csv(run.history, os.path.join(partial, "history.csv"), HISTORY_FIELDS)
+        model_lib.save(run.model, os.path.join(partial, model_lib.MODEL_FILE))
+        if run.classifier.runtime.backbone is not None:  # what predict and serve run the backbone with
+            shutil.copyfile(run.classifier.runtime.backbone.path, os.path.join(partial, BACKBONE_FILE))
+        run.evaluation.save(partial)
+        os.rename(partial, run_dir)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    log.info("run directory %s", run_dir)
+    return run_dir
+
+
+def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:
+    """Trains, evaluates and (unless `runs_dir=None`) saves a classifier.
+
+    Args:
+        data_dir: the dataset folder (Kaggle cat-and-dog layout, train/[val/]test/ folders of
+            classes, or one folder of class folders).
+        config: a whole `TrainConfig` instead of `data_dir` and keywords (or as the base they change).
+        **settings: any `TrainConfig` field, e.g. backbone="efficientnet_lite0", head="dense",
+            fine_tune=True, runs_dir=None (write nothing but the feature cache); labels= also takes
+            a table in memory: a pandas DataFrame, or a list of (path, label) or (path, label, split)
+            (the run's splits.csv then records it).
+
+    Returns:
+        a `Run`: `.metrics`, `.classifier`, `.evaluation`, `.run_dir`, `.config`, `.model`.
+    """
+    if isinstance(data_dir, TrainConfig):
+        config, data_dir = data_dir, None
+    table = settings.pop("labels") if labels.is_table(settings.get("labels")) else None
+    if isinstance(settings.get("labels"), (str, os.PathLike)):
+        settings["labels"] = (os.fspath(settings["labels"]),)
+    known = {field.name for field in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(f"unknown settings {unknown}; TrainConfig has {sorted(known)}")
+    if data_dir is not None:
+        settings["data_dir"] = os.fspath(data_dir)
+    if config is None:
+        if "data_dir" not in settings:
+            raise ConfigError("train needs a data folder: catsdogs.train('path/to/photos', ...)")
+        config = TrainConfig(**settings)
+    else:
+        config = dataclasses.replace(config, **settings)
+
+    started = time.perf_counter()
+    prepared = prepare(config, table)
+    config, class_names = prepared.config, prepared.class_names
+    extractor = backbones.build_feature_extractor(
+        config.backbone, config.weights, config.image_size, keras_precision(config), config.cache_dir)
+    split_features = extract(prepared, extractor)
+    val, test = split_features["val"], split_features["test"]
+    extracted = time.perf_counter()
+    estimator, head, history = fit_head(config, split_features)
+    val_logits, test_logits = head_logits(head, val), head_logits(head, test)
+    # "extract": the scan and the features (from the cache or the backbone), with building the backbone.
+    stages = {"extract": {"seconds": round(extracted - started, 1)},
+              "head": {**stage_summary((val.y, val_logits[0]), (test.y, test_logits[0]), class_names,
+                                       time.perf_counter() - extracted), **estimator.summary()}, "kept": "head"}
+    if config.fine_tune:
+        stage1_head = head.get_weights()
+        tuned, stages["fine_tune"], tuned_features, tuned_history = fine_tune(prepared, head, split_features)
+        history += tuned_history
+        if stages["fine_tune"]["val_loss"] < stages["head"]["val_loss"]:
+            stages["kept"] = "fine_tune"
+            extractor = tuned
+            split_features = {**split_features, **tuned_features}
+            # The open-set score and the review's out-of-fold probabilities come from the training photos' features.
+            split_features["train"] = features_of_images(tuned, split_features["train"], config.extract_batch_size,
+                                                         ("original",))
+            val, test = split_features["val"], split_features["test"]
+            val_logits, test_logits = head_logits(head, val), head_logits(head, test)
+        else:  # never leave a model worse on validation than stage 1
+            head.set_weights(stage1_head)
+        log.info("validation loss: head %.4f, fine-tuned %.4f; keeping the %s model",
+                 stages["head"]["val_loss"], stages["fine_tune"]["val_loss"], stages["kept"].replace("_", "-"))
+
+    temperature, threshold = calibrate(prepared, val_logits[0], val.y)
+    train = split_features["train"]
+    oof_logits = openset.out_of_fold_logits(train.x[0], train.y, estimator, config.seed)
+    open_set = fit_open_set(prepared, split_features, oof_logits, temperature)
+    model = model_lib.assemble(extractor, head, class_names, temperature, threshold,
+                               open_set.layer if open_set else None)
+    # The classifier computes as extraction did: its backbone in ONNX Runtime where the features came from there.
+    backbone = (onnx_backbone(extractor, config.precision, config.cache_dir, calibration_photos(prepared))
+                if config.runtime == "onnx" else None)
+    classifier = Classifier(KerasRuntime(model, backbone))
+    if open_set:
+        scores = {name: np.asarray(open_set.layer([split.x[0], logits[0]]))
+                  for name, split, logits in (("val", val, val_logits), ("test", test, test_logits))}
+        unknown = unknown_scores(classifier, config.unknown_data, config.extract_batch_size) \
+            if config.unknown_data else None
+    evaluation = Evaluation.from_outputs(
+        test.paths, test.y, class_names, logits=test_logits, temperature=temperature, threshold=threshold,
+        validation=(val.y, val_logits), data_dir=config.data_dir, stages=stages,
+        integrity=prepared.scan.to_json(), history=history,
+        title=f"{config.backbone} at {config.image_size} px ({config.runtime}, {config.precision}), {config.head} head",
+        config=config.to_dict(), classifier=classifier,
+        open_set=OpenSetResults(
+            open_set.methods, open_set.threshold, open_set.keep, open_set.training_kept, scores["val"],
+            scores["test"], *(unknown or (None, None))) if open_set else None)
+    review = review_rows(evaluation, ((train, oof_logits), (val, val_logits[0])))
+    run = Run(config, classifier, evaluation, None, prepared.splits, history, review)
+    if config.runs_dir is not None:
+        run.run_dir = write(run, prepared)
+        log_run(run.run_dir, config, run.metrics)  # when asked for; a failure only warns: the run is written
+    return run

@@ -1,0 +1,255 @@
+"""Figures and the one-page HTML report of a run or an evaluation.
+
+Every `plot_*` function returns a matplotlib Figure and leaves no figure open in pyplot, so a
+notebook shows it once where it is returned and a script can save it (`save_figure`). Nothing
+here chooses matplotlib's backend: saving to a file works with any of them. Class and file names
+are shown as they are (`plain`): matplotlib would read `$...$` in them as mathtext, and fail on
+some (`$\frac{}$`) when the figure is drawn.
+"""
+
+import os
+
+import numpy as np
+
+from catsdogs.data.images import load_image
+from catsdogs.errors import ImageError
+
+RIGHT, WRONG = "#1a7f37", "#cf222e"
+
+
+def plain(name):
+    """A class or file name as matplotlib text that shows it as it is, never as mathtext.
+
+    Matplotlib parses text with an even number of unescaped `$` as mathtext; with every `$`
+    escaped it parses none, shows `\\$` as `$` and everything else (backslashes included) as
+    written.
+    """
+    return str(name).replace("$", r"\$")
+
+
+def new_figure(rows=1, columns=1, figsize=None):
+    """A figure and its grid of axes (always 2-D), not left open in pyplot."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(rows, columns, figsize=figsize, squeeze=False)
+    plt.close(fig)  # pyplot forgets it: shown once where returned, never piled up in a long run
+    return fig, axes
+
+
+def _figure_and_ax(ax, figsize):
+    """The axes to draw on: `ax` if given, else one new figure's."""
+    if ax is not None:
+        return ax.figure, ax
+    fig, axes = new_figure(figsize=figsize)
+    return fig, axes[0, 0]
+
+
+def save_figure(fig, path, dpi=90):
+    """Lays the figure out and writes it to a file (format from the extension)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+
+
+def _show(ax, path, title, color, pixels=None):
+    try:
+        ax.imshow(load_image(path) if pixels is None else pixels)
+    except ImageError:
+        ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
+    ax.set_title(title, color=color, fontsize=10)
+    ax.axis("off")
+
+
+def _photo_grid(count, columns, title):
+    lines = max(1, -(-count // columns))
+    fig, axes = new_figure(lines, columns, figsize=(2.8 * columns, 3.0 * lines))
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle(title)
+    return fig, axes
+
+
+def _short(name, width=18):
+    """A name in at most `width` characters, as matplotlib text (`plain`): its start and its end
+    around "…", so that names that differ only at the end (class_01, class_02) stay apart."""
+    if len(name) > width:
+        tail = (width - 1) // 2
+        name = name[:width - 1 - tail] + "…" + name[-tail:]
+    return plain(name)
+
+
+def plot_grid(rows, seed=0, side=5):
+    """The study's figure: a side x side grid of random test images with their predictions."""
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(rows), size=min(side * side, len(rows)), replace=False)
+    fig, axes = new_figure(side, side, figsize=(2.4 * side, 2.6 * side))
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, chosen):
+        row = rows[i]
+        right = row["predicted"] == row["true"]
+        title = f"{_short(row['predicted'])} {row['probability']:.2f}" + ("" if right else f"\n(true: {_short(row['true'])})")
+        _show(ax, row["path"], title, RIGHT if right else WRONG)
+    fig.suptitle("Random test images: predicted class and probability (mistakes in red)")
+    return fig
+
+
+def plot_top_losses(mistakes, k=16, columns=4):
+    """The first `k` mistakes (most confident first), marking those whose label looks wrong."""
+    mistakes = mistakes[:k]
+    fig, axes = _photo_grid(len(mistakes), columns, "Most confident mistakes (predicted, probability, true label)")
+    for ax, row in zip(axes.flat, mistakes):
+        suspect = " (label looks wrong)" if row["label_looks_wrong"] else ""
+        title = (f"{_short(row['predicted'])} {row['probability']:.2f}, true {_short(row['true'])}\n"
+                 f"{_short(os.path.basename(row['path']), 28)}{suspect}")
+        _show(ax, row["path"], title, WRONG)
+    if not mistakes:
+        axes[0, 0].text(0, 0.5, "no mistakes", fontsize=14)
+    return fig
+
+
+def plot_gradcam(mistakes, explainer, columns=4):
+    """Grad-CAM of mistakes: where the model saw the class it wrongly predicted.
+
+    Args:
+        mistakes: prediction rows, most confident mistakes first.
+        explainer: an `explain.Explainer` of the model that made them.
+        columns: photos per line.
+    """
+    from catsdogs.inference.explain import overlay
+
+    photos, shown = [], []
+    for row in mistakes:
+        try:
+            photos.append(load_image(row["path"]))
+            shown.append(row)
+        except ImageError:
+            continue  # gone since the evaluation; the other figures say so
+    fig, axes = _photo_grid(len(shown), columns,
+                            "Grad-CAM of the most confident mistakes: evidence for the predicted class")
+    if not shown:
+        axes[0, 0].text(0, 0.5, "no mistakes", fontsize=14)
+        return fig
+    batch = np.stack([explainer.prepare(pixels) for pixels in photos])
+    heatmaps = explainer.heatmaps(batch, [explainer.class_names.index(row["predicted"]) for row in shown])
+    for ax, row, pixels, heatmap in zip(axes.flat, shown, photos, heatmaps):
+        title = (f"{_short(row['predicted'])} {row['probability']:.2f}, true {_short(row['true'])}\n"
+                 f"{_short(os.path.basename(row['path']), 28)}")
+        _show(ax, row["path"], title, WRONG, pixels=overlay(pixels, heatmap))
+    return fig
+
+
+def plot_confusion(confusion, class_names, ax=None):
+    """The confusion matrix (rows: true class, columns: predicted), each row normalised to the
+    share of its class's photos, so that a small class reads as well as a large one.
+
+    The shares are written in the cells up to 12 classes; beyond, the colours carry them and the
+    cells stay legible (the most confused pairs are listed in metrics.json and the report).
+    """
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    confusion = np.asarray(confusion)
+    shares = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    many = len(class_names) > 12
+    side = 1.5 + (0.3 if many else 0.9) * len(class_names)
+    fig, ax = _figure_and_ax(ax, (side + 1.5, side))
+    labels = [plain(name) for name in class_names]  # in full: the ends tell them apart
+    ConfusionMatrixDisplay(shares, display_labels=labels).plot(
+        ax=ax, cmap="Blues", values_format=".2f", include_values=not many, colorbar=True,
+        xticks_rotation=90 if many else 45 if len(class_names) > 4 else "horizontal", im_kw={"vmin": 0, "vmax": 1})
+    if many:
+        ax.tick_params(labelsize=7)
+    ax.images[-1].colorbar.set_label("share of the true class's photos")
+    ax.set_title("Confusion matrix (test)")
+    return fig
+
+
+def plot_curves(history):
+    """Loss and accuracy per epoch, training and validation, across training stages.
+
+    Args:
+        history: rows with stage, loss, accuracy, val_loss, val_accuracy (as in history.csv).
+    """
+    fig, axes = new_figure(1, 2, figsize=(11, 4))
+    epochs = range(1, len(history) + 1)
+    for ax, metric in zip(axes.flat, ("loss", "accuracy")):
+        for prefix, label in (("", "train"), ("val_", "validation")):
+            ax.plot(epochs, [float(r[prefix + metric]) for r in history], marker=".", label=label)
+        stages = [r["stage"] for r in history]
+        for i in range(1, len(stages)):
+            if stages[i] != stages[i - 1]:
+                ax.axvline(i + 0.5, color="grey", linestyle="--")
+                ax.text(i + 0.6, ax.get_ylim()[1], f" {stages[i].replace('_', '-')}", va="top", color="grey")
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return fig
+
+
+def plot_reliability(curves, y_true, bins=15, ax=None):
+    """Reliability diagram: accuracy against confidence per bin, marker area by image count.
+
+    Args:
+        curves: label -> (n, classes) probabilities, one line each.
+        y_true: true class indices.
+        bins: equal-width confidence bins.
+        ax: axes to draw on (a new figure if None).
+    """
+    from catsdogs.models.calibration import expected_calibration_error, reliability
+
+    fig, ax = _figure_and_ax(ax, (5.5, 5))
+    chance = 1 / next(iter(curves.values())).shape[1]
+    ax.plot([chance, 1], [chance, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    for label, probs in curves.items():
+        confidence, accuracy, count = reliability(probs, y_true, bins)
+        ece = expected_calibration_error(probs, y_true, bins)
+        line, = ax.plot(confidence, accuracy, alpha=0.6, label=f"{label} (ECE {ece:.4f})")
+        ax.scatter(confidence, accuracy, s=15 + 300 * count / count.sum(), color=line.get_color())
+    ax.set_xlim(chance - 0.02, 1.02)
+    ax.set_ylim(chance - 0.02, 1.02)
+    ax.set_xlabel("confidence (top probability), marker area: images")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Is a printed 0.9 right nine times in ten?")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    return fig
+
+
+def plot_scores(groups, threshold, ax=None):
+    """Histograms of in-distribution scores per group of photos, with the reject threshold.
+
+    Args:
+        groups: label -> scores in [0, 1].
+        threshold: photos below it are rejected.
+        ax: axes to draw on (a new figure if None).
+    """
+    fig, ax = _figure_and_ax(ax, (8, 4.5))
+    bins = np.linspace(0, 1, 41)
+    for label, scores in groups.items():
+        rejected = float((np.asarray(scores) < threshold).mean())
+        ax.hist(scores, bins=bins, alpha=0.5, density=True, label=f"{label}: {len(scores)}, {rejected:.1%} rejected")
+    ax.axvline(threshold, color=WRONG, linestyle="--", label=f"threshold {threshold:.3f}")
+    ax.set_xlabel("in-distribution score: share of training photos that look less typical")
+    ax.set_ylabel("density")
+    ax.set_title("Which photos are answered \"unknown\" (left of the threshold)")
+    ax.legend(loc="upper left")
+    return fig
+
+
+def plot_rejections(rows, k=8, columns=4):
+    """The `k` most confident rejections (lowest scores) and the `k` least confident (nearest the threshold).
+
+    Args:
+        rows: rejected photos, lowest score first: dicts with path, group ("test" or "unknown"), score.
+    """
+    chosen = rows[:k] + rows[k:][-k:]
+    fig, axes = _photo_grid(len(chosen), columns,
+                            f"Rejected as none of the classes: the {min(k, len(rows))} most confident, "
+                            f"then the {len(chosen) - min(k, len(rows))} least confident")
+    for ax, row in zip(axes.flat, chosen):
+        color = WRONG if row["group"] == "test" else RIGHT  # a rejected known photo is a mistake
+        _show(ax, row["path"], f"{row['group']}, score {row['score']:.3f}\n"
+                               f"{_short(os.path.basename(row['path']), 28)}", color)
+    if not chosen:
+        axes[0, 0].text(0, 0.5, "no photo rejected", fontsize=14)
+    return fig

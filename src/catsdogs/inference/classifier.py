@@ -1,0 +1,238 @@
+"""A trained classifier as one object: class names, predictions on files and arrays, explanations.
+
+`catsdogs.load(path)` returns one from a run directory, a .keras file or an export folder;
+`catsdogs.train(...).classifier` is the one a run just made. Every runtime (Keras, SavedModel,
+ONNX, TFLite) predicts through the same decoding, resizing and views (`inference.run_on_files`).
+"""
+
+import dataclasses
+
+import numpy as np
+
+from catsdogs.config.choices import INFERENCE_BATCH_SIZE
+from catsdogs.data.dataset import expand_inputs
+from catsdogs.errors import UnsupportedError
+from catsdogs.inference import model_formats as runtimes
+from catsdogs.inference.pipeline import run_on_files
+from catsdogs.inference.preprocess import VIEWS, prepare_batch, views_for
+from catsdogs.models.model import SCORE, ModelInfo, predicted_classes, probabilities_by_class
+
+UNKNOWN_LABEL = "unknown"  # the label of a photo rejected as none of the classes
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """The prediction for one file: its label and probabilities, or why it has none.
+
+    Attributes:
+        path: the file.
+        label: the predicted class, or the unknown label ("unknown") when the photo is rejected
+            as none of the classes; None on error.
+        probability: the probability of the most probable class (of the predicted class when
+            accepted).
+        probabilities: class name -> probability.
+        in_distribution_score: how typical the photo is of the training photos, from 0 to 1 (the
+            share of training photos that look less typical); None for a model without one.
+        accepted: whether the score reaches the reject threshold (None without a score).
+        error: why the file could not be predicted (None when it was).
+    """
+
+    path: str
+    label: str = None
+    probability: float = None
+    probabilities: dict = None
+    in_distribution_score: float = None
+    accepted: bool = None
+    error: str = None
+
+    def top(self, k: int) -> list:
+        """The `k` most probable classes, as (class name, probability), most probable first ([] on error)."""
+        return sorted((self.probabilities or {}).items(), key=lambda item: -item[1])[:k]
+
+    def to_dict(self, top_k: int = 1) -> dict:
+        """The fields that are set: path, label, probability, probabilities, the score; or path and
+        error; with `top_k` above 1, "top_k": the most probable classes as [{"label", "probability"}]."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        if top_k > 1 and self.error is None:
+            fields["top_k"] = [{"label": label, "probability": probability} for label, probability in self.top(top_k)]
+        return fields
+
+    def to_row(self, classes, top_k: int = 1) -> dict:
+        """One flat row for a table (Parquet): every field, None where unset, with `probabilities`
+        spread into one column per class, p_<class>, so that error rows have the same columns.
+
+        Args:
+            classes: the class names, in the order of the columns.
+            top_k: above 1, a "top_k" column: "label:probability; ..." of the most probable classes.
+        """
+        row = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name == "probabilities":
+                row.update({f"p_{name}": (value or {}).get(name) for name in classes})
+            else:
+                row[field.name] = value
+        if top_k > 1:
+            row["top_k"] = "; ".join(f"{label}:{probability:.4f}" for label, probability in self.top(top_k))
+        return row
+
+
+def decide(info, outputs, reject=True, reject_threshold=None, unknown_label=UNKNOWN_LABEL) -> list:
+    """The label, probabilities and open-set decision of each photo from a runtime's outputs.
+
+    Args:
+        info: the model's `ModelInfo` (classes, decision threshold, reject threshold).
+        outputs: {"probabilities": (n, classes)[, "in_distribution_score": (n,)]}.
+        reject, reject_threshold, unknown_label: as for `Classifier.predict`.
+
+    Returns:
+        one dict of `Prediction` fields per photo (without path).
+    """
+    probabilities = np.asarray(outputs["probabilities"])
+    labels = predicted_classes(probabilities, info.threshold)
+    scores = outputs.get(SCORE)
+    threshold = info.reject_threshold if reject_threshold is None else reject_threshold
+    decisions = []
+    for i, (probs, label) in enumerate(zip(probabilities, labels)):
+        decision = {"label": info.class_names[label], "probability": float(probs[label]),
+                    "probabilities": probabilities_by_class(info.class_names, probs)}
+        if scores is not None:
+            accepted = bool(scores[i] >= threshold) or not reject
+            decision.update(in_distribution_score=float(scores[i]), accepted=accepted)
+            if not accepted:
+                decision["label"] = unknown_label
+        decisions.append(decision)
+    return decisions
+
+
+class Classifier:
+    """A trained catsdogs model in its runtime.
+
+    Attributes:
+        runtime: what runs it (`runtimes.KerasRuntime` or an `runtimes.ExportedModel`).
+        info: class names, backbone, input size, threshold and temperature.
+    """
+
+    def __init__(self, runtime):
+        """Args:
+            runtime: from `runtimes.load`, or a `runtimes.KerasRuntime` of a model in memory.
+        """
+        self.runtime = runtime
+        self.info: ModelInfo = runtime.info
+
+    @property
+    def classes(self) -> list:
+        """The class names, in the order of the probabilities."""
+        return list(self.info.class_names)
+
+    @property
+    def model(self):
+        """The end-to-end `keras.Model` (raw pixels in, probabilities out), or None for an export."""
+        return getattr(self.runtime, "model", None)
+
+    def __repr__(self):
+        return (f"Classifier(classes={self.classes}, backbone={self.info.backbone!r}, "
+                f"image_size={self.info.image_size}, runtime={self.runtime.runtime!r})")
+
+    @property
+    def has_open_set(self) -> bool:
+        """Whether the model scores how typical a photo is, and so can answer "unknown"."""
+        return self.info.reject_threshold is not None
+
+    def outputs_of_files(self, paths, tta=False, batch_size=INFERENCE_BATCH_SIZE, desc="predict"):
+        """The model's outputs for image files, per view.
+
+        Returns:
+            `inference.Outputs` whose values are {"probabilities": (views, files, classes)[,
+            "in_distribution_score": (views, files)]}.
+        """
+        return run_on_files(self.runtime, list(paths), self.info.image_size, batch_size, views_for(tta), desc)
+
+    def predict(self, inputs, tta: bool = False, batch_size: int = INFERENCE_BATCH_SIZE, reject: bool = True,
+                reject_threshold: float = None, unknown_label: str = UNKNOWN_LABEL) -> list:
+        """Predicts every image among the inputs; an unreadable file gets an error, not an exception.
+
+        Args:
+            inputs: image files and folders (every non-hidden file below a folder), or one of them.
+            tta: average the outputs of the photo and its mirror image.
+            batch_size: images per forward pass.
+            reject: answer `unknown_label` for photos whose in-distribution score is under the
+                threshold (models with an open-set score); False: always a trained class.
+            reject_threshold: instead of the model's own threshold (higher rejects more).
+            unknown_label: the label of rejected photos.
+
+        Returns:
+            one `Prediction` per file, in order.
+        """
+        paths = expand_inputs(inputs)
+        return self.predictions(paths, self.outputs_of_files(paths, tta, batch_size), reject, reject_threshold,
+                                unknown_label)
+
+    def predictions(self, paths, outputs, reject=True, reject_threshold=None, unknown_label=UNKNOWN_LABEL) -> list:
+        """The `Prediction` of each file from the model's outputs: its decision rules applied (`decide`).
+
+        Args:
+            paths: the files.
+            outputs: their `inference.Outputs` (the model's outputs per view, which files have them, errors).
+            reject, reject_threshold, unknown_label: as for `predict`.
+
+        Returns:
+            one `Prediction` per file, in order.
+        """
+        if not outputs.ok.any():
+            return [Prediction(path, error=outputs.errors[path]) for path in paths]
+        decisions = decide(self.info, outputs.mean_over_views(), reject, reject_threshold, unknown_label)
+        return [Prediction(path, **decision) if ok else Prediction(path, error=outputs.errors[path])
+                for path, decision, ok in zip(paths, decisions, outputs.ok)]
+
+    def predict_arrays(self, pixels, tta: bool = False, batch_size: int = INFERENCE_BATCH_SIZE,
+                       with_scores: bool = False):
+        """Class probabilities of photos given as pixels.
+
+        Args:
+            pixels: (n, height, width, 3) RGB values in [0, 255] (uint8 or float), or a list of
+                (height, width, 3) arrays of any sizes.
+            tta: average the outputs of the photo and its mirror image.
+            batch_size: images per forward pass.
+            with_scores: also return the in-distribution scores (None for a model without them).
+
+        Returns:
+            (n, classes) probabilities, in the order of `classes`; with `with_scores`,
+            (probabilities, (n,) scores).
+        """
+        resized = prepare_batch(list(pixels), self.info.image_size)
+        views = views_for(tta)
+        batches = [[self.runtime(VIEWS[view](resized[i:i + batch_size])) for view in views]
+                   for i in range(0, len(resized), batch_size)]
+
+        def gather(name, empty_shape):
+            if not batches:
+                return np.zeros(empty_shape, np.float32)
+            return np.concatenate([np.mean([outputs[name] for outputs in batch], axis=0) for batch in batches])
+
+        probabilities = gather("probabilities", (0, len(self.classes)))
+        if not with_scores:
+            return probabilities
+        return probabilities, gather(SCORE, (0,)) if self.has_open_set else None
+
+    def explainer(self):
+        """A Grad-CAM `explain.Explainer` of this classifier (Keras models only)."""
+        from catsdogs.inference.explain import Explainer
+
+        if self.model is None:
+            raise UnsupportedError(f"Grad-CAM needs the Keras model; this classifier runs a {self.runtime.runtime} "
+                                   f"export: load its run directory or .keras file instead")
+        return Explainer(self.model)
+
+
+def load(path, runtime: str = None) -> Classifier:
+    """Loads a classifier from a run directory, a .keras file or an export folder.
+
+    Args:
+        path: the run directory, model file or export folder (or the exported file in it).
+        runtime: one of `options.RUNTIMES`, checked against what `path` holds; None: whatever it holds.
+
+    Returns:
+        a `Classifier`.
+    """
+    return Classifier(runtimes.load(path, runtime))

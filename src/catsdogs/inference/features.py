@@ -1,0 +1,111 @@
+"""Features of a frozen backbone for photos: from the feature cache where present,
+computed (in Keras or ONNX Runtime) and cached otherwise."""
+
+import logging
+import time
+
+import numpy as np
+
+from catsdogs.inference.pipeline import Outputs, iter_batches
+from catsdogs.store.feature_cache import CHUNK_SECONDS, CHUNK_SIZE, FeatureCache, cache_id, cache_key, missing
+
+log = logging.getLogger(__name__)
+
+
+def cached_features(extractor, paths, hashes, cache, batch_size, views=("original",), desc="features",
+                    forward=None) -> Outputs:
+    """Features of every path and view, from the cache where present, computed and cached otherwise.
+
+    Args:
+        extractor: the frozen backbone.
+        paths: image files.
+        hashes: content hash of each path (same order).
+        cache: a `FeatureCache` for this extractor.
+        batch_size: images per forward pass.
+        views: names in `inference.VIEWS`.
+        desc: progress bar label.
+        forward: what computes them (a `backbone_runtimes.OnnxBackbone`); default: the extractor in Keras.
+
+    Returns:
+        `inference.Outputs`: features (views, paths, dim), which paths have them, and why the
+        others do not.
+    """
+    from catsdogs.inference.model_formats import compiled_forward
+
+    forward = forward or compiled_forward(extractor)
+    errors = {}
+    for lacking, todo in missing(paths, hashes, cache, views).items():
+        log.info("computing features of %d images (%s)", len(todo), ", ".join(lacking))
+        todo_hashes, todo_paths = list(todo), list(todo.values())
+        pending_ids, pending_features = [], []
+        start = last_write = time.perf_counter()
+        for indices, features, batch_errors in iter_batches(
+                forward, todo_paths, extractor.input_shape[1], batch_size, lacking, desc):
+            errors.update(batch_errors)
+            for view, view_features in zip(lacking, features):
+                pending_ids += [cache_id(todo_hashes[i], view) for i in indices]
+                pending_features += list(view_features)
+            if len(pending_ids) >= CHUNK_SIZE or time.perf_counter() - last_write >= CHUNK_SECONDS:
+                cache.add(pending_ids, pending_features)
+                pending_ids, pending_features, last_write = [], [], time.perf_counter()
+        cache.add(pending_ids, pending_features)
+        seconds = time.perf_counter() - start
+        log.info("computed them in %.1f s (%.1f images/s per view, decoding included)",
+                 seconds, len(todo_paths) * len(lacking) / seconds)
+    # A file that failed once is reported for every path with its content (identical copies).
+    reasons = {digest: errors[path] for path, digest in zip(paths, hashes) if path in errors}
+    values = np.zeros((len(views), len(hashes), extractor.output_shape[-1]), np.float32)
+    ok = np.zeros(len(hashes), bool)
+    for row, (path, digest) in enumerate(zip(paths, hashes)):
+        if digest in reasons:
+            errors[path] = reasons[digest]
+            continue
+        ok[row] = True
+        for v, view in enumerate(views):
+            values[v, row] = cache.features[cache_id(digest, view)]
+    return Outputs(values, ok, errors)
+
+
+def extractor_features(extractor, precision, paths, hashes, cache_dir, batch_size, views=("original",),
+                       fill=None, desc="features", runtime="keras", calibration_paths=()) -> Outputs:
+    """Features of an extractor (one backbone or an ensemble), each backbone cached on its own.
+
+    An ensemble's features are its members' concatenated, so a member's cache serves every
+    ensemble it belongs to and its single-backbone runs alike.
+
+    Args:
+        extractor: from `backbones.build_feature_extractor`.
+        precision: the backbone's precision ("float32", "bfloat16" in Keras, "int8" in ONNX Runtime),
+            part of the cache key.
+        paths, hashes, batch_size, views, desc: as for `cached_features`.
+        cache_dir: the cache's root folder.
+        fill: called as fill(member extractor, its `FeatureCache`) before the cache is read, to
+            compute missing features elsewhere (`distributed.extract_features`, Keras only); None: here.
+        runtime: "keras", or "onnx" to run each member in ONNX Runtime (`backbone_runtimes.onnx_backbone`).
+        calibration_paths: training photos that calibrate int8 quantization.
+
+    Returns:
+        `inference.Outputs`: features (views, paths, total dim); a path has them only if every
+        member has.
+    """
+    from catsdogs.inference.backbone_runtime import onnx_backbone
+    from catsdogs.models.backbones import extractor_members
+    from catsdogs.models.weights import weights_fingerprint
+
+    parts = []
+    for member in extractor_members(extractor):
+        forward, compute, fingerprint = None, precision, None
+        if runtime == "onnx":
+            forward = onnx_backbone(member, precision, cache_dir, calibration_paths)
+            compute, fingerprint = f"onnx-{precision}", forward.fingerprint
+        cache = FeatureCache(cache_dir, cache_key(member.name, member.input_shape[1], compute,
+                                                  fingerprint or weights_fingerprint(member)))
+        if fill is not None:
+            fill(member, cache)
+        parts.append(cached_features(member, paths, hashes, cache, batch_size, views, f"{desc} ({member.name})",
+                                     forward))
+    if len(parts) == 1:
+        return parts[0]
+    errors = {path: reason for part in reversed(parts) for path, reason in part.errors.items()}
+    return Outputs(np.concatenate([part.values for part in parts], axis=-1),
+                   np.all([part.ok for part in parts], axis=0), errors)

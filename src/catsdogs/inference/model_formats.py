@@ -1,0 +1,242 @@
+"""Every way to run a catsdogs model, behind one interface: Keras, ONNX Runtime, LiteRT/TFLite, SavedModel.
+
+A runtime is a callable: (batch, size, size, 3) float32 RGB pixels in [0, 255], already resized
+(`pixels.resize_layer`), in; a dict out: "probabilities" (batch, classes) and, where the model
+has an open-set score, "in_distribution_score" (batch,). Its `info` is the `model.ModelInfo`
+(class names, input size, thresholds). `inference.run_on_files` runs any of them over files.
+
+An export folder written by `catsdogs export` holds the exported file and `export.json`: the
+class names, threshold and input size of the model it came from. Every exported model takes
+(batch, size, size, 3) float32 RGB pixels in [0, 255], already resized to size x size by
+`pixels.resize_layer` (bilinear with antialiasing, no crop), and returns one probability per
+class, then the in-distribution score where the model has one (`model.fixed_size_model`): the Keras
+model after its own resize layer.
+
+An export folder from elsewhere may be hostile, and its export.json names files: the exported file
+must lie inside the folder (links followed), and the model it names as its source is believed only
+where the export lies inside that model's folder, as `catsdogs export` writes it by default
+(RUN/exports/FORMAT).
+"""
+
+import json
+import os
+
+import numpy as np
+
+from catsdogs.errors import ConfigError, DataError
+from catsdogs.inference.backbone_runtime import onnx_session
+from catsdogs.models import model as model_lib
+from catsdogs.utils.extras import require
+from catsdogs.utils.files import is_inside
+from catsdogs.utils.host import usable_cpus
+
+EXPORT_INFO_FILE = "export.json"
+
+
+def compiled_forward(model):
+    """The inference pass of a Keras model as one compiled TensorFlow graph, retraced only for new shapes."""
+    import tensorflow as tf
+
+    return tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+
+
+class KerasRuntime:
+    """A catsdogs Keras model (`model.load`), run as one compiled graph, or with its backbone in ONNX Runtime.
+
+    With `backbone`, the frozen backbone (nearly all of the work) runs in ONNX Runtime, as the run
+    that trained the model computed its features (`backbone_runtimes`), and the rest of the model
+    (head, calibration, open-set score) in Keras on the features.
+
+    Attributes:
+        model: the `keras.Model`.
+        info: its `model.ModelInfo`.
+        backbone: the `backbone_runtimes.OnnxBackbone`, or None.
+    """
+
+    runtime = "keras"
+
+    def __init__(self, model, backbone=None):
+        self.model = model
+        self.info = model_lib.describe(model)
+        self.backbone = backbone
+        if backbone is None:
+            self._forward = compiled_forward(model)
+        else:
+            import tensorflow as tf
+
+            tail = tf.function(model_lib.parts(model).outputs_from_features, reduce_retracing=True)
+            self._forward = lambda images: tail(backbone(images))
+
+    def __call__(self, images):
+        """The model's outputs (see the module) for (batch, size, size, 3) float32 pixels in [0, 255]."""
+        return {name: np.asarray(value) for name, value in model_lib.outputs_as_dict(self._forward(images)).items()}
+
+
+def split_outputs(array, info):
+    """An exported model's one output, (batch, classes [+ 1]), as the dict every runtime returns."""
+    array = np.asarray(array)
+    classes = len(info.class_names)
+    outputs = {"probabilities": array[:, :classes]}
+    if info.reject_threshold is not None:
+        outputs[model_lib.SCORE] = array[:, classes]
+    return outputs
+
+
+class ExportedModel:
+    """An exported model loaded in its runtime: resized pixels in, class probabilities out.
+
+    Attributes:
+        folder: the export folder.
+        metadata: the contents of its export.json.
+        info: the `model.ModelInfo` of the model it was exported from.
+        path: the exported file (or SavedModel folder).
+        source: the model file it was exported from, where that is still there and the export lies
+            inside its folder (see the module); else None.
+    """
+
+    runtime = None
+
+    def __init__(self, folder):
+        self.folder = folder
+        info_file = os.path.join(folder, EXPORT_INFO_FILE)
+        with open(info_file) as f:
+            self.metadata = json.load(f)
+        file = self.metadata["file"]
+        self.path = os.path.join(folder, str(file))
+        if not isinstance(file, str) or not is_inside(os.path.realpath(folder), os.path.realpath(self.path)):
+            raise DataError(f"{info_file}: its \"file\" ({file!r}) leads outside the export folder {folder}; an "
+                            f"export's model must be inside its folder, and this export.json is not one catsdogs "
+                            f"wrote: do not load it")
+        self.info = model_lib.ModelInfo(**self.metadata["model"])
+        source = self.metadata.get("source")
+        self.source = source if isinstance(source, str) and os.path.isfile(source) and is_inside(
+            os.path.realpath(os.path.dirname(source)), os.path.realpath(folder)) else None
+
+    def __call__(self, images):
+        """The model's outputs (see the module) for (batch, size, size, 3) float32 pixels in [0, 255]."""
+        return split_outputs(self.run(np.asarray(images, np.float32)), self.info)
+
+    def run(self, images):
+        """The exported model's output array for a batch."""
+        raise NotImplementedError
+
+
+class OnnxExport(ExportedModel):
+    """An ONNX model in ONNX Runtime (CPU)."""
+
+    runtime = "onnx"
+
+    def __init__(self, folder):
+        super().__init__(folder)
+        require("onnx", "the onnx format")
+        self.session = onnx_session(self.path)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def run(self, images):
+        return self.session.run(None, {self.input_name: images})[0]
+
+
+class TFLiteExport(ExportedModel):
+    """A TFLite model in the LiteRT interpreter (XNNPACK on CPU)."""
+
+    runtime = "tflite"
+
+    def __init__(self, folder):
+        super().__init__(folder)
+        require("tflite", "the tflite format")
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=self.path, num_threads=usable_cpus())
+        self.input_index = self.interpreter.get_input_details()[0]["index"]
+        self.output_index = self.interpreter.get_output_details()[0]["index"]
+        self.batch_shape = None
+
+    def run(self, images):
+        if images.shape != self.batch_shape:  # TFLite tensors have one shape at a time
+            self.interpreter.resize_tensor_input(self.input_index, images.shape)
+            self.interpreter.allocate_tensors()
+            self.batch_shape = images.shape
+        self.interpreter.set_tensor(self.input_index, images)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.output_index).copy()
+
+
+class SavedModelExport(ExportedModel):
+    """A TensorFlow SavedModel, through its "serve" endpoint."""
+
+    runtime = "savedmodel"
+
+    def __init__(self, folder):
+        super().__init__(folder)
+        import tensorflow as tf
+
+        self.saved_model = tf.saved_model.load(self.path)  # holds the variables that "serve" uses
+
+    def run(self, images):
+        return self.saved_model.serve(images).numpy()
+
+
+EXPORTED_MODELS = {cls.runtime: cls for cls in (OnnxExport, TFLiteExport, SavedModelExport)}
+
+
+def export_folder_of(path):
+    """The export folder that `path` is or holds the exported file of, or None."""
+    for candidate in (path, os.path.dirname(path)):
+        if os.path.isfile(os.path.join(candidate, EXPORT_INFO_FILE)):
+            return candidate
+    return None
+
+
+def _exports_in_format(run_dir, export_format):
+    """Export folders below run_dir/exports whose format is `export_format`."""
+    exports = os.path.join(run_dir, "exports")
+    found = []
+    for name in sorted(os.listdir(exports)) if os.path.isdir(exports) else []:
+        info_file = os.path.join(exports, name, EXPORT_INFO_FILE)
+        if os.path.isfile(info_file):
+            with open(info_file) as f:
+                if json.load(f)["format"] == export_format:
+                    found.append(os.path.join(exports, name))
+    return found
+
+
+def stored_backbone(path):
+    """The ONNX backbone a run directory keeps (`backbone_runtimes.BACKBONE_FILE`), or None."""
+    from catsdogs.inference.backbone_runtime import BACKBONE_FILE, OnnxBackbone
+
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    config_file = os.path.join(folder, "config.json")
+    if not (os.path.isfile(os.path.join(folder, BACKBONE_FILE)) and os.path.isfile(config_file)):
+        return None
+    with open(config_file) as f:
+        precision = json.load(f)["precision"]
+    return OnnxBackbone(os.path.join(folder, BACKBONE_FILE), precision)
+
+
+def load(path, runtime=None):
+    """Loads a model in the runtime that its format needs.
+
+    Args:
+        path: a run directory or .keras file, or an export folder (or the exported file in it).
+        runtime: one of `options.RUNTIMES`, checked against what `path` holds; None: whatever it holds
+            (a run directory whose backbone ran in ONNX Runtime runs it there again; "keras" runs
+            the whole Keras model instead).
+
+    Returns:
+        a `KerasRuntime`, or an `ExportedModel` of the export's format.
+    """
+    path = os.fspath(path)
+    folder = export_folder_of(path)
+    if folder:
+        with open(os.path.join(folder, EXPORT_INFO_FILE)) as f:
+            held = json.load(f)["format"]
+    else:
+        held = "keras"
+    if runtime and runtime != held:
+        found = [] if folder else _exports_in_format(path if os.path.isdir(path) else os.path.dirname(path), runtime)
+        raise ConfigError(f"{path} holds a {held} model, but runtime {runtime} runs {runtime} exports. "
+                         + (f"Pass one of its {runtime} exports: {', '.join(found)}" if found
+                            else f"To make one: catsdogs export {path} --format {runtime}"))
+    if held == "keras":
+        return KerasRuntime(model_lib.load(path), None if runtime == "keras" else stored_backbone(path))
+    return EXPORTED_MODELS[held](folder)

@@ -1,0 +1,1 @@
+"""Plumbing: atomic files and CSV, hashes, facts about this machine, optional extras."""
