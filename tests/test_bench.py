@@ -5,6 +5,8 @@ import json
 import pytest
 
 from catsdogs.cli import main
+from catsdogs.config.choices import BENCH_RUNTIMES
+from catsdogs.errors import ConfigError
 from catsdogs.engine import bench
 from conftest import link_photos
 
@@ -15,7 +17,7 @@ def test_quick_bench_reports_every_runtime_against_the_peak_of_its_precision(tmp
     photos = tmp_path / "photos"
     link_photos(photos, "test", "cats", range(4001, 4013))
     out = tmp_path / "bench.json"
-    assert main(["bench", "--backbone", "efficientnet_lite0", "--precision", "float32", "--batch-sizes", "2,4",
+    assert main(["bench", "--backbone", "efficientnet_lite0", "--precisions", "float32,int8", "--batch-sizes", "2,4",
                  "--images", "12", "--image-size", "224", "--data", str(photos), "--quick", "--output", str(out)]) == 0
     table = capsys.readouterr().out
     assert "efficientnet_lite0" in table and "GFLOP/s" in table and "12 photos from" in table
@@ -30,7 +32,7 @@ def test_quick_bench_reports_every_runtime_against_the_peak_of_its_precision(tmp
     assert "numpy sgemm" in report["peak_measured_by"]["float32"] and "MatMulInteger" in report["peak_measured_by"]["int8"]
     # Every runtime side by side, in one table with a runtime column.
     openvino = importlib.util.find_spec("openvino") is not None
-    expected = {("keras", "float32"), ("onnxruntime", "float32"), ("onnxruntime", "int8")} | (
+    expected = {("keras", "float32"), ("onnx", "float32"), ("onnx", "int8")} | (
         {("openvino", "float32")} if openvino else set())
     assert {(r["runtime"], r["precision"]) for r in report["results"]} == expected
     for runtime, precision in expected:
@@ -71,11 +73,14 @@ def test_cpu_kind_and_the_cli_runtimes():
     assert bench.cpu_kind({"sse4_2"}) == "no AVX2+FMA"
     from catsdogs.cli import build_parser
 
-    args = build_parser().parse_args(["bench", "--runtimes", ",".join(bench.RUNTIMES)])
-    assert args.runtimes == bench.RUNTIMES  # the CLI's list is the bench's
-    with pytest.raises(SystemExit) as exit_:
-        main(["bench", "--runtimes", "tensorrt", "--quick"])
-    assert exit_.value.code == 2
+    args = build_parser().parse_args(["bench", "--runtimes", ",".join(bench.RUNTIME_PRECISIONS)])
+    assert args.runtimes == BENCH_RUNTIMES == tuple(bench.RUNTIME_PRECISIONS)  # the CLI's list is the bench's
+    for wrong in ("tensorrt", "int8"):  # int8 is a precision, as everywhere else
+        with pytest.raises(SystemExit) as exit_:
+            main(["bench", "--runtimes", wrong, "--quick"])
+        assert exit_.value.code == 2
+    with pytest.raises(ConfigError, match="int8 is a precision"):
+        bench.available_runtimes(["int8"])
 
 
 def test_bench_runs_offline_resnet50_on_random_weights_and_says_why(tmp_path, monkeypatch):
@@ -103,7 +108,7 @@ def test_an_ensemble_is_measured_as_one_extractor_costing_its_members_together(t
 
     ensemble = "efficientnet_lite0+efficientnet_lite1"
     out = tmp_path / "bench.json"
-    assert main(["bench", "--backbone", ensemble, "--precision", "float32", "--batch-sizes", "4", "--images", "12",
+    assert main(["bench", "--backbone", ensemble, "--precisions", "float32", "--batch-sizes", "4", "--images", "12",
                  "--image-size", "96", "--quick", "--output", str(out)]) == 0
     assert f"{ensemble} float32" in capsys.readouterr().out  # its own column, however long the name
     (result,) = json.loads(out.read_text())["results"]

@@ -83,31 +83,68 @@ def test_evaluate_writes_metrics_and_report(lite0_run, tmp_path, capsys):
     assert (out / "report.html").exists() and (out / "grid.png").exists()
 
 
-def serve_parser():
+def command_parser(command):
     from catsdogs.cli import build_parser
 
-    return build_parser()._subparsers._group_actions[0].choices["serve"]
+    return build_parser()._subparsers._group_actions[0].choices[command]
 
 
-def test_serve_has_an_option_for_every_serve_setting_with_its_default_and_help(capsys):
+@pytest.mark.parametrize("command, settings", [("train", "TrainConfig"), ("serve", "ServeSettings")])
+def test_every_setting_is_an_option_with_the_default_and_help_its_field_declares(command, settings, capsys):
     import dataclasses
 
-    from catsdogs.config.serve import ServeSettings
+    from catsdogs.config import serve, train
+    from catsdogs.config.fields import flag_of
 
-    options = {action.dest: action for action in serve_parser()._actions}
-    for field in dataclasses.fields(ServeSettings):
+    settings = getattr(train if settings == "TrainConfig" else serve, settings)
+    options = {action.dest: action for action in command_parser(command)._actions}
+    for field in dataclasses.fields(settings):
+        if not field.metadata["option"]:
+            continue
         action = options[field.name]
-        assert action.option_strings == [field.metadata["flag"]]
-        default = tuple(action.default) if field.type == tuple[str, ...] else action.default  # a repeated option
-        assert default == field.default and action.help == field.metadata["help"]
-    assert options["header_timeout_s"].option_strings == ["--header-timeout"]  # the flags users know, kept
-    assert options["header_timeout_s"].metavar == "HEADER_TIMEOUT"
+        assert action.option_strings[0] == flag_of(field)
+        default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+        given = tuple(action.default) if isinstance(action.default, list) else action.default  # a repeated option
+        assert given == default and action.help.startswith(field.metadata["help"])
+        assert action.choices == field.metadata["choices"]
     with pytest.raises(SystemExit):
-        main(["serve", "-h"])
+        main([command, "-h"])
     shown = capsys.readouterr().out
-    for field in dataclasses.fields(ServeSettings):
-        assert field.metadata["flag"] in shown
-    assert "(default: 10.0)" in shown and "$CATSDOGS_API_KEY" in shown
+    for field in dataclasses.fields(settings):
+        assert not field.metadata["option"] or flag_of(field) in shown
+
+
+def test_the_flags_users_know_are_kept():
+    options = {action.dest: action for action in command_parser("serve")._actions}
+    assert options["header_timeout_s"].option_strings == ["--header-timeout"]
+    assert options["header_timeout_s"].metavar == "HEADER_TIMEOUT"
+    options = {action.dest: action for action in command_parser("train")._actions}
+    assert options["ray_address"].option_strings == ["--address"] and options["fine_tune"].option_strings == [
+        "--fine-tune", "--no-fine-tune"]
+
+
+def test_train_without_options_is_train_config_with_its_defaults(monkeypatch, tmp_path):
+    from catsdogs import cli
+    from catsdogs.config.train import TrainConfig
+
+    monkeypatch.setenv("CATSDOGS_CACHE", str(tmp_path))
+    args = cli.build_parser().parse_args(["train", "photos"])
+    assert cli.settings_from(args, TrainConfig) == TrainConfig(data_dir="photos")
+    args = cli.build_parser().parse_args(["train", "photos", "--labels", "a.csv", "--labels", "b.csv",
+                                          "--hidden-units", "64,32", "--no-calibrate", "--workers", "2"])
+    config = cli.settings_from(args, TrainConfig)
+    assert (config.labels, config.hidden_units, config.calibrate, config.ray_workers) == (
+        ("a.csv", "b.csv"), (64, 32), False, 2)
+
+
+def test_a_models_format_is_format_and_the_old_runtime_spelling_says_so(capsys):
+    for command in (["predict", "runs/x", "photo.jpg"], ["serve", "runs/x"]):
+        with pytest.raises(SystemExit) as exit_:
+            main([*command, "--runtime", "onnx"])
+        assert exit_.value.code == 2
+        assert "the model's format is --format" in capsys.readouterr().err
+    args = command_parser("predict").parse_args(["runs/x", "photo.jpg", "--format", "onnx"])
+    assert args.format == "onnx"
 
 
 def test_serve_settings_from_the_command_line(monkeypatch):
@@ -118,7 +155,7 @@ def test_serve_settings_from_the_command_line(monkeypatch):
     given = []
     monkeypatch.setattr(extras, "require", lambda *args: None)
     monkeypatch.setattr("catsdogs.apps.serve.app.serve",
-                        lambda model, host, port, settings, name=None, runtime=None: given.append(settings))
+                        lambda model, host, port, settings, name=None, format=None: given.append(settings))
     monkeypatch.delenv("CATSDOGS_API_KEY", raising=False)
     assert cli.main(["serve", "runs/x"]) == 0
     monkeypatch.setenv("CATSDOGS_API_KEY", "from-env")

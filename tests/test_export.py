@@ -56,7 +56,7 @@ def test_predict_runs_exports_like_the_keras_model(exports, lite0_run, capsys):
     keras_rows = [p.to_dict() for p in classifier.predict(photos)]
     for (format, quantization), folder in exports.items():
         runtime = format
-        assert main(["predict", folder, *photos, "--runtime", runtime, "--json"]) == 0
+        assert main(["predict", folder, *photos, "--format", runtime, "--json"]) == 0
         rows = json.loads(capsys.readouterr().out)
         assert [r["path"] for r in rows] == photos
         if quantization == "float32":
@@ -71,13 +71,13 @@ def test_predict_runs_exports_like_the_keras_model(exports, lite0_run, capsys):
 def test_wrong_runtime_says_how_to_export(exports, lite0_run, capsys):
     run_dir = lite0_run[0]
     cat = str(photo("test", "cats", 4001))
-    assert main(["predict", str(run_dir), cat, "--runtime", "tflite"]) == 2
+    assert main(["predict", str(run_dir), cat, "--format", "tflite"]) == 2
     error = capsys.readouterr().err
     assert "holds a keras model, but runtime tflite runs tflite exports" in error
     assert f"{exports['tflite', 'float32']}, {exports['tflite', 'int8']}" in error
-    assert main(["predict", str(run_dir), cat, "--runtime", "savedmodel"]) == 2
+    assert main(["predict", str(run_dir), cat, "--format", "savedmodel"]) == 2
     assert f"To make one: catsdogs export {run_dir} --format savedmodel" in capsys.readouterr().err
-    assert main(["predict", exports["onnx", "float32"], cat, "--runtime", "tflite"]) == 2
+    assert main(["predict", exports["onnx", "float32"], cat, "--format", "tflite"]) == 2
     assert "holds a onnx model" in capsys.readouterr().err
 
 

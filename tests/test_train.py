@@ -188,14 +188,14 @@ def test_threshold_for_a_target_is_chosen_on_validation_and_saved_in_the_model(t
 
 
 def test_exclusions_drop_listed_training_images_but_never_test_images(tmp_path):
+    from catsdogs.data.corrections import apply_listed
     from catsdogs.data.dataset import Sample
-    from catsdogs.engine.train import read_exclusions
 
     splits = {"train": [Sample("d/train/cats/cat.1.jpg", 0), Sample("d/train/cats/cat.2.jpg", 0)],
               "val": [Sample("d/train/dogs/dog.1.jpg", 1)], "test": [Sample("d/test/cats/cat.9.jpg", 0)]}
     listing = tmp_path / "label_errors.txt"
     listing.write_text("# confirmed label errors\ncat.2.jpg\nd/train/dogs/dog.1.jpg\ncat.9.jpg\n")
-    kept = read_exclusions(listing, splits, "d")
+    kept = apply_listed(splits, ["cats", "dogs"], "d", listing, exclusions_only=True)
     assert [s.path for s in kept["train"]] == ["d/train/cats/cat.1.jpg"]
     assert kept["val"] == [] and kept["test"] == splits["test"]
 

@@ -7,21 +7,9 @@ import logging
 import os
 import sys
 
-from catsdogs.config.choices import (
-    BACKBONE_PRECISIONS,
-    BACKBONE_RUNTIMES,
-    BENCH_BATCH_SIZES,
-    CLASS_WEIGHTS,
-    ENGINES,
-    EXPORT_FORMATS,
-    HEADS,
-    INFERENCE_BATCH_SIZE,
-    PRECISIONS,
-    QUANTIZATIONS,
-    REVIEW_MISTAKES,
-    RUNTIMES,
-    default_cache_dir,
-)
+from catsdogs.config.choices import (BACKBONE_PRECISIONS, BENCH_BATCH_SIZES, BENCH_RUNTIMES, ENGINES, FORMATS,
+                                     INFERENCE_BATCH_SIZE, QUANTIZATIONS, REVIEW_MISTAKES, UNKNOWN_LABEL)
+from catsdogs.config.fields import flag_of
 from catsdogs.config.serve import API_KEY_ENV, ServeSettings
 from catsdogs.config.train import TrainConfig
 from catsdogs.errors import ConfigError
@@ -44,141 +32,96 @@ def _name_list(choices=None):
     return parse
 
 
+def _default(field):
+    return field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+
+
+def add_settings(p, settings, names=None):
+    """One option per field of a settings dataclass (`TrainConfig`, `ServeSettings`), as the field declares it
+    (`config.fields.setting`): flag, help, choices; the default and the type from the field itself.
+
+    Args:
+        p: the parser of a command.
+        settings: the dataclass.
+        names: the fields to add (default: every field that has an option).
+    """
+    for field in dataclasses.fields(settings):
+        if not field.metadata.get("option", True) or (names is not None and field.name not in names):
+            continue
+        default = _default(field)
+        help_text = field.metadata.get("help", "")
+        kwargs = dict(dest=field.name, default=default, choices=field.metadata.get("choices"),
+                      metavar=field.metadata.get("metavar"))
+        if not (kwargs["metavar"] or kwargs["choices"] or field.type is bool):
+            kwargs["metavar"] = flag_of(field).lstrip("-").replace("-", "_").upper()  # --max-images MAX_IMAGES
+        if field.type is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction  # --fine-tune / --no-fine-tune
+        elif field.type == tuple[str, ...]:
+            kwargs.update(action="append", default=[])  # repeat the option for more
+        elif field.type == tuple[int, ...]:
+            kwargs["type"] = _int_list
+            help_text += " (default: " + ",".join(map(str, default)) + ")"
+        else:
+            kwargs["type"] = field.type if field.type in (int, float) else str
+            if default not in (None, "") and "%(default)" not in help_text:
+                help_text += " (default: %(default)s)"
+        p.add_argument(flag_of(field), help=help_text, **{k: v for k, v in kwargs.items() if v is not None})
+
+
+def settings_from(args, settings, **values):
+    """A settings dataclass from parsed arguments: every field that has an option, tuples as tuples."""
+    fields = {field.name: getattr(args, field.name) for field in dataclasses.fields(settings)
+              if hasattr(args, field.name)}
+    fields = {name: tuple(value) if isinstance(value, list) else value for name, value in fields.items()}
+    return settings(**{**fields, **values})
+
+
+class _Renamed(argparse.Action):
+    """An option's old spelling: refused, with the new one named (so that old commands fail clearly)."""
+
+    def __init__(self, option_strings, dest, instead="", **kwargs):
+        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS)
+        self.instead = instead
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} is not an option of this command: {self.instead}")
+
+
 def _add_train(commands):
-    defaults = TrainConfig(data_dir="")
     p = commands.add_parser(
         "train", help="train and evaluate a classifier on a folder of labelled photos",
         description="Trains a classifier by transfer learning: features of every image are computed once "
                     "by a frozen ImageNet backbone and cached, then a small head is trained on them. Writes a "
                     "run directory with the model, metrics, figures and report.html.")
-    p.add_argument("data_dir", help="dataset folder: Kaggle cat-and-dog layout, train/[val/]test/ folders of "
-                                    "classes, or one folder of class folders")
-    _add_labels(p)
-    p.add_argument("--backbone", default=defaults.backbone, help="resnet50 (the study's), efficientnet_lite0/1/2 "
-                   "(ImageNet weights from pip, works offline), or an ensemble of several joined by + (e.g. "
-                   "efficientnet_lite0+efficientnet_lite2: one head on their concatenated features, each cached "
-                   "on its own); see `catsdogs backbones`")
-    p.add_argument("--weights", default=defaults.weights,
-                   help="imagenet (default), random (no pretraining, for trying the pipeline), or a weights file")
-    p.add_argument("--image-size", type=int, default=defaults.image_size, help="input side in pixels (default: the backbone's; an ensemble's largest member's)")
-    p.add_argument("--runtime", choices=("auto", *BACKBONE_RUNTIMES), default=defaults.runtime,
-                   help="what runs the frozen backbone: keras (TensorFlow), onnx (ONNX Runtime, the backbone "
-                        "converted once and cached); auto (default): the fastest measured on this kind of CPU "
-                        "(README, Speed); predict and serve then run the model's backbone the same way")
-    p.add_argument("--precision", choices=("auto", *BACKBONE_PRECISIONS), default=defaults.precision,
-                   help="compute precision of the backbone: float32; bfloat16 (keras); int8 (onnx: static "
-                        "quantization calibrated on training photos); auto (default): with the runtime, by CPU "
-                        "(README, Speed). The head and the model's output are float32 either way")
-    p.add_argument("--head", choices=HEADS, default=defaults.head,
-                   help="linear (default; best by cross-validation on the training photos): logistic regression on "
-                        "standardised features, L2 strength chosen by cross-validation; dense: the study's fully "
-                        "connected layers with dropout")
-    p.add_argument("--class-weight", choices=CLASS_WEIGHTS, default=defaults.class_weight,
-                   help="balanced (default): every class weighs alike in the head's loss, so that a small class is "
-                        "not sacrificed to a large one (measured: docs/BENCHMARKS.md, unbalanced classes); none: "
-                        "every photo weighs alike")
-    p.add_argument("--hidden-units", type=_int_list, default=defaults.hidden_units,
-                   help="hidden layer sizes of a dense head, comma separated (default: 256)")
-    p.add_argument("--dropout", type=float, default=defaults.dropout)
-    p.add_argument("--l2", type=float, default=defaults.l2, help="L2 penalty on a dense head's weights")
-    p.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="head training batch size")
-    p.add_argument("--max-epochs", type=int, default=defaults.max_epochs)
-    p.add_argument("--patience", type=int, default=defaults.patience, help="early stopping patience in epochs")
-    p.add_argument("--fine-tune", action="store_true",
-                   help="stage 2: after the head, train the top blocks of the backbone end to end with augmentation "
-                        "(off by default: on a CPU each epoch takes minutes; the better model on validation is kept)")
-    p.add_argument("--fine-tune-blocks", type=int, default=defaults.fine_tune_blocks,
-                   help="how many of the backbone's last blocks to unfreeze (default: the backbone's own; "
-                        "ResNet-50: 3, its stage conv5)")
-    p.add_argument("--fine-tune-learning-rate", type=float, default=defaults.fine_tune_learning_rate)
-    p.add_argument("--fine-tune-epochs", type=int, default=defaults.fine_tune_epochs)
-    p.add_argument("--fine-tune-patience", type=int, default=defaults.fine_tune_patience)
-    p.add_argument("--fine-tune-batch-size", type=int, default=defaults.fine_tune_batch_size)
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=defaults.augment,
-                   help="random flips, small rotations, zooms, shifts and contrast while fine-tuning")
-    p.add_argument("--tta", action="store_true",
-                   help="also report validation and test with test-time augmentation (photo and mirror image averaged)")
-    p.add_argument("--low-resolution", action=argparse.BooleanOptionalAction, default=defaults.low_resolution,
-                   help="also train the head on each training photo brought down to 160 px and up again, for "
-                        "small photos (features cached like the others)")
-    p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=defaults.calibrate,
-                   help="temperature scaling on the validation split, so probabilities mean what they say")
-    p.add_argument("--target", default=defaults.target, metavar="METRIC:CLASS=VALUE",
-                   help="choose the decision threshold on validation for a target, e.g. precision:dogs=0.99 "
-                        "or recall:cats=0.995 (two classes only; default: threshold 0.5)")
-    p.add_argument("--exclude", default=defaults.exclude, metavar="FILE",
-                   help="file listing training images to leave out (confirmed label errors); never test images")
-    p.add_argument("--open-set", default=defaults.open_set, metavar="auto|none|METHOD[+METHOD]",
-                   help="the in-distribution score that answers 'unknown' for photos of no trained class; auto "
-                        "(default): knn+imagenet where the backbone has ImageNet weights and the classes map to ImageNet "
-                        "(cats, dogs), else knn; methods: msp, energy, mahalanobis, knn, imagenet; none: off")
-    p.add_argument("--open-set-keep", type=float, default=defaults.open_set_keep,
-                   help="share of known photos the rejection threshold keeps, set on the training photos "
-                        "(default: %(default)s)")
-    p.add_argument("--unknown-data", default=defaults.unknown_data, metavar="DIR",
-                   help="a folder of photos of no trained class: the report says how many are rejected "
-                        "(never used to fit anything)")
-    p.add_argument("--val-fraction", type=float, default=defaults.val_fraction,
-                   help="fraction of the training images held out for validation (stratified)")
-    p.add_argument("--test-fraction", type=float, default=defaults.test_fraction,
-                   help="fraction held out for testing when the dataset has no test folder")
-    p.add_argument("--seed", type=int, default=defaults.seed, help="makes splits and training repeatable")
-    p.add_argument("--extract-batch-size", type=int, default=defaults.extract_batch_size,
-                   help="images per forward pass of the backbone (default: %(default)s)")
-    p.add_argument("--cache-dir", default=default_cache_dir(), help="feature and weights cache (default: %(default)s)")
-    p.add_argument("--runs-dir", default=defaults.runs_dir, help="where run directories are created")
-    p.add_argument("--name", default="", help="run directory name (default: backbone and time)")
-    p.add_argument("--mlflow", action="store_true",
-                   help="also log the run to MLflow: settings, metrics, the run directory (on as well when "
-                        "MLFLOW_TRACKING_URI is set; without it, a local store in RUNS_DIR/.mlflow; "
-                        "pip install 'catsdogs[mlflow]')")
-    _add_engine(p, "ray_", "computes the missing features on a Ray cluster into --cache-dir (a folder every "
-                "node shares), then fits the head here as usual; with --fine-tune, fine-tunes on --workers Ray "
-                "workers (MultiWorkerMirroredStrategy), checkpointing every epoch into --cache-dir")
+    data_dir = next(field for field in dataclasses.fields(TrainConfig) if field.name == "data_dir")
+    p.add_argument("data_dir", help=data_dir.metadata["help"])
+    add_settings(p, TrainConfig)  # one option per setting, as TrainConfig declares it
+    p.set_defaults(func=_train)
 
 
-def _add_labels(p):
-    """--labels and the names of its columns (train and evaluate)."""
-    defaults = TrainConfig(data_dir="")
-    p.add_argument("--labels", action="append", default=[], metavar="CSV",
-                   help="labels from a table instead of class folders: a CSV with columns path (relative to the data "
-                        "folder; a name without extension is looked for as .jpg, .png, ...), label and optionally "
-                        "split (train/val/test). Give it again for a corrections table from `catsdogs review` "
-                        "(relabels and exclusions, applied after the labels)")
-    p.add_argument("--path-column", default=defaults.path_column, help="the labels table's path column (default: path)")
-    p.add_argument("--label-column", default=defaults.label_column,
-                   help="the labels table's label column (default: label; e.g. breed)")
-    p.add_argument("--split-column", default=defaults.split_column,
-                   help="the labels table's split column, if it has one (default: split)")
+def _add_format(p):
+    """--format of predict and serve: how MODEL is stored, checked against what it holds."""
+    p.add_argument("--format", choices=FORMATS,
+                   help="how the model is stored, checked against what MODEL holds (default: what it holds: a run "
+                        "directory or .keras file is keras, its backbone run in ONNX Runtime where the run computed "
+                        "its features there; keras on a run directory runs all of it in Keras; an export folder is "
+                        "its format)")
+    p.add_argument("--runtime", action=_Renamed, instead="the model's format is --format (keras, savedmodel, onnx, "
+                   "tflite); --runtime names what runs the backbone in `catsdogs train`")
 
 
-def _add_runtime(p):
-    """--runtime of predict and serve: what runs the model, checked against what MODEL holds."""
-    p.add_argument("--runtime", choices=RUNTIMES,
-                   help="engine to run the model in; it must match what MODEL holds (default: what it holds: "
-                        "a run directory or .keras file is Keras, with its backbone in ONNX Runtime where the run "
-                        "computed its features there, keras: all of it in Keras; an export folder its format)")
-
-
-def _add_engine(p, prefix, what):
-    """--engine, --address, --workers; `prefix` names their destinations (TrainConfig's ray_address)."""
+def _add_engine(p, what):
+    """--engine of predict, and the cluster's --address and --workers as TrainConfig declares them."""
     p.add_argument("--engine", choices=ENGINES, default="local",
                    help=f"local (default): this process; ray: {what} (pip install 'catsdogs[ray]')")
-    p.add_argument("--address", dest=f"{prefix}address", default="",
-                   help="with --engine ray: auto, HOST:PORT of a head node or ray://HOST:10001 (default: "
-                        "$RAY_ADDRESS, else a new cluster on this machine)")
-    p.add_argument("--workers", dest=f"{prefix}workers", type=int, default=0,
-                   help="with --engine ray: model actors, or fine-tuning workers (default: one per node)")
+    add_settings(p, TrainConfig, names=("ray_address", "ray_workers"))
 
 
 def _train(args):
     from catsdogs.engine.train import train
     from catsdogs.evaluation.metrics import format_metrics
 
-    settings = {k: v for k, v in vars(args).items() if k not in ("command", "func", "verbose")}
-    config = TrainConfig(**{**settings, "labels": tuple(args.labels)})
-    run = train(config)
+    run = train(settings_from(args, TrainConfig))
     print(format_metrics(run.metrics))
     print(f"\nrun directory: {run.run_dir}  (open {run.run_dir}/report.html)")
 
@@ -235,8 +178,8 @@ def _predict_on_ray(args):
     if args.top_k != 1:
         raise ConfigError("--top-k is for predictions printed or written here; --engine ray's Parquet files have "
                           "every class's probability (p_CLASS columns)")
-    result = predict_to_parquet(args.model, args.inputs, args.output, args.address or None, args.workers,
-                                args.runtime, args.tta, args.batch_size)
+    result = predict_to_parquet(args.model, args.inputs, args.output, args.ray_address or None,
+                                args.ray_workers, args.format, args.tta, args.batch_size)
     print(f"{result.rows} predictions ({result.errors} errors) written to {result.output} by {result.workers} "
           f"workers on {result.nodes} nodes in {result.seconds:.1f} s")
     return 1 if result.rows and result.errors == result.rows else 0
@@ -252,7 +195,7 @@ def _predict(args):
 
     if args.output:
         raise ConfigError("--output is for --engine ray (Parquet); use --csv FILE or --json")
-    classifier = load(args.model, args.runtime)
+    classifier = load(args.model, args.format)
     predictions = classifier.predict(args.inputs, args.tta, args.batch_size, reject=args.reject,
                                      reject_threshold=args.reject_threshold, unknown_label=args.unknown_label)
     if args.json:
@@ -279,7 +222,7 @@ def _export(args):
 def _bench(args):
     from catsdogs.engine.bench import format_report, run_bench
 
-    report = run_bench(args.backbone, args.precision, args.batch_sizes, args.images, args.data, args.repeats,
+    report = run_bench(args.backbone, args.precisions, args.batch_sizes, args.images, args.data, args.repeats,
                        args.quick, args.runtimes, args.image_size)
     print(format_report(report))
     if args.output:
@@ -326,7 +269,7 @@ def _add_export(commands):
                     "resized pixels; `catsdogs predict EXPORT_DIR` decodes and resizes photos for them as for "
                     "the Keras model. ONNX needs pip install 'catsdogs[onnx]', TFLite 'catsdogs[tflite]'.")
     p.add_argument("model", help="run directory or .keras model file")
-    p.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    p.add_argument("--format", required=True, choices=FORMATS, help="how the exported model is stored")
     p.add_argument("--quantization", choices=QUANTIZATIONS, default="float32",
                    help="TFLite only: float32; float16 weights; int8 weights and activations, calibrated on "
                         "training photos (post-training quantization)")
@@ -353,9 +296,10 @@ def _add_bench(commands):
                     "depend on them) and says so.")
     p.add_argument("--backbone", type=_name_list(), default=None,
                    help="comma-separated backbones (default: all; see `catsdogs backbones`)")
-    p.add_argument("--precision", type=_name_list(PRECISIONS), default=None,
-                   help="comma-separated precisions of Keras (default: float32,bfloat16 where the CPU has native "
-                        "bfloat16)")
+    p.add_argument("--precisions", type=_name_list(BACKBONE_PRECISIONS), default=None,
+                   help="comma-separated precisions; each runtime is timed in those it has (keras: float32, "
+                        "bfloat16; onnx: float32, int8; openvino: float32) (default: float32, int8, and bfloat16 "
+                        "where the CPU has it natively)")
     p.add_argument("--batch-sizes", type=_int_list, default=BENCH_BATCH_SIZES,
                    help=f"default: {','.join(map(str, BENCH_BATCH_SIZES))}")
     p.add_argument("--images", type=int, default=256, help="photos to predict from files (default: %(default)s)")
@@ -363,13 +307,14 @@ def _add_bench(commands):
                    help="input side in pixels (default: each backbone's own, see `catsdogs backbones`)")
     p.add_argument("--data", help="folder of photos (default: synthetic 500x375 JPEG photos)")
     p.add_argument("--repeats", type=int, default=5, help="timed forward passes; the median is reported")
-    bench_runtimes = ("keras", "onnx", "int8", "openvino")  # bench.RUNTIMES (bench imports Keras: not here)
-    p.add_argument("--runtimes", type=_name_list(bench_runtimes), default=None,
-                   help=f"comma-separated, from {','.join(bench_runtimes)}: Keras, ONNX Runtime float32 and int8, "
-                        f"OpenVINO float32 (default: all that are installed; the others are noted)")
+    p.add_argument("--runtimes", type=_name_list(BENCH_RUNTIMES), default=None,
+                   help=f"comma-separated, from {','.join(BENCH_RUNTIMES)}: what runs the backbone, as train's "
+                        f"--runtime (default: all that are installed; the others are noted)")
     p.add_argument("--quick", action="store_true", help="a smoke test in seconds, not a measurement")
     p.add_argument("--output", metavar="FILE", help="write the results as JSON")
     p.set_defaults(func=_bench)
+
+
 def _explain(args):
     from catsdogs.inference import explain
     from catsdogs.inference.classifier import load
@@ -386,12 +331,9 @@ def _serve(args):
     require("serve", "serving")
     from catsdogs.apps.serve.app import serve
 
-    settings = {field.name: getattr(args, field.name) for field in dataclasses.fields(ServeSettings)}
     # The key may come from the environment, so that it stays out of `ps` and shell history.
-    if settings["api_key"] is None:
-        settings["api_key"] = os.environ.get(API_KEY_ENV) or None
-    settings = ServeSettings(**settings)
-    serve(args.model, args.host, args.port, settings, args.name, args.runtime)
+    settings = settings_from(args, ServeSettings, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None)
+    serve(args.model, args.host, args.port, settings, args.name, args.format)
 
 
 def _add_serve(commands):
@@ -407,21 +349,9 @@ def _add_serve(commands):
                    help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 for every network)")
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s; 0 picks a free one)")
     p.add_argument("--name", help="the model's name in /v1/models/NAME (default: the run directory's name)")
-    _add_runtime(p)
-    # One option per setting, as ServeSettings declares it (flag, help); the destination is the field.
-    for field in dataclasses.fields(ServeSettings):
-        _add_setting(p, field)
+    _add_format(p)
+    add_settings(p, ServeSettings)  # one option per setting, as ServeSettings declares it
     p.set_defaults(func=_serve)
-
-
-def _add_setting(p, field):
-    """The option of a `ServeSettings` field; a tuple is a repeatable option."""
-    flag = field.metadata["flag"]
-    kwargs = dict(type=field.type if field.type in (int, float) else str, default=field.default)
-    if field.type == tuple[str, ...]:
-        kwargs = dict(action="append", default=[])
-    p.add_argument(flag, dest=field.name, metavar=flag.lstrip("-").replace("-", "_").upper(),
-                   help=field.metadata["help"], **kwargs)
 
 
 def _review(args):
@@ -430,7 +360,7 @@ def _review(args):
     require("serve", "the review page")
     from catsdogs.apps.review.app import review
 
-    review(args.run, args.corrections, args.mistakes, args.host, args.port, args.allowed_hosts)
+    review(args.run, args.corrections, args.mistakes, args.host, args.port, tuple(args.allowed_hosts))
 
 
 def _add_review(commands):
@@ -451,7 +381,7 @@ def _add_review(commands):
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: %(default)s, this machine only)")
     p.add_argument("--port", type=int, default=8001, help="port (default: %(default)s; 0 picks a free one)")
-    _add_setting(p, next(field for field in dataclasses.fields(ServeSettings) if field.name == "allowed_hosts"))
+    add_settings(p, ServeSettings, names=("allowed_hosts",))
     p.set_defaults(func=_review)
 
 
@@ -468,7 +398,6 @@ def build_parser():
     parser.add_argument("-v", "--verbose", action="store_true", help="show debugging messages")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(commands)
-    commands.choices["train"].set_defaults(func=_train)
 
     p = commands.add_parser("evaluate", help="evaluate a trained model on labelled photos")
     p.add_argument("model", help="run directory or .keras model file")
@@ -478,7 +407,7 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=INFERENCE_BATCH_SIZE, help="images per forward pass")
     p.add_argument("--unknown-data", metavar="DIR",
                    help="a folder of photos of no trained class: AUROC and false accepts of the open-set score")
-    _add_labels(p)
+    add_settings(p, TrainConfig, names=("labels", "path_column", "label_column", "split_column"))
     p.set_defaults(func=_evaluate)
 
     p = commands.add_parser("predict", help="predict the class of photos")
@@ -494,11 +423,11 @@ def build_parser():
     p.add_argument("--reject-threshold", type=float, metavar="SCORE",
                    help="in-distribution score under which a photo is 'unknown', instead of the model's own "
                         "(from 0 to 1; higher rejects more)")
-    p.add_argument("--unknown-label", default="unknown", help="the label of rejected photos (default: %(default)s)")
+    p.add_argument("--unknown-label", default=UNKNOWN_LABEL, help="the label of rejected photos (default: %(default)s)")
     p.add_argument("--top-k", type=int, default=1, metavar="N",
                    help="also show the N most probable classes of each photo, with their probabilities")
-    _add_runtime(p)
-    _add_engine(p, "", "scores the photos on a Ray cluster (INPUTS may also be URIs such as s3://bucket/photos) "
+    _add_format(p)
+    _add_engine(p, "scores the photos on a Ray cluster (INPUTS may also be URIs such as s3://bucket/photos) "
                 "into Parquet files in --output")
     p.add_argument("--output", metavar="DIR", help="with --engine ray: the Parquet folder to create")
     p.set_defaults(func=_predict)

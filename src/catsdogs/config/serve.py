@@ -8,72 +8,49 @@ import dataclasses
 import ipaddress
 import re
 
-from catsdogs.data.images import DEFAULT_MAX_PIXELS
+from catsdogs.config.choices import DEFAULT_MAX_PIXELS
+from catsdogs.config.fields import setting
 from catsdogs.errors import ConfigError
 
 API_KEY_ENV = "CATSDOGS_API_KEY"
 HOST_NAME = re.compile(r"[a-z0-9_.-]+")  # a DNS name as a Host header carries it (IDNs in punycode)
 
 
-def _option(default, flag, help, **kwargs):
-    """A setting that is also an option of `catsdogs serve`: its flag and help text, declared once here.
-
-    Args:
-        default: the setting's default (the option's too).
-        flag: the command-line option, e.g. "--header-timeout".
-        help: the option's help text (argparse's %(default)s works).
-        **kwargs: more `dataclasses.field` arguments.
-
-    Returns:
-        a `dataclasses.field` carrying "flag" and "help" in its metadata (read by cli.py).
-    """
-    return dataclasses.field(default=default, metadata={"flag": flag, "help": help}, **kwargs)
-
-
 @dataclasses.dataclass
 class ServeSettings:
     """Batching, limits, timeouts and authentication of the service (the options of `catsdogs serve`).
 
-    Every field is an option of `catsdogs serve`: cli.py generates them from these fields.
+    Every field is an option of `catsdogs serve` (`fields.setting`): cli.py generates them from these fields.
     """
 
-    max_batch_size: int = _option(16, "--max-batch-size",
-                                  "most images in one forward pass; 1 turns batching off (default: %(default)s)")
-    max_wait_ms: float = _option(5.0, "--max-wait-ms", "how long a request waits for others to share its forward "
-                                 "pass (default: %(default)s)")
-    max_upload_bytes: int = _option(32 * 2**20, "--max-upload-bytes",
-                                    "largest request body, refused before decoding (default: %(default)s)")
-    max_pixels: int = _option(DEFAULT_MAX_PIXELS, "--max-pixels", "largest image in pixels, read from its header "
-                              "before decoding (default: %(default)s)")
-    max_request_pixels: int = _option(2 * DEFAULT_MAX_PIXELS, "--max-request-pixels",
-                                      "most pixels of all the images of one request, read from their headers "
-                                      "before decoding (default: %(default)s)")
-    max_images: int = _option(32, "--max-images", "most images in one request (default: %(default)s)")
-    max_decodes: int = _option(2, "--max-decodes",
-                               "most images decoded at once, across requests (default: %(default)s)")
-    max_active_requests: int = _option(8, "--max-active-requests", "most prediction requests reading or holding "
-                                       "their body at once; others wait, within --body-timeout (default: %(default)s)")
-    max_connections: int = _option(64, "--max-connections",
-                                   "most open connections; requests beyond get 503 (default: %(default)s)")
-    header_timeout_s: float = _option(10.0, "--header-timeout", "seconds for a request's headers to arrive before "
-                                      "the connection is closed (default: %(default)s)")
-    body_timeout_s: float = _option(60.0, "--body-timeout", "seconds from a request's headers to the end of its "
-                                    "body, waiting for a request slot included, else 408 (503 if no slot came free) "
-                                    "(default: %(default)s)")
-    keep_alive_s: float = _option(5.0, "--keep-alive",
-                                  "seconds an idle connection stays open between requests (default: %(default)s)")
-    shutdown_timeout_s: float = _option(10.0, "--shutdown-timeout", "on SIGTERM or Ctrl-C, seconds to let requests "
-                                        "finish before cancelling them (default: %(default)s)")
+    max_batch_size: int = setting(16, "most images in one forward pass; 1 turns batching off")
+    max_wait_ms: float = setting(5.0, "how long a request waits for others to share its forward pass")
+    max_upload_bytes: int = setting(32 * 2**20, "largest request body, refused before decoding")
+    max_pixels: int = setting(DEFAULT_MAX_PIXELS, "largest image in pixels, read from its header before decoding")
+    max_request_pixels: int = setting(2 * DEFAULT_MAX_PIXELS, "most pixels of all the images of one request, read "
+                                      "from their headers before decoding")
+    max_images: int = setting(32, "most images in one request")
+    max_decodes: int = setting(2, "most images decoded at once, across requests")
+    max_active_requests: int = setting(8, "most prediction requests reading or holding their body at once; others "
+                                       "wait, within --body-timeout")
+    max_connections: int = setting(64, "most open connections; requests beyond get 503")
+    header_timeout_s: float = setting(10.0, "seconds for a request's headers to arrive before the connection is "
+                                      "closed", flag="--header-timeout")
+    body_timeout_s: float = setting(60.0, "seconds from a request's headers to the end of its body, waiting for a "
+                                    "request slot included, else 408 (503 if no slot came free)",
+                                    flag="--body-timeout")
+    keep_alive_s: float = setting(5.0, "seconds an idle connection stays open between requests", flag="--keep-alive")
+    shutdown_timeout_s: float = setting(10.0, "on SIGTERM or Ctrl-C, seconds to let requests finish before "
+                                        "cancelling them", flag="--shutdown-timeout")
     # The CLI falls back to $CATSDOGS_API_KEY, so that the key stays out of `ps` and shell history.
-    api_key: str | None = _option(None, "--api-key",
-                                  f"require this key on the API (Authorization: Bearer KEY or X-API-Key: KEY); "
-                                  f"default: ${API_KEY_ENV} if set, else none (the variable keeps it out of `ps`). "
-                                  f"Use it whenever --host is not loopback", repr=False)
-    allowed_hosts: tuple[str, ...] = _option(
-        (), "--allowed-host", "also answer requests addressed to this host name (repeat the option for more). "
-        "Only 127.0.0.1, localhost, [::1] and the --host address are answered by default, so that no web page can "
-        "reach the server under a DNS name of its own (DNS rebinding); with --host 0.0.0.0 or ::, any IP address "
-        "of the machine is answered as well, names only when allowed here")
+    api_key: str | None = setting(None, f"require this key on the API (Authorization: Bearer KEY or X-API-Key: "
+                                  f"KEY); default: ${API_KEY_ENV} if set, else none (the variable keeps it out of "
+                                  f"`ps`). Use it whenever --host is not loopback", repr=False)
+    allowed_hosts: tuple[str, ...] = setting(
+        (), "also answer requests addressed to this host name (repeat the option for more). Only 127.0.0.1, "
+        "localhost, [::1] and the --host address are answered by default, so that no web page can reach the server "
+        "under a DNS name of its own (DNS rebinding); with --host 0.0.0.0 or ::, any IP address of the machine is "
+        "answered as well, names only when allowed here", flag="--allowed-host")
 
     def __post_init__(self):
         for field in dataclasses.fields(self):

@@ -1,16 +1,27 @@
-"""Settings of a training run: one dataclass, saved as config.json in every run directory."""
+"""Settings of a training run: one dataclass, saved as config.json in every run directory.
+
+Each field declares its command-line option of `catsdogs train` too (`fields.setting`): cli.py generates
+the options from them. `TrainConfig.check` checks types, ranges and files; what needs the backbone
+registry, the CPU or an optional extra is checked by the training workflow (`engine.train.check_config`).
+"""
 
 import dataclasses
 import json
 import os
 
-from catsdogs.config.choices import CLASS_WEIGHTS, ENGINES, HEADS, INFERENCE_BATCH_SIZE, default_cache_dir
+from catsdogs.config.choices import (BACKBONE_PRECISIONS, BACKBONE_RUNTIMES, CLASS_WEIGHTS, DENSE_BATCH_SIZE,
+                                     DENSE_DROPOUT, DENSE_HIDDEN_UNITS, DENSE_LEARNING_RATE, DENSE_MAX_EPOCHS,
+                                     DENSE_PATIENCE, ENGINES, HEADS, INFERENCE_BATCH_SIZE, OPEN_SET_KEEP,
+                                     OPEN_SET_METHODS, SEED, default_cache_dir)
+from catsdogs.config.fields import setting
 from catsdogs.errors import ConfigError
 
+# The backbone trained when none is named: the most accurate one here, whose ImageNet weights come with pip
+# (works offline). `--backbone resnet50` is the original study's.
+DEFAULT_BACKBONE = "efficientnet_lite2"
 # Settings checked alike by `TrainConfig.check` (in the manner of Ultralytics' CFG_FRACTION_KEYS).
 FRACTION_KEYS = ("val_fraction", "test_fraction", "open_set_keep")  # strictly between 0 and 1
 COUNT_KEYS = ("batch_size", "extract_batch_size", "fine_tune_batch_size", "max_epochs", "fine_tune_epochs")  # >= 1
-CHOICE_KEYS = {"head": HEADS, "class_weight": CLASS_WEIGHTS, "engine": ENGINES}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,73 +51,106 @@ class FineTuneSettings:
 class TrainConfig:
     """Everything that decides what `catsdogs train` does."""
 
-    data_dir: str
-    # CSV files: a labels table (path, label[, split]) instead of class folders, then corrections
-    # tables (`catsdogs review`'s), applied in order; see labels.py. The library also takes a table in memory.
-    labels: tuple = ()
-    path_column: str = "path"
-    label_column: str = "label"
-    split_column: str = "split"
-    backbone: str = "resnet50"
-    weights: str = "imagenet"  # "imagenet", "random" or a weights file
-    image_size: int = 0  # 0: the backbone's own
-    runtime: str = "auto"  # of the frozen backbone: "keras", "onnx" (ONNX Runtime), or "auto" (backbone_runtimes.choose)
-    precision: str = "auto"  # of the backbone: "float32", "bfloat16" (Keras), "int8" (ONNX Runtime), or "auto"
-    head: str = "linear"  # "linear" (logistic regression; best on validation) or "dense" (the study's)
-    class_weight: str = "balanced"  # of the head's loss: "balanced" (classes weigh alike) or "none"; docs/BENCHMARKS.md
-    hidden_units: tuple = (256,)
-    dropout: float = 0.5
-    l2: float = 0.0  # dense head only: the linear head chooses its own by cross-validation
-    learning_rate: float = 1e-3
-    batch_size: int = 64
-    max_epochs: int = 100
-    patience: int = 10
-    fine_tune: bool = False  # stage 2; off by default: minutes per epoch on a CPU
-    fine_tune_blocks: int = 0  # 0: the backbone's default (ResNet-50: stage conv5)
-    fine_tune_learning_rate: float = 1e-5
-    fine_tune_epochs: int = 8
-    fine_tune_patience: int = 2
-    fine_tune_batch_size: int = 32
-    augment: bool = True  # random flips, rotations, zooms, shifts, contrast while fine-tuning
-    tta: bool = False  # also report validation and test with test-time augmentation
-    low_resolution: bool = False  # also train the head on each training photo seen at 160 px (small photos)
-    calibrate: bool = True  # temperature scaling on the validation split
-    target: str = ""  # "precision:CLASS=VALUE" or "recall:CLASS=VALUE": threshold chosen on validation
-    exclude: str = ""  # file listing training images to leave out (confirmed label errors)
-    open_set: str = "auto"  # in-distribution score: "auto" (the measured default), "none", or methods joined by "+"
-    open_set_keep: float = 0.99  # share of known (training) photos the rejection threshold keeps
-    unknown_data: str = ""  # a folder of photos of no trained class, only to report how many are rejected
-    val_fraction: float = 0.2
-    test_fraction: float = 0.2  # only when the dataset has no test folder
-    seed: int = 42
-    extract_batch_size: int = INFERENCE_BATCH_SIZE
-    cache_dir: str = dataclasses.field(default_factory=default_cache_dir)
-    runs_dir: str = "runs"
-    name: str = ""
-    mlflow: bool = False  # also log the run to MLflow (tracking.py); on as well when MLFLOW_TRACKING_URI is set
-    engine: str = "local"  # "ray": missing features computed, and fine-tuning run, on a Ray cluster
-    ray_address: str = ""  # the cluster for engine "ray" ("" : $RAY_ADDRESS, else a new local one)
-    ray_workers: int = 0  # extractor actors and fine-tuning workers for engine "ray" (0: one per node)
+    data_dir: str = setting(help="dataset folder: Kaggle cat-and-dog layout, train/[val/]test/ folders of classes, "
+                                 "or one folder of class folders", option=False)
+    # A labels table, then corrections tables (`catsdogs review`'s), applied in order (data/labels.py); the
+    # library also takes a table in memory.
+    labels: tuple[str, ...] = setting((), "labels from a table instead of class folders: a CSV with columns path (relative to "
+                            "the data folder; a name without extension is looked for as .jpg, .png, ...), label and "
+                            "optionally split (train/val/test). Give it again for a corrections table from `catsdogs "
+                            "review` (relabels and exclusions, applied after the labels)", metavar="CSV")
+    path_column: str = setting("path", "the labels table's path column")
+    label_column: str = setting("label", "the labels table's label column (e.g. breed)")
+    split_column: str = setting("split", "the labels table's split column, if it has one")
+    backbone: str = setting(DEFAULT_BACKBONE, "efficientnet_lite0/1/2 (ImageNet weights from pip, works offline; "
+                            "lite2 is the most accurate), resnet50 (the original study's; its weights need a "
+                            "download or --weights FILE), or an ensemble of several joined by + (one head on their "
+                            "concatenated features, each cached on its own); see `catsdogs backbones`")
+    weights: str = setting("imagenet", "imagenet, random (no pretraining, for trying the pipeline), or a weights "
+                           "file: .pth (EfficientNet-Lite, read by a restricted reader) or Keras .weights.h5")
+    image_size: int = setting(0, "input side in pixels (0: the backbone's own; an ensemble's largest member's)")
+    runtime: str = setting("auto", "what runs the frozen backbone: keras (TensorFlow), onnx (ONNX Runtime, the "
+                           "backbone converted once and cached); auto: the fastest measured on this kind of CPU "
+                           "(docs/speed.md). predict and serve then run the model's backbone the same way",
+                           choices=("auto", *BACKBONE_RUNTIMES))
+    precision: str = setting("auto", "compute precision of the backbone: float32; bfloat16 (keras); int8 (onnx: "
+                             "static quantization calibrated on training photos); auto: with the runtime, by CPU "
+                             "(docs/speed.md). The head and the model's output are float32 either way",
+                             choices=("auto", *BACKBONE_PRECISIONS))
+    head: str = setting("linear", "linear (best by cross-validation on the training photos): logistic regression "
+                        "on standardised features, L2 strength chosen by cross-validation; dense: the study's fully "
+                        "connected layers with dropout", choices=HEADS)
+    class_weight: str = setting("balanced", "balanced: every class weighs alike in the head's loss, so that a small "
+                                "class is not sacrificed to a large one; none: every photo weighs alike",
+                                choices=CLASS_WEIGHTS)
+    hidden_units: tuple[int, ...] = setting(DENSE_HIDDEN_UNITS, "hidden layer sizes of a dense head, comma separated",
+                                  metavar="N[,N...]")
+    dropout: float = setting(DENSE_DROPOUT, "dropout after each hidden layer of a dense head")
+    l2: float = setting(0.0, "L2 penalty on a dense head's weights (the linear head chooses its own by "
+                        "cross-validation)")
+    learning_rate: float = setting(DENSE_LEARNING_RATE, "a dense head's learning rate (Adam)")
+    batch_size: int = setting(DENSE_BATCH_SIZE, "a dense head's training batch size")
+    max_epochs: int = setting(DENSE_MAX_EPOCHS, "a dense head's most epochs")
+    patience: int = setting(DENSE_PATIENCE, "a dense head's early stopping patience in epochs")
+    fine_tune: bool = setting(False, "stage 2: after the head, train the top blocks of the backbone end to end with "
+                              "augmentation (off by default: on a CPU each epoch takes minutes; the better model on "
+                              "validation is kept)")
+    fine_tune_blocks: int = setting(0, "how many of the backbone's last blocks to unfreeze (0: the backbone's own; "
+                                    "ResNet-50: 3, its stage conv5)")
+    fine_tune_learning_rate: float = setting(1e-5, "the fine-tuning learning rate (Adam)")
+    fine_tune_epochs: int = setting(8, "most fine-tuning epochs")
+    fine_tune_patience: int = setting(2, "fine-tuning's early stopping patience in epochs")
+    fine_tune_batch_size: int = setting(32, "images per fine-tuning step (with --engine ray: the global batch)")
+    augment: bool = setting(True, "random flips, small rotations, zooms, shifts and contrast while fine-tuning")
+    tta: bool = setting(False, "also report validation and test with test-time augmentation (photo and mirror "
+                        "image averaged)")
+    low_resolution: bool = setting(False, "also train the head on each training photo brought down to 160 px and "
+                                   "up again, for small photos (features cached like the others)")
+    calibrate: bool = setting(True, "temperature scaling on the validation split, so probabilities mean what they "
+                              "say")
+    target: str = setting("", "choose the decision threshold on validation for a target, e.g. precision:dogs=0.99 "
+                          "or recall:cats=0.995 (two classes only; default: threshold 0.5)",
+                          metavar="METRIC:CLASS=VALUE")
+    exclude: str = setting("", "leave out of training the photos a file lists: a corrections table from `catsdogs "
+                           "review` (its exclusions) or one photo a line (a path relative to the data folder, an "
+                           "absolute path, or a file name); never test photos", metavar="FILE")
+    open_set: str = setting("auto", "the in-distribution score that answers 'unknown' for photos of no trained "
+                            "class; auto: knn+imagenet where the backbone has ImageNet weights and the classes map to "
+                            f"ImageNet (cats, dogs), else knn; methods: {', '.join(OPEN_SET_METHODS)}; none: off",
+                            metavar="auto|none|METHOD[+METHOD]")
+    open_set_keep: float = setting(OPEN_SET_KEEP, "share of known photos the rejection threshold keeps, set on the "
+                                   "training photos")
+    unknown_data: str = setting("", "a folder of photos of no trained class: the report says how many are rejected "
+                                "(never used to fit anything)", metavar="DIR")
+    val_fraction: float = setting(0.2, "fraction of the training images held out for validation (stratified)")
+    test_fraction: float = setting(0.2, "fraction held out for testing when the dataset has no test folder")
+    seed: int = setting(SEED, "makes splits and training repeatable")
+    extract_batch_size: int = setting(INFERENCE_BATCH_SIZE, "images per forward pass of the backbone")
+    cache_dir: str = setting(help="feature and weights cache ($CATSDOGS_CACHE, else the user cache)",
+                             default_factory=default_cache_dir)
+    runs_dir: str = setting("runs", "where run directories are created")
+    name: str = setting("", "run directory name (default: backbone and time)")
+    mlflow: bool = setting(False, "also log the run to MLflow: settings, metrics, the run directory (on as well "
+                           "when MLFLOW_TRACKING_URI is set; without it, a local store in RUNS_DIR/.mlflow; pip "
+                           "install 'catsdogs[mlflow]')")
+    engine: str = setting("local", "local: this process; ray: the missing features computed on a Ray cluster into "
+                          "--cache-dir (a folder every node shares), the head fitted here as usual; with --fine-tune, "
+                          "fine-tuning on --workers Ray workers (pip install 'catsdogs[ray]')", choices=ENGINES)
+    ray_address: str = setting("", "with --engine ray: auto, HOST:PORT of a head node or ray://HOST:10001 (default: "
+                               "$RAY_ADDRESS, else a new cluster on this machine)", flag="--address")
+    ray_workers: int = setting(0, "with --engine ray: model actors, or fine-tuning workers (0: one per node)", metavar="N",
+                               flag="--workers")
 
     def check(self):
-        """Checks every setting that does not depend on the data, before anything is read.
+        """Checks the types, ranges and files of the settings, before anything is read or imported.
 
         Raises:
             ConfigError: naming the setting, the value and what is accepted.
         """
-        # Lazy: config.py is imported where TensorFlow (which backbones imports) is not wanted.
-        from catsdogs.models import backbones
-        from catsdogs.utils.extras import require
-
-        ensemble = len(backbones.member_names(self.backbone)) > 1
-        self.backbone_runtime()
-        if ensemble and self.fine_tune:
-            raise ConfigError(f"backbone {self.backbone}: fine-tuning takes one backbone; an ensemble's members "
-                              f"stay frozen (train one backbone with --fine-tune instead)")
-        for name, choices in CHOICE_KEYS.items():
-            if getattr(self, name) not in choices:
-                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of {choices}")
-        backbones.check_weights(self.backbone, self.weights)
+        for field in dataclasses.fields(self):
+            choices = field.metadata.get("choices")
+            if choices and getattr(self, field.name) not in choices:
+                raise ConfigError(f"unknown {field.name} {getattr(self, field.name)!r}; choose one of {choices}")
         if self.image_size and self.image_size < 32:
             raise ConfigError(f"image size {self.image_size}: at least 32 pixels (0 for the backbone's own)")
         for name in FRACTION_KEYS:
@@ -115,6 +159,8 @@ class TrainConfig:
         for name in COUNT_KEYS:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} {getattr(self, name)}: expected at least 1")
+        if self.ray_workers < 0:
+            raise ConfigError(f"ray_workers {self.ray_workers}: expected 0 (one per node) or more")
         if self.unknown_data and not os.path.isdir(self.unknown_data):
             raise ConfigError(f"unknown_data {self.unknown_data!r}: not a folder")
         for table in self.labels:
@@ -122,16 +168,6 @@ class TrainConfig:
                 raise ConfigError(f"labels table {table!r} not found")
         if self.exclude and not os.path.isfile(self.exclude):
             raise ConfigError(f"exclude file {self.exclude!r} not found")
-        if self.mlflow:
-            require("mlflow", "--mlflow")
-        if self.engine == "ray":
-            require("ray", "--engine ray")
-            if self.ray_workers < 0:
-                raise ConfigError(f"ray_workers {self.ray_workers}: expected 0 (one per node) or more")
-            if self.fine_tune and self.ray_workers:
-                from catsdogs.engine.ray.finetune import check_global_batch
-
-                check_global_batch(self.fine_tune_batch_size, self.ray_workers)
 
     def fine_tune_settings(self) -> FineTuneSettings:
         """The settings of stage 2 (fine_tune_blocks, fine_tune_learning_rate, ..., augment, seed)."""
@@ -139,26 +175,6 @@ class TrainConfig:
             blocks=self.fine_tune_blocks, learning_rate=self.fine_tune_learning_rate, epochs=self.fine_tune_epochs,
             patience=self.fine_tune_patience, batch_size=self.fine_tune_batch_size, augment=self.augment,
             seed=self.seed)
-
-    def label_columns(self):
-        """The column names of the labels table (`labels.Columns`)."""
-        from catsdogs.data.labels import Columns
-
-        return Columns(self.path_column, self.label_column, self.split_column)
-
-    def backbone_runtime(self):
-        """The runtime and precision of the frozen backbone, "auto" resolved (`backbone_runtimes.choose`).
-
-        Ensembles, fine-tuning and --engine ray compute features in Keras (the Ray workers and the
-        fine-tuned backbone run there), so "auto" is Keras for them.
-        """
-        from catsdogs.inference.backbone_runtime import choose
-        from catsdogs.models.backbones import member_names
-
-        keras_only = (f"the ensemble {self.backbone} runs its members in Keras" if len(member_names(self.backbone)) > 1
-                      else "fine-tuning trains the backbone in Keras" if self.fine_tune
-                      else "--engine ray computes features in Keras on its workers" if self.engine == "ray" else None)
-        return choose(self.runtime, self.precision, keras_only)
 
     def to_dict(self):
         return dataclasses.asdict(self)

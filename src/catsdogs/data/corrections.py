@@ -15,18 +15,28 @@ a photo wins (changing one's mind is one more row), and a last line torn by a ki
 ignored with a warning. Test photos may be relabelled but never excluded: leaving photos out of
 the test set would only flatter the score. This module imports nothing heavy, so that training
 can read the file cheaply.
+
+It also owns the one rule by which a listed photo is found in a dataset (`listed_photo_finder`),
+used alike by `train --labels corrections.csv` (relabels and exclusions) and `train --exclude FILE`
+(exclusions only, from a corrections table or a plain list of photos).
 """
 
+import collections
 import datetime
+import logging
+import os
 import typing
 
+from catsdogs.config.choices import DECISIONS, SPLITS
+from catsdogs.data.dataset import Sample
 from catsdogs.errors import DataError
-from catsdogs.utils.csvfiles import append_row, read_appended
+from catsdogs.utils.csvfiles import append_row, read_appended, read_header
+
+log = logging.getLogger(__name__)
 
 FIELDS = ("path", "split", "given_label", "decision", "label", "time")
-DECISIONS = ("keep", "relabel", "exclude")
-SPLITS = ("train", "val", "test")
 DEFAULT_FILE = "corrections.csv"  # in the run directory
+SHOWN = 10  # photos named in one message
 KIND = "corrections file"  # in messages
 
 
@@ -118,3 +128,106 @@ def read_corrections(corrections_file) -> dict:
                             f"with a decision among {', '.join(DECISIONS)}, got {list(row.values())}")
         rows[row["path"]] = Correction(row["decision"], row["label"], row["split"])
     return rows
+
+
+def is_corrections_table(path) -> bool:
+    """Whether a CSV file is a corrections table (it has a decision column) rather than a labels table."""
+    return "decision" in read_header(path)
+
+
+def read_listed(source, exclusions_only=False) -> dict:
+    """The decisions a file lists: a corrections table's (in force), or a plain list's photos, one a line
+    (blank lines and lines starting with # skipped), each an exclusion.
+
+    Args:
+        source: the file.
+        exclusions_only: keep only the exclusions (`train --exclude`).
+
+    Returns:
+        entry (a photo's path as listed) -> `Correction`.
+    """
+    if is_corrections_table(source):
+        decisions = read_corrections(source)
+    else:
+        with open(source, encoding="utf-8", errors="surrogateescape") as f:
+            decisions = {line.strip(): Correction("exclude", None, None) for line in f
+                         if line.strip() and not line.lstrip().startswith("#")}
+    return {entry: c for entry, c in decisions.items() if c.decision == "exclude" or not exclusions_only}
+
+
+def listed_photo_finder(entries, data_dir):
+    """The one rule by which a listed photo is found in a dataset.
+
+    An entry names a photo by its path relative to the data folder (as splits.csv, review.csv and
+    corrections.csv write it), by any trailing part of that path down to its file name (cat.3.jpg,
+    cats/cat.3.jpg), or by its absolute path (or a path relative to the working folder); the longest
+    match wins.
+
+    Args:
+        entries: the listed paths.
+        data_dir: the data folder.
+
+    Returns:
+        a function: a photo's path -> the entry that names it, or None.
+    """
+    by_part = {os.path.normpath(entry): entry for entry in entries if not os.path.isabs(entry)}
+    by_absolute = {os.path.abspath(entry): entry for entry in entries}
+
+    def find(path):
+        parts = os.path.normpath(os.path.relpath(path, data_dir)).split(os.sep)
+        for start in range(len(parts)):
+            entry = by_part.get(os.path.join(*parts[start:]))
+            if entry is not None:
+                return entry
+        return by_absolute.get(os.path.abspath(path))
+
+    return find
+
+
+def apply_listed(splits, class_names, data_dir, source, exclusions_only=False):
+    """The splits with a file's decisions applied (`read_listed`, found by `listed_photo_finder`).
+
+    Excluded photos leave training and validation; test photos are never excluded (that would only
+    flatter the score), though a corrected test label is applied: it makes the score truer.
+
+    Args:
+        splits: split name -> list of `Sample`.
+        class_names: the dataset's classes, in label order.
+        data_dir: the data folder.
+        source: a corrections table, or (with `exclusions_only`) a plain list of photos.
+        exclusions_only: apply the exclusions only (`train --exclude`).
+
+    Returns:
+        the corrected splits.
+
+    Raises:
+        DataError: a relabel to a class the dataset does not have.
+    """
+    decisions = read_listed(source, exclusions_only)
+    unknown = [f"{entry} as {c.label!r}" for entry, c in decisions.items()
+               if c.decision == "relabel" and c.label not in class_names]
+    if unknown:
+        raise DataError(f"{source}: relabels to classes the dataset does not have ({class_names}): "
+                        + ", ".join(unknown[:SHOWN]) + (f" and {len(unknown) - SHOWN} more" if len(unknown) > SHOWN else ""))
+    find = listed_photo_finder(decisions, data_dir)
+    corrected, applied, found = {}, collections.Counter(), set()
+    for name, samples in splits.items():
+        kept = []
+        for sample in samples:
+            entry = find(sample.path)
+            correction = decisions.get(entry)
+            found.add(entry)
+            if correction is not None and correction.decision == "exclude":
+                if name != "test":
+                    applied["excluded"] += 1
+                    continue
+                applied["test photos kept (never excluded)"] += 1
+            elif correction is not None and correction.decision == "relabel":
+                applied["relabelled" + (" (test)" if name == "test" else "")] += 1
+                sample = Sample(sample.path, class_names.index(correction.label))
+            kept.append(sample)
+        corrected[name] = kept
+    missing = len(set(decisions) - found)
+    log.info("%s: %s%s", source, ", ".join(f"{count} {what}" for what, count in applied.items()) or "no change",
+             f"; {missing} listed photos are not in this dataset" if missing else "")
+    return corrected

@@ -7,14 +7,9 @@ import stat
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from catsdogs.config.choices import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 from catsdogs.errors import ImageError
 
-# Guards against decompression bombs; a photo this size (about 50 megapixels) is already rare.
-DEFAULT_MAX_PIXELS = 50_000_000
-# The largest photo file read: a photo at the pixel limit stored uncompressed (RGBA, 8 bits a channel).
-# Photos are far smaller (JPEGs here under 1 MB, a phone's RAW or TIFF about 50 MB); the cap keeps a huge
-# file from being read into memory whole (by each of the scan's threads) only to be refused by its pixels.
-DEFAULT_MAX_FILE_BYTES = 4 * DEFAULT_MAX_PIXELS
 FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 EXIF_ORIENTATION = 0x0112

@@ -25,7 +25,7 @@ import dataclasses
 import logging
 import os
 
-from catsdogs.data.corrections import read_corrections
+from catsdogs.data.corrections import is_corrections_table
 from catsdogs.data.dataset import SPLIT_ALIASES, Dataset, Sample
 from catsdogs.errors import DataError
 from catsdogs.utils.csvfiles import unescape
@@ -111,15 +111,6 @@ def read_rows(source, columns=Columns()) -> list:
     return rows
 
 
-def csv_header(path) -> list:
-    """The column names of a CSV file."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            return next(csv.reader(f), [])
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise DataError(f"{path}: cannot read the labels table: {error}") from None
-
-
 def _resolve(data_dir, path):
     """The file a row names: the path in the data folder, or an id with an image extension added."""
     full = os.path.join(data_dir, path)
@@ -201,44 +192,6 @@ def table_dataset(data_dir, source, columns=Columns()) -> Dataset:
     return Dataset(data_dir, class_names, dict(splits), problems=problems, rows=where)
 
 
-def apply_corrections(splits, class_names, data_dir, source):
-    """The splits with a corrections table's decisions applied: relabelled and excluded photos.
-
-    Excluded photos leave training and validation; test photos are never excluded (that would
-    only flatter the score), though a corrected test label is applied: it makes the score truer.
-
-    Raises:
-        DataError: a relabel to a class the dataset does not have.
-    """
-    decisions = {os.path.normpath(path): row for path, row in read_corrections(source).items()}
-    unknown = [f"{path} as {row.label!r}" for path, row in decisions.items()
-               if row.decision == "relabel" and row.label not in class_names]
-    if unknown:
-        raise DataError(f"{source}: relabels to classes the dataset does not have ({class_names}): "
-                        + ", ".join(unknown[:SHOWN_ROWS]) + (f" and {len(unknown) - SHOWN_ROWS} more"
-                                                             if len(unknown) > SHOWN_ROWS else ""))
-    corrected, applied, matched = {}, collections.Counter(), 0
-    for name, samples in splits.items():
-        kept = []
-        for sample in samples:
-            row = decisions.get(os.path.normpath(os.path.relpath(sample.path, data_dir)))
-            matched += row is not None
-            if row is not None and row.decision == "exclude":
-                if name != "test":
-                    applied["excluded"] += 1
-                    continue
-                applied["test photos kept (never excluded)"] += 1
-            elif row is not None and row.decision == "relabel":
-                applied["relabelled" + (" (test)" if name == "test" else "")] += 1
-                sample = Sample(sample.path, class_names.index(row.label))
-            kept.append(sample)
-        corrected[name] = kept
-    log.info("%s: %s%s", describe(source), ", ".join(f"{count} {what}" for what, count in applied.items()) or
-             "no change", f"; {len(decisions) - matched} decisions name photos this dataset does not have"
-             if len(decisions) > matched else "")
-    return corrected
-
-
 def is_table(labels) -> bool:
     """Whether `labels` is a table in memory (a DataFrame or a list of pairs) rather than CSV file names."""
     if labels is None or isinstance(labels, (str, os.PathLike)):
@@ -252,7 +205,7 @@ def load_dataset(data_dir, labels=(), columns=Columns()):
     Args:
         data_dir: the data folder.
         labels: a table in memory, or CSV files: at most one labels table, then corrections tables
-            (applied in order by `apply_corrections`, once the splits are made).
+            (applied in order by `corrections.apply_listed`, once the splits are made).
         columns: the labels table's column names.
 
     Returns:
@@ -263,7 +216,7 @@ def load_dataset(data_dir, labels=(), columns=Columns()):
     if is_table(labels):
         return table_dataset(data_dir, labels, columns), []
     labels = [labels] if isinstance(labels, (str, os.PathLike)) else list(labels or ())
-    corrections = [source for source in labels if DECISION_COLUMN in csv_header(source)]
+    corrections = [source for source in labels if is_corrections_table(source)]
     tables = [source for source in labels if source not in corrections]
     if len(tables) > 1:
         raise DataError(f"{len(tables)} labels tables given ({', '.join(map(os.fspath, tables))}): give one, and "

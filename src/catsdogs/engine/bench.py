@@ -1,6 +1,6 @@
 """`catsdogs bench`: how fast each backbone runs on this machine, in every runtime, against what its CPU can do.
 
-For every backbone, each runtime side by side in one run (`RUNTIMES`; each measurement in a fresh
+For every backbone, each runtime and precision side by side in one run (`RUNTIME_PRECISIONS`; each measurement in a fresh
 process, so that its peak memory is its own and no state is left by the one before):
 
 - Keras in float32, and in bfloat16 where the CPU computes it natively (`--precision` chooses);
@@ -48,14 +48,13 @@ import tempfile
 
 import numpy as np
 
-from catsdogs.config.choices import BENCH_BATCH_SIZES, PRECISIONS, default_cache_dir
+from catsdogs.config.choices import BENCH_BATCH_SIZES, BENCH_RUNTIMES, PRECISIONS, default_cache_dir
 from catsdogs.engine.timing import files_rate, forward_rate, median_seconds, peak_rss_mb
 from catsdogs.errors import ConfigError, MissingDependency
 from catsdogs.utils.host import cpu_flags, cpu_has_bfloat16, cpu_name, usable_cpus
 
-# What `--runtimes` names: Keras (in the precisions of `--precision`), ONNX Runtime in float32 and
-# in int8, OpenVINO in float32. (cli.py lists them again: it does not import this module, which imports Keras.)
-RUNTIMES = ("keras", "onnx", "int8", "openvino")
+# The precisions each runtime is timed in (`--runtimes` and `--precisions` choose among them).
+RUNTIME_PRECISIONS = {"keras": PRECISIONS, "onnx": ("float32", "int8"), "openvino": ("float32",)}
 # The CPU flags that decide which kernels run: FMA units, vector width, int8 dot products, bfloat16.
 CPU_FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16")
 # Environment variables that force a lesser kernel than the CPU has (to emulate another CPU) or turn oneDNN on or off.
@@ -297,7 +296,7 @@ def measure_runtime(backbone, runtime, precision, path, image_size, batch_sizes,
     """Forward and from-files speed of an ONNX backbone in ONNX Runtime or OpenVINO (run in a fresh process).
 
     Args:
-        runtime: "onnxruntime" (precision "float32" or "int8", as the file is) or "openvino" (float32).
+        runtime: "onnx" (ONNX Runtime; precision "float32" or "int8", as the file is) or "openvino" (float32).
     """
     from catsdogs.inference.backbone_runtime import OnnxBackbone
 
@@ -314,7 +313,7 @@ def available_runtimes(runtimes):
     """The runtimes to measure, and a note for each left out because it is not installed.
 
     Args:
-        runtimes: names from RUNTIMES, or None for all that are installed.
+        runtimes: names from `config.choices.BENCH_RUNTIMES`, or None for all that are installed.
 
     Raises:
         MissingDependency: a runtime asked for by name is not installed.
@@ -322,10 +321,11 @@ def available_runtimes(runtimes):
     from catsdogs.utils.extras import require
 
     asked = runtimes is not None
-    runtimes = list(RUNTIMES if runtimes is None else runtimes)
-    unknown = [name for name in runtimes if name not in RUNTIMES]
+    runtimes = list(BENCH_RUNTIMES if runtimes is None else runtimes)
+    unknown = [name for name in runtimes if name not in BENCH_RUNTIMES]
     if unknown:
-        raise ConfigError(f"unknown runtime {', '.join(unknown)}; choose from {', '.join(RUNTIMES)}")
+        raise ConfigError(f"unknown runtime {', '.join(unknown)}; choose from {', '.join(BENCH_RUNTIMES)}"
+                          + (" (int8 is a precision: --runtimes onnx --precisions int8)" if "int8" in unknown else ""))
     missing_onnx = [name for name in ("tf2onnx", "onnxruntime", "onnx") if importlib.util.find_spec(name) is None]
     notes = []
     onnx_based = [name for name in runtimes if name != "keras"]  # OpenVINO too reads the converted ONNX file
@@ -379,14 +379,14 @@ def run_bench(backbones=None, precisions=None, batch_sizes=BENCH_BATCH_SIZES, im
 
     Args:
         backbones: names from `backbones.BACKBONES`, or ensembles of them ("a+b"); default all.
-        precisions: Keras precisions, from `options.PRECISIONS`; default both where the CPU has
-            native bfloat16, else float32.
+        precisions: from `config.choices.BACKBONE_PRECISIONS`; each runtime is timed in those it has
+            (`RUNTIME_PRECISIONS`); default float32, int8, and bfloat16 where the CPU has it natively.
         batch_sizes: images per forward pass to measure.
         images: photos to predict from files at each batch size (and to calibrate int8 on).
         data_dir: a folder of photos (searched below); default: synthetic 500x375 JPEG photos.
         repeats: timed calls per forward measurement (the median is reported).
         quick: a smoke test, not a measurement: 2 timed repeats.
-        runtimes: names from RUNTIMES; default all that are installed (the others are noted).
+        runtimes: names from `config.choices.BENCH_RUNTIMES`; default all that are installed (the others are noted).
         image_size: input side in pixels; 0 for each backbone's default.
         cache_dir: where converted ONNX backbones are cached; default `options.default_cache_dir()`.
 
@@ -402,18 +402,23 @@ def run_bench(backbones=None, precisions=None, batch_sizes=BENCH_BATCH_SIZES, im
     backbones = list(backbones or BACKBONES)
     for name in backbones:  # unknown names fail here, not later; ensembles ("a+b") are measured as one extractor
         member_names(name)
-    precisions = precisions or (PRECISIONS if cpu_has_bfloat16() else ("float32",))
-    keras_precisions = list(precisions) if "keras" in runtimes else []
-    onnx_runs = set(runtimes) if any(len(member_names(name)) == 1 for name in backbones) else set()  # not ensembles
-    measured = {*keras_precisions, *(["float32"] if {"onnx", "openvino"} & onnx_runs else []),
-                *(["int8"] if "int8" in onnx_runs else [])}  # the precisions that need a peak
+    precisions = precisions or ("float32", "int8", *(("bfloat16",) if cpu_has_bfloat16() else ()))
+    runs = [(runtime, precision) for runtime in runtimes for precision in RUNTIME_PRECISIONS[runtime]
+            if precision in precisions]
+    if not runs:
+        raise ConfigError(f"no runtime of {', '.join(runtimes)} computes in {', '.join(precisions)} "
+                          f"(keras: float32, bfloat16; onnx: float32, int8; openvino: float32)")
+    keras_precisions = [precision for runtime, precision in runs if runtime == "keras"]
+    single = any(len(member_names(name)) == 1 for name in backbones)  # ensembles run in Keras only
+    onnx_runs = [(runtime, precision) for runtime, precision in runs if runtime != "keras" and single]
+    measured = {*keras_precisions, *(precision for _, precision in onnx_runs)}  # the precisions that need a peak
     repeats = 2 if quick else repeats
     images = max(images, 3 * max(batch_sizes))  # at least three batches, to see a steady state
     cache_dir = cache_dir or default_cache_dir()
     report = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": machine(),
-        "settings": {"backbones": list(backbones), "runtimes": runtimes, "keras_precisions": keras_precisions,
+        "settings": {"backbones": list(backbones), "runtimes": runtimes, "precisions": list(precisions),
                      "batch_sizes": list(batch_sizes), "images": images, "repeats": repeats, "quick": quick,
                      "image_size": image_size or "backbone default"},
         "results": [],
@@ -428,7 +433,7 @@ def run_bench(backbones=None, precisions=None, batch_sizes=BENCH_BATCH_SIZES, im
         else:
             paths = synthetic_photos(folder, images)
             report["photos"] = f"{len(paths)} synthetic 500x375 JPEG photos (no --data given)"
-        if "int8" in onnx_runs:
+        if ("onnx", "int8") in onnx_runs:
             notes.append(f"int8: statically quantized with the bench's own {min(len(paths), CALIBRATION_PHOTOS)} photos as "
                          f"calibration (right for speed; accuracy is measured by training with --precision int8)")
 
@@ -444,19 +449,17 @@ def run_bench(backbones=None, precisions=None, batch_sizes=BENCH_BATCH_SIZES, im
             for precision in keras_precisions:
                 report["results"].append(in_fresh_process(measure, backbone, precision, image_size, batch_sizes,
                                                           paths, repeats))
-            onnx_runtimes = [name for name in runtimes if name != "keras"]
+            onnx_runtimes = sorted({runtime for runtime, _ in runs if runtime != "keras"})
             if onnx_runtimes and len(member_names(backbone)) > 1:
                 notes.append(f"{backbone}: an ensemble runs in Keras only; {', '.join(onnx_runtimes)} not measured")
                 continue
-            if not onnx_runtimes:
+            if not onnx_runs:
                 continue
             files = in_fresh_process(prepare_onnx, backbone, image_size, cache_dir,
-                                     paths if "int8" in onnx_runtimes else [], folder)
+                                     paths if ("onnx", "int8") in onnx_runs else [], folder)
             common = {"weights": files["weights"], "weights_note": files["weights_note"],
                       "gflop_per_image": files["gflop_per_image"]}
-            for name in onnx_runtimes:
-                runtime, precision = {"onnx": ("onnxruntime", "float32"), "int8": ("onnxruntime", "int8"),
-                                      "openvino": ("openvino", "float32")}[name]
+            for runtime, precision in onnx_runs:
                 result = in_fresh_process(measure_runtime, backbone, runtime, precision, files[precision],
                                           files["image_size"], batch_sizes, paths, repeats)
                 report["results"].append({**result, **common})

@@ -16,16 +16,15 @@ import numpy as np
 from catsdogs.apps.review.photos import REVIEW_FILE
 from catsdogs.config.train import TrainConfig
 from catsdogs.data import labels
-from catsdogs.data.corrections import read_corrections
+from catsdogs.data.corrections import apply_listed
 from catsdogs.data.scan import ScanReport, scan_dataset
 from catsdogs.data.splits import make_splits
-from catsdogs.engine.ray.features import extract_features
 from catsdogs.engine.tracking import log_run
 from catsdogs.errors import ConfigError, DataError
 from catsdogs.evaluation.evaluate import Evaluation, OpenSetResults, unknown_scores
 from catsdogs.evaluation.metrics import label_issues, stage_summary
 from catsdogs.evaluation.report import prediction_rows
-from catsdogs.inference.backbone_runtime import BACKBONE_FILE, onnx_backbone
+from catsdogs.inference.backbone_runtime import BACKBONE_FILE, choose, onnx_backbone
 from catsdogs.inference.classifier import Classifier
 from catsdogs.inference.features import extractor_features
 from catsdogs.inference.model_formats import KerasRuntime, compiled_forward
@@ -36,6 +35,7 @@ from catsdogs.models import model as model_lib
 from catsdogs.models.folding import fold_batch_normalization
 from catsdogs.models.model import predicted_classes
 from catsdogs.utils.csvfiles import write_csv
+from catsdogs.utils.extras import require
 from catsdogs.utils.files import timestamp
 
 log = logging.getLogger(__name__)
@@ -115,32 +115,40 @@ def parse_target(target, class_names):
                           f"one of {class_names} and VALUE in (0, 1]") from None
 
 
-def read_exclusions(path, splits, data_dir):
-    """Drops the training and validation images a file lists: one path or file name a line, or
-    the photos a corrections table (`catsdogs review`'s) excludes.
+def check_config(config: TrainConfig):
+    """Checks every setting before anything is read: the settings' own check, then what needs the backbone
+    registry, the optional extras or the Ray workers.
 
-    Test images are never dropped: excluding them would only flatter the score.
-
-    Returns:
-        the splits without the excluded images.
+    Raises:
+        ConfigError: naming the setting and what is accepted; MissingDependency: an extra that is not installed.
     """
-    if labels.DECISION_COLUMN in labels.csv_header(path):
-        wanted = {os.path.join(data_dir, photo) for photo, correction in read_corrections(path).items()
-                  if correction.decision == "exclude"}
-    else:
-        with open(path) as f:
-            wanted = {line.strip() for line in f if line.strip() and not line.startswith("#")}
+    config.check()
+    if len(backbones.member_names(config.backbone)) > 1 and config.fine_tune:
+        raise ConfigError(f"backbone {config.backbone}: fine-tuning takes one backbone; an ensemble's members "
+                          f"stay frozen (train one backbone with --fine-tune instead)")
+    backbones.check_weights(config.backbone, config.weights)
+    backbone_runtime(config)
+    if config.mlflow:
+        require("mlflow", "--mlflow")
+    if config.engine == "ray":
+        require("ray", "--engine ray")
+        if config.fine_tune and config.ray_workers:
+            from catsdogs.engine.ray.finetune import check_global_batch
 
-    def listed(sample):
-        return any(sample.path == w or os.path.abspath(sample.path) == os.path.abspath(w)
-                   or sample.path.endswith(os.sep + w) for w in wanted)
+            check_global_batch(config.fine_tune_batch_size, config.ray_workers)
 
-    kept = {name: [s for s in split if name == "test" or not listed(s)] for name, split in splits.items()}
-    dropped = sum(len(splits[n]) - len(kept[n]) for n in splits)
-    in_test = sum(listed(s) for s in splits["test"])
-    log.info("excluded %d training/validation images listed in %s%s", dropped, path,
-             f"; {in_test} listed test images were kept (test images are never excluded)" if in_test else "")
-    return kept
+
+def backbone_runtime(config: TrainConfig):
+    """The runtime and precision of the frozen backbone, "auto" resolved (`backbone_runtime.choose`).
+
+    Ensembles, fine-tuning and --engine ray compute features in Keras (the Ray workers and the
+    fine-tuned backbone run there), so "auto" is Keras for them.
+    """
+    keras_only = (f"the ensemble {config.backbone} runs its members in Keras"
+                  if len(backbones.member_names(config.backbone)) > 1
+                  else "fine-tuning trains the backbone in Keras" if config.fine_tune
+                  else "--engine ray computes features in Keras on its workers" if config.engine == "ray" else None)
+    return choose(config.runtime, config.precision, keras_only)
 
 
 def prepare(config: TrainConfig, table=None) -> Prepared:
@@ -153,9 +161,10 @@ def prepare(config: TrainConfig, table=None) -> Prepared:
         table: a labels table in memory (a DataFrame or (path, label) pairs), instead of
             `config.labels`' first file or the class folders.
     """
-    config.check()
+    check_config(config)
+    columns = labels.Columns(config.path_column, config.label_column, config.split_column)
     dataset, corrections = labels.load_dataset(config.data_dir, table if table is not None else config.labels,
-                                               config.label_columns())
+                                               columns)
     class_names = dataset.class_names
     target = None
     if config.target:
@@ -164,7 +173,7 @@ def prepare(config: TrainConfig, table=None) -> Prepared:
         target = parse_target(config.target, class_names)
     open_set = openset.resolve_methods(config.open_set, config.backbone, config.weights, class_names)
     # config.json says what was used: "auto" and 0 (the backbone's size) are resolved.
-    runtime, precision = config.backbone_runtime()
+    runtime, precision = backbone_runtime(config)
     config = dataclasses.replace(
         config, data_dir=os.path.abspath(config.data_dir), runtime=runtime, precision=precision,
         image_size=config.image_size or backbones.default_image_size(config.backbone))
@@ -173,9 +182,9 @@ def prepare(config: TrainConfig, table=None) -> Prepared:
     scan = scan_dataset(dataset)
     splits = make_splits(dataset, scan, config.val_fraction, config.test_fraction, config.seed)
     for source in corrections:
-        splits = labels.apply_corrections(splits, class_names, config.data_dir, source)
+        splits = apply_listed(splits, class_names, config.data_dir, source)
     if config.exclude:
-        splits = read_exclusions(config.exclude, splits, config.data_dir)
+        splits = apply_listed(splits, class_names, config.data_dir, config.exclude, exclusions_only=True)
     return Prepared(config, class_names, scan, splits, target, open_set)
 
 
@@ -188,6 +197,20 @@ def keras_precision(config):
 def calibration_photos(prepared: Prepared):
     """The training photos (never validation or test ones) that calibrate int8 quantization."""
     return [s.path for s in prepared.splits["train"]]
+
+
+def ray_fill(config, paths, hashes, views):
+    """With --engine ray, what fills a backbone's feature cache on the cluster before it is read as usual;
+    else None (`inference.features.extractor_features`)."""
+    if config.engine != "ray":
+        return None
+    from catsdogs.engine.ray.features import extract_features  # Ray only when asked for
+
+    def fill(member, cache):
+        extract_features(member, config.precision, paths, hashes, cache, views, config.extract_batch_size,
+                         config.ray_address, config.ray_workers)
+
+    return fill
 
 
 def extract(prepared: Prepared, extractor) -> dict:
@@ -207,15 +230,9 @@ def extract(prepared: Prepared, extractor) -> dict:
         samples = [s for name in names for s in prepared.splits[name]]
         paths = [s.path for s in samples]
         hashes = [scan.hashes[p] for p in paths]
-        fill = None
-        if config.engine == "ray":  # the cluster fills the cache; the cache is then read as usual
-
-            def fill(member, cache):
-                extract_features(member, config.precision, paths, hashes, cache, views,
-                                             config.extract_batch_size, config.ray_address, config.ray_workers)
         outputs = extractor_features(extractor, config.precision, paths, hashes, config.cache_dir,
-                                              config.extract_batch_size, views, fill, runtime=config.runtime,
-                                              calibration_paths=calibration_photos(prepared))
+                                     config.extract_batch_size, views, ray_fill(config, paths, hashes, views),
+                                     runtime=config.runtime, calibration_paths=calibration_photos(prepared))
         for path, reason in outputs.errors.items():
             scan.add_problem(path, reason)
         start = 0

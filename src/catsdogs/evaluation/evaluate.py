@@ -340,7 +340,8 @@ def evaluate(classifier, data_dir, tta: bool = False, batch_size: int = INFERENC
     Returns:
         an `Evaluation`; `.save(folder)` writes its files.
     """
-    from catsdogs.data.labels import Columns, apply_corrections, load_dataset
+    from catsdogs.data.corrections import apply_listed
+    from catsdogs.data.labels import Columns, load_dataset
     from catsdogs.inference.classifier import Classifier, load
 
     if not isinstance(classifier, Classifier):
@@ -351,7 +352,7 @@ def evaluate(classifier, data_dir, tta: bool = False, batch_size: int = INFERENC
     if split not in dataset.splits:
         raise DataError(f"{data_dir}: no test folder (or test rows), and not a folder of class folders")
     for source in corrections:  # the evaluated photos count as test photos: relabelled, never excluded
-        dataset.splits[split] = apply_corrections({"test": dataset.splits[split]}, dataset.class_names,
+        dataset.splits[split] = apply_listed({"test": dataset.splits[split]}, dataset.class_names,
                                                   os.path.abspath(data_dir), source)["test"]
     unknown = sorted(set(dataset.class_names) - set(class_names))
     if unknown:

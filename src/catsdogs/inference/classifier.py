@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 
-from catsdogs.config.choices import INFERENCE_BATCH_SIZE
+from catsdogs.config.choices import INFERENCE_BATCH_SIZE, UNKNOWN_LABEL
 from catsdogs.data.dataset import expand_inputs
 from catsdogs.errors import UnsupportedError
 from catsdogs.inference import model_formats as runtimes
@@ -17,7 +17,6 @@ from catsdogs.inference.pipeline import run_on_files
 from catsdogs.inference.preprocess import VIEWS, prepare_batch, views_for
 from catsdogs.models.model import SCORE, ModelInfo, predicted_classes, probabilities_by_class
 
-UNKNOWN_LABEL = "unknown"  # the label of a photo rejected as none of the classes
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,8 @@ import keras
 import numpy as np
 from keras import layers
 
-from catsdogs.config.choices import HEADS
+from catsdogs.config.choices import (DENSE_BATCH_SIZE, DENSE_DROPOUT, DENSE_HIDDEN_UNITS, DENSE_LEARNING_RATE,
+                                     DENSE_MAX_EPOCHS, DENSE_PATIENCE, HEADS, SEED)
 from catsdogs.errors import ConfigError
 from catsdogs.models.layers import class_logits, logit_units
 
@@ -80,7 +81,7 @@ class LinearHead:
         folds_: the folds it was chosen by (0: too few images, `FALLBACK_C` was used).
     """
 
-    def __init__(self, strengths=LINEAR_HEAD_CS, folds=5, seed=42, class_weight=None):
+    def __init__(self, strengths=LINEAR_HEAD_CS, folds=5, seed=SEED, class_weight=None):
         """Args:
             class_weight: None, or "balanced": each class weighs as much as the others in the loss
                 (scikit-learn's n / (classes * count of the class)).
@@ -182,8 +183,9 @@ class DenseHead:
         history_: one dict per epoch: epoch, loss, accuracy, val_loss, val_accuracy, seconds.
     """
 
-    def __init__(self, hidden_units=(256,), dropout=0.5, l2=0.0, learning_rate=1e-3, batch_size=64,
-                 max_epochs=100, patience=10, seed=42, class_weight=None):
+    def __init__(self, hidden_units=DENSE_HIDDEN_UNITS, dropout=DENSE_DROPOUT, l2=0.0,
+                 learning_rate=DENSE_LEARNING_RATE, batch_size=DENSE_BATCH_SIZE, max_epochs=DENSE_MAX_EPOCHS,
+                 patience=DENSE_PATIENCE, seed=SEED, class_weight=None):
         """Args:
             class_weight: None, or "balanced": as `LinearHead`'s, on the training loss only.
         """

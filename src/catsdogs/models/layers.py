@@ -4,10 +4,8 @@
 import keras
 from keras import layers, ops
 
+from catsdogs.config.choices import OPEN_SET_METHODS
 from catsdogs.errors import ConfigError
-
-# In-distribution scores that `InDistributionScore` computes (see `catsdogs.models.openset`).
-OPEN_SET_METHODS = ("msp", "energy", "mahalanobis", "knn", "imagenet")
 
 # keras.applications.resnet50.preprocess_input ("caffe" mode) subtracts these from BGR pixels.
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)

@@ -29,13 +29,13 @@ import logging
 
 import numpy as np
 
+from catsdogs.config.choices import OPEN_SET_KEEP, OPEN_SET_METHODS
 from catsdogs.errors import ConfigError
 from catsdogs.models.layers import InDistributionScore
 
 log = logging.getLogger(__name__)
 
 
-DEFAULT_KEEP = 0.99  # share of known photos kept by the threshold
 KNN_NEIGHBOURS = 5  # k of the kNN score (Sun et al. 2022); 1 to 10 measured alike (docs/BENCHMARKS.md)
 MAX_BANK = 20000  # training features kept for kNN: a random subset beyond this (Sun et al. show it suffices)
 FOLDS = 5
@@ -135,7 +135,6 @@ def resolve_methods(spec, backbone, weights, class_names) -> tuple:
         ConfigError: an unknown method, or "imagenet" where it cannot be had.
     """
     from catsdogs.models.backbones import has_imagenet_classifier
-    from catsdogs.models.layers import OPEN_SET_METHODS
 
     if spec == "none":
         return ()
@@ -169,7 +168,7 @@ def imagenet_head(backbone, class_names):
 
 
 def fit_open_set(features, labels, oof_logits, num_classes, methods, temperature=1.0, imagenet=None,
-                 keep=DEFAULT_KEEP, seed=0) -> OpenSetFit:
+                 keep=OPEN_SET_KEEP, seed=0) -> OpenSetFit:
     """Fits the in-distribution score on the training photos and sets its threshold.
 
     Every method's reference scores are out-of-fold: kNN leaves each photo out of its own
@@ -180,7 +179,7 @@ def fit_open_set(features, labels, oof_logits, num_classes, methods, temperature
         labels: their class indices.
         oof_logits: (n, logit units) out-of-fold head logits of the same photos.
         num_classes: how many classes.
-        methods: names in `layers.OPEN_SET_METHODS`, combined by their mean percentile.
+        methods: names in `config.choices.OPEN_SET_METHODS`, combined by their mean percentile.
         temperature: the model's calibration temperature (for "msp").
         imagenet: (kernel (d, 1000), bias (1000,), mask (1000,)) of the backbone's ImageNet
             classifier and the trained classes' ImageNet classes; needed for "imagenet".

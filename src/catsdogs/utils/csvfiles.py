@@ -70,6 +70,19 @@ def write_csv(rows, path, fieldnames=None):
     write_text(path, _line(fieldnames) + "".join(_line(row.get(name) for name in fieldnames) for row in rows))
 
 
+def read_header(path) -> list:
+    """The column names of a CSV file (a spreadsheet's byte-order mark ignored).
+
+    Raises:
+        DataError: the file cannot be read as CSV, naming it.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path}: cannot read the table: {error}") from None
+
+
 def read_csv(path) -> list:
     """The rows of a CSV file that `write_csv` wrote, as dicts of the text written."""
     with open(path, newline="", **ENCODING) as f:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from catsdogs import __version__
+from catsdogs.config.choices import DECISIONS
 from catsdogs.apps.review.photos import read_run_photos
 from catsdogs.apps.serve.app import STATIC_DIR as SERVE_STATIC_DIR
 from catsdogs.apps.web.handlers import add_error_handlers
@@ -48,7 +49,7 @@ MAX_DECISION_BYTES = 4096  # a decision is a few words of JSON
 class DecisionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    decision: Literal["keep", "relabel", "exclude"] = Field(description=(
+    decision: Literal[DECISIONS] = Field(description=(
         "keep the given label, relabel to another class, or exclude the photo from training (never a test photo)"))
     label: str | None = Field(None, description="the new class, for relabel")
 
