@@ -3,13 +3,13 @@ test photos identical to training photos found before anything is decoded."""
 
 import collections
 import dataclasses
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 
 from tqdm.auto import tqdm
 
 from catsdogs.data.images import describe_quirks, open_image, read_file
 from catsdogs.errors import ImageError
+from catsdogs.utils.files import sha256
 
 
 @dataclasses.dataclass
@@ -48,7 +48,7 @@ class ScanReport:
 
 def content_hash(data):
     """The hash of a file's bytes: what names its features in the cache and finds identical files."""
-    return hashlib.sha256(data).hexdigest()
+    return sha256(data)
 
 
 def file_hash(path):

