@@ -12,11 +12,10 @@ FORMATS = ("onnx", "tflite", "savedmodel")
 
 
 @pytest.fixture(scope="module")
-def exports(lite0_run, tmp_path_factory):
-    """The lite0 run exported in every format that runs outside Keras: format -> export folder."""
-    root = tmp_path_factory.mktemp("exports")
-    return {fmt: export.export_model(lite0_run[0], fmt, str(root / fmt), parity_images=4, batch_size=4)[0]
-            for fmt in FORMATS}
+def exports(lite0_run):
+    """The lite0 run exported in every format that runs outside Keras, each into the run's own exports folder
+    (where export.json's source is trusted to name the run): format -> export folder."""
+    return {fmt: export.export_model(lite0_run[0], fmt, parity_images=4, batch_size=4)[0] for fmt in FORMATS}
 
 
 def photos():

@@ -170,7 +170,7 @@ def test_requests_whose_body_never_comes_hold_nobody_past_the_body_timeout(serve
     # body. Waiting for a request slot counts against the body timeout, so all of them are answered
     # and closed within it, and a real request gets through then (before: one wave of 8 per timeout).
     host, port = served[1].removeprefix("http://").split(":")
-    head = (b"POST /v1/models/lite0:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head = (b"POST /v1/models/lite0:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b"Authorization: Bearer " + API_KEY.encode() + b"\r\nContent-Length: 1000\r\n\r\n")
     stalled = [socket.create_connection((host, int(port)), timeout=BODY_TIMEOUT + 10) for _ in range(63)]
     for connection in stalled:
