@@ -26,7 +26,6 @@ from catsdogs.utils.csvfiles import append_row, read_appended
 FIELDS = ("path", "split", "given_label", "decision", "label", "time")
 DECISIONS = ("keep", "relabel", "exclude")
 SPLITS = ("train", "val", "test")
-DEFAULT_FILE = "corrections.csv"  # in the run directory
 KIND = "corrections file"  # in messages
 
 
