@@ -15,6 +15,7 @@ from catsdogs.inference.model_formats import KerasRuntime
 from catsdogs.models import model as model_lib
 from catsdogs.models import precision as precision_lib
 from catsdogs.models.backbones import extractor_members
+from catsdogs.store.run_dir import BACKBONE
 from catsdogs.utils import host
 from conftest import photo
 
@@ -124,7 +125,7 @@ def test_features_of_each_runtime_are_cached_apart(runtimes_of_the_run, isolated
 def test_a_run_whose_backbone_ran_in_onnx_runtime_predicts_with_it_again(tmp_path, lite0_run):
     run = catsdogs.train(lite0_run[2], backbone="efficientnet_lite0", runtime="onnx", precision="float32",
                          image_size=160, open_set="none", runs_dir=str(tmp_path), name="onnx")
-    assert (tmp_path / "onnx" / backbone_runtimes.BACKBONE_FILE).exists()
+    assert (tmp_path / "onnx" / BACKBONE).exists()
     assert run.config.runtime == "onnx" and run.classifier.runtime.backbone is not None
     loaded = catsdogs.load(run.run_dir)
     assert loaded.runtime.backbone is not None and loaded.runtime.backbone.precision == "float32"

@@ -12,6 +12,7 @@ from catsdogs.engine import export
 from catsdogs.errors import ConfigError
 from catsdogs.inference.explain import Explainer
 from catsdogs.models import backbones
+from catsdogs.store import export_dir
 from conftest import ServerThread, photo
 
 ENSEMBLE = "efficientnet_lite0+efficientnet_lite1"
@@ -65,7 +66,7 @@ def test_ensemble_is_explained_exported_and_served(ensemble_run):
     assert heatmaps.shape == (2, 12, 12) and np.isclose(heatmaps.max(axis=(1, 2)), 1).all()
 
     folder, _ = export.export_model(run.run_dir, "onnx", parity_images=6, batch_size=6)
-    parity = json.loads(open(f"{folder}/{export.PARITY_FILE}").read())
+    parity = json.loads(open(f"{folder}/{export_dir.PARITY}").read())
     assert parity["agreement"] == 1.0 and parity["max_abs_probability_difference"] < 1e-4
 
     from catsdogs.apps.serve.app import create_app, load_served_model

@@ -14,6 +14,7 @@ from catsdogs.cli import main
 from catsdogs.engine import export
 from catsdogs.errors import DataError
 from catsdogs.inference import model_formats as runtimes
+from catsdogs.store import export_dir
 from conftest import photo
 
 PARITY_FILE_FIELDS = {"reference", "images", "max_abs_probability_difference", "mean_abs_probability_difference",
@@ -35,8 +36,8 @@ def exports(lite0_run, tmp_path_factory):
 @pytest.mark.parametrize("format, quantization", [("onnx", "float32"), ("tflite", "float32"), ("tflite", "int8")])
 def test_export_agrees_with_the_keras_model_on_real_photos(exports, lite0_run, format, quantization):
     folder = exports[format, quantization]
-    assert folder == export.default_output(lite0_run[0] / "model.keras", format, quantization)
-    parity = json.loads(open(f"{folder}/{export.PARITY_FILE}").read())
+    assert folder == export_dir.default_folder(lite0_run[0] / "model.keras", format, quantization)
+    parity = json.loads(open(f"{folder}/{export_dir.PARITY}").read())
     assert PARITY_FILE_FIELDS <= set(parity) and parity["images"] == 12
     assert parity["bytes"] > 1e6 and parity["images_per_second"] > 0
     if quantization == "float32":
@@ -44,7 +45,7 @@ def test_export_agrees_with_the_keras_model_on_real_photos(exports, lite0_run, f
     else:  # int8 quantization changes probabilities visibly, and may flip a borderline photo
         assert parity["agreement"] >= 10 / 12 and 1e-4 < parity["mean_abs_probability_difference"] < 0.1
         assert parity["bytes"] < 0.4 * json.loads(open(f"{exports['tflite', 'float32']}/parity.json").read())["bytes"]
-    metadata = json.loads(open(f"{folder}/{runtimes.EXPORT_INFO_FILE}").read())
+    metadata = json.loads(open(f"{folder}/{export_dir.INFO}").read())
     assert metadata["model"]["class_names"] == ["cats", "dogs"] and metadata["format"] == format
     assert metadata["calibration_images"] == (16 if quantization == "int8" else 0)
 
@@ -94,9 +95,9 @@ def test_an_export_json_naming_a_file_outside_its_folder_is_refused(exports, tmp
     folder = tmp_path / "export"
     folder.mkdir()
     (folder / "link.onnx").symlink_to(os.path.join(exports["onnx", "float32"], "model.onnx"))  # leads out too
-    metadata = json.loads(open(f"{exports['onnx', 'float32']}/{runtimes.EXPORT_INFO_FILE}").read())
-    (folder / runtimes.EXPORT_INFO_FILE).write_text(json.dumps({**metadata, "file": file}))
-    with pytest.raises(DataError, match=re.escape(f"{folder / runtimes.EXPORT_INFO_FILE}: its \"file\" ({file!r}) "
+    metadata = json.loads(open(f"{exports['onnx', 'float32']}/{export_dir.INFO}").read())
+    (folder / export_dir.INFO).write_text(json.dumps({**metadata, "file": file}))
+    with pytest.raises(DataError, match=re.escape(f"{folder / export_dir.INFO}: its \"file\" ({file!r}) "
                                                   f"leads outside the export folder {folder}")):
         runtimes.load(folder)
 
@@ -133,7 +134,7 @@ def test_exports_make_the_same_open_set_decisions_as_the_keras_model(exports, li
             # a rank among 160 training photos here, so small feature differences move it a few ranks.
             for row, expected in zip(rows, keras_rows):
                 assert abs(row.in_distribution_score - expected.in_distribution_score) < 0.1
-        parity = json.loads(open(f"{folder}/{export.PARITY_FILE}").read())
+        parity = json.loads(open(f"{folder}/{export_dir.PARITY}").read())
         assert parity["decision_agreement"] >= (1.0 if quantization == "float32" else 10 / 12)
 
 
@@ -177,7 +178,7 @@ def test_every_format_exported_by_the_command_line_gives_the_keras_models_output
             "--batch-size", "4"] + (["--quantization", quantization] if format == "tflite" else [])
     assert main(argv) == 0
     assert f"exported {format}" in capsys.readouterr().out
-    assert (folder / export.FILE_NAMES[format]).exists()
+    assert (folder / export_dir.FILE_NAMES[format]).exists()
 
     exported = catsdogs.load(folder)
     assert exported.runtime.runtime == format and exported.info == float32_reference[1].info

@@ -145,7 +145,8 @@ def test_corrections_refuse_what_cannot_be_meant(tmp_path):
 
 @pytest.mark.parametrize("outside", ["../../../etc/passwd", "/etc/passwd", "cats/../../secret.jpg"])
 def test_a_review_csv_naming_a_file_outside_the_data_folder_is_refused(tmp_path, outside):
-    from catsdogs.apps.review.photos import REVIEW_FILE, read_run_photos
+    from catsdogs.apps.review.photos import read_run_photos
+    from catsdogs.store.run_dir import REVIEW as REVIEW_FILE
     from catsdogs.utils.csvfiles import write_csv
 
     data_dir, run_dir = tmp_path / "data", tmp_path / "run"

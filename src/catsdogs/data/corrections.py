@@ -35,7 +35,6 @@ from catsdogs.utils.csvfiles import append_row, read_appended, read_header
 log = logging.getLogger(__name__)
 
 FIELDS = ("path", "split", "given_label", "decision", "label", "time")
-DEFAULT_FILE = "corrections.csv"  # in the run directory
 SHOWN = 10  # photos named in one message
 KIND = "corrections file"  # in messages
 

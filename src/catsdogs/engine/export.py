@@ -9,7 +9,6 @@ for ONNX, the TFLite converter for TFLite).
 import dataclasses
 import datetime
 import importlib
-import json
 import os
 import shutil
 import time
@@ -24,11 +23,9 @@ from catsdogs.inference import model_formats as runtimes
 from catsdogs.inference.backbone_runtime import export_onnx_file
 from catsdogs.inference.pipeline import decoded_images
 from catsdogs.models import model as model_lib
-from catsdogs.utils.csvfiles import read_csv
+from catsdogs.store import export_dir, run_dir
 from catsdogs.utils.extras import EXTRAS, require
 
-FILE_NAMES = {"keras": model_lib.MODEL_FILE, "savedmodel": "saved_model", "onnx": "model.onnx", "tflite": "model.tflite"}
-PARITY_FILE = "parity.json"
 # Whose versions export.json records: what wrote the export and what runs it.
 VERSIONED_MODULES = {
     "keras": ("keras", "tensorflow"),
@@ -36,12 +33,6 @@ VERSIONED_MODULES = {
     "onnx": ("keras", "tensorflow", "tf2onnx", "onnxruntime"),
     "tflite": ("keras", "tensorflow", "ai_edge_litert"),
 }
-
-
-def default_output(model_path, export_format, quantization="float32"):
-    """<folder of the model>/exports/<format>, or tflite-<quantization> for TFLite."""
-    name = f"tflite-{quantization}" if export_format == "tflite" else export_format
-    return os.path.join(os.path.dirname(os.path.abspath(model_path)), "exports", name)
 
 
 def sample(paths, count, seed=0):
@@ -69,19 +60,20 @@ def known_photos(model_path, data_dir=None):
         train, test = [s.path for s in train], [s.path for s in test]
         source = data_dir
     else:
-        source = os.path.join(os.path.dirname(model_path), "splits.csv")
-        if not os.path.isfile(source):
-            raise DataError(f"{model_path} is not in a run directory with splits.csv, so the photos to check "
-                                 f"the export on are unknown: pass --data DATASET_DIR")
-        # splits.csv paths are relative to the data folder that config.json names.
-        with open(os.path.join(os.path.dirname(model_path), "config.json")) as f:
-            root = json.load(f)["data_dir"]
-        rows = read_csv(source)
+        run = run_dir.RunDirectory(os.path.dirname(model_path))
+        source = run.file(run_dir.SPLITS)
+        if not run.has(run_dir.SPLITS):
+            raise DataError(f"{model_path} is not in a run directory with {run_dir.SPLITS}, so the photos to check "
+                            f"the export on are unknown: pass --data DATASET_DIR")
+        try:  # splits.csv paths are relative to the data folder that config.json names
+            root, rows = run.data_dir(), run.photo_rows(run_dir.SPLITS, run_dir.SPLITS_COLUMNS)
+        except DataError as error:
+            raise DataError(f"{error}; or pass --data DATASET_DIR") from None
         train = [os.path.join(root, r["path"]) for r in rows if r["split"] == "train"]
         test = [os.path.join(root, r["path"]) for r in rows if r["split"] == "test"]
         if test and not os.path.exists(test[0]):
             raise DataError(f"the photos that {source} lists are not found from here (e.g. {test[0]}): run from "
-                                 f"the folder where the model was trained, or pass --data DATASET_DIR")
+                            f"the folder where the model was trained, or pass --data DATASET_DIR")
     if not test:
         raise DataError(f"{source}: no test photos to check the export on")
     return train, test
@@ -183,7 +175,7 @@ def _predictions(runtime, photos, batch_size):
 def _prepare_folder(folder):
     """An empty folder for an export; replaces an earlier export there, never anything else."""
     if os.path.exists(folder):
-        if not os.path.isfile(os.path.join(folder, runtimes.EXPORT_INFO_FILE)) and os.listdir(folder):
+        if not export_dir.is_export(folder) and os.listdir(folder):
             raise ConfigError(f"{folder} exists and is not an earlier export; choose another --output")
         shutil.rmtree(folder)
     os.makedirs(folder)
@@ -196,7 +188,7 @@ def export_model(run_or_model, export_format, output=None, quantization="float32
     Args:
         run_or_model: a run directory or .keras file.
         export_format: one of `options.EXPORT_FORMATS`.
-        output: the export folder (default: `default_output`).
+        output: the export folder (default: `export_dir.default_folder`).
         quantization: for TFLite: float32, float16 (weights) or int8 (weights and activations).
         data_dir: a dataset to take photos from, instead of the run's splits.csv.
         parity_images: test photos to compare on, drawn at random (0: all).
@@ -223,15 +215,15 @@ def export_model(run_or_model, export_format, output=None, quantization="float32
                                  "pass --data DATASET_DIR with a training folder")
         calibration = decoded_images(sample(train_paths, calibration_images), info.image_size, batch_size)
 
-    folder = output or default_output(model_path, export_format, quantization)
+    folder = output or export_dir.default_folder(model_path, export_format, quantization)
     _prepare_folder(folder)
     start = time.perf_counter()
-    write_export(model, export_format, os.path.join(folder, FILE_NAMES[export_format]), quantization, calibration)
+    write_export(model, export_format, export_dir.exported_file(folder, export_format), quantization, calibration)
     seconds = time.perf_counter() - start
     metadata = {
         "format": export_format,
         "quantization": quantization,
-        "file": FILE_NAMES[export_format],
+        "file": export_dir.FILE_NAMES[export_format],
         "model": dataclasses.asdict(info),
         "input": "keras end-to-end model: (batch, height, width, 3) RGB pixels in [0, 255], any size" if export_format == "keras"
                  else f"pixels: (batch, {info.image_size}, {info.image_size}, 3) float32 RGB in [0, 255], resized from "
@@ -246,8 +238,7 @@ def export_model(run_or_model, export_format, output=None, quantization="float32
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "versions": {module: importlib.import_module(module).__version__ for module in VERSIONED_MODULES[export_format]},
     }
-    with open(os.path.join(folder, runtimes.EXPORT_INFO_FILE), "w") as f:
-        json.dump(metadata, f, indent=2)
+    export_dir.write_info(folder, metadata)
 
     # The reference is the Keras model in the precision of the export: float32, unless it is the
     # Keras model itself. A model that computes in bfloat16 is also compared as it is.
@@ -267,14 +258,13 @@ def export_model(run_or_model, export_format, output=None, quantization="float32
     parity.update({
         "format": export_format,
         "quantization": quantization,
-        "bytes": size_in_bytes(os.path.join(folder, FILE_NAMES[export_format])),
+        "bytes": size_in_bytes(export_dir.exported_file(folder, export_format)),
         "export_seconds": round(seconds, 1),
         "batch_size": len(batch),
         "images_per_second": forward_rate(exported, batch),
         "keras_images_per_second": forward_rate(runtimes.compiled_forward(model), batch),
     })
-    with open(os.path.join(folder, PARITY_FILE), "w") as f:
-        json.dump(parity, f, indent=2)
+    export_dir.write_parity(folder, parity)
     return folder, parity
 
 

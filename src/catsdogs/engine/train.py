@@ -8,12 +8,10 @@ validation split, never on the test folder. `train` runs the stages and returns 
 import dataclasses
 import logging
 import os
-import shutil
 import time
 
 import numpy as np
 
-from catsdogs.apps.review.photos import REVIEW_FILE
 from catsdogs.config.train import TrainConfig
 from catsdogs.data import labels
 from catsdogs.data.corrections import apply_listed
@@ -24,7 +22,7 @@ from catsdogs.errors import ConfigError, DataError
 from catsdogs.evaluation.evaluate import Evaluation, OpenSetResults, unknown_scores
 from catsdogs.evaluation.metrics import label_issues, stage_summary
 from catsdogs.evaluation.report import prediction_rows
-from catsdogs.inference.backbone_runtime import BACKBONE_FILE, choose, onnx_backbone
+from catsdogs.inference.backbone_runtime import choose, onnx_backbone
 from catsdogs.inference.classifier import Classifier
 from catsdogs.inference.features import extractor_features
 from catsdogs.inference.model_formats import KerasRuntime, compiled_forward
@@ -34,7 +32,7 @@ from catsdogs.models import backbones, calibration, heads, openset
 from catsdogs.models import model as model_lib
 from catsdogs.models.folding import fold_batch_normalization
 from catsdogs.models.model import predicted_classes
-from catsdogs.utils.csvfiles import write_csv
+from catsdogs.store import run_dir
 from catsdogs.utils.extras import require
 from catsdogs.utils.files import timestamp
 
@@ -42,7 +40,6 @@ log = logging.getLogger(__name__)
 
 
 HISTORY_FIELDS = ("stage", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
-SPLITS_FIELDS = ("path", "split", "label")
 
 
 @dataclasses.dataclass
@@ -385,49 +382,30 @@ def review_rows(evaluation, train_and_val):
     return rows + [{**row, "split": "test"} for row in evaluation.rows]
 
 
-def new_run_dir(runs_dir, name):
-    """A free path runs/<name>, adding -2, -3... rather than overwriting an earlier run."""
-    path, suffix = os.path.join(runs_dir, name), 1
-    while os.path.exists(path):
-        suffix += 1
-        path = os.path.join(runs_dir, f"{name}-{suffix}")
-    return path
-
-
 def write(run: Run, prepared: Prepared) -> str:
-    """Stage "write": the run directory, complete or not at all.
-
-    Everything is written into a hidden folder beside it, which is renamed into place at the end:
-    a run that fails or is killed never leaves a directory that looks finished.
+    """Stage "write": the run directory, complete or not at all (`run_dir.staged_run`).
 
     Returns:
         the run directory.
     """
     config = run.config
-    os.makedirs(config.runs_dir, exist_ok=True)
-    run_dir = new_run_dir(config.runs_dir, config.name or f"{config.backbone}-{timestamp()}")
-    run.evaluation.title = f"catsdogs run {os.path.basename(run_dir)}: {run.evaluation.title}"
-    partial = os.path.join(config.runs_dir, f".partial-{timestamp()}-{os.getpid()}")
-    os.makedirs(partial)
-    try:
-        config.save(os.path.join(partial, "config.json"))
-        write_csv([{"path": os.path.relpath(s.path, config.data_dir), "split": split,
-                    "label": prepared.class_names[s.label]} for split, samples in prepared.splits.items()
-                   for s in samples], os.path.join(partial, "splits.csv"), SPLITS_FIELDS)
-        write_csv([{**row, "path": os.path.relpath(row["path"], config.data_dir)} for row in run.review],
-                  os.path.join(partial, REVIEW_FILE))
+    with run_dir.staged_run(config.runs_dir, config.name or f"{config.backbone}-{timestamp()}") as writer:
+        run.evaluation.title = f"catsdogs run {os.path.basename(writer.final)}: {run.evaluation.title}"
+        writer.write_json(run_dir.CONFIG, config.to_dict())
+        writer.write_csv(run_dir.SPLITS, [{"path": os.path.relpath(s.path, config.data_dir), "split": split,
+                                           "label": prepared.class_names[s.label]}
+                                          for split, samples in prepared.splits.items() for s in samples],
+                         run_dir.SPLITS_COLUMNS)
+        writer.write_csv(run_dir.REVIEW, [{**row, "path": os.path.relpath(row["path"], config.data_dir)}
+                                          for row in run.review])
         if run.history:
-            write_csv(run.history, os.path.join(partial, "history.csv"), HISTORY_FIELDS)
-        model_lib.save(run.model, os.path.join(partial, model_lib.MODEL_FILE))
+            writer.write_csv(run_dir.HISTORY, run.history, HISTORY_FIELDS)
+        model_lib.save(run.model, writer.path(run_dir.MODEL))
         if run.classifier.runtime.backbone is not None:  # what predict and serve run the backbone with
-            shutil.copyfile(run.classifier.runtime.backbone.path, os.path.join(partial, BACKBONE_FILE))
-        run.evaluation.save(partial)
-        os.rename(partial, run_dir)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    log.info("run directory %s", run_dir)
-    return run_dir
+            writer.copy(run.classifier.runtime.backbone.path, run_dir.BACKBONE)
+        run.evaluation.save(writer.folder)
+    log.info("run directory %s", writer.final)
+    return writer.final
 
 
 def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:

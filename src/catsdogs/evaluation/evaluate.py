@@ -9,7 +9,6 @@ figures and report.html.
 
 import dataclasses
 import functools
-import json
 import os
 
 import numpy as np
@@ -24,19 +23,9 @@ from catsdogs.evaluation.metrics import compute_metrics, format_metrics, label_i
 from catsdogs.evaluation.report import prediction_rows, write_html
 from catsdogs.models import calibration
 from catsdogs.models.model import SCORE, predicted_classes
-from catsdogs.utils.csvfiles import write_csv
-from catsdogs.utils.files import timestamp, write_text
+from catsdogs.store import run_dir
+from catsdogs.utils.files import timestamp
 
-FIGURES = (
-    ("The study's grid: 25 random test images", "grid.png"),
-    ("Learning curves", "curves.png"),
-    ("Confusion matrix", "confusion.png"),
-    ("Most confident mistakes", "errors.png"),
-    ("Grad-CAM of the most confident mistakes", "gradcam.png"),
-    ("Reliability of the probabilities (test)", "reliability.png"),
-    ("Open set: in-distribution scores of known and unknown photos", "open_set.png"),
-    ("Open set: photos rejected as none of the classes", "rejections.png"),
-)
 GRADCAM_MISTAKES = 8  # Grad-CAM needs a forward and a backward pass per photo: keep it to a handful
 TOP_LOSSES = 16
 REPORT_MISTAKES = 100
@@ -292,25 +281,24 @@ class Evaluation:
         Returns:
             the metrics dict.
         """
-        os.makedirs(folder, exist_ok=True)
+        writer = run_dir.RunWriter(folder)
         metrics = self.metrics
-        write_text(os.path.join(folder, "metrics.json"), json.dumps(metrics, indent=2))
-        write_csv([{**row, "path": self._saved_path(row["path"])} for row in self.rows],
-                  os.path.join(folder, "predictions.csv"))
-        write_text(os.path.join(folder, "integrity.json"), json.dumps(self.integrity, indent=2))
-        figures = {"grid.png": self.plot_grid, "confusion.png": self.plot_confusion,
-                   "errors.png": self.plot_top_losses, "reliability.png": self.plot_reliability,
-                   "curves.png": self.plot_curves}
+        writer.write_json(run_dir.METRICS, metrics)
+        writer.write_csv(run_dir.PREDICTIONS, [{**row, "path": self._saved_path(row["path"])} for row in self.rows])
+        writer.write_json(run_dir.INTEGRITY, self.integrity)
+        figures = {run_dir.GRID: self.plot_grid, run_dir.CONFUSION: self.plot_confusion,
+                   run_dir.ERRORS: self.plot_top_losses, run_dir.RELIABILITY: self.plot_reliability,
+                   run_dir.CURVES: self.plot_curves}
         if self.classifier is not None and self.classifier.model is not None and self.mistakes():
-            figures["gradcam.png"] = self.plot_gradcam
+            figures[run_dir.GRADCAM] = self.plot_gradcam
         if self.open_set is not None:
-            figures.update({"open_set.png": self.plot_open_set, "rejections.png": self.plot_rejections})
+            figures.update({run_dir.OPEN_SET: self.plot_open_set, run_dir.REJECTIONS: self.plot_rejections})
         for name, plot in figures.items():
             figure = plot()
             if figure is not None:
-                report.save_figure(figure, os.path.join(folder, name))
-        write_html(folder, self.title, FIGURES, metrics, self.mistakes(REPORT_MISTAKES), self.integrity,
-                          self.config)
+                with writer.atomic(name) as partial:
+                    report.save_figure(figure, partial)
+        write_html(writer, self.title, metrics, self.mistakes(REPORT_MISTAKES), self.integrity, self.config)
         return metrics
 
     def _saved_path(self, path):

@@ -5,6 +5,8 @@ import pathlib
 
 import numpy as np
 
+from catsdogs.store import run_dir
+
 
 def prediction_rows(paths, y_true, probabilities, y_pred, class_names, label_issues):
     """One dict per image: path, true and predicted class, probabilities, loss, label suspicion."""
@@ -18,13 +20,12 @@ def prediction_rows(paths, y_true, probabilities, y_pred, class_names, label_iss
     return rows
 
 
-def write_html(folder, title, sections, metrics, mistakes, integrity, config=None):
+def write_html(writer, title, metrics, mistakes, integrity, config=None):
     """report.html: metrics, figures, mistakes, integrity findings and settings on one page.
 
     Args:
-        folder: where report.html and the figures are.
+        writer: the `run_dir.RunWriter` of the folder where the figures are and report.html goes.
         title: page title.
-        sections: list of (heading, figure file name) shown in order if the file exists.
         metrics: from `evaluation.compute_metrics`.
         mistakes: rows of the mistakes to list.
         integrity: `ScanReport.to_json()`.
@@ -33,11 +34,11 @@ def write_html(folder, title, sections, metrics, mistakes, integrity, config=Non
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     env = Environment(loader=PackageLoader("catsdogs.evaluation"), autoescape=select_autoescape())
-    page = env.get_template("report.html").render(
+    page = env.get_template(run_dir.REPORT).render(  # templates/ holds it under the name of the file it makes
         title=title, metrics=metrics, mistakes=mistakes, integrity=integrity, config=config,
-        figures=[(h, f) for h, f in sections if os.path.exists(os.path.join(folder, f))],
+        figures=[(heading, name) for name, heading in run_dir.FIGURES.items() if os.path.exists(writer.path(name))],
         file_url=lambda p: pathlib.Path(p).resolve().as_uri(),
     )
     # backslashreplace: a file name that is not valid UTF-8 shows escaped rather than failing the report.
-    with open(os.path.join(folder, "report.html"), "w", encoding="utf-8", errors="backslashreplace") as f:
+    with writer.atomic(run_dir.REPORT) as partial, open(partial, "w", encoding="utf-8", errors="backslashreplace") as f:
         f.write(page)

@@ -33,7 +33,6 @@ from catsdogs.utils.host import cpu_has_amx, cpu_has_vnni, usable_cpus
 log = logging.getLogger(__name__)
 
 
-BACKBONE_FILE = "backbone.onnx"  # in a run directory whose backbone ran in ONNX Runtime: what predict runs
 ONNX_OPSET = 17
 # How many training photos calibrate int8 quantization (the ranges of the activations).
 CALIBRATION_PHOTOS = 128

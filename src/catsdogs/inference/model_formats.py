@@ -12,25 +12,20 @@ class names, threshold and input size of the model it came from. Every exported 
 class, then the in-distribution score where the model has one (`model.fixed_size_model`): the Keras
 model after its own resize layer.
 
-An export folder from elsewhere may be hostile, and its export.json names files: the exported file
-must lie inside the folder (links followed), and the model it names as its source is believed only
-where the export lies inside that model's folder, as `catsdogs export` writes it by default
-(RUN/exports/FORMAT).
+An export folder from elsewhere may be hostile, and its export.json names files: it is read by
+`store.export_dir`, which confines them.
 """
 
-import json
 import os
 
 import numpy as np
 
-from catsdogs.errors import ConfigError, DataError
+from catsdogs.errors import ConfigError
 from catsdogs.inference.backbone_runtime import onnx_session
 from catsdogs.models import model as model_lib
+from catsdogs.store import export_dir, run_dir
 from catsdogs.utils.extras import require
-from catsdogs.utils.files import is_inside
 from catsdogs.utils.host import usable_cpus
-
-EXPORT_INFO_FILE = "export.json"
 
 
 def compiled_forward(model):
@@ -96,21 +91,15 @@ class ExportedModel:
 
     runtime = None
 
-    def __init__(self, folder):
-        self.folder = folder
-        info_file = os.path.join(folder, EXPORT_INFO_FILE)
-        with open(info_file) as f:
-            self.metadata = json.load(f)
-        file = self.metadata["file"]
-        self.path = os.path.join(folder, str(file))
-        if not isinstance(file, str) or not is_inside(os.path.realpath(folder), os.path.realpath(self.path)):
-            raise DataError(f"{info_file}: its \"file\" ({file!r}) leads outside the export folder {folder}; an "
-                            f"export's model must be inside its folder, and this export.json is not one catsdogs "
-                            f"wrote: do not load it")
+    def __init__(self, export_info):
+        """Args:
+            export_info: the folder's `export_dir.ExportInfo`.
+        """
+        self.folder = export_info.folder
+        self.metadata = export_info.metadata
+        self.path = export_info.path
+        self.source = export_info.source
         self.info = model_lib.ModelInfo(**self.metadata["model"])
-        source = self.metadata.get("source")
-        self.source = source if isinstance(source, str) and os.path.isfile(source) and is_inside(
-            os.path.realpath(os.path.dirname(source)), os.path.realpath(folder)) else None
 
     def __call__(self, images):
         """The model's outputs (see the module) for (batch, size, size, 3) float32 pixels in [0, 255]."""
@@ -126,8 +115,8 @@ class OnnxExport(ExportedModel):
 
     runtime = "onnx"
 
-    def __init__(self, folder):
-        super().__init__(folder)
+    def __init__(self, export_info):
+        super().__init__(export_info)
         require("onnx", "the onnx format")
         self.session = onnx_session(self.path)
         self.input_name = self.session.get_inputs()[0].name
@@ -141,8 +130,8 @@ class TFLiteExport(ExportedModel):
 
     runtime = "tflite"
 
-    def __init__(self, folder):
-        super().__init__(folder)
+    def __init__(self, export_info):
+        super().__init__(export_info)
         require("tflite", "the tflite format")
         from ai_edge_litert.interpreter import Interpreter
 
@@ -166,8 +155,8 @@ class SavedModelExport(ExportedModel):
 
     runtime = "savedmodel"
 
-    def __init__(self, folder):
-        super().__init__(folder)
+    def __init__(self, export_info):
+        super().__init__(export_info)
         import tensorflow as tf
 
         self.saved_model = tf.saved_model.load(self.path)  # holds the variables that "serve" uses
@@ -179,38 +168,14 @@ class SavedModelExport(ExportedModel):
 EXPORTED_MODELS = {cls.runtime: cls for cls in (OnnxExport, TFLiteExport, SavedModelExport)}
 
 
-def export_folder_of(path):
-    """The export folder that `path` is or holds the exported file of, or None."""
-    for candidate in (path, os.path.dirname(path)):
-        if os.path.isfile(os.path.join(candidate, EXPORT_INFO_FILE)):
-            return candidate
-    return None
-
-
-def _exports_in_format(run_dir, export_format):
-    """Export folders below run_dir/exports whose format is `export_format`."""
-    exports = os.path.join(run_dir, "exports")
-    found = []
-    for name in sorted(os.listdir(exports)) if os.path.isdir(exports) else []:
-        info_file = os.path.join(exports, name, EXPORT_INFO_FILE)
-        if os.path.isfile(info_file):
-            with open(info_file) as f:
-                if json.load(f)["format"] == export_format:
-                    found.append(os.path.join(exports, name))
-    return found
-
-
 def stored_backbone(path):
-    """The ONNX backbone a run directory keeps (`backbone_runtimes.BACKBONE_FILE`), or None."""
-    from catsdogs.inference.backbone_runtime import BACKBONE_FILE, OnnxBackbone
+    """The ONNX backbone a run directory keeps (`run_dir.BACKBONE`), or None."""
+    from catsdogs.inference.backbone_runtime import OnnxBackbone
 
-    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    config_file = os.path.join(folder, "config.json")
-    if not (os.path.isfile(os.path.join(folder, BACKBONE_FILE)) and os.path.isfile(config_file)):
+    run = run_dir.RunDirectory(path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)))
+    if not (run.has(run_dir.BACKBONE) and run.has(run_dir.CONFIG)):
         return None
-    with open(config_file) as f:
-        precision = json.load(f)["precision"]
-    return OnnxBackbone(os.path.join(folder, BACKBONE_FILE), precision)
+    return OnnxBackbone(run.file(run_dir.BACKBONE), run.config()["precision"])
 
 
 def load(path, runtime=None):
@@ -226,17 +191,15 @@ def load(path, runtime=None):
         a `KerasRuntime`, or an `ExportedModel` of the export's format.
     """
     path = os.fspath(path)
-    folder = export_folder_of(path)
-    if folder:
-        with open(os.path.join(folder, EXPORT_INFO_FILE)) as f:
-            held = json.load(f)["format"]
-    else:
-        held = "keras"
+    folder = export_dir.export_folder_of(path)
+    export_info = export_dir.read_info(folder) if folder else None
+    held = export_info.format if export_info else "keras"
     if runtime and runtime != held:
-        found = [] if folder else _exports_in_format(path if os.path.isdir(path) else os.path.dirname(path), runtime)
+        found = [] if folder else export_dir.exports_of(path if os.path.isdir(path) else os.path.dirname(path),
+                                                         runtime)
         raise ConfigError(f"{path} holds a {held} model, but runtime {runtime} runs {runtime} exports. "
                          + (f"Pass one of its {runtime} exports: {', '.join(found)}" if found
                             else f"To make one: catsdogs export {path} --format {runtime}"))
     if held == "keras":
         return KerasRuntime(model_lib.load(path), None if runtime == "keras" else stored_backbone(path))
-    return EXPORTED_MODELS[held](folder)
+    return EXPORTED_MODELS[held](export_info)

@@ -9,9 +9,9 @@ import numpy as np
 from catsdogs.errors import ModelNotFoundError
 from catsdogs.models.backbones import backbone_name
 from catsdogs.models.layers import ClassProbabilities, resize_layer
+from catsdogs.store import run_dir
 from catsdogs.utils.files import atomic_path
 
-MODEL_FILE = "model.keras"
 SCORE = "in_distribution_score"  # the model's second output, where it has an open-set score
 OPEN_SET_LAYER = "in_distribution"
 
@@ -177,9 +177,9 @@ def resolve_model_path(run_or_model) -> str:
     """
     path = os.fspath(run_or_model)
     if os.path.isdir(path):
-        path = os.path.join(path, MODEL_FILE)
+        path = os.path.join(path, run_dir.MODEL)
     if not os.path.isfile(path):
-        raise ModelNotFoundError(f"{run_or_model}: neither a run directory with {MODEL_FILE} nor a .keras model file")
+        raise ModelNotFoundError(f"{run_or_model}: neither a run directory with {run_dir.MODEL} nor a .keras model file")
     if not path.endswith(".keras"):
         raise ModelNotFoundError(f"{run_or_model}: not a .keras model file; catsdogs loads models from run "
                                  f"directories and .keras files only (Keras' safe mode does not cover older "

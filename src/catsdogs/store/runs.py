@@ -12,7 +12,6 @@ still list, with "-" in its place.
     print(catsdogs.format_comparison(comparison))
 """
 
-import datetime
 import json
 import logging
 import numbers
@@ -20,11 +19,11 @@ import os
 
 from catsdogs.config.train import TrainConfig
 from catsdogs.errors import ConfigError, DataError
+from catsdogs.store.run_dir import CONFIG, METRICS, STAGING_PREFIX, RunDirectory, is_run_directory
 
 log = logging.getLogger(__name__)
 
 
-RUN_FILES = ("config.json", "metrics.json")
 # Settings that say where things are and what the run is called, not what was trained: not options.
 BOOKKEEPING = ("data_dir", "unknown_data", "cache_dir", "runs_dir", "name", "mlflow")
 # Settings with columns of their own in the listing.
@@ -36,30 +35,15 @@ HEADLINE = ("images", "accuracy", "balanced_accuracy", "log_loss", "ece", "roc_a
 OPEN_SET = ("open_set/test_kept", "open_set/unknown/accepted", "open_set/unknown/auroc")
 
 
-def read_json(path) -> dict:
-    """A JSON object from a file; DataError naming the file if it is missing, unreadable or not an object."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except FileNotFoundError:
-        raise DataError(f"{path}: not found") from None
-    except (OSError, ValueError) as error:
-        raise DataError(f"{path}: cannot be read as JSON ({error})") from None
-    if not isinstance(value, dict):
-        raise DataError(f"{path}: expected a JSON object, found {type(value).__name__}")
-    return value
-
-
 def read_run(run_dir):
     """(config, metrics) of a run directory, as dicts.
 
     Raises:
         DataError: naming the run directory and the file missing or unreadable.
     """
-    for name in RUN_FILES:
-        if not os.path.isfile(os.path.join(run_dir, name)):
-            raise DataError(f"{run_dir}: not a run directory: no {name}")
-    return tuple(read_json(os.path.join(run_dir, name)) for name in RUN_FILES)
+    run = RunDirectory(run_dir)
+    run.require(CONFIG, METRICS)
+    return run.config(), run.metrics()
 
 
 def flatten_metrics(metrics, prefix="") -> dict:
@@ -100,17 +84,12 @@ def describe_setting(key, value):
     return f"{key}={value}"
 
 
-def run_date(run_dir):
-    """When the run was written: config.json's modification time (only training writes it)."""
-    return datetime.datetime.fromtimestamp(os.path.getmtime(os.path.join(run_dir, "config.json")))
-
-
 def summarize_run(run_dir, config, metrics) -> dict:
     """One row of the listing (see `list_runs`)."""
-    unknown = metrics.get("open_set", {}).get("unknown", {})
+    run, unknown = RunDirectory(run_dir), metrics.get("open_set", {}).get("unknown", {})
     return {
-        "name": os.path.basename(os.path.normpath(run_dir)),
-        "path": os.fspath(run_dir),
+        "name": run.name,
+        "path": run.path,
         **{key: config.get(key) for key in COLUMNS},
         "options": [describe_setting(key, value) for key, value in changed_settings(config).items()
                     if key not in COLUMNS],
@@ -118,7 +97,7 @@ def summarize_run(run_dir, config, metrics) -> dict:
         "balanced_accuracy": metrics.get("balanced_accuracy"),
         "unknown_accepted": unknown.get("accepted"),
         "seconds": training_seconds(metrics),
-        "date": run_date(run_dir).isoformat(timespec="seconds"),
+        "date": run.written().isoformat(timespec="seconds"),
     }
 
 
@@ -145,7 +124,7 @@ def list_runs(folder="runs") -> list:
     for entry in sorted(os.scandir(folder), key=lambda entry: entry.name):
         if not entry.is_dir():
             continue
-        if entry.name.startswith(".partial-"):
+        if entry.name.startswith(STAGING_PREFIX):
             log.warning("skipped %s: unfinished (a training is still writing it, or stopped before the end)",
                         entry.path)
             continue
@@ -165,7 +144,7 @@ def find_run(run, folder="runs"):
         ConfigError: if neither holds a config.json.
     """
     for path in (run, os.path.join(folder, run)):
-        if os.path.isfile(os.path.join(path, "config.json")):
+        if is_run_directory(path):
             return path
     raise ConfigError(f"run {run!r}: no run directory there or in {folder} (a run directory holds config.json)")
 
@@ -208,8 +187,8 @@ def compare_runs(a, b, folder="runs") -> dict:
     rows = [{"metric": key, "a": figures_a.get(key), "b": figures_b.get(key),
              "difference": difference(figures_a.get(key), figures_b.get(key))}
             for key in {**figures_a, **figures_b}]
-    return {**{side: {"name": os.path.basename(os.path.normpath(path)), "path": os.fspath(path),
-                      "date": run_date(path).isoformat(timespec="seconds")} for side, path in zip("ab", paths)},
+    return {**{side: {"name": run.name, "path": run.path, "date": run.written().isoformat(timespec="seconds")}
+               for side, run in zip("ab", map(RunDirectory, paths))},
             "settings": settings,
             "metrics": [row for row in rows if row["a"] is not None or row["b"] is not None]}
 

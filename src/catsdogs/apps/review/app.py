@@ -37,6 +37,7 @@ from catsdogs.data.images import load_image
 from catsdogs.errors import ConfigError, DataError
 from catsdogs.inference import explain
 from catsdogs.inference.classifier import load
+from catsdogs.store.run_dir import CORRECTIONS
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,7 @@ def review(run_dir, corrections_file=None, mistakes=REVIEW_MISTAKES, host="127.0
     from catsdogs.apps.web.server import LOOPBACK_HOSTS, Server, uvicorn_config
 
     settings = ServeSettings(allowed_hosts=allowed_hosts)  # checks the names
-    corrections_file = corrections_file or os.path.join(run_dir, corrections.DEFAULT_FILE)
+    corrections_file = corrections_file or os.path.join(run_dir, CORRECTIONS)
     run_photos = read_run_photos(run_dir, mistakes)  # before the model loads: its errors come in seconds
     if os.path.exists(corrections_file):  # likewise a file that is not a corrections file
         corrections.read_corrections(corrections_file)

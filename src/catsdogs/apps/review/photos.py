@@ -9,16 +9,11 @@ TensorFlow nor the serving libraries, so that `extras.require` can say what is m
 """
 
 import dataclasses
-import json
-import os
 
 from catsdogs.config.choices import REVIEW_MISTAKES
 from catsdogs.errors import ConfigError, DataError
-from catsdogs.utils.csvfiles import read_csv
-from catsdogs.utils.files import is_inside
+from catsdogs.store.run_dir import PREDICTIONS, REVIEW, RunDirectory
 
-REVIEW_FILE = "review.csv"  # every photo of every split, out-of-sample
-PREDICTIONS_FILE = "predictions.csv"  # older runs: the test photos only
 REQUIRED_COLUMNS = ("path", "true", "predicted", "probability", "loss", "label_looks_wrong")
 
 
@@ -44,21 +39,6 @@ class RunPhotos:
     photos: list  # of `Photo`, highest loss first
     source: str  # the file they were read from: review.csv, or predictions.csv for older runs
     note: str = ""  # what the page should say about the source, if anything
-
-
-def read_data_dir(run_dir):
-    """The data folder a run was trained on (config.json), checked to still be there."""
-    config_file = os.path.join(run_dir, "config.json")
-    try:
-        with open(config_file) as f:
-            data_dir = json.load(f)["data_dir"]
-    except FileNotFoundError:
-        raise DataError(f"{config_file} not found: {run_dir} is not a catsdogs run directory") from None
-    except (ValueError, KeyError) as error:
-        raise DataError(f"{config_file}: unreadable, or without data_dir ({error})") from None
-    if not os.path.isdir(data_dir):
-        raise DataError(f"{config_file}: the run's data folder {data_dir} is gone, so its photos cannot be shown")
-    return data_dir
 
 
 def select_photos(rows, mistakes=REVIEW_MISTAKES):
@@ -95,26 +75,17 @@ def read_run_photos(run_dir, mistakes=REVIEW_MISTAKES) -> RunPhotos:
     """
     if mistakes < 0:
         raise ConfigError(f"mistakes {mistakes}: expected 0 (the flagged photos only) or more")
-    data_dir = read_data_dir(run_dir)
-    review_file, predictions_file = os.path.join(run_dir, REVIEW_FILE), os.path.join(run_dir, PREDICTIONS_FILE)
-    if os.path.isfile(review_file):
-        source, note, required = review_file, "", (*REQUIRED_COLUMNS, "split")
-    elif os.path.isfile(predictions_file):
-        source, required = predictions_file, REQUIRED_COLUMNS
-        note = (f"This run has no {REVIEW_FILE} (it was trained before catsdogs wrote one), so only its test photos "
-                f"are listed, from {PREDICTIONS_FILE}: train again to review the training and validation photos.")
+    run = RunDirectory(run_dir)
+    data_dir = run.data_dir()  # first: a run from elsewhere whose photos are not here fails at once
+    if run.has(REVIEW):
+        source, note, required = REVIEW, "", (*REQUIRED_COLUMNS, "split")
+    elif run.has(PREDICTIONS):
+        source, required = PREDICTIONS, REQUIRED_COLUMNS
+        note = (f"This run has no {REVIEW} (it was trained before catsdogs wrote one), so only its test photos "
+                f"are listed, from {PREDICTIONS}: train again to review the training and validation photos.")
     else:
-        raise DataError(f"{run_dir} has neither {REVIEW_FILE} nor {PREDICTIONS_FILE}: not a finished run directory")
-    rows = read_csv(source)
-    missing = [column for column in required if rows and column not in rows[0]]
-    if missing:
-        raise DataError(f"{source}: no column {', '.join(missing)}; it has {', '.join(rows[0])}")
-    outside = [row["path"] for row in rows if not is_inside(data_dir, os.path.join(data_dir, row["path"]))]
-    if outside:
-        raise DataError(f"{source}: the photo {outside[0]!r} lies outside the run's data folder {data_dir}"
-                        + (f" (and {len(outside) - 1} more)" if len(outside) > 1 else "")
-                        + ": review shows only the photos inside it, as a run directory from elsewhere could "
-                          "name any file")
-    if source == predictions_file:
+        raise DataError(f"{run_dir} has neither {REVIEW} nor {PREDICTIONS}: not a finished run directory")
+    rows = run.photo_rows(source, required)
+    if source == PREDICTIONS:
         rows = [{**row, "split": "test"} for row in rows]  # predictions.csv holds the test photos
-    return RunPhotos(data_dir, select_photos(rows, mistakes), os.path.basename(source), note)
+    return RunPhotos(data_dir, select_photos(rows, mistakes), source, note)

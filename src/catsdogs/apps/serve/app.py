@@ -15,7 +15,6 @@ import base64
 import concurrent.futures
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import secrets
@@ -46,6 +45,7 @@ from catsdogs.inference import explain
 from catsdogs.inference.classifier import decide, load
 from catsdogs.inference.preprocess import prepare
 from catsdogs.models import model as model_lib
+from catsdogs.store import run_dir
 
 log = logging.getLogger(__name__)
 
@@ -256,15 +256,10 @@ def _responses(*statuses):
 def _name_and_metrics(model_file):
     """A model file's name in URLs and its run's test metrics: the run directory's name and
     metrics.json for a run's model.keras, else the file's name and None."""
-    folder = os.path.dirname(os.path.abspath(model_file))
-    if os.path.basename(model_file) != model_lib.MODEL_FILE:
+    if os.path.basename(model_file) != run_dir.MODEL:
         return os.path.splitext(os.path.basename(model_file))[0], None
-    metrics_file = os.path.join(folder, "metrics.json")
-    metrics = None
-    if os.path.isfile(metrics_file):
-        with open(metrics_file) as f:
-            metrics = json.load(f)
-    return os.path.basename(folder), metrics
+    run = run_dir.RunDirectory(os.path.dirname(os.path.abspath(model_file)))
+    return run.name, run.metrics() if run.has(run_dir.METRICS) else None
 
 
 def load_served_model(path, runtime=None):
