@@ -12,7 +12,7 @@ from catsdogs.data.images import load_image
 from catsdogs.inference.features import cached_features
 from catsdogs.inference.model_formats import compiled_forward
 from catsdogs.inference.pipeline import run_on_files
-from catsdogs.inference.preprocess import TTA_VIEWS
+from catsdogs.inference.preprocess import PIPELINE_VERSION, TTA_VIEWS
 from catsdogs.models import backbones
 from catsdogs.models.weights import weights_fingerprint
 from catsdogs.store import feature_cache as features
@@ -32,7 +32,7 @@ def sha256(path):
 
 def cache_for(extractor, root):
     return features.FeatureCache(root, features.cache_key(
-        extractor.name, extractor.input_shape[1], "float32", weights_fingerprint(extractor)))
+        extractor.name, extractor.input_shape[1], "float32", weights_fingerprint(extractor), PIPELINE_VERSION))
 
 
 def stored_entries(cache):
@@ -76,14 +76,16 @@ def test_features_are_computed_once_and_recomputed_only_for_changed_images(tmp_p
     np.testing.assert_allclose(both[1, 0], direct_mirror, rtol=1e-4, atol=1e-4)
 
 
-def test_the_key_follows_size_precision_and_weights(lite0):
+def test_the_key_follows_size_precision_weights_and_the_way_photos_are_prepared(lite0):
     fingerprint = weights_fingerprint(lite0)
-    keys = {features.cache_key("efficientnet_lite0", 224, "float32", fingerprint),
-            features.cache_key("efficientnet_lite0", 260, "float32", fingerprint),
-            features.cache_key("efficientnet_lite0", 224, "bfloat16", fingerprint),
-            features.cache_key("efficientnet_lite0", 224, "float32", "0" * 64),
-            features.cache_key("resnet50", 224, "float32", fingerprint)}
-    assert len(keys) == 5
+    keys = {features.cache_key("efficientnet_lite0", 224, "float32", fingerprint, PIPELINE_VERSION),
+            features.cache_key("efficientnet_lite0", 260, "float32", fingerprint, PIPELINE_VERSION),
+            features.cache_key("efficientnet_lite0", 224, "bfloat16", fingerprint, PIPELINE_VERSION),
+            features.cache_key("efficientnet_lite0", 224, "float32", "0" * 64, PIPELINE_VERSION),
+            features.cache_key("resnet50", 224, "float32", fingerprint, PIPELINE_VERSION),
+            # Version 2's features: Ray's workers had decoded large photos at full size into them.
+            features.cache_key("efficientnet_lite0", 224, "float32", fingerprint, 2)}
+    assert len(keys) == 6 and PIPELINE_VERSION > 2
 
 
 def test_undecodable_files_are_errors_not_nan_rows_and_are_not_cached(tmp_path, lite0):

@@ -10,13 +10,13 @@ from PIL import Image
 from catsdogs.data.images import (
     DEFAULT_MAX_FILE_BYTES,
     decode_image,
-    decode_image_for_model,
     describe_quirks,
     load_image,
     open_image,
     read_file,
 )
 from catsdogs.errors import ImageError
+from catsdogs.inference.preprocess import decode_photo
 from conftest import gradient, image_bytes, run_bounded
 
 
@@ -104,7 +104,8 @@ def test_missing_file(tmp_path):
 
 READ_EACH = """
 import json, sys
-from catsdogs.images import ImageError, read_file
+from catsdogs.data.images import read_file
+from catsdogs.errors import ImageError
 reasons = {}
 for path in sys.argv[1:]:
     try:
@@ -155,7 +156,7 @@ def test_decompression_bomb_beyond_pillows_own_limit_says_too_large():
 
 def test_decoding_for_the_model_leaves_small_images_as_they_are():
     data = image_bytes(gradient(500, 700), "PNG")
-    assert np.array_equal(decode_image_for_model(data, "small.png", 380), decode_image(data))
+    assert np.array_equal(decode_photo(data, "small.png", 380), decode_image(data))
 
 
 @pytest.mark.parametrize("fmt, mode", [("JPEG", "RGB"), ("PNG", "RGB"), ("PNG", "P"), ("PNG", "I;16"), ("WEBP", "RGB")])
@@ -165,7 +166,7 @@ def test_a_large_image_is_decoded_near_the_model_input_size(fmt, mode):
         image = image.convert("P", palette=Image.Palette.ADAPTIVE)
     elif mode == "I;16":
         image = Image.fromarray(np.asarray(image.convert("L"), np.uint16) * 257)
-    pixels = decode_image_for_model(image_bytes(image, fmt), "large", 380)
+    pixels = decode_photo(image_bytes(image, fmt), "large", 380)
     height, width = pixels.shape[:2]
     assert 380 <= height < 2 * 380 and width / height == pytest.approx(1.5, rel=0.01)
     full = decode_image(image_bytes(image, fmt))
@@ -178,5 +179,5 @@ def test_exif_orientation_is_applied_after_shrinking():
     exif = Image.Exif()
     exif[0x0112] = 6  # rotated 90 degrees clockwise
     data = image_bytes(Image.fromarray(np.kron(gradient(30, 40), np.ones((100, 100, 1), np.uint8))), "JPEG", exif=exif.tobytes())
-    height, width = decode_image_for_model(data, "rotated.jpg", 380).shape[:2]
+    height, width = decode_photo(data, "rotated.jpg", 380).shape[:2]
     assert height > width  # 4000 wide, 3000 high, standing up

@@ -76,8 +76,11 @@ def to_rgb_array(image, source, min_side=None):
 
 
 def decode_image(data, source="image", max_pixels=DEFAULT_MAX_PIXELS, min_side=None):
-    """Decodes image bytes into upright RGB uint8 pixels (see `to_rgb_array`; `min_side`: shrunk
-    while decoding, as `decode_image_for_model` says)."""
+    """Decodes image bytes into upright RGB uint8 pixels (see `to_rgb_array`).
+
+    Pixels for a model are decoded by `inference.preprocess.decode_photo`, which sets `min_side`
+    as every path does; without it the image is decoded at its full size.
+    """
     return to_rgb_array(open_image(data, source, max_pixels), source, min_side)
 
 
@@ -150,41 +153,16 @@ def shrink_while_decoding(image, min_side):
     return image.reduce(factor)
 
 
-def decode_image_for_model(data, source, min_side, max_pixels=DEFAULT_MAX_PIXELS):
-    """Decodes image bytes into upright RGB uint8 pixels, shrunk early when they are many.
+def load_image(path, max_pixels=DEFAULT_MAX_PIXELS):
+    """Reads and decodes an image file into upright RGB uint8 pixels at its full size.
 
-    The memory-bounded form of `decode_image` for a model that resizes to `min_side` anyway: a
-    large photo is decoded near that size (see `shrink_while_decoding`) instead of in full.
-
-    Args:
-        data: the file's bytes.
-        source: a name for error messages.
-        min_side: the model's input size; both sides of the result keep at least this many
-            pixels where the image has them.
-        max_pixels: images with more pixels (in their header) are refused.
-
-    Returns:
-        a numpy array of shape (height, width, 3) and dtype uint8.
-
-    Raises:
-        ImageError: naming the source and the problem.
-    """
-    return decode_image(data, source, max_pixels, min_side)
-
-
-def load_image(path, max_pixels=DEFAULT_MAX_PIXELS, min_side=None):
-    """Reads and decodes an image file into upright RGB uint8 pixels.
-
-    Args:
-        path: the image file.
-        max_pixels: images with more pixels (in their header) are refused.
-        min_side: the model's input size, if the pixels are for a model: a large image is then
-            decoded near that size (`decode_image_for_model`), as `catsdogs serve` decodes uploads.
+    Pixels for a model (or shown beside its answers) are read by `inference.preprocess.load_photo`
+    instead, near the model's input size as every path reads them.
 
     Raises:
         ImageError: naming the file and the problem.
     """
-    return decode_image(read_file(path), os.fspath(path), max_pixels, min_side)
+    return decode_image(read_file(path), os.fspath(path), max_pixels)
 
 
 def describe_quirks(image, path):

@@ -21,6 +21,7 @@ from catsdogs.errors import DataError, UnsupportedError
 from catsdogs.evaluation import figures as report
 from catsdogs.evaluation.metrics import compute_metrics, format_metrics, label_issues
 from catsdogs.evaluation.report import prediction_rows, write_html
+from catsdogs.inference.preprocess import DISPLAY_SIZE
 from catsdogs.models import calibration
 from catsdogs.models.model import SCORE, predicted_classes
 from catsdogs.store import run_dir
@@ -226,9 +227,14 @@ class Evaluation:
     def __str__(self):
         return format_metrics(self.metrics)
 
+    @property
+    def _photo_size(self) -> int:
+        """The side the figures decode photos near: the model's input size where the classifier is known."""
+        return self.classifier.info.image_size if self.classifier is not None else DISPLAY_SIZE
+
     def plot_grid(self, seed: int = 0, side: int = 5):
         """The study's figure: side x side random photos with their predictions, mistakes in red."""
-        return report.plot_grid(self.rows, seed, side)
+        return report.plot_grid(self.rows, seed, side, self._photo_size)
 
     def plot_confusion(self, ax=None):
         """The confusion matrix; draws on `ax` if given."""
@@ -236,7 +242,7 @@ class Evaluation:
 
     def plot_top_losses(self, k: int = TOP_LOSSES):
         """The `k` most confident mistakes, marking those whose label looks wrong."""
-        return report.plot_top_losses(self.mistakes(), k)
+        return report.plot_top_losses(self.mistakes(), k, image_size=self._photo_size)
 
     def plot_reliability(self, ax=None):
         """Reliability diagram (before and after calibration where known); draws on `ax` if given."""
@@ -266,7 +272,7 @@ class Evaluation:
     def plot_rejections(self, k: int = 8):
         """The `k` most and `k` least confident rejections among the test and unknown photos."""
         self._require_open_set()
-        return report.plot_rejections(self.open_set.rejected_rows(self.paths), k)
+        return report.plot_rejections(self.open_set.rejected_rows(self.paths), k, image_size=self._photo_size)
 
     def plot_curves(self):
         """Loss and accuracy per epoch (dense head and fine-tuning); None when training had no epochs."""

@@ -11,8 +11,8 @@ import os
 
 import numpy as np
 
-from catsdogs.data.images import load_image
 from catsdogs.errors import ImageError
+from catsdogs.inference.preprocess import DISPLAY_SIZE, load_photo
 
 RIGHT, WRONG = "#1a7f37", "#cf222e"
 
@@ -50,9 +50,10 @@ def save_figure(fig, path, dpi=90):
     fig.savefig(path, dpi=dpi)
 
 
-def _show(ax, path, title, color, pixels=None):
+def _show(ax, path, title, color, image_size, pixels=None):
+    """Shows a photo (`pixels`, else the file at `path` decoded near `image_size`) with its title."""
     try:
-        ax.imshow(load_image(path) if pixels is None else pixels)
+        ax.imshow(load_photo(path, image_size) if pixels is None else pixels)
     except ImageError:
         ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
     ax.set_title(title, color=color, fontsize=10)
@@ -77,8 +78,12 @@ def _short(name, width=18):
     return plain(name)
 
 
-def plot_grid(rows, seed=0, side=5):
-    """The study's figure: a side x side grid of random test images with their predictions."""
+def plot_grid(rows, seed=0, side=5, image_size=DISPLAY_SIZE):
+    """The study's figure: a side x side grid of random test images with their predictions.
+
+    `image_size`, here and in the other figures of photos: the side they are decoded near (see
+    `preprocess.load_photo`), the model's input size where it is known.
+    """
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(rows), size=min(side * side, len(rows)), replace=False)
     fig, axes = new_figure(side, side, figsize=(2.4 * side, 2.6 * side))
@@ -88,12 +93,12 @@ def plot_grid(rows, seed=0, side=5):
         row = rows[i]
         right = row["predicted"] == row["true"]
         title = f"{_short(row['predicted'])} {row['probability']:.2f}" + ("" if right else f"\n(true: {_short(row['true'])})")
-        _show(ax, row["path"], title, RIGHT if right else WRONG)
+        _show(ax, row["path"], title, RIGHT if right else WRONG, image_size)
     fig.suptitle("Random test images: predicted class and probability (mistakes in red)")
     return fig
 
 
-def plot_top_losses(mistakes, k=16, columns=4):
+def plot_top_losses(mistakes, k=16, columns=4, image_size=DISPLAY_SIZE):
     """The first `k` mistakes (most confident first), marking those whose label looks wrong."""
     mistakes = mistakes[:k]
     fig, axes = _photo_grid(len(mistakes), columns, "Most confident mistakes (predicted, probability, true label)")
@@ -101,7 +106,7 @@ def plot_top_losses(mistakes, k=16, columns=4):
         suspect = " (label looks wrong)" if row["label_looks_wrong"] else ""
         title = (f"{_short(row['predicted'])} {row['probability']:.2f}, true {_short(row['true'])}\n"
                  f"{_short(os.path.basename(row['path']), 28)}{suspect}")
-        _show(ax, row["path"], title, WRONG)
+        _show(ax, row["path"], title, WRONG, image_size)
     if not mistakes:
         axes[0, 0].text(0, 0.5, "no mistakes", fontsize=14)
     return fig
@@ -120,7 +125,7 @@ def plot_gradcam(mistakes, explainer, columns=4):
     photos, shown = [], []
     for row in mistakes:
         try:
-            photos.append(load_image(row["path"]))
+            photos.append(load_photo(row["path"], explainer.info.image_size))
             shown.append(row)
         except ImageError:
             continue  # gone since the evaluation; the other figures say so
@@ -134,7 +139,7 @@ def plot_gradcam(mistakes, explainer, columns=4):
     for ax, row, pixels, heatmap in zip(axes.flat, shown, photos, heatmaps):
         title = (f"{_short(row['predicted'])} {row['probability']:.2f}, true {_short(row['true'])}\n"
                  f"{_short(os.path.basename(row['path']), 28)}")
-        _show(ax, row["path"], title, WRONG, pixels=overlay(pixels, heatmap))
+        _show(ax, row["path"], title, WRONG, explainer.info.image_size, pixels=overlay(pixels, heatmap))
     return fig
 
 
@@ -236,7 +241,7 @@ def plot_scores(groups, threshold, ax=None):
     return fig
 
 
-def plot_rejections(rows, k=8, columns=4):
+def plot_rejections(rows, k=8, columns=4, image_size=DISPLAY_SIZE):
     """The `k` most confident rejections (lowest scores) and the `k` least confident (nearest the threshold).
 
     Args:
@@ -249,7 +254,7 @@ def plot_rejections(rows, k=8, columns=4):
     for ax, row in zip(axes.flat, chosen):
         color = WRONG if row["group"] == "test" else RIGHT  # a rejected known photo is a mistake
         _show(ax, row["path"], f"{row['group']}, score {row['score']:.3f}\n"
-                               f"{_short(os.path.basename(row['path']), 28)}", color)
+                               f"{_short(os.path.basename(row['path']), 28)}", color, image_size)
     if not chosen:
         axes[0, 0].text(0, 0.5, "no photo rejected", fontsize=14)
     return fig

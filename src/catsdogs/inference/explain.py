@@ -17,7 +17,6 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from catsdogs.data.images import load_image
 from catsdogs.errors import ConfigError
 from catsdogs.inference import preprocess as pixels_lib
 from catsdogs.models import model as model_lib
@@ -185,7 +184,8 @@ def explain_photo(model, photo, output=None, class_name=None):
 
     Args:
         model: a loaded catsdogs model.
-        photo: an image file.
+        photo: an image file, read as every path reads it for the model (`preprocess.load_photo`):
+            a large one is drawn near the model's input size.
         output: the image file to write (format from its extension); by default
             `<photo name>-gradcam.png` in the current folder.
         class_name: the class to explain instead of the predicted one.
@@ -193,8 +193,9 @@ def explain_photo(model, photo, output=None, class_name=None):
     Returns:
         (`Explanation`, the path written).
     """
-    pixels = load_image(photo)
-    explanation = Explainer(model).explain(pixels, class_name)
+    explainer = Explainer(model)
+    pixels = pixels_lib.load_photo(photo, explainer.info.image_size)
+    explanation = explainer.explain(pixels, class_name)
     output = output or f"{os.path.splitext(os.path.basename(photo))[0]}-gradcam.png"
     Image.fromarray(overlay(pixels, explanation.heatmap)).save(output)
     return explanation, output

@@ -7,6 +7,7 @@ import time
 import numpy as np
 
 from catsdogs.inference.pipeline import Outputs, iter_batches
+from catsdogs.inference.preprocess import PIPELINE_VERSION
 from catsdogs.store.feature_cache import CHUNK_SECONDS, CHUNK_SIZE, FeatureCache, cache_id, cache_key, missing
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def extractor_features(extractor, precision, paths, hashes, cache_dir, batch_siz
             forward = onnx_backbone(member, precision, cache_dir, calibration_paths)
             compute, fingerprint = f"onnx-{precision}", forward.fingerprint
         cache = FeatureCache(cache_dir, cache_key(member.name, member.input_shape[1], compute,
-                                                  fingerprint or weights_fingerprint(member)))
+                                                  fingerprint or weights_fingerprint(member), PIPELINE_VERSION))
         if fill is not None:
             fill(member, cache)
         parts.append(cached_features(member, paths, hashes, cache, batch_size, views, f"{desc} ({member.name})",

@@ -13,16 +13,16 @@ import threading
 import numpy as np
 
 from catsdogs.config.choices import INFERENCE_BATCH_SIZE
-from catsdogs.data.images import load_image
 from catsdogs.errors import ConfigError, ImageError
-from catsdogs.inference.preprocess import VIEWS, resizer
+from catsdogs.inference.preprocess import VIEWS, load_photo, resizer
 from catsdogs.utils.host import usable_cpus
 
 log = logging.getLogger(__name__)
 
 
 class ImagePipeline:
-    """A tf.data pipeline from image files to resized float batches, decoding with Pillow.
+    """A tf.data pipeline from image files to resized float batches, each photo prepared as every
+    path prepares it (`preprocess.load_photo`, then `preprocess.resizer`).
 
     Decoding runs in parallel and overlaps the model; a file that fails to decode is recorded in
     `errors` (path -> reason) and arrives as a blank image with `ok` false, so
@@ -32,7 +32,7 @@ class ImagePipeline:
 
     def __init__(self, image_size, batch_size):
         """Args:
-            image_size: the model's input side; images are resized as the model does (`pixels.resizer`).
+            image_size: the model's input side; images are resized as the model does (`preprocess.resizer`).
             batch_size: images per batch.
         """
         if batch_size < 1:
@@ -45,8 +45,7 @@ class ImagePipeline:
 
     def _decode(self, index):
         try:
-            # Large photos decoded near the model's size, as `catsdogs serve` decodes them: the same pixels.
-            return load_image(self._paths[index], min_side=self.image_size), True
+            return load_photo(self._paths[index], self.image_size), True
         except ImageError as error:
             with self._lock:
                 self.errors[self._paths[index]] = error.reason

@@ -1,20 +1,70 @@
-"""Preparing pixels for a model: the one resizing every path uses, and the check of a photo's shape.
+"""Preparing a photo for a model: the one owner of how every path decodes and resizes a photo.
 
-Every model takes the whole photo resized to its square input, bilinear with antialiasing and no
-crop. The end-to-end Keras model has this resizing inside (`resize_layer`); every other path (the
-tf.data pipeline, exported runtimes, the server, Ray workers, arrays given by a caller) prepares
-pixels with the same layer, through `resizer`, so that a photo gets the same input everywhere.
+Local extraction, predict, serve, review, Ray's scoring and extraction, Grad-CAM and the report's
+figures all take a photo's pixels from here, so that a photo gets the same input everywhere:
+
+- decoding (`load_photo`, `decode_photo`): any common format, upright (EXIF orientation), RGB,
+  at most `max_pixels`, and a large photo decoded near the model's input size
+  (`images.shrink_while_decoding` with the model's input side as the shortest side kept);
+- resizing (`prepare`, `prepare_batch`, `resizer`): the whole photo to the model's square input,
+  bilinear with antialiasing and no crop, with the very layer the end-to-end Keras model has
+  inside (`resize_layer`);
+- the views of a resized photo (`VIEWS`): the mirror image for test-time augmentation, low
+  resolution for training.
+
+Decoding needs no TensorFlow (Ray's decoding tasks import this module): it is imported only
+where resizing or a view runs.
 """
 
 import functools
+import os
 
 import numpy as np
 
+from catsdogs.data.images import DEFAULT_MAX_PIXELS, decode_image, read_file
 from catsdogs.errors import ConfigError
-from catsdogs.models.layers import resize_layer
 
 # Bump when decoding or resizing changes, so that old features are not mixed with new ones.
-PIPELINE_VERSION = 2  # 2: large photos decoded near the model's size (`images.shrink_while_decoding`)
+# 2: large photos decoded near the model's size (`images.shrink_while_decoding`);
+# 3: Ray's workers too, which had decoded them at full size into the same cache.
+PIPELINE_VERSION = 3
+
+# The side a photo is decoded near when it is only shown, in a figure that knows no model: more
+# than a figure's cell shows (about 250 px at 90 dpi).
+DISPLAY_SIZE = 384
+
+
+def decode_photo(data, source, image_size, max_pixels=DEFAULT_MAX_PIXELS):
+    """Decodes a photo's bytes for a model: upright RGB uint8 pixels, a large photo near the model's size.
+
+    A photo much larger than the model's input is decoded at a fraction of its size (JPEG by the
+    decoder itself, other formats by box averaging right after decoding; see
+    `images.shrink_while_decoding`), each side kept at least `image_size` long: the model's own
+    antialiased resize (`prepare`) does the last step. Memory stays bounded and every path gets
+    the same pixels.
+
+    Args:
+        data: the file's bytes.
+        source: a name for error messages (usually the path).
+        image_size: the model's input side (or `DISPLAY_SIZE` for a photo only shown).
+        max_pixels: photos with more pixels (in their header) are refused.
+
+    Returns:
+        a numpy array of shape (height, width, 3) and dtype uint8.
+
+    Raises:
+        ImageError: naming the source and the problem.
+    """
+    return decode_image(data, source, max_pixels, min_side=image_size)
+
+
+def load_photo(path, image_size, max_pixels=DEFAULT_MAX_PIXELS):
+    """Reads and decodes a photo file for a model, as `decode_photo` does.
+
+    Raises:
+        ImageError: naming the file and the problem.
+    """
+    return decode_photo(read_file(path), os.fspath(path), image_size, max_pixels)
 
 
 @functools.lru_cache(maxsize=4)
@@ -26,6 +76,8 @@ def resizer(image_size):
     an image instead of 6-9; it also runs inside tf.data pipelines.
     """
     import tensorflow as tf
+
+    from catsdogs.models.layers import resize_layer
 
     resize = resize_layer(image_size)
     return tf.function(lambda image: resize(image), input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])

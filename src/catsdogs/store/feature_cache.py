@@ -19,7 +19,6 @@ import zipfile
 import numpy as np
 
 from catsdogs.errors import CacheError
-from catsdogs.inference.preprocess import PIPELINE_VERSION
 from catsdogs.utils.files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -125,15 +124,16 @@ def write_chunk(folder, ids, features):
     return path
 
 
-def cache_key(backbone_name, image_size, compute, fingerprint):
+def cache_key(backbone_name, image_size, compute, fingerprint, pipeline_version):
     """The folder name of one extractor configuration's features.
 
     Args:
         compute: what computes them: the Keras precision ("float32", "bfloat16"), or
             "onnx-float32" / "onnx-int8" for ONNX Runtime.
         fingerprint: of the weights (Keras) or of the ONNX file that computes them.
+        pipeline_version: of the way photos are prepared (`inference.preprocess.PIPELINE_VERSION`).
     """
-    return f"{backbone_name}-{image_size}px-{compute}-w{fingerprint[:16]}-p{PIPELINE_VERSION}"
+    return f"{backbone_name}-{image_size}px-{compute}-w{fingerprint[:16]}-p{pipeline_version}"
 
 
 def cache_id(digest, view):

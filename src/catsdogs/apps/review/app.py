@@ -24,19 +24,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from catsdogs import __version__
-from catsdogs.config.choices import DECISIONS
 from catsdogs.apps.review.photos import read_run_photos
 from catsdogs.apps.serve.app import STATIC_DIR as SERVE_STATIC_DIR
 from catsdogs.apps.web.handlers import add_error_handlers
 from catsdogs.apps.web.limits import BodyLimit
 from catsdogs.apps.web.security import ANY_ADDRESS, TOKEN_PARAMETER, markdown_text, protect
-from catsdogs.config.choices import REVIEW_MISTAKES
+from catsdogs.config.choices import DECISIONS, REVIEW_MISTAKES
 from catsdogs.config.serve import ServeSettings
 from catsdogs.data import corrections
-from catsdogs.data.images import load_image
 from catsdogs.errors import ConfigError, DataError
 from catsdogs.inference import explain
 from catsdogs.inference.classifier import load
+from catsdogs.inference.preprocess import load_photo
 from catsdogs.store.run_dir import CORRECTIONS
 
 log = logging.getLogger(__name__)
@@ -123,7 +122,7 @@ class Review:
     def pixels(self, index):
         """The photo's upright RGB pixels, decoded near the model's input size."""
         path = os.path.join(self.run_photos.data_dir, self.photo(index).path)
-        return load_image(path, min_side=self.explainer.info.image_size)
+        return load_photo(path, self.explainer.info.image_size)
 
     def gradcam_png(self, index):
         """The photo with the Grad-CAM heatmap of its predicted class over it, as PNG bytes."""

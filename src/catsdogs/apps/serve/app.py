@@ -39,11 +39,11 @@ from catsdogs.apps.web.handlers import add_error_handlers, describe_validation_e
 from catsdogs.apps.web.limits import CLOSE_CONNECTION, BodyLimit, release_free_memory
 from catsdogs.apps.web.security import markdown_text, protect
 from catsdogs.config.serve import ServeSettings
-from catsdogs.data.images import decode_image_for_model, open_image
+from catsdogs.data.images import open_image
 from catsdogs.errors import ImageError
 from catsdogs.inference import explain
 from catsdogs.inference.classifier import decide, load
-from catsdogs.inference.preprocess import prepare
+from catsdogs.inference.preprocess import decode_photo, prepare
 from catsdogs.models import model as model_lib
 from catsdogs.store import run_dir
 
@@ -383,7 +383,7 @@ class Service:
         with self._decoding_lock:
             self._decoding += 1
         try:
-            return decode_image_for_model(data, source, self.info.image_size, self.settings.max_pixels)
+            return decode_photo(data, source, self.info.image_size, self.settings.max_pixels)
         finally:
             with self._decoding_lock:
                 self._decoding -= 1

@@ -93,7 +93,7 @@ def extract_features(extractor, precision, paths, hashes, cache, views=("origina
         start = time.perf_counter()
         items = [{"path": path, "digest": digest} for digest, path in images.items()]
         blocks = _blocks(len(items), batch_size, workers)
-        images = decoded(ray, ray.data.from_items(items, override_num_blocks=blocks), batch_size)
+        images = decoded(ray, ray.data.from_items(items, override_num_blocks=blocks), batch_size, image_size)
         summary = images.map_batches(
             FeatureWriter, fn_constructor_args=(weights, extractor.name, image_size, precision, fingerprint,
                                                 os.path.abspath(cache.folder), lacking),

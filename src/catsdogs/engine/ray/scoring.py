@@ -6,11 +6,11 @@ Ray Data pipelines of the same shape:
     list the files -> decode them (CPU tasks) -> resize them and run the model (a pool of
     actors, the model loaded once per actor) -> Parquet rows (scoring) or feature cache chunks
 
-Decoding and resizing are those of `catsdogs predict` (`images.load_image` or
-`images.decode_image`, then `pixels.resizer` at the model's input size, as
-`data.ImagePipeline` does), the model runs through `inference.forward_batch` as in
-`inference.iter_batches`, and predictions are made by `Classifier.predictions`: a photo gets the
-same prediction (or features) here as on one machine. A file that fails to decode becomes a row
+Photos are prepared as everywhere else (`inference.preprocess`: decoded near the model's input
+size by `load_photo` or `decode_photo`, then resized by `resizer`, as `ImagePipeline` does), the
+model runs through `pipeline.forward_batch` as in `pipeline.iter_batches`, and predictions are
+made by `Classifier.predictions`: a photo gets the same prediction (or features) here as on one
+machine. A file that fails to decode becomes a row
 with its error, never a failed job.
 
 Every node reads the files, the model and the feature cache by the paths given here: on a real
@@ -79,19 +79,20 @@ def files_dataset(ray, inputs, batch_size, workers):
     return datasets
 
 
-def decode_batch(batch):
-    """Decodes a batch of files as `data.ImagePipeline` does; a Ray Data batch function.
+def decode_batch(batch, image_size):
+    """Decodes a batch of files as `ImagePipeline` does (`preprocess.load_photo`); a Ray Data batch function.
 
     Args:
         batch: columns "path", optionally "bytes" (the file's contents, else it is read from
             "path"), and any others, which are passed through.
+        image_size: the model's input side: large photos are decoded near it.
 
     Returns:
-        the batch with "image" (upright RGB uint8 pixels at the file's own size; one blank pixel
-        where it did not decode) and "error" (the reason, "" where it decoded) instead of "bytes".
+        the batch with "image" (upright RGB uint8 pixels; one blank pixel where it did not decode)
+        and "error" (the reason, "" where it decoded) instead of "bytes".
     """
-    from catsdogs.data.images import decode_image, load_image
     from catsdogs.errors import ImageError
+    from catsdogs.inference.preprocess import decode_photo, load_photo
 
     paths = [str(path) for path in batch["path"]]
     contents = batch.get("bytes")
@@ -99,27 +100,45 @@ def decode_batch(batch):
     errors = np.full(len(paths), "", object)
     for i, path in enumerate(paths):
         try:
-            images[i] = load_image(path) if contents is None else decode_image(contents[i], path)
+            images[i] = (load_photo(path, image_size) if contents is None
+                         else decode_photo(contents[i], path, image_size))
         except ImageError as error:
             images[i], errors[i] = np.zeros((1, 1, 3), np.uint8), error.reason
     rest = {name: column for name, column in batch.items() if name != "bytes"}
     return {**rest, "path": np.array(paths, object), "image": images, "error": errors}
 
 
-def decoded(ray, dataset, batch_size):
-    """A dataset of files (`files_dataset`) decoded by CPU tasks (`decode_batch`), one per cluster CPU at most."""
+def decoded(ray, dataset, batch_size, image_size):
+    """A dataset of files (`files_dataset`) decoded for a model of `image_size` by CPU tasks
+    (`decode_batch`), one per cluster CPU at most."""
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    return dataset.map_batches(decode_batch, batch_size=batch_size, batch_format="numpy", num_cpus=DECODE_CPUS,
-                               compute=ray.data.TaskPoolStrategy(size=cpus))
+    return dataset.map_batches(decode_batch, fn_kwargs={"image_size": image_size}, batch_size=batch_size,
+                               batch_format="numpy", num_cpus=DECODE_CPUS, compute=ray.data.TaskPoolStrategy(size=cpus))
+
+
+def model_image_size(ray, model, runtime=None):
+    """The input side of a model, which the decoding tasks decode near, read where the model runs.
+
+    The model is loaded once in a cluster task (as `Scorer` loads it), so that this process, the
+    driver, needs no TensorFlow; a model that does not load stops the job here, before any file
+    is decoded. The task's worker then exits (`max_calls=1`), handing back the memory it took.
+    """
+    @ray.remote(num_cpus=MODEL_CPUS, max_calls=1)
+    def image_size():
+        from catsdogs.inference.classifier import load
+
+        return load(model, runtime).info.image_size
+
+    return ray.get(image_size.remote())
 
 
 def resized(batch, image_size):
-    """The images of a batch from `decode_batch`, resized as `data.ImagePipeline` resizes them.
+    """The images of a batch from `decode_batch`, resized as `ImagePipeline` resizes them.
 
     Resizing is done here, in the model's process, rather than in the decoding tasks: those
-    then need no TensorFlow (seconds of start-up per process) and ship uint8 pixels at the
-    photo's size rather than float32 ones at the model's (3x fewer bytes for a 500x375 photo
-    at 380 px); measured faster (docs/BENCHMARKS.md).
+    then need no TensorFlow (seconds of start-up per process) and ship the decoded uint8 pixels
+    rather than float32 ones at the model's size (3x fewer bytes for a 500x375 photo at 380 px);
+    measured faster (docs/BENCHMARKS.md).
 
     Returns:
         (paths, pixels (n, size, size, 3) float32 in [0, 255], ok (n,), errors: path -> reason).
@@ -241,7 +260,8 @@ def predict_to_parquet(model, inputs, output, address=None, workers=0, runtime=N
         raise ModelNotFoundError(f"{model}: no such run directory, model file or export folder")
     ray = connect(address)
     workers = workers or len(alive_nodes(ray))
-    datasets = [decoded(ray, ds, batch_size) for ds in files_dataset(ray, inputs, batch_size, workers)]
+    image_size = model_image_size(ray, model, runtime)
+    datasets = [decoded(ray, ds, batch_size, image_size) for ds in files_dataset(ray, inputs, batch_size, workers)]
     if not datasets:
         raise ConfigError(f"no files to score in {inputs}")
     images = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
