@@ -11,7 +11,7 @@ import catsdogs
 from catsdogs.inference import backbone_runtime as backbone_runtimes
 from catsdogs.inference.classifier import Classifier
 from catsdogs.inference.features import extractor_features
-from catsdogs.inference.model_formats import KerasRuntime
+from catsdogs.inference.model_formats import KerasModel
 from catsdogs.models import model as model_lib
 from catsdogs.models import precision as precision_lib
 from catsdogs.models.backbones import extractor_members
@@ -73,9 +73,9 @@ def runtimes_of_the_run(lite0_run, isolated_cache):
     (extractor,) = extractor_members(model_lib.parts(float32).extractor)
     training_photos = sorted(str(p) for p in (data / "training_set").rglob("*.jpg"))
     runtimes = {
-        "keras float32": KerasRuntime(float32),
-        "onnx float32": KerasRuntime(float32, backbone_runtimes.onnx_backbone(extractor, "float32", isolated_cache)),
-        "onnx int8": KerasRuntime(float32, backbone_runtimes.onnx_backbone(extractor, "int8", isolated_cache,
+        "keras float32": KerasModel(float32),
+        "onnx float32": KerasModel(float32, backbone_runtimes.onnx_backbone(extractor, "float32", isolated_cache)),
+        "onnx int8": KerasModel(float32, backbone_runtimes.onnx_backbone(extractor, "int8", isolated_cache,
                                                                            training_photos)),
     }
     return runtimes, [str(photo(*p)) for p in PHOTOS]

@@ -74,7 +74,7 @@ def test_wrong_runtime_says_how_to_export(exports, lite0_run, capsys):
     cat = str(photo("test", "cats", 4001))
     assert main(["predict", str(run_dir), cat, "--format", "tflite"]) == 2
     error = capsys.readouterr().err
-    assert "holds a keras model, but runtime tflite runs tflite exports" in error
+    assert "holds a keras model, not a tflite one" in error
     assert f"{exports['tflite', 'float32']}, {exports['tflite', 'int8']}" in error
     assert main(["predict", str(run_dir), cat, "--format", "savedmodel"]) == 2
     assert f"To make one: catsdogs export {run_dir} --format savedmodel" in capsys.readouterr().err

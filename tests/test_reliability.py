@@ -311,10 +311,12 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_chunk(tmp_path, monkeypatch)
 KILL_POINTS = r'''
 import os, signal, sys
 import numpy as np
-from catsdogs import evaluation, features
-from catsdogs import model as model_lib
 from catsdogs.cli import main
-from catsdogs.csvfiles import read_csv
+from catsdogs.evaluation import evaluate as evaluation
+from catsdogs.inference import features
+from catsdogs.models import model as model_lib
+from catsdogs.store import feature_cache
+from catsdogs.utils.csvfiles import read_csv
 
 point = os.environ.get("CATSDOGS_TEST_KILL_AT", "")
 if os.environ.get("CATSDOGS_TEST_CHUNK_SIZE"):  # chunks of exactly this many features, however slow
@@ -330,14 +332,14 @@ def counted_pass(*args, **kwargs):
     return cached_features(*args, **kwargs)
 features.cached_features = counted_pass
 
-add = features.FeatureCache.add
+add = feature_cache.FeatureCache.add
 def add_then_die(self, ids, values):
     add(self, ids, values)
     if len(ids) and point == f"after a chunk of pass {passes[0]}":
         die()
-features.FeatureCache.add = add_then_die
+feature_cache.FeatureCache.add = add_then_die
 
-savez, write_chunk = np.savez, features.write_chunk
+savez, write_chunk = np.savez, feature_cache.write_chunk
 def half_then_die(path, **arrays):
     savez(path, **arrays)
     with open(path, "r+b") as f:
@@ -347,7 +349,7 @@ def chunk_written_halfway(folder, ids, values):
     if len(ids) and point == "halfway through writing a chunk":
         np.savez = half_then_die
     return write_chunk(folder, ids, values)
-features.write_chunk = chunk_written_halfway
+feature_cache.write_chunk = chunk_written_halfway
 
 save_model = model_lib.save
 def save_model_then_die(model, path):

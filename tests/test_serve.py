@@ -48,7 +48,7 @@ def test_health_and_model_status(client, lite0_run):
     assert (status["name"], status["classes"], status["backbone"], status["input_size"]) == (
         "lite0", ["cats", "dogs"], "efficientnet_lite0", [380, 380, 3])
     assert status["metrics"]["accuracy"] == lite0_run[1]["accuracy"]
-    assert status["runtime"] == "keras" and status["heatmaps"] is True
+    assert status["format"] == "keras" and status["heatmaps"] is True
     missing = client.get("/v1/models/other")
     assert missing.status_code == 404 and "'other' not found" in missing.json()["error"]
 

@@ -30,7 +30,7 @@ def test_an_export_is_served_with_the_answers_predict_gives(exports, lite0_run, 
     with ServerThread(create_app(classifier, name, metrics)) as url, httpx.Client(base_url=url, timeout=120) as client:
         assert client.get("/").status_code == 200 and "catsdogs" in client.get("/").text
         status = client.get("/v1/models/lite0").json()
-        assert (status["runtime"], status["heatmaps"], status["classes"]) == (fmt, False, ["cats", "dogs"])
+        assert (status["format"], status["heatmaps"], status["classes"]) == (fmt, False, ["cats", "dogs"])
         response = client.post("/predict", files=[("files", (p.name, p.read_bytes())) for p in photos()])
         assert response.status_code == 200, response.text
         got = response.json()["predictions"]
@@ -48,7 +48,7 @@ def test_an_export_is_served_with_the_answers_predict_gives(exports, lite0_run, 
 def test_the_serve_command_serves_an_export_folder(exports):
     with serve_command(exports["onnx"], "--name", "pets") as (url, _):
         status = httpx.get(f"{url}/v1/models/pets", timeout=30).json()
-        assert status["runtime"] == "onnx"
+        assert status["format"] == "onnx"
         answer = httpx.post(f"{url}/predict", timeout=120,
                             files={"files": ("dog.jpg", photo("test", "dogs", 4201).read_bytes())}).json()
         assert answer["predictions"][0]["label"] == "dogs"

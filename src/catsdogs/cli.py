@@ -7,8 +7,17 @@ import logging
 import os
 import sys
 
-from catsdogs.config.choices import (BACKBONE_PRECISIONS, BENCH_BATCH_SIZES, BENCH_RUNTIMES, ENGINES, FORMATS,
-                                     INFERENCE_BATCH_SIZE, QUANTIZATIONS, REVIEW_MISTAKES, UNKNOWN_LABEL)
+from catsdogs.config.choices import (
+    BACKBONE_PRECISIONS,
+    BENCH_BATCH_SIZES,
+    BENCH_RUNTIMES,
+    ENGINES,
+    FORMATS,
+    INFERENCE_BATCH_SIZE,
+    QUANTIZATIONS,
+    REVIEW_MISTAKES,
+    UNKNOWN_LABEL,
+)
 from catsdogs.config.fields import flag_of
 from catsdogs.config.serve import API_KEY_ENV, ServeSettings
 from catsdogs.config.train import TrainConfig

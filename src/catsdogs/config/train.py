@@ -9,10 +9,24 @@ import dataclasses
 import json
 import os
 
-from catsdogs.config.choices import (BACKBONE_PRECISIONS, BACKBONE_RUNTIMES, CLASS_WEIGHTS, DENSE_BATCH_SIZE,
-                                     DENSE_DROPOUT, DENSE_HIDDEN_UNITS, DENSE_LEARNING_RATE, DENSE_MAX_EPOCHS,
-                                     DENSE_PATIENCE, ENGINES, HEADS, INFERENCE_BATCH_SIZE, OPEN_SET_KEEP,
-                                     OPEN_SET_METHODS, SEED, default_cache_dir)
+from catsdogs.config.choices import (
+    BACKBONE_PRECISIONS,
+    BACKBONE_RUNTIMES,
+    CLASS_WEIGHTS,
+    DENSE_BATCH_SIZE,
+    DENSE_DROPOUT,
+    DENSE_HIDDEN_UNITS,
+    DENSE_LEARNING_RATE,
+    DENSE_MAX_EPOCHS,
+    DENSE_PATIENCE,
+    ENGINES,
+    HEADS,
+    INFERENCE_BATCH_SIZE,
+    OPEN_SET_KEEP,
+    OPEN_SET_METHODS,
+    SEED,
+    default_cache_dir,
+)
 from catsdogs.config.fields import setting
 from catsdogs.errors import ConfigError
 

@@ -245,12 +245,12 @@ def export_model(run_or_model, export_format, output=None, quantization="float32
     exported = runtimes.load(folder)
     photos = sample(test_paths, parity_images)
     got = _predictions(exported, photos, batch_size)
-    as_saved = _predictions(runtimes.KerasRuntime(model), photos, batch_size)
+    as_saved = _predictions(runtimes.KerasModel(model), photos, batch_size)
     precision = model_lib.compute_precision(model)
     if export_format == "keras" or precision == "float32":
         parity = {"reference": f"the Keras model ({precision})", **compare_predictions(as_saved, got, info.class_names)}
     else:
-        float32 = _predictions(runtimes.KerasRuntime(model_lib.float32_model(model)), photos, batch_size)
+        float32 = _predictions(runtimes.KerasModel(model_lib.float32_model(model)), photos, batch_size)
         parity = {"reference": "the Keras model computing in float32",
                   **compare_predictions(float32, got, info.class_names),
                   "saved_bfloat16_model": compare_predictions(as_saved, got, info.class_names)}

@@ -25,7 +25,7 @@ from catsdogs.evaluation.report import prediction_rows
 from catsdogs.inference.backbone_runtime import choose, onnx_backbone
 from catsdogs.inference.classifier import Classifier
 from catsdogs.inference.features import extractor_features
-from catsdogs.inference.model_formats import KerasRuntime, compiled_forward
+from catsdogs.inference.model_formats import KerasModel, compiled_forward
 from catsdogs.inference.pipeline import run_on_files
 from catsdogs.inference.preprocess import views_for
 from catsdogs.models import backbones, calibration, heads, openset
@@ -482,7 +482,7 @@ def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:
     # The classifier computes as extraction did: its backbone in ONNX Runtime where the features came from there.
     backbone = (onnx_backbone(extractor, config.precision, config.cache_dir, calibration_photos(prepared))
                 if config.runtime == "onnx" else None)
-    classifier = Classifier(KerasRuntime(model, backbone))
+    classifier = Classifier(KerasModel(model, backbone))
     if open_set:
         scores = {name: np.asarray(open_set.layer([split.x[0], logits[0]]))
                   for name, split, logits in (("val", val, val_logits), ("test", test, test_logits))}

@@ -18,7 +18,6 @@ from catsdogs.inference.preprocess import VIEWS, prepare_batch, views_for
 from catsdogs.models.model import SCORE, ModelInfo, predicted_classes, probabilities_by_class
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Prediction:
     """The prediction for one file: its label and probabilities, or why it has none.
@@ -108,13 +107,13 @@ class Classifier:
     """A trained catsdogs model in its runtime.
 
     Attributes:
-        runtime: what runs it (`runtimes.KerasRuntime` or an `runtimes.ExportedModel`).
+        runtime: what runs it (`runtimes.KerasModel` or an `runtimes.ExportedModel`).
         info: class names, backbone, input size, threshold and temperature.
     """
 
     def __init__(self, runtime):
         """Args:
-            runtime: from `runtimes.load`, or a `runtimes.KerasRuntime` of a model in memory.
+            runtime: from `runtimes.load`, or a `runtimes.KerasModel` of a model in memory.
         """
         self.runtime = runtime
         self.info: ModelInfo = runtime.info
@@ -131,7 +130,7 @@ class Classifier:
 
     def __repr__(self):
         return (f"Classifier(classes={self.classes}, backbone={self.info.backbone!r}, "
-                f"image_size={self.info.image_size}, runtime={self.runtime.runtime!r})")
+                f"image_size={self.info.image_size}, format={self.runtime.format!r})")
 
     @property
     def has_open_set(self) -> bool:
@@ -219,19 +218,20 @@ class Classifier:
         from catsdogs.inference.explain import Explainer
 
         if self.model is None:
-            raise UnsupportedError(f"Grad-CAM needs the Keras model; this classifier runs a {self.runtime.runtime} "
+            raise UnsupportedError(f"Grad-CAM needs the Keras model; this classifier runs a {self.runtime.format} "
                                    f"export: load its run directory or .keras file instead")
         return Explainer(self.model)
 
 
-def load(path, runtime: str = None) -> Classifier:
+def load(path, format: str = None) -> Classifier:
     """Loads a classifier from a run directory, a .keras file or an export folder.
 
     Args:
         path: the run directory, model file or export folder (or the exported file in it).
-        runtime: one of `options.RUNTIMES`, checked against what `path` holds; None: whatever it holds.
+        format: one of `config.choices.FORMATS` (keras, savedmodel, onnx, tflite), checked against what `path`
+            holds; None: whatever it holds ("keras" on a run directory runs all of it in Keras, its backbone too).
 
     Returns:
         a `Classifier`.
     """
-    return Classifier(runtimes.load(path, runtime))
+    return Classifier(runtimes.load(path, format))

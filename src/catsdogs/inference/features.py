@@ -8,9 +8,14 @@ import numpy as np
 
 from catsdogs.inference.pipeline import Outputs, iter_batches
 from catsdogs.inference.preprocess import PIPELINE_VERSION
-from catsdogs.store.feature_cache import CHUNK_SECONDS, CHUNK_SIZE, FeatureCache, cache_id, cache_key, missing
+from catsdogs.store.feature_cache import FeatureCache, cache_id, cache_key, missing
 
 log = logging.getLogger(__name__)
+
+# New features are written out when this many are pending or this many seconds have passed,
+# whichever comes first: an interrupted extraction loses at most that much work.
+CHUNK_SIZE = 512
+CHUNK_SECONDS = 5.0
 
 
 def cached_features(extractor, paths, hashes, cache, batch_size, views=("original",), desc="features",

@@ -20,10 +20,10 @@ import os
 
 import numpy as np
 
-from catsdogs.errors import ConfigError
 from catsdogs.inference.backbone_runtime import onnx_session
 from catsdogs.models import model as model_lib
 from catsdogs.store import export_dir, run_dir
+from catsdogs.store.model_file import check_format
 from catsdogs.utils.extras import require
 from catsdogs.utils.host import usable_cpus
 
@@ -35,7 +35,7 @@ def compiled_forward(model):
     return tf.function(lambda images: model(images, training=False), reduce_retracing=True)
 
 
-class KerasRuntime:
+class KerasModel:
     """A catsdogs Keras model (`model.load`), run as one compiled graph, or with its backbone in ONNX Runtime.
 
     With `backbone`, the frozen backbone (nearly all of the work) runs in ONNX Runtime, as the run
@@ -48,7 +48,7 @@ class KerasRuntime:
         backbone: the `backbone_runtimes.OnnxBackbone`, or None.
     """
 
-    runtime = "keras"
+    format = "keras"
 
     def __init__(self, model, backbone=None):
         self.model = model
@@ -89,7 +89,7 @@ class ExportedModel:
             inside its folder (see the module); else None.
     """
 
-    runtime = None
+    format = None
 
     def __init__(self, export_info):
         """Args:
@@ -113,7 +113,7 @@ class ExportedModel:
 class OnnxExport(ExportedModel):
     """An ONNX model in ONNX Runtime (CPU)."""
 
-    runtime = "onnx"
+    format = "onnx"
 
     def __init__(self, export_info):
         super().__init__(export_info)
@@ -128,7 +128,7 @@ class OnnxExport(ExportedModel):
 class TFLiteExport(ExportedModel):
     """A TFLite model in the LiteRT interpreter (XNNPACK on CPU)."""
 
-    runtime = "tflite"
+    format = "tflite"
 
     def __init__(self, export_info):
         super().__init__(export_info)
@@ -153,7 +153,7 @@ class TFLiteExport(ExportedModel):
 class SavedModelExport(ExportedModel):
     """A TensorFlow SavedModel, through its "serve" endpoint."""
 
-    runtime = "savedmodel"
+    format = "savedmodel"
 
     def __init__(self, export_info):
         super().__init__(export_info)
@@ -165,7 +165,7 @@ class SavedModelExport(ExportedModel):
         return self.saved_model.serve(images).numpy()
 
 
-EXPORTED_MODELS = {cls.runtime: cls for cls in (OnnxExport, TFLiteExport, SavedModelExport)}
+EXPORTED_MODELS = {cls.format: cls for cls in (OnnxExport, TFLiteExport, SavedModelExport)}
 
 
 def stored_backbone(path):
@@ -178,28 +178,20 @@ def stored_backbone(path):
     return OnnxBackbone(run.file(run_dir.BACKBONE), run.config()["precision"])
 
 
-def load(path, runtime=None):
+def load(path, format=None):
     """Loads a model in the runtime that its format needs.
 
     Args:
         path: a run directory or .keras file, or an export folder (or the exported file in it).
-        runtime: one of `options.RUNTIMES`, checked against what `path` holds; None: whatever it holds
+        format: one of `config.choices.FORMATS`, checked against what `path` holds; None: whatever it holds
             (a run directory whose backbone ran in ONNX Runtime runs it there again; "keras" runs
             the whole Keras model instead).
 
     Returns:
-        a `KerasRuntime`, or an `ExportedModel` of the export's format.
+        a `KerasModel`, or an `ExportedModel` of the export's format.
     """
     path = os.fspath(path)
-    folder = export_dir.export_folder_of(path)
-    export_info = export_dir.read_info(folder) if folder else None
-    held = export_info.format if export_info else "keras"
-    if runtime and runtime != held:
-        found = [] if folder else export_dir.exports_of(path if os.path.isdir(path) else os.path.dirname(path),
-                                                         runtime)
-        raise ConfigError(f"{path} holds a {held} model, but runtime {runtime} runs {runtime} exports. "
-                         + (f"Pass one of its {runtime} exports: {', '.join(found)}" if found
-                            else f"To make one: catsdogs export {path} --format {runtime}"))
+    held = check_format(path, format)
     if held == "keras":
-        return KerasRuntime(model_lib.load(path), None if runtime == "keras" else stored_backbone(path))
-    return EXPORTED_MODELS[held](export_info)
+        return KerasModel(model_lib.load(path), None if format == "keras" else stored_backbone(path))
+    return EXPORTED_MODELS[held](export_dir.read_info(export_dir.export_folder_of(path)))

@@ -12,8 +12,16 @@ import keras
 import numpy as np
 from keras import layers
 
-from catsdogs.config.choices import (DENSE_BATCH_SIZE, DENSE_DROPOUT, DENSE_HIDDEN_UNITS, DENSE_LEARNING_RATE,
-                                     DENSE_MAX_EPOCHS, DENSE_PATIENCE, HEADS, SEED)
+from catsdogs.config.choices import (
+    DENSE_BATCH_SIZE,
+    DENSE_DROPOUT,
+    DENSE_HIDDEN_UNITS,
+    DENSE_LEARNING_RATE,
+    DENSE_MAX_EPOCHS,
+    DENSE_PATIENCE,
+    HEADS,
+    SEED,
+)
 from catsdogs.errors import ConfigError
 from catsdogs.models.layers import class_logits, logit_units
 

@@ -24,10 +24,6 @@ from catsdogs.utils.files import atomic_path
 log = logging.getLogger(__name__)
 
 
-# New features are written out when this many are pending or this many seconds have passed,
-# whichever comes first: an interrupted extraction loses at most that much work.
-CHUNK_SIZE = 512
-CHUNK_SECONDS = 5.0
 # A hidden partial file older than this is left by a writer that died (a live writer finishes a
 # chunk in well under a second), so it is removed; younger ones may belong to a running process.
 STALE_PARTIAL_SECONDS = 3600

@@ -180,7 +180,9 @@ def _upload_schema(settings):
     return {"type": "object", "required": ["files"], "properties": {"files": files}, "additionalProperties": False}
 
 
-class Prediction(BaseModel):
+class PredictionAnswer(BaseModel):
+    """One photo's answer on the wire: `classifier.Prediction`'s fields, and the heatmap where asked for."""
+
     label: str = Field(description="the predicted class, or 'unknown' when the photo looks like none of them")
     probability: float = Field(description="the probability of the most probable class")
     probabilities: dict[str, float] = Field(description="the probability of every class")
@@ -195,7 +197,7 @@ class Prediction(BaseModel):
 
 
 class PredictResponse(BaseModel):
-    predictions: list[Prediction] = Field(description="one per image, in order")
+    predictions: list[PredictionAnswer] = Field(description="one per image, in order")
 
 
 class ModelVersionStatus(BaseModel):
@@ -215,7 +217,7 @@ class ModelStatus(BaseModel):
     reject_threshold: float | None = Field(None, description=(
         "photos whose in-distribution score is below it are answered 'unknown' (models with an open-set score)"))
     metrics: dict | None = Field(description="the test metrics of the run (metrics.json), if the model came with them")
-    runtime: str = Field(description="what runs the model: keras, or the format of the export served")
+    format: str = Field(description="how the model served is stored: keras, or the format of the export served")
     heatmaps: bool = Field(description="whether heatmap=true is available (Grad-CAM needs the Keras model)")
 
 
@@ -262,18 +264,18 @@ def _name_and_metrics(model_file):
     return run.name, run.metrics() if run.has(run_dir.METRICS) else None
 
 
-def load_served_model(path, runtime=None):
+def load_served_model(path, format=None):
     """Loads a model for serving, as `catsdogs predict` loads it, with its name and its run's test metrics.
 
     Args:
         path: a run directory, a .keras file, or an export folder (or the exported file in it).
-        runtime: as for `runtimes.load`.
+        format: as for `classifier.load`.
 
     Returns:
         (`Classifier`, name: the run directory's or file's name (an export's: its source model's),
         metrics dict or None).
     """
-    classifier = load(path, runtime)
+    classifier = load(path, format)
     if classifier.model is not None:
         return (classifier, *_name_and_metrics(model_lib.resolve_model_path(path)))
     # An export names the model it came from; where that is still there, it gives the name and metrics.
@@ -320,7 +322,7 @@ class Service:
         self.settings = settings
         self.info = classifier.info
         self.predictor = Predictor(classifier)
-        self.runtime = classifier.runtime.runtime
+        self.format = classifier.runtime.format
         self.heatmaps = self.predictor.explainer is not None
         self.batcher = MicroBatcher(self.predictor, settings.max_batch_size, settings.max_wait_ms)
         self.request_slots = asyncio.Semaphore(settings.max_active_requests)
@@ -392,10 +394,10 @@ class Service:
                 release_free_memory()
 
     async def predict_images(self, images, heatmap, reject=True, reject_threshold=None):
-        """images: list of (file bytes, source name) -> list of Prediction (see `classifier.decide`)."""
+        """images: list of (file bytes, source name) -> list of PredictionAnswer (see `classifier.decide`)."""
         if heatmap and not self.heatmaps:
             raise HTTPException(400, f"heatmap=true needs the Keras model (Grad-CAM opens it at its last "
-                                     f"convolutional block), and this server runs a {self.runtime} export: ask "
+                                     f"convolutional block), and this server runs a {self.format} export: ask "
                                      f"without heatmap, or serve the run directory or its .keras file")
         pixels = await run_in_threadpool(self.measure, images)
 
@@ -416,7 +418,7 @@ class Service:
                 png = await run_in_threadpool(explain.heatmap_png, result.heatmap, width, height)
             decision = decide(self.info, {name: value[None] for name, value in result.outputs.items()}, reject,
                               reject_threshold)[0]
-            predictions.append(Prediction(**decision, heatmap_png=base64.b64encode(png).decode() if png else None))
+            predictions.append(PredictionAnswer(**decision, heatmap_png=base64.b64encode(png).decode() if png else None))
         return predictions
 
 
@@ -545,7 +547,7 @@ def _add_status_routes(app, service, auth):
             model_version_status=[ModelVersionStatus(version=str(MODEL_VERSION))], name=service.name,
             classes=info.class_names, backbone=info.backbone, input_size=[info.image_size, info.image_size, 3],
             threshold=info.threshold, temperature=info.temperature, reject_threshold=info.reject_threshold,
-            metrics=service.metrics, runtime=service.runtime, heatmaps=service.heatmaps)
+            metrics=service.metrics, format=service.format, heatmaps=service.heatmaps)
 
     common = dict(response_model=ModelStatus, dependencies=auth["dependencies"])
 
@@ -663,7 +665,7 @@ def _warn_if_exposed(host, settings):
                     "(set --api-key or CATSDOGS_API_KEY)", host)
 
 
-def serve(run_or_model, host="127.0.0.1", port=8000, settings=None, name=None, runtime=None):
+def serve(run_or_model, host="127.0.0.1", port=8000, settings=None, name=None, format=None):
     """Loads a model and serves it with uvicorn until interrupted (SIGINT or SIGTERM).
 
     Args:
@@ -672,12 +674,12 @@ def serve(run_or_model, host="127.0.0.1", port=8000, settings=None, name=None, r
         port: 0 picks a free port (the log says which).
         settings: `ServeSettings`, limits and timeouts included.
         name: the model's name in the URLs (default: the run directory's name).
-        runtime: as for `runtimes.load` (default: whatever `run_or_model` holds).
+        format: as for `classifier.load` (default: whatever `run_or_model` holds).
     """
     from catsdogs.apps.web.server import Server, uvicorn_config
 
     settings = settings or ServeSettings()
-    classifier, default_name, metrics = load_served_model(run_or_model, runtime)
+    classifier, default_name, metrics = load_served_model(run_or_model, format)
     app = create_app(classifier, name or default_name, metrics, settings, host)
     _warn_if_exposed(host, settings)
     log.info("serving %s: web page at /, API documentation at /docs%s", name or default_name,

@@ -30,6 +30,7 @@ import numpy as np
 from catsdogs.config.choices import INFERENCE_BATCH_SIZE
 from catsdogs.engine.ray.cluster import alive_nodes, connect, node_id, use_every_core
 from catsdogs.errors import ConfigError, ModelNotFoundError
+from catsdogs.store.model_file import check_format, input_size
 
 log = logging.getLogger(__name__)
 
@@ -116,22 +117,6 @@ def decoded(ray, dataset, batch_size, image_size):
                                batch_format="numpy", num_cpus=DECODE_CPUS, compute=ray.data.TaskPoolStrategy(size=cpus))
 
 
-def model_image_size(ray, model, runtime=None):
-    """The input side of a model, which the decoding tasks decode near, read where the model runs.
-
-    The model is loaded once in a cluster task (as `Scorer` loads it), so that this process, the
-    driver, needs no TensorFlow; a model that does not load stops the job here, before any file
-    is decoded. The task's worker then exits (`max_calls=1`), handing back the memory it took.
-    """
-    @ray.remote(num_cpus=MODEL_CPUS, max_calls=1)
-    def image_size():
-        from catsdogs.inference.classifier import load
-
-        return load(model, runtime).info.image_size
-
-    return ray.get(image_size.remote())
-
-
 def resized(batch, image_size):
     """The images of a batch from `decode_batch`, resized as `ImagePipeline` resizes them.
 
@@ -177,17 +162,17 @@ def _arrow_schema(classes):
 class Scorer:
     """A classifier in a Ray actor: loaded once, then batches of decoded images in, Parquet rows out."""
 
-    def __init__(self, model, runtime=None, tta=False):
+    def __init__(self, model, format=None, tta=False):
         """Args:
             model: run directory, .keras file or export folder (see `classifier.load`).
-            runtime: as for `classifier.load`.
+            format: as for `classifier.load`.
             tta: average the photo's and its mirror image's probabilities.
         """
         use_every_core()
         from catsdogs.inference.classifier import load
         from catsdogs.inference.preprocess import views_for
 
-        self.classifier = load(model, runtime)
+        self.classifier = load(model, format)
         self.views = views_for(tta)
         self.schema = _arrow_schema(self.classifier.classes)
         self.node_id = node_id()
@@ -228,7 +213,7 @@ class ScoringResult:
     seconds: float
 
 
-def predict_to_parquet(model, inputs, output, address=None, workers=0, runtime=None, tta=False,
+def predict_to_parquet(model, inputs, output, address=None, workers=0, format=None, tta=False,
                        batch_size=INFERENCE_BATCH_SIZE) -> ScoringResult:
     """Scores image files on a Ray cluster and writes one Parquet row per file.
 
@@ -244,7 +229,7 @@ def predict_to_parquet(model, inputs, output, address=None, workers=0, runtime=N
         output: the Parquet folder to create (a path or URI); it must not hold files yet.
         address: the cluster (see `connect`).
         workers: model actors (0: one per live node).
-        runtime: as for `classifier.load`.
+        format: as for `classifier.load`.
         tta: average the photo's and its mirror image's probabilities.
         batch_size: images per forward pass.
 
@@ -260,13 +245,14 @@ def predict_to_parquet(model, inputs, output, address=None, workers=0, runtime=N
         raise ModelNotFoundError(f"{model}: no such run directory, model file or export folder")
     ray = connect(address)
     workers = workers or len(alive_nodes(ray))
-    image_size = model_image_size(ray, model, runtime)
+    check_format(model, format)  # what the model's files say: this process loads no TensorFlow
+    image_size = input_size(model)
     datasets = [decoded(ray, ds, batch_size, image_size) for ds in files_dataset(ray, inputs, batch_size, workers)]
     if not datasets:
         raise ConfigError(f"no files to score in {inputs}")
     images = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
     scored = images.map_batches(
-        Scorer, fn_constructor_kwargs={"model": model, "runtime": runtime, "tta": tta},
+        Scorer, fn_constructor_kwargs={"model": model, "format": format, "tta": tta},
         batch_size=batch_size, batch_format="numpy", num_cpus=MODEL_CPUS,
         compute=ray.data.ActorPoolStrategy(size=workers))
     scored.write_parquet(output)
