@@ -6,8 +6,8 @@ import pytest
 
 from catsdogs.cli import main
 from catsdogs.config.choices import BENCH_RUNTIMES
-from catsdogs.errors import ConfigError
 from catsdogs.engine import bench
+from catsdogs.errors import ConfigError
 from conftest import link_photos
 
 

@@ -40,6 +40,7 @@ def saved_paths(run_dir, rows):
     data_dir = json.loads(open(f"{run_dir}/config.json").read())["data_dir"]
     return [os.path.join(data_dir, r["path"]) for r in rows]
 
+
 RUN_FILES = {"config.json", "model.keras", "metrics.json", "predictions.csv", "splits.csv", "integrity.json",
              "grid.png", "confusion.png", "errors.png", "reliability.png", "report.html"}
 
@@ -177,6 +178,8 @@ def test_bfloat16_run_saves_a_model_with_float32_output_that_predicts_as_in_trai
     assert [p["label"] for p in predicted] == [r["predicted"] for r in rows]
     difference = [abs(p["probabilities"]["dogs"] - float(r["p_dogs"])) for p, r in zip(predicted, rows)]
     assert max(difference) < 1e-5  # the same bfloat16 computation as when the features were cached
+
+
 def test_threshold_for_a_target_is_chosen_on_validation_and_saved_in_the_model(tmp_path):
     root = real_dataset(tmp_path / "data", train_per_class=30, test_per_class=10)
     config = TrainConfig(data_dir=str(root), backbone="efficientnet_lite0", image_size=160, runs_dir=str(tmp_path),

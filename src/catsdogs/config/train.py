@@ -69,10 +69,11 @@ class TrainConfig:
                                  "or one folder of class folders", option=False)
     # A labels table, then corrections tables (`catsdogs review`'s), applied in order (data/labels.py); the
     # library also takes a table in memory.
-    labels: tuple[str, ...] = setting((), "labels from a table instead of class folders: a CSV with columns path (relative to "
-                            "the data folder; a name without extension is looked for as .jpg, .png, ...), label and "
-                            "optionally split (train/val/test). Give it again for a corrections table from `catsdogs "
-                            "review` (relabels and exclusions, applied after the labels)", metavar="CSV")
+    labels: tuple[str, ...] = setting(
+        (), "labels from a table instead of class folders: a CSV with columns path (relative to the data folder; a "
+        "name without extension is looked for as .jpg, .png, ...), label and optionally split (train/val/test). Give "
+        "it again for a corrections table from `catsdogs review` (relabels and exclusions, applied after the labels)",
+        metavar="CSV")
     path_column: str = setting("path", "the labels table's path column")
     label_column: str = setting("label", "the labels table's label column (e.g. breed)")
     split_column: str = setting("split", "the labels table's split column, if it has one")
@@ -97,8 +98,8 @@ class TrainConfig:
     class_weight: str = setting("balanced", "balanced: every class weighs alike in the head's loss, so that a small "
                                 "class is not sacrificed to a large one; none: every photo weighs alike",
                                 choices=CLASS_WEIGHTS)
-    hidden_units: tuple[int, ...] = setting(DENSE_HIDDEN_UNITS, "hidden layer sizes of a dense head, comma separated",
-                                  metavar="N[,N...]")
+    hidden_units: tuple[int, ...] = setting(DENSE_HIDDEN_UNITS, "hidden layer sizes of a dense head, comma "
+                                            "separated", metavar="N[,N...]")
     dropout: float = setting(DENSE_DROPOUT, "dropout after each hidden layer of a dense head")
     l2: float = setting(0.0, "L2 penalty on a dense head's weights (the linear head chooses its own by "
                         "cross-validation)")
@@ -192,10 +193,6 @@ class TrainConfig:
 
     def to_dict(self):
         return dataclasses.asdict(self)
-
-    def save(self, path):
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
 
     @classmethod
     def load(cls, path):

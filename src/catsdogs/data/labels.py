@@ -162,7 +162,7 @@ def _checked(rows, source):
 
 
 def table_dataset(data_dir, source, columns=Columns()) -> Dataset:
-    """A `data.Dataset` from a labels table: its classes are the labels, its splits the split column's.
+    """A `data.dataset.Dataset` from a labels table: its classes are the labels, its splits the split column's.
 
     Rows without a split (or a table without the column) are the training photos, from which
     validation and, without test rows, test photos are carved as for folders.
@@ -209,7 +209,7 @@ def load_dataset(data_dir, labels=(), columns=Columns()):
         columns: the labels table's column names.
 
     Returns:
-        (a `data.Dataset`, the corrections tables).
+        (a `data.dataset.Dataset`, the corrections tables).
     """
     from catsdogs.data.dataset import discover
 

@@ -19,7 +19,7 @@ head is a few hundred thousand operations of billions. An ensemble ("a+b") runs 
   beforehand): the median of several timed calls after two warm-up calls; GFLOP/s from the
   Keras float32 model's FLOP count (TensorFlow's profiler on the frozen graph: multiply-adds
   count 2), the same count for every runtime and precision.
-- from files: images/s of `inference.iter_batches`, i.e. of `catsdogs predict` and of feature
+- from files: images/s of `inference.pipeline.iter_batches`, i.e. of `catsdogs predict` and of feature
   extraction in `catsdogs train`, decoding and resizing included, in steady state: from the end
   of the first batch to the end of the last, so start-up and tear-down are left out.
 
@@ -137,7 +137,7 @@ def int8_gemm_gops(size=PEAK_SIZE, repeats=5):
     """Billions of int8 operations per second of ONNX Runtime's integer matrix multiplication: the int8 peak.
 
     A one-node ONNX graph, MatMulInteger of uint8 activations by constant int8 weights (as the
-    quantized backbone's convolutions are: uint8 x int8), in `backbone_runtimes.onnx_session`;
+    quantized backbone's convolutions are: uint8 x int8), in `inference.backbone_runtime.onnx_session`;
     a multiply-add counts 2, so a size^3 product is 2 size^3 operations.
     """
     from onnx import TensorProto, helper, numpy_helper
@@ -252,7 +252,7 @@ def measure(backbone, precision, image_size, batch_sizes, paths, repeats):
 def prepare_onnx(backbone, image_size, cache_dir, calibration_paths, scratch_dir):
     """The backbone as float32 ONNX, and as int8 if `calibration_paths` (run in a fresh process: conversion takes gigabytes).
 
-    Both are cached (`backbone_runtimes.onnx_backbone_file`, `quantized_backbone_file`) in
+    Both are cached (`inference.backbone_runtime.onnx_backbone_file`, `quantized_backbone_file`) in
     `cache_dir` for ImageNet weights; random ones (a new draw each run) in `scratch_dir`, the
     bench's temporary folder.
 
@@ -388,7 +388,7 @@ def run_bench(backbones=None, precisions=None, batch_sizes=BENCH_BATCH_SIZES, im
         quick: a smoke test, not a measurement: 2 timed repeats.
         runtimes: names from `config.choices.BENCH_RUNTIMES`; default all that are installed (the others are noted).
         image_size: input side in pixels; 0 for each backbone's default.
-        cache_dir: where converted ONNX backbones are cached; default `options.default_cache_dir()`.
+        cache_dir: where converted ONNX backbones are cached; default `config.choices.default_cache_dir()`.
 
     Returns:
         a JSON-ready dict: machine, settings, peaks and one result per backbone, runtime and precision.

@@ -102,9 +102,9 @@ def write_export(model, export_format, path, quantization="float32", calibration
 
     Args:
         model: the end-to-end Keras model.
-        export_format: one of `options.EXPORT_FORMATS`.
+        export_format: one of `config.choices.FORMATS`.
         path: the file (a folder for savedmodel) to write.
-        quantization: for TFLite, one of `options.QUANTIZATIONS`.
+        quantization: for TFLite, one of `config.choices.QUANTIZATIONS`.
         calibration_images: for TFLite int8, resized training images (n, size, size, 3).
     """
     import tensorflow as tf
@@ -187,7 +187,7 @@ def export_model(run_or_model, export_format, output=None, quantization="float32
 
     Args:
         run_or_model: a run directory or .keras file.
-        export_format: one of `options.EXPORT_FORMATS`.
+        export_format: one of `config.choices.FORMATS`.
         output: the export folder (default: `export_dir.default_folder`).
         quantization: for TFLite: float32, float16 (weights) or int8 (weights and activations).
         data_dir: a dataset to take photos from, instead of the run's splits.csv.
@@ -212,7 +212,7 @@ def export_model(run_or_model, export_format, output=None, quantization="float32
     if quantization == "int8":
         if not train_paths:
             raise DataError("int8 quantization is calibrated on training photos, and none are known: "
-                                 "pass --data DATASET_DIR with a training folder")
+                            "pass --data DATASET_DIR with a training folder")
         calibration = decoded_images(sample(train_paths, calibration_images), info.image_size, batch_size)
 
     folder = output or export_dir.default_folder(model_path, export_format, quantization)

@@ -44,7 +44,7 @@ def unfreeze_top(extractor, blocks):
 def labelled_batches(paths, labels, image_size, batch_size, augment=None, shuffle_seed=None, shard=None):
     """A tf.data.Dataset of (images, labels) batches, optionally shuffled, augmented and sharded.
 
-    `shard` (index, count): one worker's share of the images (see `data.ImagePipeline.dataset`).
+    `shard` (index, count): one worker's share of the images (see `inference.pipeline.ImagePipeline.dataset`).
     """
     pipeline = ImagePipeline(image_size, batch_size)
     labels = tf.constant(labels, tf.int32)

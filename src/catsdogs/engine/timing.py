@@ -31,7 +31,7 @@ def forward_rate(forward, images, repeats=5):
 
 
 def files_rate(model, paths, image_size, batch_size):
-    """Images/s of `inference.iter_batches` over the paths, in steady state and in total.
+    """Images/s of `inference.pipeline.iter_batches` over the paths, in steady state and in total.
 
     Returns:
         dict: steady (from the end of the first batch to the end of the last), total (from the

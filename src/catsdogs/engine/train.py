@@ -51,7 +51,7 @@ class Run:
         classifier: the trained `Classifier`.
         evaluation: its `Evaluation` on the test photos, with validation and stage summaries.
         run_dir: the run directory written, or None (`runs_dir=None`).
-        splits: split name -> the `data.Sample`s used.
+        splits: split name -> the `data.dataset.Sample`s used.
         history: epoch rows of the dense head and fine-tuning (empty for the linear head alone).
         review: one row per photo of every split for `catsdogs review` (`review_rows`).
     """
@@ -246,8 +246,8 @@ def extract(prepared: Prepared, extractor) -> dict:
         missing = sorted(set(range(len(prepared.class_names))) - set(split.y.tolist()))
         if missing:
             raise DataError(f"{config.data_dir}: no usable {name} images of class "
-                                 f"{', '.join(prepared.class_names[i] for i in missing)} (skipped files: "
-                                 f"{len(scan.problems)}; see the list above)")
+                            f"{', '.join(prepared.class_names[i] for i in missing)} (skipped files: "
+                            f"{len(scan.problems)}; see the list above)")
     return result
 
 

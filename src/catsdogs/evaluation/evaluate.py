@@ -115,7 +115,7 @@ class Evaluation:
         validation, validation_tta: metrics on the validation split, if known.
         temperature: the calibration temperature, if known.
         stages: summaries of the training stages, if known.
-        integrity: `data.ScanReport.to_json()` of the photos.
+        integrity: `data.scan.ScanReport.to_json()` of the photos.
         history: epoch rows of the training stages (stage, epoch, loss, ...), if any.
         title: the report's title.
         config: settings shown in the report, if any.
@@ -213,7 +213,7 @@ class Evaluation:
         and in_distribution_score and accepted where the model has an open-set score."""
         y_pred = predicted_classes(self.probabilities, self.threshold)
         rows = prediction_rows(self.paths, self.y_true, self.probabilities, y_pred, self.class_names,
-                                      label_issues(self.y_true, self.probabilities))
+                               label_issues(self.y_true, self.probabilities))
         if self.open_set is not None:
             for row, score in zip(rows, self.open_set.test_scores):
                 row.update(in_distribution_score=float(score), accepted=bool(score >= self.open_set.threshold))
@@ -260,7 +260,7 @@ class Evaluation:
     def _require_open_set(self):
         if self.open_set is None:
             raise UnsupportedError("this model has no in-distribution score (trained with open_set='none' or "
-                                 "before catsdogs had one)")
+                                   "before catsdogs had one)")
 
     def plot_open_set(self, ax=None):
         """Histograms of the in-distribution scores (validation, test, unknown photos) and the threshold."""
@@ -347,7 +347,7 @@ def evaluate(classifier, data_dir, tta: bool = False, batch_size: int = INFERENC
         raise DataError(f"{data_dir}: no test folder (or test rows), and not a folder of class folders")
     for source in corrections:  # the evaluated photos count as test photos: relabelled, never excluded
         dataset.splits[split] = apply_listed({"test": dataset.splits[split]}, dataset.class_names,
-                                                  os.path.abspath(data_dir), source)["test"]
+                                             os.path.abspath(data_dir), source)["test"]
     unknown = sorted(set(dataset.class_names) - set(class_names))
     if unknown:
         raise DataError(f"{data_dir}: classes {unknown} are unknown to the model, which knows {class_names}")
@@ -368,7 +368,7 @@ def evaluate(classifier, data_dir, tta: bool = False, batch_size: int = INFERENC
             open_set.unknown_paths, open_set.unknown_scores = unknown_scores(classifier, unknown_data, batch_size)
     elif unknown_data:
         raise DataError(f"{unknown_data}: this model has no open-set score to measure on unknown photos; "
-                             f"train it again with this version of catsdogs")
+                        f"train it again with this version of catsdogs")
     y_true = np.array([class_names.index(dataset.class_names[s.label]) for s in kept])
     return Evaluation.from_outputs(
         [os.path.abspath(s.path) for s in kept], y_true, class_names, probabilities=values["probabilities"],

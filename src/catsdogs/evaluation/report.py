@@ -26,7 +26,7 @@ def write_html(writer, title, metrics, mistakes, integrity, config=None):
     Args:
         writer: the `run_dir.RunWriter` of the folder where the figures are and report.html goes.
         title: page title.
-        metrics: from `evaluation.compute_metrics`.
+        metrics: from `evaluation.metrics.compute_metrics`.
         mistakes: rows of the mistakes to list.
         integrity: `ScanReport.to_json()`.
         config: dict of settings, if any.

@@ -42,7 +42,7 @@ def choose(runtime="auto", precision="auto", keras_only=None):
     """The runtime and precision of the frozen backbone (see the module for the rule).
 
     Args:
-        runtime: "auto" or one of `options.BACKBONE_RUNTIMES`.
+        runtime: "auto" or one of `config.choices.BACKBONE_RUNTIMES`.
         precision: "auto", "float32", "bfloat16" (Keras only) or "int8" (ONNX Runtime only).
         keras_only: why this run's backbone must run in Keras (an ensemble, fine-tuning, Ray), or None.
 

@@ -2,7 +2,7 @@
 
 `catsdogs.load(path)` returns one from a run directory, a .keras file or an export folder;
 `catsdogs.train(...).classifier` is the one a run just made. Every runtime (Keras, SavedModel,
-ONNX, TFLite) predicts through the same decoding, resizing and views (`inference.run_on_files`).
+ONNX, TFLite) predicts through the same decoding, resizing and views (`inference.pipeline.run_on_files`).
 """
 
 import dataclasses
@@ -107,13 +107,13 @@ class Classifier:
     """A trained catsdogs model in its runtime.
 
     Attributes:
-        runtime: what runs it (`runtimes.KerasModel` or an `runtimes.ExportedModel`).
+        runtime: what runs it (`inference.model_formats.KerasModel` or an `inference.model_formats.ExportedModel`).
         info: class names, backbone, input size, threshold and temperature.
     """
 
     def __init__(self, runtime):
         """Args:
-            runtime: from `runtimes.load`, or a `runtimes.KerasModel` of a model in memory.
+            runtime: from `model_formats.load`, or a `inference.model_formats.KerasModel` of a model in memory.
         """
         self.runtime = runtime
         self.info: ModelInfo = runtime.info
@@ -141,7 +141,7 @@ class Classifier:
         """The model's outputs for image files, per view.
 
         Returns:
-            `inference.Outputs` whose values are {"probabilities": (views, files, classes)[,
+            `inference.pipeline.Outputs` whose values are {"probabilities": (views, files, classes)[,
             "in_distribution_score": (views, files)]}.
         """
         return run_on_files(self.runtime, list(paths), self.info.image_size, batch_size, views_for(tta), desc)
@@ -171,7 +171,7 @@ class Classifier:
 
         Args:
             paths: the files.
-            outputs: their `inference.Outputs` (the model's outputs per view, which files have them, errors).
+            outputs: their `inference.pipeline.Outputs` (the model's outputs per view, which files have them, errors).
             reject, reject_threshold, unknown_label: as for `predict`.
 
         Returns:

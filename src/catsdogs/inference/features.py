@@ -28,12 +28,12 @@ def cached_features(extractor, paths, hashes, cache, batch_size, views=("origina
         hashes: content hash of each path (same order).
         cache: a `FeatureCache` for this extractor.
         batch_size: images per forward pass.
-        views: names in `inference.VIEWS`.
+        views: names in `inference.preprocess.VIEWS`.
         desc: progress bar label.
-        forward: what computes them (a `backbone_runtimes.OnnxBackbone`); default: the extractor in Keras.
+        forward: what computes them (a `inference.backbone_runtime.OnnxBackbone`); default: the extractor in Keras.
 
     Returns:
-        `inference.Outputs`: features (views, paths, dim), which paths have them, and why the
+        `inference.pipeline.Outputs`: features (views, paths, dim), which paths have them, and why the
         others do not.
     """
     from catsdogs.inference.model_formats import compiled_forward
@@ -86,12 +86,12 @@ def extractor_features(extractor, precision, paths, hashes, cache_dir, batch_siz
         paths, hashes, batch_size, views, desc: as for `cached_features`.
         cache_dir: the cache's root folder.
         fill: called as fill(member extractor, its `FeatureCache`) before the cache is read, to
-            compute missing features elsewhere (`distributed.extract_features`, Keras only); None: here.
-        runtime: "keras", or "onnx" to run each member in ONNX Runtime (`backbone_runtimes.onnx_backbone`).
+            compute missing features elsewhere (`engine.ray.features.extract_features`, Keras only); None: here.
+        runtime: "keras", or "onnx" to run each member in ONNX Runtime (`inference.backbone_runtime.onnx_backbone`).
         calibration_paths: training photos that calibrate int8 quantization.
 
     Returns:
-        `inference.Outputs`: features (views, paths, total dim); a path has them only if every
+        `inference.pipeline.Outputs`: features (views, paths, total dim); a path has them only if every
         member has.
     """
     from catsdogs.inference.backbone_runtime import onnx_backbone

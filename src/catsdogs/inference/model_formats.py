@@ -1,14 +1,14 @@
 """Every way to run a catsdogs model, behind one interface: Keras, ONNX Runtime, LiteRT/TFLite, SavedModel.
 
 A runtime is a callable: (batch, size, size, 3) float32 RGB pixels in [0, 255], already resized
-(`pixels.resize_layer`), in; a dict out: "probabilities" (batch, classes) and, where the model
+(`models.layers.resize_layer`), in; a dict out: "probabilities" (batch, classes) and, where the model
 has an open-set score, "in_distribution_score" (batch,). Its `info` is the `model.ModelInfo`
-(class names, input size, thresholds). `inference.run_on_files` runs any of them over files.
+(class names, input size, thresholds). `inference.pipeline.run_on_files` runs any of them over files.
 
 An export folder written by `catsdogs export` holds the exported file and `export.json`: the
 class names, threshold and input size of the model it came from. Every exported model takes
 (batch, size, size, 3) float32 RGB pixels in [0, 255], already resized to size x size by
-`pixels.resize_layer` (bilinear with antialiasing, no crop), and returns one probability per
+`models.layers.resize_layer` (bilinear with antialiasing, no crop), and returns one probability per
 class, then the in-distribution score where the model has one (`model.fixed_size_model`): the Keras
 model after its own resize layer.
 
@@ -45,7 +45,7 @@ class KerasModel:
     Attributes:
         model: the `keras.Model`.
         info: its `model.ModelInfo`.
-        backbone: the `backbone_runtimes.OnnxBackbone`, or None.
+        backbone: the `inference.backbone_runtime.OnnxBackbone`, or None.
     """
 
     format = "keras"

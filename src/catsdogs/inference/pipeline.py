@@ -118,8 +118,8 @@ def iter_batches(forward, paths, image_size, batch_size=INFERENCE_BATCH_SIZE, vi
 
     Args:
         forward: a callable taking (batch, image_size, image_size, 3) float32 pixels in [0, 255]
-            and returning an array or a dict of arrays: a runtime (`runtimes.load`) or
-            `runtimes.compiled_forward(model)`.
+            and returning an array or a dict of arrays: a runtime (`model_formats.load`) or
+            `inference.model_formats.compiled_forward(model)`.
         paths: image files.
         image_size: side of the resized square images.
         batch_size: images per forward pass.

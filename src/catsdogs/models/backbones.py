@@ -190,7 +190,7 @@ def build_feature_extractor(name, weights="imagenet", image_size=0, precision="f
         image_size: input side in pixels; 0 for the backbone's default (an ensemble's: its largest member's).
         precision: "float32" or "bfloat16" compute inside the backbone ("auto": see
             `resolve_precision`). The features are float32 either way.
-        cache_dir: where converted weights are cached (default: `options.default_cache_dir()`).
+        cache_dir: where converted weights are cached (default: `config.choices.default_cache_dir()`).
         fold_batch_norm: fold BatchNormalization into the convolutions for speed (see
             `fold_batch_normalization`); False keeps the original layers, e.g. to fine-tune them.
 

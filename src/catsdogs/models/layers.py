@@ -1,6 +1,5 @@
 """Keras layers saved inside catsdogs models, so a model carries its preprocessing and labels."""
 
-
 import keras
 from keras import layers, ops
 

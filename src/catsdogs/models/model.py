@@ -25,7 +25,7 @@ def assemble(extractor, head, class_names, temperature=1.0, threshold=0.5, open_
         class_names: in label order.
         temperature: logits are divided by it (calibration).
         threshold: for two classes, the probability of the second at which it is predicted.
-        open_set: an `openset.InDistributionScore` fitted on the same features, or None.
+        open_set: an `models.layers.InDistributionScore` fitted on the same features, or None.
 
     Returns:
         a `keras.Model` named "catsdogs": its output is the probabilities, or with `open_set` a
@@ -105,7 +105,7 @@ def fixed_size_model(model):
 
     Exporters need a fixed input shape, and ONNX Runtime and TFLite have no bfloat16
     convolutions on CPU. Resizing is left to the runtime's input pipeline, which uses the same
-    layer (`pixels.resize_layer`), so an exported model sees what the Keras model sees.
+    layer (`models.layers.resize_layer`), so an exported model sees what the Keras model sees.
 
     Args:
         model: an end-to-end model from `assemble` (or loaded).
@@ -114,7 +114,7 @@ def fixed_size_model(model):
         a `keras.Model`: (batch, size, size, 3) float32 RGB pixels in [0, 255] in, one output
         (batch, classes) of class probabilities, followed by the in-distribution score as one more
         column where the model has one (one plain tensor is what every export format keeps in
-        order; `runtimes.split_outputs` takes it apart).
+        order; `inference.model_formats.split_outputs` takes it apart).
     """
     info = describe(model)
     float32 = parts(float32_model(model))

@@ -156,7 +156,7 @@ def create_app(run_dir, run_photos, explainer, corrections_file, token, host="12
 
     Args:
         run_dir: the run directory.
-        run_photos: its `review.RunPhotos`.
+        run_photos: its `apps.review.photos.RunPhotos`.
         explainer: the run's `explain.Explainer` (`catsdogs.load(run_dir, "keras").explainer()`).
         corrections_file: where decisions are appended; the decisions already there are shown.
         token: the secret every request needs (`security.TokenGate`).

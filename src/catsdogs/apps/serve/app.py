@@ -99,7 +99,7 @@ class Predictor:
     """The batch function: decoded photos in, the runtime's outputs (and heatmaps on request) out.
 
     The classifier's runtime computes the outputs, whatever it is (Keras, SavedModel, ONNX,
-    TFLite: `runtimes.load`), on pixels prepared as `catsdogs predict` prepares them. Grad-CAM
+    TFLite: `model_formats.load`), on pixels prepared as `catsdogs predict` prepares them. Grad-CAM
     runs only for the photos that ask for a heatmap, and needs the Keras model. A photo that cannot
     be prepared gets an `ImageError` in its place; the others still run.
     """

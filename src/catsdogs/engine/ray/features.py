@@ -22,8 +22,8 @@ class FeatureWriter:
                 with exactly the driver's weights (even random ones) and nothing is downloaded.
             name, image_size, precision: of `backbones.build_feature_extractor`.
             fingerprint: `weights.weights_fingerprint` of the driver's extractor, checked.
-            folder: the `features.FeatureCache` folder, shared by every node.
-            views: names in `inference.VIEWS` to compute.
+            folder: the `store.feature_cache.FeatureCache` folder, shared by every node.
+            views: names in `inference.preprocess.VIEWS` to compute.
         """
         use_every_core()
         import ray
@@ -57,8 +57,8 @@ def extract_features(extractor, precision, paths, hashes, cache, views=("origina
                      address=None, workers=0) -> int:
     """Computes the features a cache lacks on a Ray cluster and writes them into its folder.
 
-    The missing images (`features.missing`, each content once) are cut into blocks, each decoded
-    and run by one worker, which writes its own chunk files atomically (`features.write_chunk`):
+    The missing images (`store.feature_cache.missing`, each content once) are cut into blocks, each decoded
+    and run by one worker, which writes its own chunk files atomically (`store.feature_cache.write_chunk`):
     no two workers compute the same photo and concurrent writers never clash. The cache then
     reads the new chunks (`FeatureCache.refresh`). Files that fail to decode are left out; the
     caller's `features.cached_features` finds them missing and reports them as usual.
@@ -68,8 +68,8 @@ def extract_features(extractor, precision, paths, hashes, cache, views=("origina
         precision: its compute precision ("float32" or "bfloat16"), as built.
         paths: image files, readable at these paths on every node.
         hashes: content hash of each path.
-        cache: the `features.FeatureCache` of this extractor, in a folder every node shares.
-        views: names in `inference.VIEWS`.
+        cache: the `store.feature_cache.FeatureCache` of this extractor, in a folder every node shares.
+        views: names in `inference.preprocess.VIEWS`.
         batch_size: images per forward pass.
         address: the cluster (see `connect`).
         workers: extractor actors (0: one per live node).

@@ -7,7 +7,7 @@ every global batch, and the gradients are all-reduced, so one step of N workers 
 one process on the same global batch. After every epoch the rank-0 worker checkpoints the
 weights, the optimizer and early stopping; when a worker dies, Ray Train restarts the group
 (up to `MAX_FAILURES` times) and the workers go on from the last checkpoint. The driver gets the
-tuned extractor and head weights back, and `training.fine_tune` goes on as after local
+tuned extractor and head weights back, and `engine.train.fine_tune` goes on as after local
 fine-tuning.
 
 Checkpoints go to <cache dir>/fine-tune-checkpoints/<run>: for --engine ray the cache is a

@@ -61,7 +61,7 @@ def files_dataset(ray, inputs, batch_size, workers):
     """A Ray dataset of the files to decode: rows {path} of local files, {path, bytes} of URIs.
 
     Local files and folders are listed here as `catsdogs predict` lists them
-    (`data.expand_inputs`) and read by the decoding tasks; URIs are listed and read by Ray
+    (`data.dataset.expand_inputs`) and read by the decoding tasks; URIs are listed and read by Ray
     Data (`read_binary_files`), for any file system pyarrow knows.
 
     Returns:
@@ -185,7 +185,7 @@ class Scorer:
         paths, pixels, ok, errors = resized(batch, self.classifier.info.image_size)
         keep, values = forward_batch(self.classifier.runtime, pixels, ok, paths, self.views, errors)
         for array in (values.values() if isinstance(values, dict) else [values]):
-            array[:, ~keep] = 0  # as `inference.Outputs` holds failed files
+            array[:, ~keep] = 0  # as `inference.pipeline.Outputs` holds failed files
         predictions = self.classifier.predictions(paths, Outputs(values, keep, errors))
         rows = [{**p.to_row(self.classifier.classes), "node_id": self.node_id, "pid": os.getpid()}
                 for p in predictions]
