@@ -90,7 +90,8 @@ def _prf(row):
             "support": int(row["support"])}
 
 
-def stage_summary(val, test, class_names, seconds):
+def stage_summary(val, test, class_names, seconds, probabilities_of=calibration.probabilities,
+                  metrics_of=compute_metrics):
     """Loss and accuracy of a training stage's model (uncalibrated, threshold 0.5).
 
     Args:
@@ -98,16 +99,46 @@ def stage_summary(val, test, class_names, seconds):
         test: (labels, logits) of the test images, for the record only.
         class_names: in label order.
         seconds: how long the stage took.
+        probabilities_of, metrics_of: how logits become probabilities and probabilities metrics (a
+            multi-label model's own: `evaluate.Evaluation.stage_summary`).
     """
     summary = {"seconds": round(seconds, 1)}
     for split, (y_true, logits) in (("val", val), ("test", test)):
-        scores = compute_metrics(y_true, calibration.probabilities(logits, class_names), class_names)
+        scores = metrics_of(y_true, probabilities_of(logits, class_names), class_names)
         summary.update({f"{split}_loss": scores["log_loss"], f"{split}_accuracy": scores["accuracy"]})
     return summary
 
 
 def format_metrics(metrics: dict) -> str:
-    """A classification_report-style table followed by the threshold-free scores."""
+    """A classification_report-style table followed by the threshold-free scores (a multi-label run's:
+    `multilabel.format_label_metrics`), then warnings, the open set and test-time augmentation."""
+    if metrics.get("multi_label"):
+        from catsdogs.evaluation.multilabel import format_label_metrics  # it builds on this module
+
+        lines = format_label_metrics(metrics)
+    else:
+        lines = _class_lines(metrics)
+    lines += [f"warning: {warning}" for warning in metrics.get("warnings", ())]
+    if metrics.get("open_set"):
+        o = metrics["open_set"]
+        lines.append(f"open set ({'+'.join(o['methods'])}): threshold {o['threshold']:.4f} keeps {o['test_kept']:.2%} "
+                     f"of the test photos" + (f" (accuracy on them {o['test_accuracy_accepted']:.4f})"
+                                              if o["test_accuracy_accepted"] is not None else ""))
+        if o.get("unknown"):
+            u = o["unknown"]
+            lines.append(f"unknown photos: {u['photos']}, {u['accepted']:.1%} wrongly accepted; AUROC {u['auroc']:.4f}; "
+                         f"false accepts at 99%/95% of test kept: {u['false_accepts_at_99']:.1%}/"
+                         f"{u['false_accepts_at_95']:.1%}")
+    if metrics.get("tta"):
+        tta = metrics["tta"]
+        lines.append(f"with test-time augmentation: accuracy {tta['accuracy']:.4f} ({tta['errors']} errors), "
+                     f"log-loss {tta['log_loss']:.4f}")
+    return "\n".join(lines)
+
+
+
+def _class_lines(metrics):
+    """The lines of a single-label run's summary: its classification report and scores."""
     names = metrics["class_names"]
     width = max(12, *(len(n) for n in names))
     lines = [f"{'':>{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}"]
@@ -129,22 +160,7 @@ def format_metrics(metrics: dict) -> str:
     if len(names) > 2 and metrics.get("most_confused"):
         lines.append("most confused: " + "; ".join(f"{pair['true']} as {pair['predicted']} ({pair['photos']})"
                                                    for pair in metrics["most_confused"][:5]))
-    lines += [f"warning: {warning}" for warning in metrics.get("warnings", ())]
-    if metrics.get("open_set"):
-        o = metrics["open_set"]
-        lines.append(f"open set ({'+'.join(o['methods'])}): threshold {o['threshold']:.4f} keeps {o['test_kept']:.2%} "
-                     f"of the test photos" + (f" (accuracy on them {o['test_accuracy_accepted']:.4f})"
-                                              if o["test_accuracy_accepted"] is not None else ""))
-        if o.get("unknown"):
-            u = o["unknown"]
-            lines.append(f"unknown photos: {u['photos']}, {u['accepted']:.1%} wrongly accepted; AUROC {u['auroc']:.4f}; "
-                         f"false accepts at 99%/95% of test kept: {u['false_accepts_at_99']:.1%}/"
-                         f"{u['false_accepts_at_95']:.1%}")
-    if metrics.get("tta"):
-        tta = metrics["tta"]
-        lines.append(f"with test-time augmentation: accuracy {tta['accuracy']:.4f} ({tta['errors']} errors), "
-                     f"log-loss {tta['log_loss']:.4f}")
-    return "\n".join(lines)
+    return lines
 
 
 def label_issues(y_true, probabilities):
