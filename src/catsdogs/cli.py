@@ -159,22 +159,30 @@ def printable(name):
 
 def format_table(predictions, top_k=1):
     """A plain table: path, label, probability (and in-distribution score), and the next most
-    probable classes with `top_k` above 1; errors on their own line.
+    probable classes with `top_k` above 1; errors on their own line. A multi-label model's table has
+    the set of labels ("none" where none applies, "unknown" when rejected) and every label's probability.
 
     Odd characters in file names (newlines, undecodable bytes) are escaped, so each file keeps one line.
     """
     names = [printable(p.path) for p in predictions]
     width = max([len(n) for n in names] + [4])
     scored = any(p.in_distribution_score is not None for p in predictions)
-    lines = [f"{'file':<{width}}  " + ("in-distribution  " if scored else "") + f"{'label':<12} probability"
+    multi_label = any(p.labels is not None for p in predictions)
+    lines = [f"{'file':<{width}}  " + ("in-distribution  " if scored else "")
+             + ("labels                 probabilities" if multi_label else f"{'label':<12} probability")
              + (f"  top {top_k}" if top_k > 1 else "")]
     for name, p in zip(names, predictions):
         if p.error is not None:
             lines.append(f"{name:<{width}}  ERROR: {p.error}")
+            continue
+        score = f"{p.in_distribution_score:15.4f}  " if p.in_distribution_score is not None else ""
+        top = "  " + ", ".join(f"{label} {probability:.4f}" for label, probability in p.top(top_k)) \
+            if top_k > 1 else ""
+        if multi_label:
+            answer = p.label if p.accepted is False else ", ".join(p.labels) or "none"
+            every = " ".join(f"{label} {probability:.4f}" for label, probability in p.probabilities.items())
+            lines.append(f"{name:<{width}}  {score}{answer:<22} {every}{top}")
         else:
-            score = f"{p.in_distribution_score:15.4f}  " if p.in_distribution_score is not None else ""
-            top = "  " + ", ".join(f"{label} {probability:.4f}" for label, probability in p.top(top_k)) \
-                if top_k > 1 else ""
             lines.append(f"{name:<{width}}  {score}{p.label:<12} {p.probability:.4f}{top}")
     return "\n".join(lines)
 
@@ -210,7 +218,8 @@ def _predict(args):
     if args.json:
         print(json.dumps([p.to_dict(args.top_k) for p in predictions], indent=2))
     elif args.csv:
-        write_csv([p.to_row(classifier.classes, args.top_k) for p in predictions], args.csv)  # same columns per row
+        write_csv([p.to_row(classifier.classes, args.top_k, classifier.info.label_separator) for p in predictions],
+                  args.csv)  # same columns per row
         print(f"{len(predictions)} predictions written to {args.csv}")
     else:
         print(format_table(predictions, args.top_k))

@@ -91,7 +91,7 @@ class Result:
     """The model's answer for one photo."""
 
     outputs: dict  # as a runtime gives them, for this photo: probabilities [, in_distribution_score]
-    label: int  # the most probable class (the one its heatmap explains)
+    label: int  # the predicted class (a multi-label model's most probable label): the one its heatmap explains
     heatmap: np.ndarray = None  # Grad-CAM of the predicted class, when asked for
 
 
@@ -125,7 +125,8 @@ class Predictor:
         indices = [i for i, _ in prepared]
         batch = np.stack([pixels for _, pixels in prepared])
         outputs = self.classifier.runtime(batch)
-        labels = model_lib.predicted_classes(outputs["probabilities"], info.threshold)
+        labels = outputs["probabilities"].argmax(axis=1) if info.multi_label else \
+            model_lib.predicted_classes(outputs["probabilities"], info.threshold)
         explained = [k for k, i in enumerate(indices) if jobs[i].heatmap]
         heatmaps = dict(zip(explained, self.explainer.heatmaps(batch[explained], labels[explained]))) if explained else {}
         for k, i in enumerate(indices):
@@ -183,17 +184,23 @@ def _upload_schema(settings):
 class PredictionAnswer(BaseModel):
     """One photo's answer on the wire: `classifier.Prediction`'s fields, and the heatmap where asked for."""
 
-    label: str = Field(description="the predicted class, or 'unknown' when the photo looks like none of them")
-    probability: float = Field(description="the probability of the most probable class")
-    probabilities: dict[str, float] = Field(description="the probability of every class")
+    label: str | None = Field(None, description=(
+        "the predicted class, or 'unknown' when the photo looks like none of them (a multi-label model's "
+        "answer is `labels`: it has a label only when the photo is rejected, 'unknown')"))
+    probability: float | None = Field(None, description="the probability of the most probable class (single-label)")
+    probabilities: dict[str, float] = Field(description="the probability of every class (multi-label: of every "
+                                                        "label, each its own)")
+    labels: list[str] | None = Field(None, description=(
+        "a multi-label model's answer: the labels whose probability reaches their threshold, most probable first; "
+        "[] when none applies, and when the photo is rejected"))
     in_distribution_score: float | None = Field(None, ge=0, le=1, description=(
         "how typical the photo is of the training photos: the share of them that look less typical "
         "(models with an open-set score)"))
     accepted: bool | None = Field(None, description="whether the score reaches the reject threshold; if not, "
                                                     "the label is 'unknown'")
     heatmap_png: str | None = Field(None, description=(
-        "with heatmap=true: the Grad-CAM heatmap of the predicted class, a base64 PNG with "
-        "transparency in the photo's proportions, to stretch over the photo"))
+        "with heatmap=true: the Grad-CAM heatmap of the predicted class (multi-label: the most probable label), a "
+        "base64 PNG with transparency in the photo's proportions, to stretch over the photo"))
 
 
 class PredictResponse(BaseModel):
@@ -212,8 +219,12 @@ class ModelStatus(BaseModel):
     classes: list[str]
     backbone: str
     input_size: list[int] = Field(description="height, width, channels that photos are resized to")
-    threshold: float = Field(description="for two classes: the probability of the second at which it is predicted")
-    temperature: float
+    threshold: float | None = Field(description="for two classes: the probability of the second at which it is "
+                                                "predicted (None for a multi-label model: see thresholds)")
+    temperature: float | None
+    multi_label: bool = Field(False, description="whether the model answers a set of labels, each its own yes or no")
+    thresholds: dict[str, float] | None = Field(None, description=(
+        "a multi-label model's: the probability at which each label is predicted"))
     reject_threshold: float | None = Field(None, description=(
         "photos whose in-distribution score is below it are answered 'unknown' (models with an open-set score)"))
     metrics: dict | None = Field(description="the test metrics of the run (metrics.json), if the model came with them")
@@ -546,7 +557,9 @@ def _add_status_routes(app, service, auth):
         return ModelStatus(
             model_version_status=[ModelVersionStatus(version=str(MODEL_VERSION))], name=service.name,
             classes=info.class_names, backbone=info.backbone, input_size=[info.image_size, info.image_size, 3],
-            threshold=info.threshold, temperature=info.temperature, reject_threshold=info.reject_threshold,
+            threshold=info.threshold, temperature=info.temperature, multi_label=info.multi_label,
+            thresholds=dict(zip(info.class_names, info.thresholds)) if info.multi_label else None,
+            reject_threshold=info.reject_threshold,
             metrics=service.metrics, format=service.format, heatmaps=service.heatmaps)
 
     common = dict(response_model=ModelStatus, dependencies=auth["dependencies"])
