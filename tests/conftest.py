@@ -116,6 +116,48 @@ def lite0_run(tmp_path_factory):
     return pathlib.Path(run.run_dir), run.metrics, data
 
 
+def collage_dataset(root, train_per_kind=10, test_per_kind=4):
+    """A small multi-label set from the shared photos, with its labels.csv (path, label, split): collages of two
+    cats ("cats"), two dogs ("dogs") and a cat and a dog ("cats;dogs") side by side (`data.collages`), training
+    ones from the training folder and test ones from the test folder, and photos of neither class with no label
+    (6 training, 2 test)."""
+    from catsdogs.data.collages import make_collages
+    from catsdogs.utils.csvfiles import write_csv
+
+    count = 3 * max(train_per_kind, test_per_kind)  # photos of a class that the collages of a split use at most
+    rows = []
+    for split, first in (("train", 1), ("test", 4001)):
+        photos = {cls: [photo(split, cls, number) for number in range(first, first + count)] for cls in ("cats", "dogs")}
+        per_kind = train_per_kind if split == "train" else test_per_kind
+        rows += [{**row, "path": f"{split}/{row['path']}", "split": split}
+                 for row in make_collages(photos, root / split, per_kind, seed=1)]
+    (root / "neither").mkdir()
+    for split, folder, names in (("train", "cars", ("00029.jpg", "00055.jpg", "00084.jpg")),
+                                 ("train", "buildings", ("urban_img_001.jpg", "urban_img_002.jpg", "urban_img_003.jpg")),
+                                 ("test", "cars", ("00193.jpg",)), ("test", "buildings", ("urban_img_004.jpg",))):
+        for name in names:
+            (root / "neither" / f"{folder}-{name}").symlink_to(unknown_photo(folder, name))
+            rows.append({"path": f"neither/{folder}-{name}", "label": "", "split": split})
+    write_csv(rows, root / "labels.csv")
+    return root
+
+
+@pytest.fixture(scope="session")
+def multilabel_run(tmp_path_factory):
+    """One real multi-label training of efficientnet_lite0 at 128 px on a small collage set (`collage_dataset`).
+
+    Returns:
+        (run directory, the `Run`, data folder).
+    """
+    import catsdogs
+
+    data = collage_dataset(tmp_path_factory.mktemp("collages"))
+    run = catsdogs.train(data, labels=str(data / "labels.csv"), multi_label=True, backbone="efficientnet_lite0",
+                         image_size=128, runtime="keras", runs_dir=str(tmp_path_factory.mktemp("runs")),
+                         name="multilabel")
+    return pathlib.Path(run.run_dir), run, data
+
+
 class ServerThread:
     """A real uvicorn server on a free loopback port, in a thread: `with ServerThread(app) as url:`."""
 
