@@ -268,3 +268,78 @@ def test_review_adds_and_removes_labels_and_catsdogs_runs_lists_the_run(multilab
     assert listed["accuracy"] == run.metrics["exact_match_ratio"]
     comparison = compare_runs(run_dir, run_dir)
     assert any(row["metric"] == "mAP" and row["a"] == run.metrics["mAP"] for row in comparison["metrics"])
+
+
+# The pages, in a real headless Chromium.
+
+def test_the_page_shows_a_set_of_labels(browser, multilabel_run):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from catsdogs.apps.serve.app import create_app, load_served_model
+
+    run_dir, run, data = multilabel_run
+    both = data / "test" / "cats-dogs-00003.jpg"
+    expected = run.classifier.predict(both)[0]
+    with ServerThread(create_app(*load_served_model(run_dir))) as url:
+        wait = WebDriverWait(browser, 60)
+        browser.get(url + "/")
+        wait.until(lambda d: "labels (any number a photo) cats, dogs" in d.find_element(By.ID, "model-info").text)
+        assert "test mAP" in browser.find_element(By.ID, "model-info").text
+        browser.find_element(By.ID, "file-input").send_keys(str(both))
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '.card:not([data-state="pending"])'))
+        card = browser.find_element(By.CLASS_NAME, "card")
+        shown = card.find_element(By.CLASS_NAME, "label").text
+        if expected.accepted is False:
+            assert shown.startswith("Neither a cat nor a dog")
+        elif expected.labels:
+            assert shown.split(" + ")[0].startswith(expected.labels[0])
+            assert len(shown.split(" + ")) == len(expected.labels)
+        else:
+            assert shown == "No label applies (cats, dogs)"
+        predicted = [bar.find_element(By.CLASS_NAME, "class").text
+                     for bar in card.find_elements(By.CSS_SELECTOR, ".bar-row.predicted")]
+        assert predicted == [name for name in run.classifier.classes if name in expected.labels]
+        errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+        assert not errors, errors
+
+
+def test_the_review_page_adds_and_removes_a_label_with_a_key_and_a_click(browser, multilabel_run, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from catsdogs.apps.review.app import create_app
+    from catsdogs.apps.review.photos import Photo, RunPhotos, read_run_photos
+
+    run_dir, run, data = multilabel_run
+    row = next(r for r in csv.DictReader(open(run_dir / "review.csv")) if r["true"] == "cats" and r["split"] == "train")
+    listed = read_run_photos(run_dir)
+    photos = RunPhotos(listed.data_dir, [Photo(row["path"], "train", "cats", row["predicted"], float(row["probability"]),
+                                               float(row["loss"]), False, False)], listed.source)
+    file = tmp_path / "corrections.csv"
+
+    def saved():
+        return corrections.read_corrections(file).get(row["path"]) if file.exists() else None
+
+    app = create_app(run_dir, photos, catsdogs.load(run_dir, "keras").explainer(), file, "token")
+    with ServerThread(app) as url:
+        wait = WebDriverWait(browser, 60)
+        browser.get(f"{url}/?token=token")
+        wait.until(lambda d: d.find_elements(By.CLASS_NAME, "review-item"))
+        card = browser.find_element(By.CLASS_NAME, "review-item")
+        assert "2 add or remove dogs" in browser.find_element(By.ID, "keys").text
+        dogs = card.find_element(By.CSS_SELECTOR, 'button[data-label="dogs"]')
+        assert dogs.accessible_name == "Add dogs"
+        ActionChains(browser).send_keys("2").perform()  # dogs added by its number
+        wait.until(lambda d: saved() is not None)
+        assert saved() == corrections.Correction("relabel", "cats;dogs", "train")
+        wait.until(lambda d: dogs.accessible_name == "Remove dogs")
+        assert "Relabelled as cats, dogs" in card.text and "current" in card.get_attribute("class")  # stays on it
+        card.find_element(By.CSS_SELECTOR, 'button[data-label="cats"]').click()  # cats removed
+        wait.until(lambda d: saved().label == "dogs")
+        dogs.click()  # and dogs: no label at all
+        wait.until(lambda d: saved().label == "")
+        wait.until(lambda d: "Relabelled as no label" in card.text)
+        errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+        assert not errors, errors

@@ -71,7 +71,9 @@ def _photo_grid(count, columns, title):
 
 def _short(name, width=18):
     """A name in at most `width` characters, as matplotlib text (`plain`): its start and its end
-    around "…", so that names that differ only at the end (class_01, class_02) stay apart."""
+    around "…", so that names that differ only at the end (class_01, class_02) stay apart. An empty
+    one is a multi-label photo's empty set of labels: "no label"."""
+    name = name or "no label"
     if len(name) > width:
         tail = (width - 1) // 2
         name = name[:width - 1 - tail] + "…" + name[-tail:]
