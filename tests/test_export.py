@@ -160,7 +160,7 @@ def float32_reference(lite0_run):
     model = model_lib.load(lite0_run[0])
     if model_lib.compute_precision(model) != "float32":
         model = model_lib.float32_model(model)
-    reference = Classifier(runtimes.KerasRuntime(model))
+    reference = Classifier(runtimes.KerasModel(model))
     # The least confident photos of a few dozen, and one the open-set score rejects (cat.4503).
     photos = [str(photo("test", cls, number)) for cls, numbers in (("cats", (4503, 4507, 4510, 4504)),
                                                                   ("dogs", (4500, 4508, 4506, 4504)))
