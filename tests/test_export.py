@@ -181,7 +181,7 @@ def test_every_format_exported_by_the_command_line_gives_the_keras_models_output
     assert (folder / export_dir.FILE_NAMES[format]).exists()
 
     exported = catsdogs.load(folder)
-    assert exported.runtime.runtime == format and exported.info == float32_reference[1].info
+    assert exported.runtime.format == format and exported.info == float32_reference[1].info
     photos, reference, expected = float32_reference
     got = exported.outputs_of_files(photos)
     assert got.ok.all()
