@@ -147,7 +147,7 @@ FLOAT16_SCORE_TOLERANCE = 0.05
 def float32_reference(lite0_run):
     """Real test photos and the outputs on them of the run's Keras model computing in float32.
 
-    Exports compute in float32, so that is their reference (README, Export); the run's model
+    Exports compute in float32, so that is their reference (docs/export.md); the run's model
     computes in bfloat16 where the CPU has it, and is turned into float32 with the same weights.
     """
     from catsdogs.inference.classifier import Classifier
