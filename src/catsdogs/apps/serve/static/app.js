@@ -55,9 +55,9 @@ async function showModel() {
     // A multi-label model's headline is its mean average precision over the labels.
     const accuracy = !model.metrics ? "" : model.multi_label ? `, test mAP ${(100 * model.metrics.mAP).toFixed(2)}%`
       : `, test accuracy ${(100 * model.metrics.accuracy).toFixed(2)}%`;
-    const runtime = model.runtime === "keras" ? "" : ` (${model.runtime} export: no Grad-CAM overlay)`;
+    const format = model.format === "keras" ? "" : ` (${model.format} export: no Grad-CAM overlay)`;
     const classes = `${model.multi_label ? "labels (any number a photo)" : "classes"} ${model.classes.join(", ")}`;
-    info.textContent = `Model ${model.name}: ${model.backbone}, ${classes}${accuracy}${runtime}.`;
+    info.textContent = `Model ${model.name}: ${model.backbone}, ${classes}${accuracy}${format}.`;
     return model.heatmaps;
   } catch (error) {
     info.textContent = `The model's description is unavailable (${error.message}).`;
