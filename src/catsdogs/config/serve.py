@@ -104,8 +104,8 @@ class ReplicaSettings:
                             "requests", metavar="N")
     autoscale: str = setting("", "with --engine ray: instead of --replicas, from MIN to MAX replicas as the load "
                              "asks (Ray Serve's autoscaling)", metavar="MIN-MAX")
-    replica_cpus: float = setting(1.0, "with --engine ray: CPUs each replica reserves on its node; TensorFlow in it "
-                                  "runs as many threads", metavar="N")
+    replica_cpus: float = setting(1.0, "with --engine ray: CPUs each replica reserves on its node (Ray sets its "
+                                  "OMP_NUM_THREADS, which TensorFlow's kernels follow, to as many)", metavar="N")
 
     def __post_init__(self):
         if self.replicas < 1:
