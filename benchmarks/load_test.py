@@ -87,9 +87,13 @@ def request_arguments(route, model_name, photo):
 
 
 def answered_label(route, answer, classes):
-    """The label of a 200 answer: catsdogs' labelled answer names it; TF Serving's gives the probabilities."""
+    """The label of a 200 answer: catsdogs' labelled answer names it; TF Serving's gives the probabilities
+    (by name, or the list itself where the model has no open-set score)."""
     prediction = answer["predictions"][0]
-    return prediction["label"] if route == "upload" else classes[int(np.argmax(prediction["probabilities"]))]
+    if route == "upload":
+        return prediction["label"]
+    probabilities = prediction["probabilities"] if isinstance(prediction, dict) else prediction
+    return classes[int(np.argmax(probabilities))]
 
 
 async def run_load(url, photos, route, requests, concurrency, warmup, time_limit):
