@@ -19,7 +19,7 @@ from catsdogs.config.choices import (
     UNKNOWN_LABEL,
 )
 from catsdogs.config.fields import flag_of
-from catsdogs.config.serve import API_KEY_ENV, ServeSettings
+from catsdogs.config.serve import API_KEY_ENV, ReplicaSettings, ServeSettings
 from catsdogs.config.train import TrainConfig
 from catsdogs.errors import ConfigError
 
@@ -347,20 +347,30 @@ def _serve(args):
     from catsdogs.utils.extras import require
 
     require("serve", "serving")
-    from catsdogs.apps.serve.app import serve
-
     # The key may come from the environment, so that it stays out of `ps` and shell history.
     settings = settings_from(args, ServeSettings, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None)
+    if args.engine == "ray":
+        replicas = settings_from(args, ReplicaSettings)
+        require("ray", "--engine ray")
+        from catsdogs.apps.serve.ray_serve import serve_on_ray
+
+        serve_on_ray(args.model, args.host, args.port, settings, args.name, args.format, args.ray_address or None,
+                     replicas)
+        return
+    from catsdogs.apps.serve.app import serve
+
     serve(args.model, args.host, args.port, settings, args.name, args.format)
 
 
 def _add_serve(commands):
     p = commands.add_parser(
         "serve", help="serve a model over HTTP: an API and a web page",
-        description="Serves a trained model: TensorFlow Serving's REST API (POST /v1/models/NAME:predict), "
-                    "multipart uploads (POST /predict), GET /healthz, GET /v1/models/NAME, a web page at / "
+        description="Serves a trained model: TensorFlow Serving's REST API (POST /v1/models/NAME:predict, GET "
+                    "/v1/models/NAME/metadata), the Open Inference Protocol (/v2/...: Triton, KServe), catsdogs' "
+                    "labelled answers (POST /predict: JSON or multipart uploads), GET /healthz, a web page at / "
                     "and API documentation at /docs. Requests that arrive together share one forward pass. "
-                    "Limits bound memory and time per request; see docs/serving.md.")
+                    "Limits bound memory and time per request. --engine ray runs model replicas on Ray Serve. "
+                    "See docs/serving.md.")
     p.add_argument("model", help="run directory, .keras model file, or export folder (from catsdogs export); "
                                  "Grad-CAM heatmaps need a run directory or .keras file")
     p.add_argument("--host", default="127.0.0.1",
@@ -369,6 +379,11 @@ def _add_serve(commands):
     p.add_argument("--name", help="the model's name in /v1/models/NAME (default: the run directory's name)")
     _add_format(p)
     add_settings(p, ServeSettings)  # one option per setting, as ServeSettings declares it
+    p.add_argument("--engine", choices=ENGINES, default="local",
+                   help="local (default): this process; ray: model replicas on Ray Serve, on a cluster of this "
+                        "machine or --address (pip install 'catsdogs[ray]')")
+    add_settings(p, TrainConfig, names=("ray_address",))
+    add_settings(p, ReplicaSettings)
     p.set_defaults(func=_serve)
 
 
