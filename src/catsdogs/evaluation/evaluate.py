@@ -14,7 +14,7 @@ import os
 import numpy as np
 from sklearn import metrics as skm
 
-from catsdogs.config.choices import INFERENCE_BATCH_SIZE
+from catsdogs.config.choices import INFERENCE_BATCH_SIZE, SIMILAR_SHOWN
 from catsdogs.data import dataset as data
 from catsdogs.data.scan import scan_dataset
 from catsdogs.errors import DataError, UnsupportedError
@@ -23,7 +23,7 @@ from catsdogs.evaluation.metrics import compute_metrics, format_metrics, label_i
 from catsdogs.evaluation.report import prediction_rows, write_html
 from catsdogs.inference.preprocess import DISPLAY_SIZE
 from catsdogs.models import calibration
-from catsdogs.models.model import SCORE, predicted_classes
+from catsdogs.models.model import SCORE, SIMILAR_ROWS, SIMILARITIES, predicted_classes
 from catsdogs.store import run_dir
 from catsdogs.utils.files import timestamp
 
@@ -121,6 +121,8 @@ class Evaluation:
         config: settings shown in the report, if any.
         classifier: the `Classifier` evaluated (for Grad-CAM), if known.
         open_set: `OpenSetResults` where the model has an in-distribution score.
+        similar: for each photo, the training photos most similar to it (`inference.similar.SimilarPhoto`s,
+            most similar first), where the classifier names them (`Classifier.check_similar`).
     """
 
     paths: list
@@ -141,6 +143,7 @@ class Evaluation:
     config: dict = None
     classifier: object = dataclasses.field(default=None, repr=False)
     open_set: OpenSetResults = None
+    similar: list = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def from_outputs(cls, paths, y_true, class_names, *, logits=None, probabilities=None, temperature=None,
@@ -220,8 +223,11 @@ class Evaluation:
         return rows
 
     def mistakes(self, k: int = None) -> list:
-        """The wrongly predicted photos, highest loss (most confident mistake) first; the first `k` if given."""
-        wrong = sorted((row for row in self.rows if row["predicted"] != row["true"]), key=lambda row: -row["loss"])
+        """The wrongly predicted photos, highest loss (most confident mistake) first; the first `k` if given.
+        Each row holds "similar": its most similar training photos, where known (`similar`)."""
+        similar = dict(zip(self.paths, self.similar)) if self.similar is not None else {}
+        wrong = sorted(({**row, "similar": similar.get(row["path"], ())} for row in self.rows
+                        if row["predicted"] != row["true"]), key=lambda row: -row["loss"])
         return wrong if k is None else wrong[:k]
 
     def __str__(self):
@@ -256,6 +262,13 @@ class Evaluation:
         if self.classifier is None:
             raise UnsupportedError("this evaluation has no classifier to explain: evaluate one with catsdogs.evaluate")
         return report.plot_gradcam(self.mistakes(k), self.classifier.explainer())
+
+    def plot_similar(self, k: int = GRADCAM_MISTAKES):
+        """The `k` most confident mistakes, each beside the training photos most similar to it."""
+        if self.similar is None:
+            raise UnsupportedError("this evaluation does not know the training photos similar to its photos: "
+                                   "evaluate a run directory whose model has a kNN open-set score (the default)")
+        return report.plot_similar(self.mistakes(k), self._photo_size)
 
     def _require_open_set(self):
         if self.open_set is None:
@@ -297,6 +310,8 @@ class Evaluation:
                    run_dir.CURVES: self.plot_curves}
         if self.classifier is not None and self.classifier.model is not None and self.mistakes():
             figures[run_dir.GRADCAM] = self.plot_gradcam
+        if self.similar is not None and self.mistakes():
+            figures[run_dir.SIMILAR_FIGURE] = self.plot_similar
         if self.open_set is not None:
             figures.update({run_dir.OPEN_SET: self.plot_open_set, run_dir.REJECTIONS: self.plot_rejections})
         for name, plot in figures.items():
@@ -314,6 +329,16 @@ class Evaluation:
             if not relative.startswith(os.pardir):
                 return relative
         return os.path.abspath(path)
+
+
+def similar_shown(classifier, k=SIMILAR_SHOWN) -> int:
+    """How many similar training photos an evaluation shows of each photo: `k` (fewer where the model keeps
+    fewer), or 0 where the classifier cannot name them (`Classifier.check_similar` says why)."""
+    try:
+        classifier.check_similar(1)
+    except (UnsupportedError, DataError):
+        return 0
+    return min(k, classifier.runtime.bank_size)
 
 
 def evaluate(classifier, data_dir, tta: bool = False, batch_size: int = INFERENCE_BATCH_SIZE,
@@ -353,13 +378,18 @@ def evaluate(classifier, data_dir, tta: bool = False, batch_size: int = INFERENC
         raise DataError(f"{data_dir}: classes {unknown} are unknown to the model, which knows {class_names}")
     scan = scan_dataset(dataclasses.replace(dataset, splits={split: dataset.splits[split]}))
     samples = [s for s in dataset.splits[split] if s.path in scan.hashes]
-    outputs = classifier.outputs_of_files([s.path for s in samples], tta, batch_size, desc="evaluate")
+    outputs = classifier.outputs_of_files([s.path for s in samples], tta, batch_size, desc="evaluate",
+                                          similar=similar_shown(classifier))
     for path, reason in outputs.errors.items():
         scan.add_problem(path, reason)
     kept = [s for s, ok in zip(samples, outputs.ok) if ok]
     if not kept:
         raise DataError(f"{data_dir}: none of the {len(dataset.splits[split])} photos could be read")
     values = {name: v[:, outputs.ok] for name, v in outputs.values.items()}
+    similar = None
+    if SIMILAR_ROWS in values:  # of the photo as it is (the first view)
+        similar = [classifier.training_photos.similar(rows, similarities)
+                   for rows, similarities in zip(values[SIMILAR_ROWS][0], values[SIMILARITIES][0])]
     open_set = None
     if classifier.has_open_set:
         open_set = OpenSetResults(classifier.info.open_set, classifier.info.reject_threshold,
@@ -374,7 +404,7 @@ def evaluate(classifier, data_dir, tta: bool = False, batch_size: int = INFERENC
         [os.path.abspath(s.path) for s in kept], y_true, class_names, probabilities=values["probabilities"],
         threshold=classifier.info.threshold, data_dir=os.path.abspath(data_dir), integrity=scan.to_json(),
         title=f"catsdogs evaluation of {classifier.info.backbone} on {data_dir}", classifier=classifier,
-        open_set=open_set)
+        open_set=open_set, similar=similar)
 
 
 def default_output_dir(run_or_model):

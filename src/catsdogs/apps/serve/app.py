@@ -22,7 +22,7 @@ import threading
 
 import numpy as np
 from fastapi import Depends, Path, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from fastapi.security import APIKeyHeader, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
@@ -37,10 +37,17 @@ from catsdogs import __version__
 from catsdogs.apps.serve.batcher import MicroBatcher
 from catsdogs.apps.web.handlers import add_error_handlers, describe_validation_error
 from catsdogs.apps.web.limits import CLOSE_CONNECTION, BodyLimit, release_free_memory
+from catsdogs.apps.web.photos import (
+    TRAINING_PHOTO_ROUTE,
+    SimilarPhotoAnswer,
+    similar_answers,
+    training_photo_response,
+)
 from catsdogs.apps.web.security import markdown_text, protect
+from catsdogs.config.choices import MAX_SIMILAR
 from catsdogs.config.serve import ServeSettings
 from catsdogs.data.images import open_image
-from catsdogs.errors import ImageError
+from catsdogs.errors import CatsdogsError, ImageError
 from catsdogs.inference import explain
 from catsdogs.inference.classifier import decide, load
 from catsdogs.inference.preprocess import decode_photo, prepare
@@ -84,6 +91,7 @@ class Job:
     pixels: np.ndarray
     heatmap: bool
     source: str
+    similar: int = 0  # how many similar training photos to name
 
 
 @dataclasses.dataclass
@@ -93,6 +101,7 @@ class Result:
     outputs: dict  # as a runtime gives them, for this photo: probabilities [, in_distribution_score]
     label: int  # the most probable class (the one its heatmap explains)
     heatmap: np.ndarray = None  # Grad-CAM of the predicted class, when asked for
+    similar: tuple = None  # the training photos most similar to it (`inference.similar.SimilarPhoto`), when asked for
 
 
 class Predictor:
@@ -102,6 +111,10 @@ class Predictor:
     TFLite: `model_formats.load`), on pixels prepared as `catsdogs predict` prepares them. Grad-CAM
     runs only for the photos that ask for a heatmap, and needs the Keras model. A photo that cannot
     be prepared gets an `ImageError` in its place; the others still run.
+
+    Where the classifier names similar training photos, every batch runs the forward that finds the
+    `max_similar` most similar (one compiled graph, the bank's top-k costing little beside the
+    backbone), and each photo keeps the number it asked for.
     """
 
     def __init__(self, classifier):
@@ -111,6 +124,12 @@ class Predictor:
         self.classifier = classifier
         # Grad-CAM opens the Keras model at its last convolutional block: an export has no such block.
         self.explainer = classifier.explainer() if classifier.model is not None else None
+        try:
+            classifier.check_similar(1)
+            self.max_similar, self.why_not_similar = min(MAX_SIMILAR, classifier.runtime.bank_size), None
+        except CatsdogsError as error:  # said to a client that asks for similar photos
+            self.max_similar, self.why_not_similar = 0, str(error)
+        self.forward = classifier.runtime.with_similar(self.max_similar) if self.max_similar else classifier.runtime
 
     def __call__(self, jobs):
         info = self.classifier.info
@@ -124,13 +143,18 @@ class Predictor:
             return results
         indices = [i for i, _ in prepared]
         batch = np.stack([pixels for _, pixels in prepared])
-        outputs = self.classifier.runtime(batch)
+        outputs = self.forward(batch)
         labels = model_lib.predicted_classes(outputs["probabilities"], info.threshold)
         explained = [k for k, i in enumerate(indices) if jobs[i].heatmap]
         heatmaps = dict(zip(explained, self.explainer.heatmaps(batch[explained], labels[explained]))) if explained else {}
+        similar = (outputs.pop(model_lib.SIMILAR_ROWS), outputs.pop(model_lib.SIMILARITIES)) if self.max_similar \
+            else None
         for k, i in enumerate(indices):
+            photos = self.classifier.training_photos.similar(similar[0][k][:jobs[i].similar],
+                                                             similar[1][k][:jobs[i].similar]) \
+                if similar and jobs[i].similar else None
             results[i] = Result({name: values[k] for name, values in outputs.items()}, int(labels[k]),
-                                heatmaps.get(k))
+                                heatmaps.get(k), photos)
         return results
 
     def warm_up(self):
@@ -194,6 +218,8 @@ class PredictionAnswer(BaseModel):
     heatmap_png: str | None = Field(None, description=(
         "with heatmap=true: the Grad-CAM heatmap of the predicted class, a base64 PNG with "
         "transparency in the photo's proportions, to stretch over the photo"))
+    similar: list[SimilarPhotoAnswer] | None = Field(None, description=(
+        "with similar=K: the K training photos whose features are most similar to the photo's, most similar first"))
 
 
 class PredictResponse(BaseModel):
@@ -219,6 +245,8 @@ class ModelStatus(BaseModel):
     metrics: dict | None = Field(description="the test metrics of the run (metrics.json), if the model came with them")
     format: str = Field(description="how the model served is stored: keras, or the format of the export served")
     heatmaps: bool = Field(description="whether heatmap=true is available (Grad-CAM needs the Keras model)")
+    similar: int = Field(0, description=(
+        "the most training photos similar=K names (0: none, this model does not keep them or is an export)"))
 
 
 class BatchingStatus(BaseModel):
@@ -393,12 +421,16 @@ class Service:
             if idle and pixels >= TRIM_AFTER_PIXELS:
                 release_free_memory()
 
-    async def predict_images(self, images, heatmap, reject=True, reject_threshold=None):
+    async def predict_images(self, images, heatmap, reject=True, reject_threshold=None, similar=0):
         """images: list of (file bytes, source name) -> list of PredictionAnswer (see `classifier.decide`)."""
         if heatmap and not self.heatmaps:
             raise HTTPException(400, f"heatmap=true needs the Keras model (Grad-CAM opens it at its last "
                                      f"convolutional block), and this server runs a {self.format} export: ask "
                                      f"without heatmap, or serve the run directory or its .keras file")
+        if similar and not self.predictor.max_similar:
+            raise HTTPException(400, f"similar={similar}: {self.predictor.why_not_similar}")
+        if similar > self.predictor.max_similar:
+            raise HTTPException(400, f"similar={similar}: this model names at most {self.predictor.max_similar}")
         pixels = await run_in_threadpool(self.measure, images)
 
         loop = asyncio.get_running_loop()
@@ -408,7 +440,7 @@ class Service:
                 return await loop.run_in_executor(self.decoder, self.decode, data, source, count)
 
         photos = await asyncio.gather(*(decode(data, source, count) for (data, source), count in zip(images, pixels)))
-        results = await asyncio.gather(*(self.batcher.submit(Job(photo, heatmap, source))
+        results = await asyncio.gather(*(self.batcher.submit(Job(photo, heatmap, source, similar))
                                          for photo, (_, source) in zip(photos, images)))
         predictions = []
         for photo, result in zip(photos, results):
@@ -418,7 +450,8 @@ class Service:
                 png = await run_in_threadpool(explain.heatmap_png, result.heatmap, width, height)
             decision = decide(self.info, {name: value[None] for name, value in result.outputs.items()}, reject,
                               reject_threshold)[0]
-            predictions.append(PredictionAnswer(**decision, heatmap_png=base64.b64encode(png).decode() if png else None))
+            predictions.append(PredictionAnswer(**decision, heatmap_png=base64.b64encode(png).decode() if png else None,
+                                                similar=similar_answers(result.similar) if similar else None))
         return predictions
 
 
@@ -547,7 +580,8 @@ def _add_status_routes(app, service, auth):
             model_version_status=[ModelVersionStatus(version=str(MODEL_VERSION))], name=service.name,
             classes=info.class_names, backbone=info.backbone, input_size=[info.image_size, info.image_size, 3],
             threshold=info.threshold, temperature=info.temperature, reject_threshold=info.reject_threshold,
-            metrics=service.metrics, format=service.format, heatmaps=service.heatmaps)
+            metrics=service.metrics, format=service.format, heatmaps=service.heatmaps,
+            similar=service.predictor.max_similar)
 
     common = dict(response_model=ModelStatus, dependencies=auth["dependencies"])
 
@@ -571,32 +605,37 @@ def _add_predict_routes(app, service, auth):
                                            "(false: always one of the classes)")
     threshold_query = Query(None, ge=0, le=1, description="reject threshold instead of the model's own "
                                                           "(higher rejects more)")
+    similar_query = Query(0, ge=0, le=MAX_SIMILAR, description=(
+        "also name the K training photos most similar to each photo (models that keep them: GET "
+        "/v1/models/NAME says how many at most)"))
     tf_serving = dict(
         response_model=PredictResponse, response_model_exclude_none=True, dependencies=auth["dependencies"],
         responses=_responses(400, 404, 408, 413, 415, 422, 503, *auth["statuses"]),
         openapi_extra={"requestBody": {"required": True,
                                        "content": {"application/json": {"schema": _request_schema(settings)}}}})
 
-    async def tf_serving_predict(request, heatmap, reject, reject_threshold):
+    async def tf_serving_predict(request, heatmap, reject, reject_threshold, similar):
         async with service.request_slot(request):  # bounds the bodies held in memory at once
             images = await _read_instances(request, settings.max_images)
-            return PredictResponse(predictions=await service.predict_images(images, heatmap, reject, reject_threshold))
+            return PredictResponse(predictions=await service.predict_images(images, heatmap, reject, reject_threshold,
+                                                                            similar))
 
     @app.post("/v1/models/{model_name:model_name}:predict",
               summary="Predict, TensorFlow Serving's REST API (base64 images)", **tf_serving)
     async def predict_latest(request: Request, model_name: str = _model_name_path(service),
                              heatmap: bool = heatmap_query, reject: bool = reject_query,
-                             reject_threshold: float | None = threshold_query):
+                             reject_threshold: float | None = threshold_query, similar: int = similar_query):
         service.check_model(model_name)
-        return await tf_serving_predict(request, heatmap, reject, reject_threshold)
+        return await tf_serving_predict(request, heatmap, reject, reject_threshold, similar)
 
     @app.post("/v1/models/{model_name:model_name}/versions/{version:int}:predict",
               summary="Predict with a version of the model, TensorFlow Serving's REST API", **tf_serving)
     async def predict_version(request: Request, model_name: str = _model_name_path(service),
                               version: int = VERSION_PATH, heatmap: bool = heatmap_query,
-                              reject: bool = reject_query, reject_threshold: float | None = threshold_query):
+                              reject: bool = reject_query, reject_threshold: float | None = threshold_query,
+                              similar: int = similar_query):
         service.check_model(model_name, version)
-        return await tf_serving_predict(request, heatmap, reject, reject_threshold)
+        return await tf_serving_predict(request, heatmap, reject, reject_threshold, similar)
 
     @app.post("/predict", response_model=PredictResponse, response_model_exclude_none=True,
               responses=_responses(400, 408, 413, 415, 422, 503, *auth["statuses"]),
@@ -605,10 +644,19 @@ def _add_predict_routes(app, service, auth):
               openapi_extra={"requestBody": {"required": True,
                                              "content": {"multipart/form-data": {"schema": _upload_schema(settings)}}}})
     async def upload_predict(request: Request, heatmap: bool = heatmap_query, reject: bool = reject_query,
-                             reject_threshold: float | None = threshold_query):
+                             reject_threshold: float | None = threshold_query, similar: int = similar_query):
         async with service.request_slot(request):
             images = await _read_uploads(request, settings.max_images)
-            return PredictResponse(predictions=await service.predict_images(images, heatmap, reject, reject_threshold))
+            return PredictResponse(predictions=await service.predict_images(images, heatmap, reject, reject_threshold,
+                                                                            similar))
+
+    # A plain function: decoding the photo runs in a worker thread, never in the event loop.
+    @app.get(TRAINING_PHOTO_ROUTE, response_class=Response, dependencies=auth["dependencies"],
+             responses=_responses(404, *auth["statuses"]),
+             summary="A training photo that similar=K named, by its row, at most 160 pixels a side")
+    def training_photo(row: int = Path(ge=0, description="its row, as similar=K gives it")):
+        return training_photo_response(service.predictor.classifier.training_photos if service.predictor.max_similar
+                                       else None, row)
 
 
 def create_app(classifier, name="model", metrics=None, settings=None, host="127.0.0.1"):

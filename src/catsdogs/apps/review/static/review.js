@@ -65,6 +65,46 @@ function classKey(name) {
   return number <= 9 ? String(number) : "";
 }
 
+// The training photos most similar to a photo, asked for when its card first comes into view (each
+// costs the server a forward pass): thumbnails where the server can read them, names otherwise.
+async function showSimilar(card, photo) {
+  const figure = card.querySelector(".similar");
+  let similar;
+  try {
+    const response = await fetch(`/photos/${photo.index}/similar`);
+    if (!response.ok) return;  // the model keeps no training photos to compare with: nothing to show
+    similar = await response.json();
+  } catch {
+    return;
+  }
+  const list = figure.querySelector("ol");
+  for (const training of similar) {
+    const item = document.createElement("li");
+    const name = training.path.split("/").pop();
+    item.title = `${training.path}: ${training.label}, similarity ${training.similarity.toFixed(3)}`;
+    if (training.label !== photo.given_label) item.classList.add("other-label");
+    if (training.photo_url) {
+      const image = document.createElement("img");
+      image.src = training.photo_url;
+      image.alt = `${name}, labelled ${training.label}`;
+      item.append(image);
+    } else {
+      item.append(name, document.createElement("br"));
+    }
+    item.append(`${training.label} ${training.similarity.toFixed(2)}`);
+    list.append(item);
+  }
+  figure.hidden = !similar.length;
+}
+
+const similarWhenSeen = new IntersectionObserver((entries) => {
+  for (const entry of entries) {
+    if (!entry.isIntersecting) continue;
+    similarWhenSeen.unobserve(entry.target);
+    showSimilar(entry.target, photos[Number(entry.target.dataset.index)]);
+  }
+});
+
 function buildCard(photo) {
   const card = template.content.firstElementChild.cloneNode(true);
   const name = fileName(photo);
@@ -107,6 +147,7 @@ function buildCard(photo) {
   card.addEventListener("click", (event) => {
     if (!event.target.closest("button")) select(photo.index);  // a button's decision moves on by itself
   });
+  similarWhenSeen.observe(card);
   return card;
 }
 
