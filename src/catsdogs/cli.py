@@ -253,8 +253,10 @@ def _runs(args):
     from catsdogs.store import runs
 
     if args.compare:
-        comparison = runs.compare_runs(*args.compare, folder=args.folder)
-        print(json.dumps(comparison, indent=2) if args.json else runs.format_comparison(comparison))
+        from catsdogs.engine.compare import compare_runs, format_comparison
+
+        comparison = compare_runs(*args.compare, folder=args.folder)
+        print(json.dumps(comparison, indent=2) if args.json else format_comparison(comparison))
         return
     listed = runs.list_runs(args.folder)  # folders that are not finished runs are named on stderr
     if args.json:
@@ -270,7 +272,10 @@ def _add_runs(commands):
                     "other settings that differ from the defaults, test accuracy, balanced accuracy, the share "
                     "of unknown photos accepted (runs trained with --unknown-data), the seconds of the training "
                     "stages and the date. Folders that are not finished runs are named on stderr. With --compare, "
-                    "every setting that differs between two runs, then their metrics side by side.")
+                    "every setting that differs between two runs, their metrics side by side, and, where both were "
+                    "tested on the same photos, whether they differ by more than chance (McNemar's exact test, a "
+                    "paired bootstrap of the log-loss) and the photos whose answer changed; runs tested on "
+                    "different photos are said not to be comparable.")
     p.add_argument("folder", nargs="?", default="runs", metavar="DIR",
                    help="folder of run directories (default: %(default)s)")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two run directories, or names of runs in DIR")

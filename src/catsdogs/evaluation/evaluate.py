@@ -20,6 +20,7 @@ from catsdogs.data.scan import scan_dataset
 from catsdogs.errors import DataError, UnsupportedError
 from catsdogs.evaluation import figures as report
 from catsdogs.evaluation.metrics import compute_metrics, format_metrics, label_issues
+from catsdogs.evaluation.statistics import wilson_interval
 from catsdogs.evaluation.report import prediction_rows, write_html
 from catsdogs.inference.preprocess import DISPLAY_SIZE
 from catsdogs.models import calibration
@@ -56,13 +57,15 @@ class OpenSetResults:
     unknown_scores: np.ndarray = None
 
     def metrics(self, y_true, probabilities, class_names, threshold) -> dict:
-        """Shares kept, accuracy on the accepted photos and, with unknown photos, AUROC and false accepts."""
+        """Shares kept, accuracy on the accepted photos and, with unknown photos, AUROC and false accepts;
+        the accuracy and the share of unknown photos accepted with their 95% Wilson intervals (NAME_ci)."""
         accepted = self.test_scores >= self.threshold
+        right = int((predicted_classes(probabilities[accepted], threshold) == y_true[accepted]).sum())
         result = {"methods": list(self.methods), "threshold": self.threshold, "keep": self.keep,
                   "training_kept": self.training_kept, "test_kept": float(accepted.mean()),
                   "test_accepted": int(accepted.sum()),
-                  "test_accuracy_accepted": float((predicted_classes(probabilities[accepted], threshold)
-                                                   == y_true[accepted]).mean()) if accepted.any() else None}
+                  "test_accuracy_accepted": float(right / accepted.sum()) if accepted.any() else None,
+                  "test_accuracy_accepted_ci": wilson_interval(right, accepted.sum())}
         if self.validation_scores is not None:
             result["validation_kept"] = float((self.validation_scores >= self.threshold).mean())
         if self.unknown_scores is not None and len(self.unknown_scores):
@@ -70,6 +73,7 @@ class OpenSetResults:
             result["unknown"] = {
                 "photos": len(unknown),
                 "accepted": float((unknown >= self.threshold).mean()),
+                "accepted_ci": wilson_interval((unknown >= self.threshold).sum(), len(unknown)),
                 "auroc": float(skm.roc_auc_score(np.r_[np.ones(len(known)), np.zeros(len(unknown))],
                                                  np.r_[known, unknown])),
                 **{f"false_accepts_at_{int(keep * 100)}": float(
