@@ -198,6 +198,7 @@ def test_the_review_page_lists_the_training_photos_most_similar_to_a_photo_but_i
     photos = read_run_photos(run_dir, 10)
     app = create_app(run_dir, photos, classifier.explainer(), tmp_path / "c.csv", "token", classifier=classifier)
     client = TestClient(app, base_url="http://127.0.0.1", headers={"Authorization": "Bearer token"})
+    assert client.get("/photos").json()["similar"] is True  # the page asks for them
     trained = next(i for i, p in enumerate(photos.photos) if p.split == "train")
     similar = client.get(f"/photos/{trained}/similar").json()
     assert len(similar) == 5 and photos.photos[trained].path not in [p["path"] for p in similar]

@@ -275,8 +275,8 @@ def plot_similar(mistakes, image_size=DISPLAY_SIZE):
     fig, axes = new_figure(max(1, len(mistakes)), columns, figsize=(2.4 * columns, 2.7 * max(1, len(mistakes))))
     for ax in axes.flat:
         ax.axis("off")
-    fig.suptitle("Most confident mistakes (left) and the training photos most similar to each "
-                 "(cosine similarity of features; green: the true class, red: the class predicted)")
+    fig.suptitle("Most confident mistakes (left) and the training photos most similar to each\n"
+                 "(label and cosine similarity of features; green: the true class, red: the class predicted)")
     for line, row in zip(axes, mistakes):
         _show(line[0], row["path"], f"{_short(row['predicted'])} {row['probability']:.2f}, true {_short(row['true'])}\n"
                                     f"{_short(os.path.basename(row['path']), 28)}", WRONG, image_size)

@@ -81,6 +81,8 @@ class Listing(BaseModel):
     source: str = Field(description="the file the photos were read from: review.csv (predictions.csv for old runs)")
     note: str = Field(description="what to know about that source, if anything")
     corrections_file: str
+    similar: bool = Field(description="whether GET /photos/{index}/similar names the training photos most similar "
+                                      "to a photo (the model keeps them)")
     photos: list[PhotoState]
 
 
@@ -100,6 +102,13 @@ class Review:
         self._gradcams = {}  # index -> PNG bytes
         self.classifier = classifier
         self._similar = {}  # index -> its similar training photos
+        self.why_not_similar = "this review was started without the run's classifier"
+        if classifier is not None:
+            try:
+                classifier.check_similar(1)
+                self.why_not_similar = None
+            except CatsdogsError as error:  # a model without a kNN bank, or a run without similar.csv
+                self.why_not_similar = str(error)
 
     def photo(self, index):
         photos = self.run_photos.photos
@@ -115,7 +124,7 @@ class Review:
 
     def listing(self):
         return Listing(run=self.run, classes=self.classes, source=self.run_photos.source, note=self.run_photos.note,
-                       corrections_file=os.path.abspath(self.corrections_file),
+                       corrections_file=os.path.abspath(self.corrections_file), similar=not self.why_not_similar,
                        photos=[self.state(index) for index in range(len(self.run_photos.photos))])
 
     def decide(self, index, decision, label):
@@ -147,17 +156,14 @@ class Review:
     def similar(self, index):
         """The `SIMILAR_SHOWN` training photos most similar to a photo, itself left out (a training photo
         finds itself first), as the model finds them (`Classifier.predict(similar=k)`)."""
-        if self.classifier is None:
-            raise HTTPException(404, "this review shows no similar training photos")
+        if self.why_not_similar:
+            raise HTTPException(404, self.why_not_similar)
         with self._gradcam_lock:  # the model's forward pass uses every core too
             if index not in self._similar:
                 photo = self.photo(index)
-                try:
-                    k = min(SIMILAR_SHOWN + 1, self.classifier.runtime.bank_size)
-                    path = os.path.join(self.run_photos.data_dir, photo.path)
-                    prediction = self.classifier.predict([path], similar=k, reject=False)[0]
-                except CatsdogsError as error:  # the model keeps no training photos, or names them not
-                    raise HTTPException(404, str(error))
+                k = min(SIMILAR_SHOWN + 1, self.classifier.runtime.bank_size)
+                path = os.path.join(self.run_photos.data_dir, photo.path)
+                prediction = self.classifier.predict([path], similar=k, reject=False)[0]
                 if prediction.error:
                     raise HTTPException(404, f"{photo.path}: {prediction.error}")
                 self._similar[index] = [p for p in prediction.similar if p.path != photo.path][:SIMILAR_SHOWN]
@@ -226,7 +232,7 @@ def create_app(run_dir, run_photos, explainer, corrections_file, token, host="12
     @app.get(TRAINING_PHOTO_ROUTE, response_class=Response,
              summary="A training photo that /photos/{index}/similar named, by its row, at most 160 pixels a side")
     def training_photo(row: int = Path(ge=0, description="its row, as /photos/{index}/similar gives it")):
-        return training_photo_response(review.classifier.training_photos if review.classifier else None, row)
+        return training_photo_response(None if review.why_not_similar else review.classifier.training_photos, row)
 
     # Plain functions run in a worker thread: the append and its fsync never hold the event loop.
     @app.post("/photos/{index}/decision", response_model=PhotoState,

@@ -152,6 +152,8 @@ def _arrow_schema(classes):
     for field in dataclasses.fields(Prediction):
         if field.name == "probabilities":
             fields += [pa.field(f"p_{name}", pa.float64()) for name in classes]
+        elif field.name == "similar":
+            continue  # columns of their own only where asked for (`Prediction.to_row`), which Ray scoring is not
         elif field.type in types:
             fields.append(pa.field(field.name, types[field.type]))
         else:

@@ -11,6 +11,7 @@ let photos = [];  // as the server last described them, by index
 const items = [];  // the card of each photo, by index
 let current = 0;
 let correctionsFile = "";
+let showsSimilar = false;  // whether the server names the training photos most similar to a photo
 
 function percent(probability) {
   return `${(100 * probability).toFixed(1)}%`;
@@ -72,7 +73,7 @@ async function showSimilar(card, photo) {
   let similar;
   try {
     const response = await fetch(`/photos/${photo.index}/similar`);
-    if (!response.ok) return;  // the model keeps no training photos to compare with: nothing to show
+    if (!response.ok) return;  // the photo cannot be read any more: its card says so elsewhere
     similar = await response.json();
   } catch {
     return;
@@ -147,7 +148,7 @@ function buildCard(photo) {
   card.addEventListener("click", (event) => {
     if (!event.target.closest("button")) select(photo.index);  // a button's decision moves on by itself
   });
-  similarWhenSeen.observe(card);
+  if (showsSimilar) similarWhenSeen.observe(card);
   return card;
 }
 
@@ -229,6 +230,7 @@ async function start() {
   }
   ({ classes, photos } = listing);
   correctionsFile = listing.corrections_file;
+  showsSimilar = listing.similar;
   info.textContent = `Run ${listing.run}: ${photos.length} photos to review, highest loss first: training and ` +
     `validation photos whose labels look wrong, and the most confident mistakes. Classes: ${classes.join(", ")}.`;
   if (listing.note) {
