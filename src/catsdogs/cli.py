@@ -119,6 +119,13 @@ def _add_format(p):
                    "tflite); --runtime names what runs the backbone in `catsdogs train`")
 
 
+def _add_coverage(p, what):
+    """--coverage of predict and evaluate: prediction sets (models/conformal.py) at a coverage of the user's."""
+    p.add_argument("--coverage", type=float, metavar="SHARE",
+                   help=f"{what}, e.g. 0.95; calibrated on the run's validation photos (default: the coverage the "
+                        f"model was trained with, if any; 0: none)")
+
+
 def _add_engine(p, what):
     """--engine of predict, and the cluster's --address and --workers as TrainConfig declares them."""
     p.add_argument("--engine", choices=ENGINES, default="local",
@@ -142,7 +149,8 @@ def _evaluate(args):
     from catsdogs.inference.classifier import load
 
     columns = Columns(args.path_column, args.label_column, args.split_column)
-    evaluation = evaluate(load(args.model), args.data, args.tta, args.batch_size, args.unknown_data, args.labels, columns)
+    evaluation = evaluate(load(args.model), args.data, args.tta, args.batch_size, args.unknown_data, args.labels, columns,
+                          args.coverage)
     # Each file left out is named with its reason, so that the metrics' image count is explained.
     for skipped in evaluation.integrity["skipped"]:
         logging.getLogger("catsdogs").warning("skipped %s: %s", printable(skipped["path"]), skipped["problem"])
@@ -166,8 +174,9 @@ def format_table(predictions, top_k=1):
     names = [printable(p.path) for p in predictions]
     width = max([len(n) for n in names] + [4])
     scored = any(p.in_distribution_score is not None for p in predictions)
+    coverage = next((p.coverage for p in predictions if p.coverage is not None), None)
     lines = [f"{'file':<{width}}  " + ("in-distribution  " if scored else "") + f"{'label':<12} probability"
-             + (f"  top {top_k}" if top_k > 1 else "")]
+             + (f"  top {top_k}" if top_k > 1 else "") + (f"  set at coverage {coverage:g}" if coverage else "")]
     for name, p in zip(names, predictions):
         if p.error is not None:
             lines.append(f"{name:<{width}}  ERROR: {p.error}")
@@ -175,7 +184,8 @@ def format_table(predictions, top_k=1):
             score = f"{p.in_distribution_score:15.4f}  " if p.in_distribution_score is not None else ""
             top = "  " + ", ".join(f"{label} {probability:.4f}" for label, probability in p.top(top_k)) \
                 if top_k > 1 else ""
-            lines.append(f"{name:<{width}}  {score}{p.label:<12} {p.probability:.4f}{top}")
+            shown_set = "  {" + ", ".join(p.prediction_set) + "}" if p.prediction_set is not None else ""
+            lines.append(f"{name:<{width}}  {score}{p.label:<12} {p.probability:.4f}{top}{shown_set}")
     return "\n".join(lines)
 
 
@@ -184,9 +194,9 @@ def _predict_on_ray(args):
 
     if not args.output or args.csv or args.json:
         raise ConfigError("--engine ray writes Parquet: give --output DIR (and neither --csv nor --json)")
-    if args.top_k != 1:
-        raise ConfigError("--top-k is for predictions printed or written here; --engine ray's Parquet files have "
-                          "every class's probability (p_CLASS columns)")
+    if args.top_k != 1 or args.coverage:
+        raise ConfigError("--top-k and --coverage are for predictions printed or written here; --engine ray's Parquet "
+                          "files have every class's probability (p_CLASS columns)")
     result = predict_to_parquet(args.model, args.inputs, args.output, args.ray_address or None,
                                 args.ray_workers, args.format, args.tta, args.batch_size)
     print(f"{result.rows} predictions ({result.errors} errors) written to {result.output} by {result.workers} "
@@ -206,11 +216,13 @@ def _predict(args):
         raise ConfigError("--output is for --engine ray (Parquet); use --csv FILE or --json")
     classifier = load(args.model, args.format)
     predictions = classifier.predict(args.inputs, args.tta, args.batch_size, reject=args.reject,
-                                     reject_threshold=args.reject_threshold, unknown_label=args.unknown_label)
+                                     reject_threshold=args.reject_threshold, unknown_label=args.unknown_label,
+                                     coverage=args.coverage)
     if args.json:
         print(json.dumps([p.to_dict(args.top_k) for p in predictions], indent=2))
     elif args.csv:
-        write_csv([p.to_row(classifier.classes, args.top_k) for p in predictions], args.csv)  # same columns per row
+        sets = any(p.prediction_set is not None for p in predictions)
+        write_csv([p.to_row(classifier.classes, args.top_k, sets) for p in predictions], args.csv)  # same columns per row
         print(f"{len(predictions)} predictions written to {args.csv}")
     else:
         print(format_table(predictions, args.top_k))
@@ -417,6 +429,7 @@ def build_parser():
     p.add_argument("--unknown-data", metavar="DIR",
                    help="a folder of photos of no trained class: AUROC and false accepts of the open-set score")
     add_settings(p, TrainConfig, names=("labels", "path_column", "label_column", "split_column"))
+    _add_coverage(p, "measure the prediction sets at this coverage")
     p.set_defaults(func=_evaluate)
 
     p = commands.add_parser("predict", help="predict the class of photos")
@@ -435,6 +448,8 @@ def build_parser():
     p.add_argument("--unknown-label", default=UNKNOWN_LABEL, help="the label of rejected photos (default: %(default)s)")
     p.add_argument("--top-k", type=int, default=1, metavar="N",
                    help="also show the N most probable classes of each photo, with their probabilities")
+    _add_coverage(p, "also answer each photo's prediction set: the classes that hold its true class for this "
+                     "share of photos (prediction_set in JSON and CSV; empty for a photo rejected as unknown)")
     _add_format(p)
     _add_engine(p, "scores the photos on a Ray cluster (INPUTS may also be URIs such as s3://bucket/photos) "
                 "into Parquet files in --output")

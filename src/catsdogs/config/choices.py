@@ -41,6 +41,15 @@ OPEN_SET_METHODS = ("msp", "energy", "mahalanobis", "knn", "imagenet")  # models
 OPEN_SET_KEEP = 0.99  # share of known (training) photos the rejection threshold keeps
 UNKNOWN_LABEL = "unknown"  # the label of a photo rejected as none of the classes
 
+# Prediction sets (models/conformal.py): a coverage is the share of photos whose set holds their true class.
+def check_coverage(coverage):
+    """Raises ConfigError unless 0 < coverage < 1 (where a user gives a coverage: train, predict, serve)."""
+    from catsdogs.errors import ConfigError
+
+    if not 0 < coverage < 1:
+        raise ConfigError(f"coverage {coverage}: expected a share between 0 and 1, e.g. 0.95")
+
+
 # Photos from others: guards against decompression bombs (a photo of about 50 megapixels is already rare)
 # and against files that are not photos at all (read whole into memory only to be refused by their pixels).
 DEFAULT_MAX_PIXELS = 50_000_000

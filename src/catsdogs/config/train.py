@@ -25,6 +25,7 @@ from catsdogs.config.choices import (
     OPEN_SET_KEEP,
     OPEN_SET_METHODS,
     SEED,
+    check_coverage,
     default_cache_dir,
 )
 from catsdogs.config.fields import setting
@@ -135,6 +136,10 @@ class TrainConfig:
                             metavar="auto|none|METHOD[+METHOD]")
     open_set_keep: float = setting(OPEN_SET_KEEP, "share of known photos the rejection threshold keeps, set on the "
                                    "training photos")
+    coverage: float = setting(0.0, "answer prediction sets that hold the true class of this share of photos, e.g. "
+                              "0.95 (split conformal prediction calibrated on the validation split; the report measures "
+                              "it on the test photos). The calibration is kept in every model: predict and serve can ask "
+                              "for any coverage; this one is their default (0: sets only when asked for)")
     unknown_data: str = setting("", "a folder of photos of no trained class: the report says how many are rejected "
                                 "(never used to fit anything)", metavar="DIR")
     val_fraction: float = setting(0.2, "fraction of the training images held out for validation (stratified)")
@@ -174,6 +179,8 @@ class TrainConfig:
         for name in COUNT_KEYS:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} {getattr(self, name)}: expected at least 1")
+        if self.coverage:
+            check_coverage(self.coverage)
         if self.ray_workers < 0:
             raise ConfigError(f"ray_workers {self.ray_workers}: expected 0 (one per node) or more")
         if self.unknown_data and not os.path.isdir(self.unknown_data):

@@ -28,7 +28,7 @@ from catsdogs.inference.features import extractor_features
 from catsdogs.inference.model_formats import KerasModel, compiled_forward
 from catsdogs.inference.pipeline import run_on_files
 from catsdogs.inference.preprocess import views_for
-from catsdogs.models import backbones, calibration, heads, openset
+from catsdogs.models import backbones, calibration, conformal, heads, openset
 from catsdogs.models import model as model_lib
 from catsdogs.models.folding import fold_batch_normalization
 from catsdogs.models.model import predicted_classes
@@ -477,15 +477,21 @@ def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:
     train = split_features["train"]
     oof_logits = openset.out_of_fold_logits(train.x[0], train.y, estimator, config.seed)
     open_set = fit_open_set(prepared, split_features, oof_logits, temperature)
+    if open_set:
+        scores = {name: np.asarray(open_set.layer([split.x[0], logits[0]]))
+                  for name, split, logits in (("val", val, val_logits), ("test", test, test_logits))}
+    # Prediction sets are calibrated on the validation photos as the model answers them (`models.conformal`).
+    sets = conformal.calibration_record(calibration.probabilities(val_logits[0], class_names, temperature), val.y,
+                                        scores["val"] if open_set else None, config.coverage or None)
+    if config.coverage:  # a coverage the validation photos cannot promise fails here, before anything is written
+        conformal.record_threshold(sets, config.coverage, open_set.threshold if open_set else None)
     model = model_lib.assemble(extractor, head, class_names, temperature, threshold,
-                               open_set.layer if open_set else None)
+                               open_set.layer if open_set else None, sets)
     # The classifier computes as extraction did: its backbone in ONNX Runtime where the features came from there.
     backbone = (onnx_backbone(extractor, config.precision, config.cache_dir, calibration_photos(prepared))
                 if config.runtime == "onnx" else None)
     classifier = Classifier(KerasModel(model, backbone))
     if open_set:
-        scores = {name: np.asarray(open_set.layer([split.x[0], logits[0]]))
-                  for name, split, logits in (("val", val, val_logits), ("test", test, test_logits))}
         unknown = unknown_scores(classifier, config.unknown_data, config.extract_batch_size) \
             if config.unknown_data else None
     evaluation = Evaluation.from_outputs(
@@ -493,7 +499,7 @@ def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:
         validation=(val.y, val_logits), data_dir=config.data_dir, stages=stages,
         integrity=prepared.scan.to_json(), history=history,
         title=f"{config.backbone} at {config.image_size} px ({config.runtime}, {config.precision}), {config.head} head",
-        config=config.to_dict(), classifier=classifier,
+        config=config.to_dict(), classifier=classifier, coverage=config.coverage or None,
         open_set=OpenSetResults(
             open_set.methods, open_set.threshold, open_set.keep, open_set.training_kept, scores["val"],
             scores["test"], *(unknown or (None, None))) if open_set else None)

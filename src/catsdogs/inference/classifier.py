@@ -9,12 +9,13 @@ import dataclasses
 
 import numpy as np
 
-from catsdogs.config.choices import INFERENCE_BATCH_SIZE, UNKNOWN_LABEL
+from catsdogs.config.choices import INFERENCE_BATCH_SIZE, UNKNOWN_LABEL, check_coverage
 from catsdogs.data.dataset import expand_inputs
 from catsdogs.errors import UnsupportedError
 from catsdogs.inference import model_formats as runtimes
 from catsdogs.inference.pipeline import run_on_files
 from catsdogs.inference.preprocess import VIEWS, prepare_batch, views_for
+from catsdogs.models import conformal
 from catsdogs.models.model import SCORE, ModelInfo, predicted_classes, probabilities_by_class
 
 
@@ -32,6 +33,10 @@ class Prediction:
         in_distribution_score: how typical the photo is of the training photos, from 0 to 1 (the
             share of training photos that look less typical); None for a model without one.
         accepted: whether the score reaches the reject threshold (None without a score).
+        prediction_set: with a coverage, the classes that qualify (`models.conformal`): a set that holds the
+            photo's true class for that share of photos; always the label among them, and empty exactly when
+            the photo is rejected as none of the classes. None without a coverage.
+        coverage: the coverage of `prediction_set`.
         error: why the file could not be predicted (None when it was).
     """
 
@@ -41,6 +46,8 @@ class Prediction:
     probabilities: dict = None
     in_distribution_score: float = None
     accepted: bool = None
+    prediction_set: list = None
+    coverage: float = None
     error: str = None
 
     def top(self, k: int) -> list:
@@ -55,33 +62,67 @@ class Prediction:
             fields["top_k"] = [{"label": label, "probability": probability} for label, probability in self.top(top_k)]
         return fields
 
-    def to_row(self, classes, top_k: int = 1) -> dict:
+    def to_row(self, classes, top_k: int = 1, sets: bool = False) -> dict:
         """One flat row for a table (Parquet): every field, None where unset, with `probabilities`
         spread into one column per class, p_<class>, so that error rows have the same columns.
 
         Args:
             classes: the class names, in the order of the columns.
             top_k: above 1, a "top_k" column: "label:probability; ..." of the most probable classes.
+            sets: "prediction_set" ("cats;dogs", "" for the empty set) and "coverage" columns, for
+                predictions asked with a coverage.
         """
         row = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if field.name == "probabilities":
                 row.update({f"p_{name}": (value or {}).get(name) for name in classes})
-            else:
+            elif field.name == "prediction_set":
+                if sets:
+                    row[field.name] = None if value is None else conformal.SET_SEPARATOR.join(value)
+            elif field.name != "coverage" or sets:
                 row[field.name] = value
         if top_k > 1:
             row["top_k"] = "; ".join(f"{label}:{probability:.4f}" for label, probability in self.top(top_k))
         return row
 
 
-def decide(info, outputs, reject=True, reject_threshold=None, unknown_label=UNKNOWN_LABEL) -> list:
-    """The label, probabilities and open-set decision of each photo from a runtime's outputs.
+def set_threshold(info, coverage, reject=True, reject_threshold=None) -> float:
+    """The probability a class needs to be in a photo's prediction set at `coverage`, calibrated with the
+    rejection answered (`reject`, `reject_threshold`: as for `Classifier.predict`), so that the photos it
+    rejects are part of the promise (`models.conformal.record_threshold`)."""
+    rejecting = reject and info.reject_threshold is not None
+    threshold = info.reject_threshold if reject_threshold is None else reject_threshold
+    return conformal.record_threshold(info.conformal, coverage, threshold if rejecting else None)
+
+
+def set_coverage(info, coverage=None, reject=True, reject_threshold=None):
+    """The coverage of the prediction sets to answer: `coverage` if given (0: none), else the model's default;
+    checked to be one the validation photos can promise with that rejection (see `set_threshold`).
+
+    Raises:
+        ConfigError: a coverage outside (0, 1), or one the validation photos cannot promise; UnsupportedError:
+            a coverage asked of a model without the calibration of prediction sets.
+    """
+    default = (info.conformal or {}).get("coverage")
+    coverage = default if coverage is None else coverage or None
+    if coverage is None:
+        return None
+    check_coverage(coverage)
+    if info.conformal is None:
+        raise UnsupportedError("this model has no calibration for prediction sets (it was trained before catsdogs "
+                               "kept one): train it again to ask for a coverage")
+    set_threshold(info, coverage, reject, reject_threshold)
+    return coverage
+
+
+def decide(info, outputs, reject=True, reject_threshold=None, unknown_label=UNKNOWN_LABEL, coverage=None) -> list:
+    """The label, probabilities, open-set decision and prediction set of each photo from a runtime's outputs.
 
     Args:
-        info: the model's `ModelInfo` (classes, decision threshold, reject threshold).
+        info: the model's `ModelInfo` (classes, decision threshold, reject threshold, calibration of sets).
         outputs: {"probabilities": (n, classes)[, "in_distribution_score": (n,)]}.
-        reject, reject_threshold, unknown_label: as for `Classifier.predict`.
+        reject, reject_threshold, unknown_label, coverage: as for `Classifier.predict`.
 
     Returns:
         one dict of `Prediction` fields per photo (without path).
@@ -90,15 +131,22 @@ def decide(info, outputs, reject=True, reject_threshold=None, unknown_label=UNKN
     labels = predicted_classes(probabilities, info.threshold)
     scores = outputs.get(SCORE)
     threshold = info.reject_threshold if reject_threshold is None else reject_threshold
+    accepted = (scores >= threshold) | (not reject) if scores is not None else np.ones(len(labels), bool)
+    coverage = set_coverage(info, coverage, reject, reject_threshold)
+    if coverage is not None:
+        members = conformal.prediction_sets(probabilities, set_threshold(info, coverage, reject, reject_threshold),
+                                            labels, accepted)
     decisions = []
     for i, (probs, label) in enumerate(zip(probabilities, labels)):
         decision = {"label": info.class_names[label], "probability": float(probs[label]),
                     "probabilities": probabilities_by_class(info.class_names, probs)}
         if scores is not None:
-            accepted = bool(scores[i] >= threshold) or not reject
-            decision.update(in_distribution_score=float(scores[i]), accepted=accepted)
-            if not accepted:
+            decision.update(in_distribution_score=float(scores[i]), accepted=bool(accepted[i]))
+            if not accepted[i]:
                 decision["label"] = unknown_label
+        if coverage is not None:
+            decision.update(prediction_set=[name for name, member in zip(info.class_names, members[i]) if member],
+                            coverage=coverage)
         decisions.append(decision)
     return decisions
 
@@ -147,7 +195,7 @@ class Classifier:
         return run_on_files(self.runtime, list(paths), self.info.image_size, batch_size, views_for(tta), desc)
 
     def predict(self, inputs, tta: bool = False, batch_size: int = INFERENCE_BATCH_SIZE, reject: bool = True,
-                reject_threshold: float = None, unknown_label: str = UNKNOWN_LABEL) -> list:
+                reject_threshold: float = None, unknown_label: str = UNKNOWN_LABEL, coverage: float = None) -> list:
         """Predicts every image among the inputs; an unreadable file gets an error, not an exception.
 
         Args:
@@ -158,28 +206,33 @@ class Classifier:
                 threshold (models with an open-set score); False: always a trained class.
             reject_threshold: instead of the model's own threshold (higher rejects more).
             unknown_label: the label of rejected photos.
+            coverage: answer each photo's prediction set at this coverage, e.g. 0.95 (`Prediction.prediction_set`);
+                None: the model's default (`catsdogs train --coverage`), 0: none. Calibrated on the
+                validation photos as predicted without `tta`.
 
         Returns:
             one `Prediction` per file, in order.
         """
         paths = expand_inputs(inputs)
+        set_coverage(self.info, coverage, reject, reject_threshold)  # fails, if it does, before any photo is read
         return self.predictions(paths, self.outputs_of_files(paths, tta, batch_size), reject, reject_threshold,
-                                unknown_label)
+                                unknown_label, coverage)
 
-    def predictions(self, paths, outputs, reject=True, reject_threshold=None, unknown_label=UNKNOWN_LABEL) -> list:
+    def predictions(self, paths, outputs, reject=True, reject_threshold=None, unknown_label=UNKNOWN_LABEL,
+                    coverage=None) -> list:
         """The `Prediction` of each file from the model's outputs: its decision rules applied (`decide`).
 
         Args:
             paths: the files.
             outputs: their `inference.pipeline.Outputs` (the model's outputs per view, which files have them, errors).
-            reject, reject_threshold, unknown_label: as for `predict`.
+            reject, reject_threshold, unknown_label, coverage: as for `predict`.
 
         Returns:
             one `Prediction` per file, in order.
         """
         if not outputs.ok.any():
             return [Prediction(path, error=outputs.errors[path]) for path in paths]
-        decisions = decide(self.info, outputs.mean_over_views(), reject, reject_threshold, unknown_label)
+        decisions = decide(self.info, outputs.mean_over_views(), reject, reject_threshold, unknown_label, coverage)
         return [Prediction(path, **decision) if ok else Prediction(path, error=outputs.errors[path])
                 for path, decision, ok in zip(paths, decisions, outputs.ok)]
 

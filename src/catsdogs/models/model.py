@@ -16,7 +16,7 @@ SCORE = "in_distribution_score"  # the model's second output, where it has an op
 OPEN_SET_LAYER = "in_distribution"
 
 
-def assemble(extractor, head, class_names, temperature=1.0, threshold=0.5, open_set=None):
+def assemble(extractor, head, class_names, temperature=1.0, threshold=0.5, open_set=None, conformal=None):
     """One end-to-end model: RGB pixels of any size in [0, 255] in, class probabilities out.
 
     Args:
@@ -26,6 +26,7 @@ def assemble(extractor, head, class_names, temperature=1.0, threshold=0.5, open_
         temperature: logits are divided by it (calibration).
         threshold: for two classes, the probability of the second at which it is predicted.
         open_set: an `models.layers.InDistributionScore` fitted on the same features, or None.
+        conformal: the validation photos' `conformal.calibration_record`, for prediction sets; or None.
 
     Returns:
         a `keras.Model` named "catsdogs": its output is the probabilities, or with `open_set` a
@@ -35,7 +36,7 @@ def assemble(extractor, head, class_names, temperature=1.0, threshold=0.5, open_
     x = resize_layer(extractor.input_shape[1])(image)
     features = extractor(x)
     logits = head(features)
-    probabilities = ClassProbabilities(class_names, temperature, threshold, name="probabilities")(logits)
+    probabilities = ClassProbabilities(class_names, temperature, threshold, conformal, name="probabilities")(logits)
     if open_set is None:
         return keras.Model(image, probabilities, name="catsdogs")
     return keras.Model(image, {"probabilities": probabilities, SCORE: open_set([features, logits])}, name="catsdogs")
@@ -138,6 +139,7 @@ class ModelInfo:
     temperature: float
     reject_threshold: float = None  # photos whose in-distribution score is below it are "unknown"; None: no score
     open_set: list = None  # the methods of the in-distribution score
+    conformal: dict = None  # the calibration of prediction sets (`conformal.calibration_record`), if the model has it
 
 
 def describe(model: keras.Model) -> ModelInfo:
@@ -146,7 +148,8 @@ def describe(model: keras.Model) -> ModelInfo:
     probabilities, open_set = layers.probabilities, layers.open_set
     return ModelInfo(probabilities.class_names, backbone_name(layers.extractor.name), layers.resize.height,
                      probabilities.threshold, probabilities.temperature,
-                     open_set.threshold if open_set else None, list(open_set.methods) if open_set else None)
+                     open_set.threshold if open_set else None, list(open_set.methods) if open_set else None,
+                     probabilities.conformal)
 
 
 def probabilities_by_class(class_names, probabilities) -> dict:

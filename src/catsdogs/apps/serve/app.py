@@ -40,9 +40,9 @@ from catsdogs.apps.web.limits import CLOSE_CONNECTION, BodyLimit, release_free_m
 from catsdogs.apps.web.security import markdown_text, protect
 from catsdogs.config.serve import ServeSettings
 from catsdogs.data.images import open_image
-from catsdogs.errors import ImageError
+from catsdogs.errors import CatsdogsError, ImageError
 from catsdogs.inference import explain
-from catsdogs.inference.classifier import decide, load
+from catsdogs.inference.classifier import decide, load, set_coverage
 from catsdogs.inference.preprocess import decode_photo, prepare
 from catsdogs.models import model as model_lib
 from catsdogs.store import run_dir
@@ -191,6 +191,10 @@ class PredictionAnswer(BaseModel):
         "(models with an open-set score)"))
     accepted: bool | None = Field(None, description="whether the score reaches the reject threshold; if not, "
                                                     "the label is 'unknown'")
+    prediction_set: list[str] | None = Field(None, description=(
+        "with a coverage (?coverage=, or the server's or model's default): the classes that hold the photo's true "
+        "class for that share of photos; always the label among them, empty when the photo is rejected as unknown"))
+    coverage: float | None = Field(None, description="the coverage of prediction_set")
     heatmap_png: str | None = Field(None, description=(
         "with heatmap=true: the Grad-CAM heatmap of the predicted class, a base64 PNG with "
         "transparency in the photo's proportions, to stretch over the photo"))
@@ -219,6 +223,10 @@ class ModelStatus(BaseModel):
     metrics: dict | None = Field(description="the test metrics of the run (metrics.json), if the model came with them")
     format: str = Field(description="how the model served is stored: keras, or the format of the export served")
     heatmaps: bool = Field(description="whether heatmap=true is available (Grad-CAM needs the Keras model)")
+    prediction_sets: bool = Field(False, description="whether ?coverage= is available (the model keeps the "
+                                                     "calibration of prediction sets)")
+    coverage: float | None = Field(None, description="the coverage of the prediction sets answered when a request "
+                                                     "asks for none (the server's --coverage, else the model's)")
 
 
 class BatchingStatus(BaseModel):
@@ -324,6 +332,7 @@ class Service:
         self.predictor = Predictor(classifier)
         self.format = classifier.runtime.format
         self.heatmaps = self.predictor.explainer is not None
+        self.default_coverage = set_coverage(self.info, settings.coverage or None)  # a --coverage it cannot answer fails here
         self.batcher = MicroBatcher(self.predictor, settings.max_batch_size, settings.max_wait_ms)
         self.request_slots = asyncio.Semaphore(settings.max_active_requests)
         self.decode_slots = asyncio.Semaphore(settings.max_decodes)
@@ -393,7 +402,16 @@ class Service:
             if idle and pixels >= TRIM_AFTER_PIXELS:
                 release_free_memory()
 
-    async def predict_images(self, images, heatmap, reject=True, reject_threshold=None):
+    def coverage(self, asked, reject, reject_threshold):
+        """The coverage of the sets to answer a request (`classifier.set_coverage`): `asked` (?coverage=), else
+        the server's --coverage, else the model's default; 0 for none; 400 if it cannot be answered."""
+        try:
+            return set_coverage(self.info, self.settings.coverage or None if asked is None else asked, reject,
+                                reject_threshold) or 0
+        except CatsdogsError as error:
+            raise HTTPException(400, f"coverage: {error}")
+
+    async def predict_images(self, images, heatmap, reject=True, reject_threshold=None, coverage=0):
         """images: list of (file bytes, source name) -> list of PredictionAnswer (see `classifier.decide`)."""
         if heatmap and not self.heatmaps:
             raise HTTPException(400, f"heatmap=true needs the Keras model (Grad-CAM opens it at its last "
@@ -417,7 +435,7 @@ class Service:
                 height, width = photo.shape[:2]  # shrunk or not, the photo's proportions
                 png = await run_in_threadpool(explain.heatmap_png, result.heatmap, width, height)
             decision = decide(self.info, {name: value[None] for name, value in result.outputs.items()}, reject,
-                              reject_threshold)[0]
+                              reject_threshold, coverage=coverage)[0]
             predictions.append(PredictionAnswer(**decision, heatmap_png=base64.b64encode(png).decode() if png else None))
         return predictions
 
@@ -547,7 +565,8 @@ def _add_status_routes(app, service, auth):
             model_version_status=[ModelVersionStatus(version=str(MODEL_VERSION))], name=service.name,
             classes=info.class_names, backbone=info.backbone, input_size=[info.image_size, info.image_size, 3],
             threshold=info.threshold, temperature=info.temperature, reject_threshold=info.reject_threshold,
-            metrics=service.metrics, format=service.format, heatmaps=service.heatmaps)
+            metrics=service.metrics, format=service.format, heatmaps=service.heatmaps,
+            prediction_sets=info.conformal is not None, coverage=service.default_coverage)
 
     common = dict(response_model=ModelStatus, dependencies=auth["dependencies"])
 
@@ -571,32 +590,38 @@ def _add_predict_routes(app, service, auth):
                                            "(false: always one of the classes)")
     threshold_query = Query(None, ge=0, le=1, description="reject threshold instead of the model's own "
                                                           "(higher rejects more)")
+    coverage_query = Query(None, ge=0, lt=1, description="also answer each photo's prediction set at this coverage, "
+                                                         "e.g. 0.95 (0: none; default: the server's)")
     tf_serving = dict(
         response_model=PredictResponse, response_model_exclude_none=True, dependencies=auth["dependencies"],
         responses=_responses(400, 404, 408, 413, 415, 422, 503, *auth["statuses"]),
         openapi_extra={"requestBody": {"required": True,
                                        "content": {"application/json": {"schema": _request_schema(settings)}}}})
 
-    async def tf_serving_predict(request, heatmap, reject, reject_threshold):
+    async def tf_serving_predict(request, heatmap, reject, reject_threshold, coverage):
+        coverage = service.coverage(coverage, reject, reject_threshold)
         async with service.request_slot(request):  # bounds the bodies held in memory at once
             images = await _read_instances(request, settings.max_images)
-            return PredictResponse(predictions=await service.predict_images(images, heatmap, reject, reject_threshold))
+            return PredictResponse(predictions=await service.predict_images(images, heatmap, reject, reject_threshold,
+                                                                            coverage))
 
     @app.post("/v1/models/{model_name:model_name}:predict",
               summary="Predict, TensorFlow Serving's REST API (base64 images)", **tf_serving)
     async def predict_latest(request: Request, model_name: str = _model_name_path(service),
                              heatmap: bool = heatmap_query, reject: bool = reject_query,
-                             reject_threshold: float | None = threshold_query):
+                             reject_threshold: float | None = threshold_query,
+                             coverage: float | None = coverage_query):
         service.check_model(model_name)
-        return await tf_serving_predict(request, heatmap, reject, reject_threshold)
+        return await tf_serving_predict(request, heatmap, reject, reject_threshold, coverage)
 
     @app.post("/v1/models/{model_name:model_name}/versions/{version:int}:predict",
               summary="Predict with a version of the model, TensorFlow Serving's REST API", **tf_serving)
     async def predict_version(request: Request, model_name: str = _model_name_path(service),
                               version: int = VERSION_PATH, heatmap: bool = heatmap_query,
-                              reject: bool = reject_query, reject_threshold: float | None = threshold_query):
+                              reject: bool = reject_query, reject_threshold: float | None = threshold_query,
+                              coverage: float | None = coverage_query):
         service.check_model(model_name, version)
-        return await tf_serving_predict(request, heatmap, reject, reject_threshold)
+        return await tf_serving_predict(request, heatmap, reject, reject_threshold, coverage)
 
     @app.post("/predict", response_model=PredictResponse, response_model_exclude_none=True,
               responses=_responses(400, 408, 413, 415, 422, 503, *auth["statuses"]),
@@ -605,10 +630,13 @@ def _add_predict_routes(app, service, auth):
               openapi_extra={"requestBody": {"required": True,
                                              "content": {"multipart/form-data": {"schema": _upload_schema(settings)}}}})
     async def upload_predict(request: Request, heatmap: bool = heatmap_query, reject: bool = reject_query,
-                             reject_threshold: float | None = threshold_query):
+                             reject_threshold: float | None = threshold_query,
+                             coverage: float | None = coverage_query):
+        coverage = service.coverage(coverage, reject, reject_threshold)
         async with service.request_slot(request):
             images = await _read_uploads(request, settings.max_images)
-            return PredictResponse(predictions=await service.predict_images(images, heatmap, reject, reject_threshold))
+            return PredictResponse(predictions=await service.predict_images(images, heatmap, reject, reject_threshold,
+                                                                            coverage))
 
 
 def create_app(classifier, name="model", metrics=None, settings=None, host="127.0.0.1"):
