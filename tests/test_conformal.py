@@ -122,9 +122,11 @@ def test_set_metrics_measure_coverage_with_an_exact_interval_and_the_sizes():
 
 def test_predict_answers_sets_that_read_like_the_open_set_decision(lite0_run, tmp_path, capsys):
     run_dir = lite0_run[0]
-    photos = [str(photo("test", "cats", 4300)), str(photo("test", "dogs", 4301)), str(unknown_photo("cars", "00029.jpg"))]
+    photos = [str(photo("test", "cats", 4300)), str(photo("test", "dogs", 4301)),
+              str(unknown_photo("cars", "00029.jpg"))]
     classifier = catsdogs.load(run_dir)
-    assert classifier.info.conformal["coverage"] is None and len(classifier.info.conformal["true_class_probabilities"]) == 40
+    record = classifier.info.conformal
+    assert record["coverage"] is None and len(record["true_class_probabilities"]) == 40
     assert all(p.prediction_set is None for p in classifier.predict(photos))  # no coverage asked, none by default
     predictions = classifier.predict(photos, coverage=0.9)
     for p in predictions:

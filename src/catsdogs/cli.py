@@ -11,6 +11,7 @@ from catsdogs.config.choices import (
     BACKBONE_PRECISIONS,
     BENCH_BATCH_SIZES,
     BENCH_RUNTIMES,
+    DISCOVER_UNSURE,
     ENGINES,
     FORMATS,
     INFERENCE_BATCH_SIZE,
@@ -149,8 +150,8 @@ def _evaluate(args):
     from catsdogs.inference.classifier import load
 
     columns = Columns(args.path_column, args.label_column, args.split_column)
-    evaluation = evaluate(load(args.model), args.data, args.tta, args.batch_size, args.unknown_data, args.labels, columns,
-                          args.coverage)
+    evaluation = evaluate(load(args.model), args.data, args.tta, args.batch_size, args.unknown_data, args.labels,
+                          columns, args.coverage)
     # Each file left out is named with its reason, so that the metrics' image count is explained.
     for skipped in evaluation.integrity["skipped"]:
         logging.getLogger("catsdogs").warning("skipped %s: %s", printable(skipped["path"]), skipped["problem"])
@@ -222,7 +223,8 @@ def _predict(args):
         print(json.dumps([p.to_dict(args.top_k) for p in predictions], indent=2))
     elif args.csv:
         sets = any(p.prediction_set is not None for p in predictions)
-        write_csv([p.to_row(classifier.classes, args.top_k, sets) for p in predictions], args.csv)  # same columns per row
+        # The same columns in every row:
+        write_csv([p.to_row(classifier.classes, args.top_k, sets) for p in predictions], args.csv)
         print(f"{len(predictions)} predictions written to {args.csv}")
     else:
         print(format_table(predictions, args.top_k))
@@ -381,7 +383,7 @@ def _review(args):
     require("serve", "the review page")
     from catsdogs.apps.review.app import review
 
-    review(args.run, args.corrections, args.mistakes, args.host, args.port, tuple(args.allowed_hosts))
+    review(args.run, args.corrections, args.mistakes, args.host, args.port, tuple(args.allowed_hosts), args.clusters)
 
 
 def _add_review(commands):
@@ -396,7 +398,10 @@ def _add_review(commands):
     p.add_argument("run", help="run directory (from catsdogs train)")
     p.add_argument("--corrections", metavar="FILE",
                    help="the corrections CSV to append decisions to; decisions already in it are shown "
-                        "(default: RUN/corrections.csv)")
+                        "(default: RUN/corrections.csv; with --clusters, DIR/corrections.csv)")
+    p.add_argument("--clusters", metavar="DIR",
+                   help="review the clusters that `catsdogs discover RUN ... --output DIR` found instead: name each "
+                        "as a new class, merge it into a known one, or leave it out")
     p.add_argument("--mistakes", type=int, default=REVIEW_MISTAKES, metavar="K",
                    help="list the K most confident mistakes besides the flagged photos (default: %(default)s)")
     p.add_argument("--host", default="127.0.0.1",
@@ -404,6 +409,34 @@ def _add_review(commands):
     p.add_argument("--port", type=int, default=8001, help="port (default: %(default)s; 0 picks a free one)")
     add_settings(p, ServeSettings, names=("allowed_hosts",))
     p.set_defaults(func=_review)
+
+
+def _discover(args):
+    from catsdogs.engine.discover import discover
+
+    result = discover(args.run, args.folders, args.output, args.unsure, args.batch_size)
+    print(result)
+    print(f"\nclusters written to {result.output}; name them: catsdogs review {args.run} --clusters {result.output}")
+
+
+def _add_discover(commands):
+    p = commands.add_parser(
+        "discover", help="group the photos a model rejects or is unsure of into proposed new classes",
+        description="Judges every photo below FOLDER with the run's model, takes those it rejects as none of its "
+                    "classes or is unsure of, and groups them by their backbone features (agglomerative clustering "
+                    "on cosine distance; the number of groups is found, at the scale that tells the run's own classes "
+                    "apart). Writes DIR/clusters.csv (path, cluster; -1: in none), a montage per cluster and "
+                    "discover.json. `catsdogs review RUN --clusters DIR` names each cluster as a new class, merges "
+                    "it into a known one or leaves it out; `catsdogs train DATA --labels DIR/corrections.csv` then "
+                    "trains with them.")
+    p.add_argument("run", help="run directory (from catsdogs train)")
+    p.add_argument("folders", nargs="+", metavar="FOLDER", help="folders (or files) of photos to judge")
+    p.add_argument("--output", required=True, metavar="DIR", help="a new folder for the clusters")
+    p.add_argument("--unsure", type=float, default=DISCOVER_UNSURE, metavar="P",
+                   help="also take photos whose most probable class is under this probability (0: the rejected "
+                        "ones only; default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=INFERENCE_BATCH_SIZE, help="images per forward pass")
+    p.set_defaults(func=_discover)
 
 
 def _backbones(args):
@@ -467,6 +500,7 @@ def build_parser():
 
     _add_serve(commands)
     _add_review(commands)
+    _add_discover(commands)
     _add_export(commands)
     _add_bench(commands)
     _add_runs(commands)

@@ -59,7 +59,11 @@ DEFAULT_MAX_FILE_BYTES = 4 * DEFAULT_MAX_PIXELS
 
 # `catsdogs review`: the decisions on a photo, and how many confident mistakes are listed besides the flagged photos.
 DECISIONS = ("keep", "relabel", "exclude")
+# ...and on the photos of a cluster of `catsdogs discover`: a new class, merged into a known one, or left out.
+CLUSTER_DECISIONS = ("new_class", "merge", "leave_out")
 REVIEW_MISTAKES = 50
+# `catsdogs discover`: photos whose most probable class is under this are proposed besides the rejected ones.
+DISCOVER_UNSURE = 0.9
 
 
 def default_cache_dir():

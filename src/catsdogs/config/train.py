@@ -75,6 +75,9 @@ class TrainConfig:
         "name without extension is looked for as .jpg, .png, ...), label and optionally split (train/val/test). Give "
         "it again for a corrections table from `catsdogs review` (relabels and exclusions, applied after the labels)",
         metavar="CSV")
+    # Not an option: what `prepare` found, recorded in config.json, as data_dir is (store/run_dir.py confines to them).
+    discovered_sources: tuple[str, ...] = setting((), "the folders that photos added from discovered clusters came "
+                                                  "from (a corrections table of `catsdogs discover`)", option=False)
     path_column: str = setting("path", "the labels table's path column")
     label_column: str = setting("label", "the labels table's label column (e.g. breed)")
     split_column: str = setting("split", "the labels table's split column, if it has one")
@@ -206,6 +209,6 @@ class TrainConfig:
         with open(path) as f:
             values = json.load(f)
         known = {f.name for f in dataclasses.fields(cls)}
-        for name in ("hidden_units", "labels"):
+        for name in ("hidden_units", "labels", "discovered_sources"):
             values[name] = tuple(values.get(name, ()))
         return cls(**{k: v for k, v in values.items() if k in known})

@@ -14,9 +14,10 @@ import numpy as np
 
 from catsdogs.config.train import TrainConfig
 from catsdogs.data import labels
-from catsdogs.data.corrections import apply_listed
+from catsdogs.data.corrections import apply_listed, new_classes, photos_to_add
+from catsdogs.data.dataset import Sample
 from catsdogs.data.scan import ScanReport, scan_dataset
-from catsdogs.data.splits import make_splits
+from catsdogs.data.splits import make_splits, split_added
 from catsdogs.engine.tracking import log_run
 from catsdogs.errors import ConfigError, DataError
 from catsdogs.evaluation.evaluate import Evaluation, OpenSetResults, unknown_scores
@@ -32,7 +33,7 @@ from catsdogs.models import backbones, calibration, conformal, heads, openset
 from catsdogs.models import model as model_lib
 from catsdogs.models.folding import fold_batch_normalization
 from catsdogs.models.model import predicted_classes
-from catsdogs.store import run_dir
+from catsdogs.store import discover_dir, run_dir
 from catsdogs.utils.extras import require
 from catsdogs.utils.files import timestamp
 
@@ -162,7 +163,7 @@ def prepare(config: TrainConfig, table=None) -> Prepared:
     columns = labels.Columns(config.path_column, config.label_column, config.split_column)
     dataset, corrections = labels.load_dataset(config.data_dir, table if table is not None else config.labels,
                                                columns)
-    class_names = dataset.class_names
+    class_names = dataset.class_names + new_classes(corrections, dataset.class_names)
     target = None
     if config.target:
         if len(class_names) != 2:
@@ -171,18 +172,40 @@ def prepare(config: TrainConfig, table=None) -> Prepared:
     open_set = openset.resolve_methods(config.open_set, config.backbone, config.weights, class_names)
     # config.json says what was used: "auto" and 0 (the backbone's size) are resolved.
     runtime, precision = backbone_runtime(config)
+    added, sources = discovered_photos(corrections, dataset, class_names)
     config = dataclasses.replace(
         config, data_dir=os.path.abspath(config.data_dir), runtime=runtime, precision=precision,
-        image_size=config.image_size or backbones.default_image_size(config.backbone))
+        image_size=config.image_size or backbones.default_image_size(config.backbone), discovered_sources=sources)
     log.info("%s: classes %s, %s", config.data_dir, class_names,
-             ", ".join(f"{len(v)} {k} files" for k, v in dataset.splits.items()))
-    scan = scan_dataset(dataset)
+             ", ".join(f"{len(v)} {k} files" for k, v in {**dataset.splits, "discovered": added}.items() if v))
+    scan = scan_dataset(dataclasses.replace(dataset, splits={**dataset.splits, "discovered": added}))
     splits = make_splits(dataset, scan, config.val_fraction, config.test_fraction, config.seed)
     for source in corrections:
         splits = apply_listed(splits, class_names, config.data_dir, source)
+    if added:
+        more = split_added([s for s in added if s.path in scan.hashes], scan.hashes, class_names, config.val_fraction,
+                           config.test_fraction, config.seed)
+        splits = {name: samples + more[name] for name, samples in splits.items()}
     if config.exclude:
         splits = apply_listed(splits, class_names, config.data_dir, config.exclude, exclusions_only=True)
     return Prepared(config, class_names, scan, splits, target, open_set)
+
+
+def discovered_photos(corrections, dataset, class_names):
+    """The photos from outside the data folder that corrections tables name as a new class or merge into a
+    known one (`catsdogs discover`, then `catsdogs review --clusters`), allowed only from the discover folder
+    that holds the table and proposed them (`store.discover_dir.added_photo_sources`).
+
+    Returns:
+        (their `Sample`s, labelled among `class_names`; the folders they came from, sorted).
+    """
+    added, sources = {}, set()
+    for source in corrections:
+        photos = photos_to_add(source, dataset.splits, dataset.root)
+        if photos:
+            sources.update(discover_dir.added_photo_sources(source, list(photos)))
+            added.update(photos)
+    return [Sample(path, class_names.index(label)) for path, label in added.items()], tuple(sorted(sources))
 
 
 def keras_precision(config):

@@ -332,7 +332,8 @@ class Service:
         self.predictor = Predictor(classifier)
         self.format = classifier.runtime.format
         self.heatmaps = self.predictor.explainer is not None
-        self.default_coverage = set_coverage(self.info, settings.coverage or None)  # a --coverage it cannot answer fails here
+        # The coverage answered by default; a --coverage the model cannot answer fails here.
+        self.default_coverage = set_coverage(self.info, settings.coverage or None)
         self.batcher = MicroBatcher(self.predictor, settings.max_batch_size, settings.max_wait_ms)
         self.request_slots = asyncio.Semaphore(settings.max_active_requests)
         self.decode_slots = asyncio.Semaphore(settings.max_decodes)
