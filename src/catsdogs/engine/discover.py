@@ -28,6 +28,7 @@ from catsdogs.inference.features import extractor_features
 from catsdogs.models import backbones, discovery
 from catsdogs.models import model as model_lib
 from catsdogs.store import discover_dir, run_dir
+from catsdogs.utils.files import is_inside
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,9 @@ def _hashes(paths):
     return readable, hashes
 
 
-def _training_sample(run, seed):
-    """(paths, class indices) of up to `discovery.SPREAD_SAMPLE` training photos of each class of the run."""
+def _training_photos(run, seed):
+    """The run's training photos of its data folder (what calibrated its int8 backbone, as `train.calibration_photos`),
+    and (paths, class indices) of up to `discovery.SPREAD_SAMPLE` of each class."""
     data_dir = run.data_dir()
     rows = [row for row in run.photo_rows(run_dir.SPLITS, run_dir.SPLITS_COLUMNS) if row["split"] == "train"]
     names = sorted({row["label"] for row in rows})
@@ -106,7 +108,10 @@ def _training_sample(run, seed):
         members = [row for row in rows if row["label"] == name]
         chosen += [members[i] for i in sorted(rng.choice(len(members), min(len(members), discovery.SPREAD_SAMPLE),
                                                          replace=False))]
-    return [os.path.join(data_dir, row["path"]) for row in chosen], [names.index(row["label"]) for row in chosen]
+    calibration = [os.path.join(data_dir, row["path"]) for row in rows
+                   if is_inside(data_dir, os.path.join(data_dir, row["path"]))]
+    return calibration, ([os.path.join(data_dir, row["path"]) for row in chosen],
+                         [names.index(row["label"]) for row in chosen])
 
 
 def discover(run, folders, output=None, unsure: float = DISCOVER_UNSURE, batch_size: int = INFERENCE_BATCH_SIZE,
@@ -138,14 +143,15 @@ def discover(run, folders, output=None, unsure: float = DISCOVER_UNSURE, batch_s
     paths, hashes = _hashes([os.path.abspath(path) for path in expand_inputs(sources)])
     if not paths:
         raise DataError(f"no photo to judge in {', '.join(sources)}")
-    train_paths, train_labels = _training_sample(run_directory, config.seed)
-    train_paths, train_hashes = _hashes(train_paths)
+    calibration, (sample, sample_labels) = _training_photos(run_directory, config.seed)
+    train_paths, train_hashes = _hashes(sample)
+    readable = set(train_paths)
+    train_labels = [label for path, label in zip(sample, sample_labels) if path in readable]
 
     extractor = backbones.build_feature_extractor(config.backbone, config.weights, config.image_size,
                                                   keras_precision(config), cache_dir)
     features = extractor_features(extractor, config.precision, paths + train_paths, hashes + train_hashes, cache_dir,
-                                  batch_size, runtime=config.runtime, calibration_paths=train_paths,
-                                  desc="discover")
+                                  batch_size, runtime=config.runtime, calibration_paths=calibration, desc="discover")
     for path, reason in features.errors.items():
         log.warning("skipped %s: %s", path, reason)
     ok = features.ok[:len(paths)]

@@ -35,7 +35,7 @@ from catsdogs.models.folding import fold_batch_normalization
 from catsdogs.models.model import predicted_classes
 from catsdogs.store import discover_dir, run_dir
 from catsdogs.utils.extras import require
-from catsdogs.utils.files import timestamp
+from catsdogs.utils.files import is_inside, timestamp
 
 log = logging.getLogger(__name__)
 
@@ -215,8 +215,9 @@ def keras_precision(config):
 
 
 def calibration_photos(prepared: Prepared):
-    """The training photos (never validation or test ones) that calibrate int8 quantization."""
-    return [s.path for s in prepared.splits["train"]]
+    """The training photos (never validation or test ones) that calibrate int8 quantization: those of the data
+    folder, so that adding photos from discovered clusters keeps the int8 backbone, and the features cached."""
+    return [s.path for s in prepared.splits["train"] if is_inside(prepared.config.data_dir, s.path)]
 
 
 def ray_fill(config, paths, hashes, views):
