@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import json
 import os
 import pathlib
 import re
@@ -105,15 +106,43 @@ def run_bounded(code, *arguments, timeout=60, memory_bytes=2 << 30):
                           timeout=timeout, preexec_fn=limit)
 
 
+def built_once(tmp_path_factory, name, build):
+    """What `build(folder)` returns, built once per test session, also when pytest-xdist runs the suite in
+    several worker processes: the first worker builds it into the session's shared temporary folder while
+    the others wait on its lock, then every worker reads the JSON the builder wrote.
+
+    Args:
+        name: the resource's name (its folder, lock and JSON file in the shared folder).
+        build: folder -> a JSON-serializable value (paths as str).
+    """
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return build(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent  # one folder for the session, above each worker's own
+    description = shared / f"{name}.json"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not description.exists():
+            folder = shared / name
+            folder.mkdir()
+            description.write_text(json.dumps(build(folder)))
+    return json.loads(description.read_text())
+
+
 @pytest.fixture(scope="session")
 def lite0_run(tmp_path_factory):
-    """One real training run of efficientnet_lite0 on 100 + 100 photos, shared by several tests."""
-    import catsdogs
+    """One real training run of efficientnet_lite0 on 100 + 100 photos, shared by several tests
+    (by every worker under pytest-xdist): (run directory, its metrics, its data folder)."""
 
-    data = real_dataset(tmp_path_factory.mktemp("data"), train_per_class=100, test_per_class=100)
-    runs = tmp_path_factory.mktemp("runs")
-    run = catsdogs.train(data, backbone="efficientnet_lite0", runs_dir=str(runs), name="lite0")
-    return pathlib.Path(run.run_dir), run.metrics, data
+    def train(folder):
+        import catsdogs
+
+        data = real_dataset(folder / "data", train_per_class=100, test_per_class=100)
+        run = catsdogs.train(data, backbone="efficientnet_lite0", runs_dir=str(folder / "runs"), name="lite0")
+        return {"run_dir": str(run.run_dir), "metrics": run.metrics, "data": str(data)}
+
+    run = built_once(tmp_path_factory, "lite0_run", train)
+    return pathlib.Path(run["run_dir"]), run["metrics"], pathlib.Path(run["data"])
 
 
 class ServerThread:
@@ -147,19 +176,25 @@ EXPORTS = (("onnx", "float32"), ("tflite", "float32"), ("tflite", "int8"), ("tfl
 
 
 @pytest.fixture(scope="session")
-def lite0_exports(lite0_run):
+def lite0_exports(lite0_run, tmp_path_factory):
     """The lite0 run exported by `catsdogs export` in every format: (format, quantization) -> export folder."""
-    from catsdogs.cli import main
-    from catsdogs.store import export_dir
 
-    folders = {}
-    for format, quantization in EXPORTS:
-        argv = ["export", str(lite0_run[0]), "--format", format, "--parity-images", "12", "--batch-size", "4"]
-        if format == "tflite":
-            argv += ["--quantization", quantization, "--calibration-images", "16"]
-        assert main(argv) == 0
-        folders[format, quantization] = export_dir.default_folder(lite0_run[0] / "model.keras", format, quantization)
-    return folders
+    def export(_folder):
+        from catsdogs.cli import main
+        from catsdogs.store import export_dir
+
+        folders = []
+        for format, quantization in EXPORTS:
+            argv = ["export", str(lite0_run[0]), "--format", format, "--parity-images", "12", "--batch-size", "4"]
+            if format == "tflite":
+                argv += ["--quantization", quantization, "--calibration-images", "16"]
+            assert main(argv) == 0
+            folder = export_dir.default_folder(lite0_run[0] / "model.keras", format, quantization)
+            folders.append([format, quantization, str(folder)])
+        return folders
+
+    return {(format, quantization): pathlib.Path(folder)
+            for format, quantization, folder in built_once(tmp_path_factory, "lite0_exports", export)}
 
 
 @pytest.fixture(scope="session")
