@@ -134,6 +134,21 @@ def test_exports_make_the_same_open_set_decisions_as_the_keras_model(exports, li
         assert parity["decision_agreement"] >= (1.0 if quantization == "float32" else 10 / 12)
 
 
+def test_exports_answer_the_prediction_sets_of_the_keras_model(exports, lite0_run):
+    from conftest import unknown_photo
+
+    photos = [str(unknown_photo("cars", "00029.jpg")), str(photo("test", "cats", 4300)),
+              str(photo("test", "dogs", 4301))]
+    keras_model = catsdogs.load(lite0_run[0], "keras")
+    expected = [p.prediction_set for p in keras_model.predict(photos, coverage=0.9)]
+    assert expected[0] == [] and all(expected[1:])
+    for (format, quantization), folder in exports.items():
+        exported = catsdogs.load(folder)
+        assert exported.info.conformal == keras_model.info.conformal  # the calibration travels in export.json
+        if quantization == "float32":
+            assert [p.prediction_set for p in exported.predict(photos, coverage=0.9)] == expected, format
+
+
 # Parity measured here, not read from the export's own parity.json: each format exported by the
 # command line (conftest's lite0_exports), loaded as users load it, and its outputs compared with the Keras model's.
 CLI_EXPORTS = [("savedmodel", "float32"), ("onnx", "float32"), ("tflite", "float32"), ("tflite", "float16")]

@@ -41,6 +41,8 @@ _PUBLIC = {
     "evaluate": "catsdogs.evaluation.evaluate",
     "Evaluation": "catsdogs.evaluation.evaluate",
     "TrainConfig": "catsdogs.config.train",
+    "discover": "catsdogs.engine.discover",
+    "Discovery": "catsdogs.engine.discover",
     # Run directories side by side (runs.py reads their JSON files only; compare.py their predictions too).
     **{name: "catsdogs.store.runs" for name in ("list_runs", "format_runs")},
     **{name: "catsdogs.engine.compare" for name in ("compare_runs", "format_comparison")},
@@ -53,6 +55,7 @@ __all__ = [*_PUBLIC, "__version__"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these come from __getattr__
     from catsdogs.config.train import TrainConfig
+    from catsdogs.engine.discover import Discovery, discover
     from catsdogs.engine.train import Run, train
     from catsdogs.errors import (
         CacheError,

@@ -11,6 +11,7 @@ from catsdogs.config.choices import (
     BACKBONE_PRECISIONS,
     BENCH_BATCH_SIZES,
     BENCH_RUNTIMES,
+    DISCOVER_UNSURE,
     ENGINES,
     FORMATS,
     INFERENCE_BATCH_SIZE,
@@ -120,6 +121,13 @@ def _add_format(p):
                    "tflite); --runtime names what runs the backbone in `catsdogs train`")
 
 
+def _add_coverage(p, what):
+    """--coverage of predict and evaluate: prediction sets (models/conformal.py) at a coverage of the user's."""
+    p.add_argument("--coverage", type=float, metavar="SHARE",
+                   help=f"{what}, e.g. 0.95; calibrated on the run's validation photos (default: the coverage the "
+                        f"model was trained with, if any; 0: none)")
+
+
 def _add_engine(p, what):
     """--engine of predict, and the cluster's --address and --workers as TrainConfig declares them."""
     p.add_argument("--engine", choices=ENGINES, default="local",
@@ -143,7 +151,8 @@ def _evaluate(args):
     from catsdogs.inference.classifier import load
 
     columns = Columns(args.path_column, args.label_column, args.split_column)
-    evaluation = evaluate(load(args.model), args.data, args.tta, args.batch_size, args.unknown_data, args.labels, columns)
+    evaluation = evaluate(load(args.model), args.data, args.tta, args.batch_size, args.unknown_data, args.labels,
+                          columns, args.coverage)
     # Each file left out is named with its reason, so that the metrics' image count is explained.
     for skipped in evaluation.integrity["skipped"]:
         logging.getLogger("catsdogs").warning("skipped %s: %s", printable(skipped["path"]), skipped["problem"])
@@ -171,9 +180,10 @@ def format_table(predictions, top_k=1):
     width = max([len(n) for n in names] + [4])
     scored = any(p.in_distribution_score is not None for p in predictions)
     multi_label = any(p.labels is not None for p in predictions)
+    coverage = next((p.coverage for p in predictions if p.coverage is not None), None)
     lines = [f"{'file':<{width}}  " + ("in-distribution  " if scored else "")
              + ("labels                 probabilities" if multi_label else f"{'label':<12} probability")
-             + (f"  top {top_k}" if top_k > 1 else "")]
+             + (f"  top {top_k}" if top_k > 1 else "") + (f"  set at coverage {coverage:g}" if coverage else "")]
     for name, p in zip(names, predictions):
         if p.error is not None:
             lines.append(f"{name:<{width}}  ERROR: {p.error}")
@@ -186,7 +196,8 @@ def format_table(predictions, top_k=1):
             every = " ".join(f"{label} {probability:.4f}" for label, probability in p.probabilities.items())
             lines.append(f"{name:<{width}}  {score}{answer:<22} {every}{top}")
         else:
-            lines.append(f"{name:<{width}}  {score}{p.label:<12} {p.probability:.4f}{top}")
+            shown_set = "  {" + ", ".join(p.prediction_set) + "}" if p.prediction_set is not None else ""
+            lines.append(f"{name:<{width}}  {score}{p.label:<12} {p.probability:.4f}{top}{shown_set}")
         lines += [f"    similar {photo.similarity:.4f}  {photo.label:<12} {printable(photo.path)}"
                   for photo in p.similar or ()]
     return "\n".join(lines)
@@ -197,9 +208,9 @@ def _predict_on_ray(args):
 
     if not args.output or args.csv or args.json:
         raise ConfigError("--engine ray writes Parquet: give --output DIR (and neither --csv nor --json)")
-    if args.top_k != 1:
-        raise ConfigError("--top-k is for predictions printed or written here; --engine ray's Parquet files have "
-                          "every class's probability (p_CLASS columns)")
+    if args.top_k != 1 or args.coverage:
+        raise ConfigError("--top-k and --coverage are for predictions printed or written here; --engine ray's Parquet "
+                          "files have every class's probability (p_CLASS columns)")
     if args.similar:
         raise ConfigError("--similar is for predictions printed or written here, not --engine ray's Parquet files")
     result = predict_to_parquet(args.model, args.inputs, args.output, args.ray_address or None,
@@ -224,11 +235,12 @@ def _predict(args):
     classifier = load(args.model, args.format)
     predictions = classifier.predict(args.inputs, args.tta, args.batch_size, reject=args.reject,
                                      reject_threshold=args.reject_threshold, unknown_label=args.unknown_label,
-                                     similar=args.similar)
+                                     similar=args.similar, coverage=args.coverage)
     if args.json:
         print(json.dumps([p.to_dict(args.top_k) for p in predictions], indent=2))
     elif args.csv:  # the same columns on every row
-        write_csv([p.to_row(classifier.classes, args.top_k, classifier.info.label_separator, args.similar)
+        sets = any(p.prediction_set is not None for p in predictions)
+        write_csv([p.to_row(classifier.classes, args.top_k, classifier.info.label_separator, args.similar, sets)
                    for p in predictions], args.csv)
         print(f"{len(predictions)} predictions written to {args.csv}")
     else:
@@ -408,7 +420,7 @@ def _review(args):
     require("serve", "the review page")
     from catsdogs.apps.review.app import review
 
-    review(args.run, args.corrections, args.mistakes, args.host, args.port, tuple(args.allowed_hosts))
+    review(args.run, args.corrections, args.mistakes, args.host, args.port, tuple(args.allowed_hosts), args.clusters)
 
 
 def _add_review(commands):
@@ -423,7 +435,10 @@ def _add_review(commands):
     p.add_argument("run", help="run directory (from catsdogs train)")
     p.add_argument("--corrections", metavar="FILE",
                    help="the corrections CSV to append decisions to; decisions already in it are shown "
-                        "(default: RUN/corrections.csv)")
+                        "(default: RUN/corrections.csv; with --clusters, DIR/corrections.csv)")
+    p.add_argument("--clusters", metavar="DIR",
+                   help="review the clusters that `catsdogs discover RUN ... --output DIR` found instead: name each "
+                        "as a new class, merge it into a known one, or leave it out")
     p.add_argument("--mistakes", type=int, default=REVIEW_MISTAKES, metavar="K",
                    help="list the K most confident mistakes besides the flagged photos (default: %(default)s)")
     p.add_argument("--host", default="127.0.0.1",
@@ -431,6 +446,34 @@ def _add_review(commands):
     p.add_argument("--port", type=int, default=8001, help="port (default: %(default)s; 0 picks a free one)")
     add_settings(p, ServeSettings, names=("allowed_hosts",))
     p.set_defaults(func=_review)
+
+
+def _discover(args):
+    from catsdogs.engine.discover import discover
+
+    result = discover(args.run, args.folders, args.output, args.unsure, args.batch_size)
+    print(result)
+    print(f"\nclusters written to {result.output}; name them: catsdogs review {args.run} --clusters {result.output}")
+
+
+def _add_discover(commands):
+    p = commands.add_parser(
+        "discover", help="group the photos a model rejects or is unsure of into proposed new classes",
+        description="Judges every photo below FOLDER with the run's model, takes those it rejects as none of its "
+                    "classes or is unsure of, and groups them by their backbone features (agglomerative clustering "
+                    "on cosine distance; the number of groups is found, at the scale that tells the run's own classes "
+                    "apart). Writes DIR/clusters.csv (path, cluster; -1: in none), a montage per cluster and "
+                    "discover.json. `catsdogs review RUN --clusters DIR` names each cluster as a new class, merges "
+                    "it into a known one or leaves it out; `catsdogs train DATA --labels DIR/corrections.csv` then "
+                    "trains with them.")
+    p.add_argument("run", help="run directory (from catsdogs train)")
+    p.add_argument("folders", nargs="+", metavar="FOLDER", help="folders (or files) of photos to judge")
+    p.add_argument("--output", required=True, metavar="DIR", help="a new folder for the clusters")
+    p.add_argument("--unsure", type=float, default=DISCOVER_UNSURE, metavar="P",
+                   help="also take photos whose most probable class is under this probability (0: the rejected "
+                        "ones only; default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=INFERENCE_BATCH_SIZE, help="images per forward pass")
+    p.set_defaults(func=_discover)
 
 
 def _backbones(args):
@@ -456,6 +499,7 @@ def build_parser():
     p.add_argument("--unknown-data", metavar="DIR",
                    help="a folder of photos of no trained class: AUROC and false accepts of the open-set score")
     add_settings(p, TrainConfig, names=("labels", "path_column", "label_column", "split_column"))
+    _add_coverage(p, "measure the prediction sets at this coverage")
     p.set_defaults(func=_evaluate)
 
     p = commands.add_parser("predict", help="predict the class of photos")
@@ -478,6 +522,8 @@ def build_parser():
                    help=f"also name the K training photos most similar to each photo (path, label, cosine "
                         f"similarity of their features; at most {MAX_SIMILAR}): a run directory whose model has a "
                         f"kNN open-set score (the default)")
+    _add_coverage(p, "also answer each photo's prediction set: the classes that hold its true class for this "
+                     "share of photos (prediction_set in JSON and CSV; empty for a photo rejected as unknown)")
     _add_format(p)
     _add_engine(p, "scores the photos on a Ray cluster (INPUTS may also be URIs such as s3://bucket/photos) "
                 "into Parquet files in --output")
@@ -495,6 +541,7 @@ def build_parser():
 
     _add_serve(commands)
     _add_review(commands)
+    _add_discover(commands)
     _add_export(commands)
     _add_bench(commands)
     _add_runs(commands)

@@ -49,6 +49,15 @@ UNKNOWN_LABEL = "unknown"  # the label of a photo rejected as none of the classe
 MAX_SIMILAR = 20
 SIMILAR_SHOWN = 5
 
+# Prediction sets (models/conformal.py): a coverage is the share of photos whose set holds their true class.
+def check_coverage(coverage):
+    """Raises ConfigError unless 0 < coverage < 1 (where a user gives a coverage: train, predict, serve)."""
+    from catsdogs.errors import ConfigError
+
+    if not 0 < coverage < 1:
+        raise ConfigError(f"coverage {coverage}: expected a share between 0 and 1, e.g. 0.95")
+
+
 # Photos from others: guards against decompression bombs (a photo of about 50 megapixels is already rare)
 # and against files that are not photos at all (read whole into memory only to be refused by their pixels).
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -58,7 +67,11 @@ DEFAULT_MAX_FILE_BYTES = 4 * DEFAULT_MAX_PIXELS
 
 # `catsdogs review`: the decisions on a photo, and how many confident mistakes are listed besides the flagged photos.
 DECISIONS = ("keep", "relabel", "exclude")
+# ...and on the photos of a cluster of `catsdogs discover`: a new class, merged into a known one, or left out.
+CLUSTER_DECISIONS = ("new_class", "merge", "leave_out")
 REVIEW_MISTAKES = 50
+# `catsdogs discover`: photos whose most probable class is under this are proposed besides the rejected ones.
+DISCOVER_UNSURE = 0.9
 
 
 def default_cache_dir():

@@ -8,7 +8,7 @@ import dataclasses
 import ipaddress
 import re
 
-from catsdogs.config.choices import DEFAULT_MAX_PIXELS
+from catsdogs.config.choices import DEFAULT_MAX_PIXELS, check_coverage
 from catsdogs.config.fields import setting
 from catsdogs.errors import ConfigError
 
@@ -46,6 +46,8 @@ class ServeSettings:
     api_key: str | None = setting(None, f"require this key on the API (Authorization: Bearer KEY or X-API-Key: "
                                   f"KEY); default: ${API_KEY_ENV} if set, else none (the variable keeps it out of "
                                   f"`ps`). Use it whenever --host is not loopback", repr=False)
+    coverage: float = setting(0.0, "answer every photo's prediction set at this coverage, e.g. 0.95, unless a request "
+                              "asks for another (?coverage=); default: the model's own, if it was trained with one (0)")
     allowed_hosts: tuple[str, ...] = setting(
         (), "also answer requests addressed to this host name (repeat the option for more). Only 127.0.0.1, "
         "localhost, [::1] and the --host address are answered by default, so that no web page can reach the server "
@@ -56,9 +58,11 @@ class ServeSettings:
         for field in dataclasses.fields(self):
             if field.type not in (int, float):
                 continue
-            minimum = 0 if field.name == "max_wait_ms" else 1
+            minimum = 0 if field.name in ("max_wait_ms", "coverage") else 1
             if getattr(self, field.name) < minimum:
                 raise ConfigError(f"{field.name} must be at least {minimum}, got {getattr(self, field.name)}")
+        if self.coverage:
+            check_coverage(self.coverage)
         if self.api_key is not None and not self.api_key.strip():
             raise ConfigError("api_key must not be empty (leave it unset to serve without authentication)")
         # HTTP headers carry latin-1 at best, and clients encode other characters each their own way:

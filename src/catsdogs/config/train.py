@@ -26,6 +26,7 @@ from catsdogs.config.choices import (
     OPEN_SET_KEEP,
     OPEN_SET_METHODS,
     SEED,
+    check_coverage,
     default_cache_dir,
 )
 from catsdogs.config.fields import setting
@@ -75,6 +76,9 @@ class TrainConfig:
         "name without extension is looked for as .jpg, .png, ...), label and optionally split (train/val/test). Give "
         "it again for a corrections table from `catsdogs review` (relabels and exclusions, applied after the labels)",
         metavar="CSV")
+    # Not an option: what `prepare` found, recorded in config.json, as data_dir is (store/run_dir.py confines to them).
+    discovered_sources: tuple[str, ...] = setting((), "the folders that photos added from discovered clusters came "
+                                                  "from (a corrections table of `catsdogs discover`)", option=False)
     path_column: str = setting("path", "the labels table's path column")
     label_column: str = setting("label", "the labels table's label column (e.g. breed)")
     split_column: str = setting("split", "the labels table's split column, if it has one")
@@ -142,6 +146,10 @@ class TrainConfig:
                             metavar="auto|none|METHOD[+METHOD]")
     open_set_keep: float = setting(OPEN_SET_KEEP, "share of known photos the rejection threshold keeps, set on the "
                                    "training photos")
+    coverage: float = setting(0.0, "answer prediction sets that hold the true class of this share of photos, e.g. "
+                              "0.95 (split conformal prediction calibrated on the validation split; the report measures "
+                              "it on the test photos). The calibration is kept in every model: predict and serve can ask "
+                              "for any coverage; this one is their default (0: sets only when asked for)")
     unknown_data: str = setting("", "a folder of photos of no trained class: the report says how many are rejected "
                                 "(never used to fit anything)", metavar="DIR")
     val_fraction: float = setting(0.2, "fraction of the training images held out for validation (stratified)")
@@ -181,6 +189,8 @@ class TrainConfig:
         for name in COUNT_KEYS:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} {getattr(self, name)}: expected at least 1")
+        if self.coverage:
+            check_coverage(self.coverage)
         if self.ray_workers < 0:
             raise ConfigError(f"ray_workers {self.ray_workers}: expected 0 (one per node) or more")
         if self.unknown_data and not os.path.isdir(self.unknown_data):
@@ -191,6 +201,9 @@ class TrainConfig:
         if self.multi_label and (self.head != "linear" or self.fine_tune):
             raise ConfigError("multi_label: one logistic regression per label is fitted on the cached features "
                               "(--head linear, no --fine-tune)")
+        if self.multi_label and self.coverage:
+            raise ConfigError("coverage: prediction sets are for one class a photo; a multi-label model answers each "
+                              "label yes or no at its own threshold (leave out --coverage)")
         if not self.label_separator.strip():
             raise ConfigError(f"label_separator {self.label_separator!r}: expected a character such as ';'")
         if self.exclude and not os.path.isfile(self.exclude):
@@ -211,6 +224,6 @@ class TrainConfig:
         with open(path) as f:
             values = json.load(f)
         known = {f.name for f in dataclasses.fields(cls)}
-        for name in ("hidden_units", "labels"):
+        for name in ("hidden_units", "labels", "discovered_sources"):
             values[name] = tuple(values.get(name, ()))
         return cls(**{k: v for k, v in values.items() if k in known})

@@ -2,11 +2,13 @@
 
 A CSV with the header `path,split,given_label,decision,label,time`, one row per decision:
 
-    path         the photo, relative to the run's data folder (as in splits.csv and review.csv)
-    split        train, val or test
-    given_label  the label the photo had
-    decision     keep, relabel or exclude
-    label        the label to train with: the new class for relabel, the given label otherwise
+    path         the photo, relative to the run's data folder (as in splits.csv and review.csv); a
+                 photo from elsewhere that `catsdogs discover` proposed: its absolute path
+    split        train, val or test; empty for a photo from elsewhere (training splits it like the others)
+    given_label  the label the photo had (empty for a photo from elsewhere)
+    decision     keep, relabel or exclude; on the photos of a discovered cluster: new_class, merge or leave_out
+    label        the label to train with: the new class for relabel and new_class, the known class merged
+                 into for merge, the given label otherwise
     time         when the decision was made, ISO 8601
 
 A photo of a multi-label run has a set of labels, written joined by the run's label separator
@@ -21,7 +23,9 @@ can read the file cheaply.
 
 It also owns the one rule by which a listed photo is found in a dataset (`listed_photo_finder`),
 used alike by `train --labels corrections.csv` (relabels and exclusions) and `train --exclude FILE`
-(exclusions only, from a corrections table or a plain list of photos).
+(exclusions only, from a corrections table or a plain list of photos). A new_class or merge decision
+on a photo of the dataset relabels it; on a photo from elsewhere it adds the photo (`photos_to_add`),
+which training allows only from the discover folder that proposed it (`store.discover_dir`).
 """
 
 import collections
@@ -30,7 +34,7 @@ import logging
 import os
 import typing
 
-from catsdogs.config.choices import DECISIONS, SPLITS
+from catsdogs.config.choices import CLUSTER_DECISIONS, DECISIONS, SPLITS, UNKNOWN_LABEL
 from catsdogs.data.dataset import Sample, label_set
 from catsdogs.errors import DataError
 from catsdogs.utils.csvfiles import append_row, read_appended, read_header
@@ -40,38 +44,68 @@ log = logging.getLogger(__name__)
 FIELDS = ("path", "split", "given_label", "decision", "label", "time")
 SHOWN = 10  # photos named in one message
 KIND = "corrections file"  # in messages
+ALL_DECISIONS = (*DECISIONS, *CLUSTER_DECISIONS)
+LABELLING = ("relabel", "new_class", "merge")  # the decisions that give a photo the correction's label
 
 
 class Correction(typing.NamedTuple):
     """The decision in force for one photo."""
 
-    decision: str  # keep, relabel or exclude
+    decision: str  # one of ALL_DECISIONS
     label: str  # the label to train with
-    split: str  # train, val or test
+    split: str  # train, val or test; "" for a photo from elsewhere
+
+
+def _check_cluster_decision(split, given_label, decision, label, classes):
+    """`check_decision` of new_class, merge and leave_out (a photo from elsewhere has the split "")."""
+    if split not in (*SPLITS, ""):
+        raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}, or none for a photo from "
+                        f"outside the data folder")
+    if decision == "leave_out":
+        if label not in (None, "", given_label):
+            raise DataError(f"a label ({label!r}) goes with new_class or merge; leave_out changes nothing")
+        return given_label
+    if decision == "merge":
+        if label not in classes:
+            raise DataError(f"cannot merge into {label!r}: not a class of this model (its classes: "
+                            f"{', '.join(classes)}); name a new class with new_class")
+        return label
+    name = (label or "").strip()
+    if not name or name != label:
+        raise DataError(f"new class {label!r}: a class needs a name, without spaces at its ends")
+    if name in classes:
+        raise DataError(f"new class {name!r}: the model has that class already; merge into it instead")
+    if name == UNKNOWN_LABEL:
+        raise DataError(f"new class {name!r}: that is the answer for photos of none of the classes; choose another "
+                        f"name")
+    return name
 
 
 def check_decision(split, given_label, decision, label, classes, label_separator=None):
     """The label to train with for a decision, or why the decision cannot be made.
 
     Args:
-        split: the photo's split.
+        split: the photo's split ("" for a photo from outside the data folder, with a cluster decision).
         given_label: its label.
-        decision: keep, relabel or exclude.
-        label: the new class, for relabel; None (or the given label) otherwise.
-        classes: the model's classes, which a relabel must name.
+        decision: one of ALL_DECISIONS.
+        label: the new class, for relabel and new_class; the known class, for merge; None (or the given
+            label) otherwise.
+        classes: the model's classes, which a relabel or merge must name and a new class must not.
         label_separator: for a multi-label run's photo, the separator its label sets are joined by:
             `given_label` and `label` are then sets, and a relabel names known labels only.
 
     Returns:
-        the new class for relabel (a multi-label photo's new labels, sorted and joined by the separator),
-        the given label for keep and exclude.
+        the new or known class for relabel, new_class and merge (a multi-label photo's new labels,
+        sorted and joined by the separator); the given label otherwise.
 
     Raises:
-        DataError: an unknown decision or split, a relabel to no other known class, a label with
-            another decision, or an exclusion of a test photo.
+        DataError: an unknown decision or split, a relabel or merge to no other known class, a new class
+            that is known or nameless, a label with another decision, or an exclusion of a test photo.
     """
-    if decision not in DECISIONS:
-        raise DataError(f"unknown decision {decision!r}; choose one of {', '.join(DECISIONS)}")
+    if decision not in ALL_DECISIONS:
+        raise DataError(f"unknown decision {decision!r}; choose one of {', '.join(ALL_DECISIONS)}")
+    if decision in CLUSTER_DECISIONS:
+        return _check_cluster_decision(split, given_label, decision, label, classes)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     if decision == "exclude" and split == "test":
@@ -113,12 +147,12 @@ def append_decision(corrections_file, path, split, given_label, decision, classe
 
     Args:
         corrections_file: the CSV to append to.
-        path: the photo, relative to the data folder.
-        split: train, val or test.
-        given_label: the photo's label.
-        decision: keep, relabel or exclude.
-        classes: the model's classes (a relabel must name one).
-        label: the new class, for relabel.
+        path: the photo, relative to the data folder (absolute for a photo from elsewhere).
+        split: train, val or test ("" for a photo from elsewhere).
+        given_label: the photo's label ("" for a photo from elsewhere).
+        decision: one of ALL_DECISIONS.
+        classes: the model's classes (a relabel or merge must name one, a new class none).
+        label: the new class, for relabel and new_class; the known one, for merge.
         label_separator: for a multi-label run's photo (see `check_decision`).
 
     Returns:
@@ -146,9 +180,9 @@ def read_corrections(corrections_file) -> dict:
     """
     rows = {}
     for line, row in read_appended(corrections_file, FIELDS, KIND):
-        if row["decision"] not in DECISIONS:
+        if row["decision"] not in ALL_DECISIONS:
             raise DataError(f"{corrections_file}, line {line}: expected {len(FIELDS)} fields ({','.join(FIELDS)}) "
-                            f"with a decision among {', '.join(DECISIONS)}, got {list(row.values())}")
+                            f"with a decision among {', '.join(ALL_DECISIONS)}, got {list(row.values())}")
         rows[row["path"]] = Correction(row["decision"], row["label"], row["split"])
     return rows
 
@@ -233,7 +267,7 @@ def apply_listed(splits, class_names, data_dir, source, exclusions_only=False, l
         return tuple(class_names.index(name) for name in label_set(text, label_separator))
 
     decisions = read_listed(source, exclusions_only)
-    unknown = [f"{entry} as {c.label!r}" for entry, c in decisions.items() if c.decision == "relabel" and not all(
+    unknown = [f"{entry} as {c.label!r}" for entry, c in decisions.items() if c.decision in LABELLING and not all(
         name in class_names for name in ([c.label] if label_separator is None else label_set(c.label, label_separator)))]
     if unknown:
         raise DataError(f"{source}: relabels to classes the dataset does not have ({class_names}): "
@@ -251,7 +285,7 @@ def apply_listed(splits, class_names, data_dir, source, exclusions_only=False, l
                     applied["excluded"] += 1
                     continue
                 applied["test photos kept (never excluded)"] += 1
-            elif correction is not None and correction.decision == "relabel":
+            elif correction is not None and correction.decision in LABELLING:
                 applied["relabelled" + (" (test)" if name == "test" else "")] += 1
                 sample = Sample(sample.path, new_label(correction.label))
             kept.append(sample)
@@ -260,3 +294,28 @@ def apply_listed(splits, class_names, data_dir, source, exclusions_only=False, l
     log.info("%s: %s%s", source, ", ".join(f"{count} {what}" for what, count in applied.items()) or "no change",
              f"; {missing} listed photos are not in this dataset" if missing else "")
     return corrected
+
+
+def new_classes(sources, class_names) -> list:
+    """The classes that corrections tables name with new_class and the dataset does not have, sorted."""
+    named = {c.label for source in sources for c in read_listed(source).values() if c.decision == "new_class"}
+    return sorted(named - set(class_names))
+
+
+def photos_to_add(source, splits, data_dir) -> dict:
+    """The photos a corrections table labels (new_class, merge) that the dataset does not have: those
+    `catsdogs discover` proposed from elsewhere, to be added to training.
+
+    Args:
+        source: a corrections table.
+        splits: split name -> the dataset's `Sample`s.
+        data_dir: the data folder.
+
+    Returns:
+        photo path as listed -> its label.
+    """
+    decisions = {entry: c for entry, c in read_listed(source).items()
+                 if c.decision in ("new_class", "merge") and os.path.isabs(entry)}  # review names them absolute
+    find = listed_photo_finder(decisions, data_dir)
+    found = {find(sample.path) for samples in splits.values() for sample in samples}
+    return {entry: c.label for entry, c in decisions.items() if entry not in found}

@@ -91,6 +91,35 @@ def make_splits(dataset, report, val_fraction, test_fraction, seed):
     return {"train": train, "val": val, "test": test}
 
 
+def split_added(samples, hashes, class_names, val_fraction, test_fraction, seed):
+    """Photos added to a dataset (from `catsdogs discover`) split like a folder without a test split: test
+    photos carved out, then validation photos, each stratified by class, so that a new class is trained,
+    calibrated and measured.
+
+    Args:
+        samples: the added photos that the scan kept.
+        hashes: path -> content hash (identical files stay together).
+        class_names: every class, to name one with too few photos.
+        val_fraction, test_fraction, seed: as for `make_splits`.
+
+    Returns:
+        dict "train", "val", "test" -> list of `Sample`.
+
+    Raises:
+        DataError: a class with fewer than 3 usable added photos (one for each split).
+    """
+    counts = collections.Counter(s.label for s in samples)
+    few = [f"{class_names[label]} ({count})" for label, count in sorted(counts.items()) if count < 3]
+    if few:
+        raise DataError(f"photos added from discovered clusters: too few usable photos of {', '.join(few)}; a class "
+                        f"needs at least 3, one each for training, validation and test")
+    if not samples:
+        return {"train": [], "val": [], "test": []}
+    train, test = _grouped_stratified_split(samples, hashes, test_fraction, seed)
+    train, val = _grouped_stratified_split(train, hashes, val_fraction, seed)
+    return {"train": train, "val": val, "test": test}
+
+
 def spread(paths, count):
     """`count` paths evenly spread over the list (every class of a sorted folder tree), in order."""
     if count >= len(paths):

@@ -15,9 +15,10 @@ import numpy as np
 from catsdogs.config.choices import SIMILAR_SHOWN
 from catsdogs.config.train import TrainConfig
 from catsdogs.data import labels
-from catsdogs.data.corrections import apply_listed
+from catsdogs.data.corrections import apply_listed, new_classes, photos_to_add
+from catsdogs.data.dataset import Sample
 from catsdogs.data.scan import ScanReport, scan_dataset
-from catsdogs.data.splits import make_splits
+from catsdogs.data.splits import make_splits, split_added
 from catsdogs.engine.tracking import log_run
 from catsdogs.errors import ConfigError, DataError
 from catsdogs.evaluation.evaluate import Evaluation, OpenSetResults, unknown_scores
@@ -29,12 +30,13 @@ from catsdogs.inference.model_formats import KerasModel, compiled_forward
 from catsdogs.inference.pipeline import run_on_files
 from catsdogs.inference.preprocess import views_for
 from catsdogs.inference.similar import training_photos_of
-from catsdogs.models import backbones, calibration, heads, multilabel, openset
+from catsdogs.models import backbones, calibration, conformal, heads, multilabel, openset
 from catsdogs.models import model as model_lib
 from catsdogs.models.folding import fold_batch_normalization
-from catsdogs.store import run_dir
+from catsdogs.models.model import predicted_classes
+from catsdogs.store import discover_dir, run_dir
 from catsdogs.utils.extras import require
-from catsdogs.utils.files import timestamp
+from catsdogs.utils.files import is_inside, timestamp
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +192,7 @@ def prepare(config: TrainConfig, table=None) -> Prepared:
     separator = config.label_separator if config.multi_label else None
     dataset, corrections = labels.load_dataset(config.data_dir, table if table is not None else config.labels,
                                                columns, separator)
-    class_names = dataset.class_names
+    class_names = dataset.class_names + new_classes(corrections, dataset.class_names)
     target = None
     if config.target and config.multi_label:
         target = parse_targets(config.target, class_names)
@@ -202,18 +204,40 @@ def prepare(config: TrainConfig, table=None) -> Prepared:
                                        config.multi_label)
     # config.json says what was used: "auto" and 0 (the backbone's size) are resolved.
     runtime, precision = backbone_runtime(config)
+    added, sources = discovered_photos(corrections, dataset, class_names)
     config = dataclasses.replace(
         config, data_dir=os.path.abspath(config.data_dir), runtime=runtime, precision=precision,
-        image_size=config.image_size or backbones.default_image_size(config.backbone))
+        image_size=config.image_size or backbones.default_image_size(config.backbone), discovered_sources=sources)
     log.info("%s: classes %s, %s", config.data_dir, class_names,
-             ", ".join(f"{len(v)} {k} files" for k, v in dataset.splits.items()))
-    scan = scan_dataset(dataset)
+             ", ".join(f"{len(v)} {k} files" for k, v in {**dataset.splits, "discovered": added}.items() if v))
+    scan = scan_dataset(dataclasses.replace(dataset, splits={**dataset.splits, "discovered": added}))
     splits = make_splits(dataset, scan, config.val_fraction, config.test_fraction, config.seed)
     for source in corrections:
         splits = apply_listed(splits, class_names, config.data_dir, source, label_separator=separator)
+    if added:
+        more = split_added([s for s in added if s.path in scan.hashes], scan.hashes, class_names, config.val_fraction,
+                           config.test_fraction, config.seed)
+        splits = {name: samples + more[name] for name, samples in splits.items()}
     if config.exclude:
         splits = apply_listed(splits, class_names, config.data_dir, config.exclude, exclusions_only=True)
     return Prepared(config, class_names, scan, splits, target, open_set)
+
+
+def discovered_photos(corrections, dataset, class_names):
+    """The photos from outside the data folder that corrections tables name as a new class or merge into a
+    known one (`catsdogs discover`, then `catsdogs review --clusters`), allowed only from the discover folder
+    that holds the table and proposed them (`store.discover_dir.added_photo_sources`).
+
+    Returns:
+        (their `Sample`s, labelled among `class_names`; the folders they came from, sorted).
+    """
+    added, sources = {}, set()
+    for source in corrections:
+        photos = photos_to_add(source, dataset.splits, dataset.root)
+        if photos:
+            sources.update(discover_dir.added_photo_sources(source, list(photos)))
+            added.update(photos)
+    return [Sample(path, class_names.index(label)) for path, label in added.items()], tuple(sorted(sources))
 
 
 def keras_precision(config):
@@ -223,8 +247,9 @@ def keras_precision(config):
 
 
 def calibration_photos(prepared: Prepared):
-    """The training photos (never validation or test ones) that calibrate int8 quantization."""
-    return [s.path for s in prepared.splits["train"]]
+    """The training photos (never validation or test ones) that calibrate int8 quantization: those of the data
+    folder, so that adding photos from discovered clusters keeps the int8 backbone, and the features cached."""
+    return [s.path for s in prepared.splits["train"] if is_inside(prepared.config.data_dir, s.path)]
 
 
 def ray_fill(config, paths, hashes, views):
@@ -543,8 +568,18 @@ def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:
     oof_logits = (estimator.out_of_fold_logits(train.x[0], train.y, config.seed) if config.multi_label
                   else openset.out_of_fold_logits(train.x[0], train.y, estimator, config.seed))
     open_set = fit_open_set(prepared, split_features, oof_logits, temperature)
+    if open_set:
+        scores = {name: np.asarray(open_set.layer([split.x[0], logits[0]]))
+                  for name, split, logits in (("val", val, val_logits), ("test", test, test_logits))}
+    # Prediction sets (one class a photo) are calibrated on the validation photos as the model answers them
+    # (`models.conformal`).
+    sets = None if config.multi_label else conformal.calibration_record(
+        calibration.probabilities(val_logits[0], class_names, temperature), val.y,
+        scores["val"] if open_set else None, config.coverage or None)
+    if config.coverage:  # a coverage the validation photos cannot promise fails here, before anything is written
+        conformal.record_threshold(sets, config.coverage, open_set.threshold if open_set else None)
     model = model_lib.assemble(extractor, head, class_names, temperature, threshold,
-                               open_set.layer if open_set else None, config.multi_label, config.label_separator)
+                               open_set.layer if open_set else None, config.multi_label, config.label_separator, sets)
     # The classifier computes as extraction did: its backbone in ONNX Runtime where the features came from there.
     backbone = (onnx_backbone(extractor, config.precision, config.cache_dir, calibration_photos(prepared))
                 if config.runtime == "onnx" else None)
@@ -553,8 +588,6 @@ def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:
         [train.paths[row] for row in bank], bank_labels(train.y, bank, class_names, config), config.data_dir)
         if bank is not None else None)
     if open_set:
-        scores = {name: np.asarray(open_set.layer([split.x[0], logits[0]]))
-                  for name, split, logits in (("val", val, val_logits), ("test", test, test_logits))}
         unknown = unknown_scores(classifier, config.unknown_data, config.extract_batch_size) \
             if config.unknown_data else None
     evaluation = kind.from_outputs(
@@ -562,7 +595,7 @@ def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:
         validation=(val.y, val_logits), data_dir=config.data_dir, stages=stages,
         integrity=prepared.scan.to_json(), history=history,
         title=f"{config.backbone} at {config.image_size} px ({config.runtime}, {config.precision}), {config.head} head",
-        config=config.to_dict(), classifier=classifier,
+        config=config.to_dict(), classifier=classifier, coverage=config.coverage or None,
         open_set=OpenSetResults(
             open_set.methods, open_set.threshold, open_set.keep, open_set.training_kept, scores["val"],
             scores["test"], *(unknown or (None, None))) if open_set else None,

@@ -19,11 +19,12 @@ from catsdogs.data import dataset as data
 from catsdogs.data.scan import scan_dataset
 from catsdogs.errors import DataError, UnsupportedError
 from catsdogs.evaluation import figures as report
+from catsdogs.evaluation.coverage import set_metrics
 from catsdogs.evaluation.metrics import compute_metrics, format_metrics, label_issues, stage_summary
 from catsdogs.evaluation.report import prediction_rows, write_html
 from catsdogs.evaluation.statistics import wilson_interval
 from catsdogs.inference.preprocess import DISPLAY_SIZE
-from catsdogs.models import calibration
+from catsdogs.models import calibration, conformal
 from catsdogs.models.model import SCORE, SIMILAR_ROWS, SIMILARITIES, predicted_classes
 from catsdogs.models.multilabel import predicted_labels
 from catsdogs.store import run_dir
@@ -133,6 +134,7 @@ class Evaluation:
         open_set: `OpenSetResults` where the model has an in-distribution score.
         similar: for each photo, the training photos most similar to it (`inference.similar.SimilarPhoto`s,
             most similar first), where the classifier names them (`Classifier.check_similar`).
+        coverage: the coverage of the prediction sets to measure (`models.conformal`; needs the classifier), if any.
     """
 
     paths: list
@@ -154,6 +156,7 @@ class Evaluation:
     classifier: object = dataclasses.field(default=None, repr=False)
     open_set: OpenSetResults = None
     similar: list = dataclasses.field(default=None, repr=False)
+    coverage: float = None
 
     @classmethod
     def from_outputs(cls, paths, y_true, class_names, *, logits=None, probabilities=None, temperature=None,
@@ -245,6 +248,10 @@ class Evaluation:
         if self.open_set is not None:
             metrics["open_set"] = self.open_set.metrics(self.y_true, self.probabilities, self.class_names,
                                                         self.threshold)
+        if self.prediction_sets is not None:
+            members, threshold = self.prediction_sets
+            metrics["prediction_sets"] = set_metrics(members, self.y_true, self.coverage, threshold, len(
+                self.classifier.info.conformal["true_class_probabilities"]))
         if self.temperature is not None:  # multi-label: one per label
             metrics["calibration"] = {"temperature": np.asarray(self.temperature).tolist(),
                                       "test_ece_after": metrics["ece"]}
@@ -253,13 +260,32 @@ class Evaluation:
         return metrics
 
     @functools.cached_property
+    def prediction_sets(self):
+        """(which classes are in each photo's set (n, classes), the threshold) at `coverage`, photos the open-set
+        score rejects given the empty set as the model answers them (`models.conformal`); None without a coverage."""
+        if self.coverage is None:
+            return None
+        info = self.classifier.info
+        accepted, reject_threshold = None, None
+        if self.open_set is not None:
+            reject_threshold = self.open_set.threshold
+            accepted = self.open_set.test_scores >= reject_threshold
+        threshold = conformal.record_threshold(info.conformal, self.coverage, reject_threshold)
+        predicted = predicted_classes(self.probabilities, self.threshold)
+        return conformal.prediction_sets(self.probabilities, threshold, predicted, accepted), threshold
+
+    @functools.cached_property
     def rows(self) -> list:
         """One dict per photo: path, true, predicted, probability, loss, label_looks_wrong, p_CLASS...,
-        and in_distribution_score and accepted where the model has an open-set score."""
+        in_distribution_score and accepted where the model has an open-set score, and prediction_set
+        ("cats;dogs", "" for the empty set) with a coverage."""
         rows = self.rows_of(self.paths, self.y_true, self.probabilities)
         if self.open_set is not None:
             for row, score in zip(rows, self.open_set.test_scores):
                 row.update(in_distribution_score=float(score), accepted=bool(score >= self.open_set.threshold))
+        if self.prediction_sets is not None:
+            for row, members in zip(rows, self.prediction_sets[0]):
+                row["prediction_set"] = conformal.SET_SEPARATOR.join(np.asarray(self.class_names)[members])
         return rows
 
     def mistakes(self, k: int = None) -> list:
@@ -387,7 +413,7 @@ def similar_shown(classifier, k=SIMILAR_SHOWN) -> int:
 
 
 def evaluate(classifier, data_dir, tta: bool = False, batch_size: int = INFERENCE_BATCH_SIZE,
-             unknown_data=None, labels=(), columns=None) -> Evaluation:
+             unknown_data=None, labels=(), columns=None, coverage=None) -> Evaluation:
     """Evaluates a classifier on labelled photos.
 
     Args:
@@ -400,16 +426,18 @@ def evaluate(classifier, data_dir, tta: bool = False, batch_size: int = INFERENC
         labels: a labels table instead of class folders (its test rows, or all rows without a
             split column) and corrections tables, as `train` takes them (labels.py).
         columns: the labels table's column names (`labels.Columns`).
+        coverage: measure the prediction sets at this coverage (None: the model's default, if it has one; 0: none).
 
     Returns:
         an `Evaluation`; `.save(folder)` writes its files.
     """
     from catsdogs.data.corrections import apply_listed
     from catsdogs.data.labels import Columns, load_dataset
-    from catsdogs.inference.classifier import Classifier, load
+    from catsdogs.inference.classifier import Classifier, load, set_coverage
 
     if not isinstance(classifier, Classifier):
         classifier = load(classifier)
+    coverage = set_coverage(classifier.info, coverage)
     class_names, info = classifier.classes, classifier.info
     separator = info.label_separator if info.multi_label else None  # a multi-label model reads label sets
     dataset, corrections = load_dataset(data_dir, labels, columns or Columns(), separator)
@@ -460,7 +488,7 @@ def evaluate(classifier, data_dir, tta: bool = False, batch_size: int = INFERENC
         [os.path.abspath(s.path) for s in kept], y_true, class_names, probabilities=values["probabilities"],
         threshold=threshold, data_dir=os.path.abspath(data_dir), integrity=scan.to_json(),
         title=f"catsdogs evaluation of {info.backbone} on {data_dir}", classifier=classifier,
-        open_set=open_set, similar=similar, **attributes)
+        open_set=open_set, similar=similar, coverage=coverage, **attributes)
 
 
 def default_output_dir(run_or_model):

@@ -322,3 +322,23 @@ def plot_similar(mistakes, image_size=DISPLAY_SIZE):
     if not mistakes:
         axes[0, 0].text(0, 0.5, "no mistakes", fontsize=14)
     return fig
+
+
+def plot_cluster(paths, number, shown=36, columns=6, image_size=DISPLAY_SIZE):
+    """A montage of a cluster of `catsdogs discover`: up to `shown` of its photos, spread over the list.
+
+    Args:
+        paths: the cluster's photos.
+        number: the cluster's number, for the title.
+        shown: the most photos drawn.
+        columns: photos per line.
+        image_size: the side the photos are decoded near.
+    """
+    from catsdogs.data.splits import spread
+
+    chosen = spread(list(paths), shown)
+    fig, axes = _photo_grid(len(chosen), columns, f"Cluster {number}: {len(paths)} photos"
+                            + (f" ({len(chosen)} shown)" if len(chosen) < len(paths) else ""))
+    for ax, path in zip(axes.flat, chosen):
+        _show(ax, path, _short(os.path.basename(path), 24), "black", image_size)
+    return fig

@@ -3,6 +3,7 @@
 import numpy as np
 from sklearn import metrics as skm
 
+from catsdogs.evaluation.coverage import format_set_metrics
 from catsdogs.evaluation.statistics import add_intervals
 from catsdogs.models import calibration
 from catsdogs.models.model import predicted_classes
@@ -143,6 +144,8 @@ def format_metrics(metrics: dict) -> str:
                          + f"; AUROC {u['auroc']:.4f}; "
                          f"false accepts at 99%/95% of test kept: {u['false_accepts_at_99']:.1%}/"
                          f"{u['false_accepts_at_95']:.1%}")
+    if metrics.get("prediction_sets"):
+        lines.append(format_set_metrics(metrics["prediction_sets"]))
     if metrics.get("tta"):
         tta = metrics["tta"]
         lines.append(f"with test-time augmentation: accuracy {tta['accuracy']:.4f}{_interval(tta.get('accuracy_ci'))} "

@@ -11,13 +11,14 @@ import os
 
 import numpy as np
 
-from catsdogs.config.choices import INFERENCE_BATCH_SIZE, UNKNOWN_LABEL
+from catsdogs.config.choices import INFERENCE_BATCH_SIZE, UNKNOWN_LABEL, check_coverage
 from catsdogs.data.dataset import expand_inputs
 from catsdogs.errors import ConfigError, DataError, UnsupportedError
 from catsdogs.inference import model_formats as runtimes
 from catsdogs.inference.pipeline import run_on_files
 from catsdogs.inference.preprocess import VIEWS, prepare_batch, views_for
 from catsdogs.inference.similar import read_training_photos
+from catsdogs.models import conformal
 from catsdogs.models.model import (
     SCORE,
     SIMILAR_ROWS,
@@ -49,6 +50,10 @@ class Prediction:
         in_distribution_score: how typical the photo is of the training photos, from 0 to 1 (the
             share of training photos that look less typical); None for a model without one.
         accepted: whether the score reaches the reject threshold (None without a score).
+        prediction_set: with a coverage, the classes that qualify (`models.conformal`): a set that holds the
+            photo's true class for that share of photos; always the label among them, and empty exactly when
+            the photo is rejected as none of the classes. None without a coverage.
+        coverage: the coverage of `prediction_set`.
         error: why the file could not be predicted (None when it was).
         similar: the training photos most similar to it (`inference.similar.SimilarPhoto`), most similar
             first, where asked for (`Classifier.predict(similar=k)`).
@@ -61,6 +66,8 @@ class Prediction:
     labels: list = None
     in_distribution_score: float = None
     accepted: bool = None
+    prediction_set: list = None
+    coverage: float = None
     error: str = None
     similar: tuple = None
 
@@ -77,7 +84,8 @@ class Prediction:
             fields["top_k"] = [{"label": label, "probability": probability} for label, probability in self.top(top_k)]
         return fields
 
-    def to_row(self, classes, top_k: int = 1, label_separator: str = None, similar: int = 0) -> dict:
+    def to_row(self, classes, top_k: int = 1, label_separator: str = None, similar: int = 0,
+               sets: bool = False) -> dict:
         """One flat row for a table (Parquet, CSV): every field, None where unset, with `probabilities`
         spread into one column per class, p_<class>, so that error rows have the same columns.
 
@@ -88,6 +96,8 @@ class Prediction:
                 the labels joined by it; without it there is no such column.
             similar: the similar photos asked for: columns similar_<i>_path, _label, _similarity for i
                 from 1 to `similar` (the path relative to the run's data folder).
+            sets: "prediction_set" ("cats;dogs", "" for the empty set) and "coverage" columns, for
+                predictions asked with a coverage.
         """
         row = {}
         for field in dataclasses.fields(self):
@@ -103,20 +113,55 @@ class Prediction:
                     photo = photos[i] if i < len(photos) else None
                     for key in ("path", "label", "similarity"):
                         row[f"similar_{i + 1}_{key}"] = getattr(photo, key) if photo else None
-            else:
+            elif field.name == "prediction_set":
+                if sets:
+                    row[field.name] = None if value is None else conformal.SET_SEPARATOR.join(value)
+            elif field.name != "coverage" or sets:
                 row[field.name] = value
         if top_k > 1:
             row["top_k"] = "; ".join(f"{label}:{probability:.4f}" for label, probability in self.top(top_k))
         return row
 
 
-def decide(info, outputs, reject=True, reject_threshold=None, unknown_label=UNKNOWN_LABEL) -> list:
-    """The label, probabilities and open-set decision of each photo from a runtime's outputs.
+def set_threshold(info, coverage, reject=True, reject_threshold=None) -> float:
+    """The probability a class needs to be in a photo's prediction set at `coverage`, calibrated with the
+    rejection answered (`reject`, `reject_threshold`: as for `Classifier.predict`), so that the photos it
+    rejects are part of the promise (`models.conformal.record_threshold`)."""
+    rejecting = reject and info.reject_threshold is not None
+    threshold = info.reject_threshold if reject_threshold is None else reject_threshold
+    return conformal.record_threshold(info.conformal, coverage, threshold if rejecting else None)
+
+
+def set_coverage(info, coverage=None, reject=True, reject_threshold=None):
+    """The coverage of the prediction sets to answer: `coverage` if given (0: none), else the model's default;
+    checked to be one the validation photos can promise with that rejection (see `set_threshold`).
+
+    Raises:
+        ConfigError: a coverage outside (0, 1), or one the validation photos cannot promise; UnsupportedError:
+            a coverage asked of a model without the calibration of prediction sets.
+    """
+    default = (info.conformal or {}).get("coverage")
+    coverage = default if coverage is None else coverage or None
+    if coverage is None:
+        return None
+    check_coverage(coverage)
+    if info.multi_label:
+        raise UnsupportedError(f"coverage {coverage:g}: prediction sets are for a model of one class a photo; a "
+                               f"multi-label model answers each label yes or no at its own threshold")
+    if info.conformal is None:
+        raise UnsupportedError("this model has no calibration for prediction sets (it was trained before catsdogs "
+                               "kept one): train it again to ask for a coverage")
+    set_threshold(info, coverage, reject, reject_threshold)
+    return coverage
+
+
+def decide(info, outputs, reject=True, reject_threshold=None, unknown_label=UNKNOWN_LABEL, coverage=None) -> list:
+    """The label, probabilities, open-set decision and prediction set of each photo from a runtime's outputs.
 
     Args:
-        info: the model's `ModelInfo` (classes, decision threshold, reject threshold).
+        info: the model's `ModelInfo` (classes, decision threshold, reject threshold, calibration of sets).
         outputs: {"probabilities": (n, classes)[, "in_distribution_score": (n,)]}.
-        reject, reject_threshold, unknown_label: as for `Classifier.predict`.
+        reject, reject_threshold, unknown_label, coverage: as for `Classifier.predict`.
 
     Returns:
         one dict of `Prediction` fields per photo (without path): a multi-label model's with the labels
@@ -129,6 +174,11 @@ def decide(info, outputs, reject=True, reject_threshold=None, unknown_label=UNKN
         labels = predicted_classes(probabilities, info.threshold)
     scores = outputs.get(SCORE)
     threshold = info.reject_threshold if reject_threshold is None else reject_threshold
+    accepted = (scores >= threshold) | (not reject) if scores is not None else np.ones(len(probabilities), bool)
+    coverage = set_coverage(info, coverage, reject, reject_threshold)
+    if coverage is not None:
+        members = conformal.prediction_sets(probabilities, set_threshold(info, coverage, reject, reject_threshold),
+                                            labels, accepted)
     decisions = []
     for i, probs in enumerate(probabilities):
         decision = {"probabilities": probabilities_by_class(info.class_names, probs)}
@@ -137,12 +187,14 @@ def decide(info, outputs, reject=True, reject_threshold=None, unknown_label=UNKN
         else:
             decision.update(label=info.class_names[labels[i]], probability=float(probs[labels[i]]))
         if scores is not None:
-            accepted = bool(scores[i] >= threshold) or not reject
-            decision.update(in_distribution_score=float(scores[i]), accepted=accepted)
-            if not accepted:  # none of the classes: the label says so, and a set of labels is empty
+            decision.update(in_distribution_score=float(scores[i]), accepted=bool(accepted[i]))
+            if not accepted[i]:  # none of the classes: the label says so, and a set of labels is empty
                 decision["label"] = unknown_label
                 if info.multi_label:
                     decision["labels"] = []
+        if coverage is not None:
+            decision.update(prediction_set=[name for name, member in zip(info.class_names, members[i]) if member],
+                            coverage=coverage)
         decisions.append(decision)
     return decisions
 
@@ -241,7 +293,8 @@ class Classifier:
         return run_on_files(forward, list(paths), self.info.image_size, batch_size, views_for(tta), desc)
 
     def predict(self, inputs, tta: bool = False, batch_size: int = INFERENCE_BATCH_SIZE, reject: bool = True,
-                reject_threshold: float = None, unknown_label: str = UNKNOWN_LABEL, similar: int = 0) -> list:
+                reject_threshold: float = None, unknown_label: str = UNKNOWN_LABEL, similar: int = 0,
+                coverage: float = None) -> list:
         """Predicts every image among the inputs; an unreadable file gets an error, not an exception.
 
         Args:
@@ -254,28 +307,33 @@ class Classifier:
             unknown_label: the label of rejected photos.
             similar: also name the `similar` training photos most similar to each photo (`Prediction.similar`;
                 with `tta`, of the photo as it is).
+            coverage: answer each photo's prediction set at this coverage, e.g. 0.95 (`Prediction.prediction_set`);
+                None: the model's default (`catsdogs train --coverage`), 0: none. Calibrated on the
+                validation photos as predicted without `tta`.
 
         Returns:
             one `Prediction` per file, in order.
         """
         paths = expand_inputs(inputs)
+        set_coverage(self.info, coverage, reject, reject_threshold)  # fails, if it does, before any photo is read
         return self.predictions(paths, self.outputs_of_files(paths, tta, batch_size, similar=similar), reject,
-                                reject_threshold, unknown_label)
+                                reject_threshold, unknown_label, coverage)
 
-    def predictions(self, paths, outputs, reject=True, reject_threshold=None, unknown_label=UNKNOWN_LABEL) -> list:
+    def predictions(self, paths, outputs, reject=True, reject_threshold=None, unknown_label=UNKNOWN_LABEL,
+                    coverage=None) -> list:
         """The `Prediction` of each file from the model's outputs: its decision rules applied (`decide`).
 
         Args:
             paths: the files.
             outputs: their `inference.pipeline.Outputs` (the model's outputs per view, which files have them, errors).
-            reject, reject_threshold, unknown_label: as for `predict`.
+            reject, reject_threshold, unknown_label, coverage: as for `predict`.
 
         Returns:
             one `Prediction` per file, in order.
         """
         if not outputs.ok.any():
             return [Prediction(path, error=outputs.errors[path]) for path in paths]
-        decisions = decide(self.info, outputs.mean_over_views(), reject, reject_threshold, unknown_label)
+        decisions = decide(self.info, outputs.mean_over_views(), reject, reject_threshold, unknown_label, coverage)
         if SIMILAR_ROWS in outputs.values:  # of the photo as it is (the first view): rows cannot be averaged
             for decision, rows, similarities in zip(decisions, outputs.values[SIMILAR_ROWS][0],
                                                     outputs.values[SIMILARITIES][0]):

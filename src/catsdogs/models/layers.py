@@ -40,15 +40,18 @@ class ClassProbabilities(layers.Layer):
 
     Logits are made one per class (`class_logits`), divided by `temperature` (calibration) and
     turned into probabilities by a softmax. `threshold` is the probability of the second class at
-    which a binary model predicts it; it is stored here so that it travels with the model.
+    which a binary model predicts it; it is stored here so that it travels with the model, as is
+    `conformal`, the validation photos' record that prediction sets are calibrated on
+    (`conformal.calibration_record`; None for models trained before catsdogs had it).
     """
 
-    def __init__(self, class_names, temperature=1.0, threshold=0.5, **kwargs):
+    def __init__(self, class_names, temperature=1.0, threshold=0.5, conformal=None, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.class_names = list(class_names)
         self.temperature = float(temperature)
         self.threshold = float(threshold)
+        self.conformal = conformal
 
     def call(self, logits):
         return ops.softmax(class_logits(ops.cast(logits, "float32")) / self.temperature, axis=-1)
@@ -58,7 +61,7 @@ class ClassProbabilities(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "class_names": self.class_names,
-                "temperature": self.temperature, "threshold": self.threshold}
+                "temperature": self.temperature, "threshold": self.threshold, "conformal": self.conformal}
 
 
 @keras.saving.register_keras_serializable(package="catsdogs")

@@ -22,7 +22,7 @@ SIMILARITIES = "similarities"
 
 
 def assemble(extractor, head, class_names, temperature=1.0, threshold=0.5, open_set=None, multi_label=False,
-             label_separator=LABEL_SEPARATOR):
+             label_separator=LABEL_SEPARATOR, conformal=None):
     """One end-to-end model: RGB pixels of any size in [0, 255] in, class probabilities out.
 
     Args:
@@ -36,6 +36,7 @@ def assemble(extractor, head, class_names, temperature=1.0, threshold=0.5, open_
         multi_label: a probability per label (`layers.LabelProbabilities`, independent sigmoids) instead
             of one per class summing to 1 (`layers.ClassProbabilities`).
         label_separator: multi-label: what joins a photo's labels in tables (stored with the model).
+        conformal: the validation photos' `conformal.calibration_record`, for prediction sets; or None.
 
     Returns:
         a `keras.Model` named "catsdogs": its output is the probabilities, or with `open_set` a
@@ -48,7 +49,7 @@ def assemble(extractor, head, class_names, temperature=1.0, threshold=0.5, open_
     if multi_label:
         layer = LabelProbabilities(class_names, temperature, threshold, label_separator, name="probabilities")
     else:
-        layer = ClassProbabilities(class_names, temperature, threshold, name="probabilities")
+        layer = ClassProbabilities(class_names, temperature, threshold, conformal, name="probabilities")
     probabilities = layer(logits)
     if open_set is None:
         return keras.Model(image, probabilities, name="catsdogs")
@@ -164,6 +165,7 @@ class ModelInfo:
     thresholds: list = None
     temperatures: list = None
     label_separator: str = None
+    conformal: dict = None  # the calibration of prediction sets (`conformal.calibration_record`), if the model has it
 
     @property
     def multi_label(self) -> bool:
@@ -181,7 +183,8 @@ def describe(model: keras.Model) -> ModelInfo:
                      None if multi_label else probabilities.temperature,
                      open_set.threshold if open_set else None, list(open_set.methods) if open_set else None,
                      **({"thresholds": probabilities.thresholds, "temperatures": probabilities.temperatures,
-                         "label_separator": probabilities.separator} if multi_label else {}))
+                         "label_separator": probabilities.separator} if multi_label else
+                        {"conformal": probabilities.conformal}))
 
 
 def probabilities_by_class(class_names, probabilities) -> dict:

@@ -219,9 +219,18 @@ class RunDirectory:
         except (OSError, csv.Error) as error:
             raise DataError(f"{file}: cannot be read as CSV ({error})") from None
 
+    def photo_folders(self) -> list:
+        """The folders the run's photos lie in: its data folder, and those that photos added from discovered
+        clusters came from (config.json's discovered_sources)."""
+        config_file, sources = self.file(CONFIG), self.config().get("discovered_sources", [])
+        if not (isinstance(sources, list) and all(isinstance(s, str) and os.path.isabs(s) for s in sources)):
+            raise DataError(f"{config_file}: discovered_sources is not a list of absolute folders")
+        return [self.data_dir(), *sources]
+
     def photo_rows(self, name, columns=("path",)) -> list:
         """The rows of a table of the run's photos (splits.csv, review.csv, predictions.csv), each photo's
-        path checked to lie inside the run's data folder (by name: `..` and absolute paths that lead out).
+        path checked to lie inside the run's data folder, or a folder that discovered photos came from
+        (`photo_folders`), by name: `..` and absolute paths that lead out are refused.
 
         Args:
             name: the table.
@@ -235,11 +244,13 @@ class RunDirectory:
                 outside the data folder (a run directory from elsewhere could name any file); or
                 `data_dir`'s errors.
         """
-        file, data_dir, rows = self.file(name), self.data_dir(), self.rows(name)
+        file, folders, rows = self.file(name), self.photo_folders(), self.rows(name)
+        data_dir = folders[0]
         missing = [column for column in columns if rows and column not in rows[0]]
         if missing:
             raise DataError(f"{file}: no column {', '.join(missing)}; it has {', '.join(rows[0])}")
-        outside = [row["path"] for row in rows if not is_inside(data_dir, os.path.join(data_dir, row["path"]))]
+        outside = [row["path"] for row in rows
+                   if not any(is_inside(folder, os.path.join(data_dir, row["path"])) for folder in folders)]
         if outside:
             raise DataError(f"{file}: the photo {outside[0]!r} lies outside the run's data folder {data_dir}"
                             + (f" (and {len(outside) - 1} more)" if len(outside) > 1 else "")

@@ -263,37 +263,46 @@ def create_app(run_dir, run_photos, explainer, corrections_file, token, host="12
     return app
 
 
-def review(run_dir, corrections_file=None, mistakes=REVIEW_MISTAKES, host="127.0.0.1", port=8001, allowed_hosts=()):
+def review(run_dir, corrections_file=None, mistakes=REVIEW_MISTAKES, host="127.0.0.1", port=8001, allowed_hosts=(),
+           clusters=None):
     """Serves the review page of a run with uvicorn until interrupted (SIGINT or SIGTERM), and logs
     its address with a new token, which lets in the browser that opens it.
 
     Args:
         run_dir: a run directory (`catsdogs train`).
-        corrections_file: where decisions go (default: corrections.csv in the run directory).
+        corrections_file: where decisions go (default: corrections.csv in the run directory; with
+            `clusters`, in the discover folder, where training reads the photos it adds).
         mistakes: how many of the most confident mistakes to list, besides the flagged photos.
         host: the address to listen on; the default is reachable from this machine only.
         port: 0 picks a free port (the log says which).
         allowed_hosts: more host names the page answers to (--allowed-host), besides loopback and `host`.
+        clusters: a folder of `catsdogs discover` made with this run: review its clusters instead of the
+            run's photos (`apps.review.clusters`).
     """
+    from catsdogs.apps.review.clusters import create_clusters_app, read_run_clusters
     from catsdogs.apps.web.server import LOOPBACK_HOSTS, Server, uvicorn_config
 
     settings = ServeSettings(allowed_hosts=allowed_hosts)  # checks the names
-    corrections_file = corrections_file or os.path.join(run_dir, CORRECTIONS)
-    run_photos = read_run_photos(run_dir, mistakes)  # before the model loads: its errors come in seconds
+    corrections_file = corrections_file or os.path.join(clusters or run_dir, CORRECTIONS)
+    # The photos are read before the model loads, so that their errors come in seconds.
+    run_photos = read_run_clusters(run_dir, clusters) if clusters else read_run_photos(run_dir, mistakes)
     if os.path.exists(corrections_file):  # likewise a file that is not a corrections file
         corrections.read_corrections(corrections_file)
     token = secrets.token_urlsafe(32)
-    classifier = load(run_dir, "keras")
-    app = create_app(run_dir, run_photos, classifier.explainer(), corrections_file, token, host,
-                     settings.allowed_hosts, classifier)
+    if clusters:
+        app = create_clusters_app(run_photos, corrections_file, token, host, settings.allowed_hosts)
+    else:
+        classifier = load(run_dir, "keras")
+        app = create_app(run_dir, run_photos, classifier.explainer(), corrections_file, token, host,
+                         settings.allowed_hosts, classifier)
     if host not in LOOPBACK_HOSTS:
         log.warning("listening on %s: anyone who can reach this machine and has the address printed below (its "
                     "token) can see the run's photos and change its corrections; the token travels in clear over "
                     "plain HTTP", host)
-    if run_photos.note:
+    if getattr(run_photos, "note", ""):
         log.warning("%s", run_photos.note)
-    log.info("reviewing %d photos of %s; decisions are saved to %s", len(run_photos.photos), run_dir,
-             corrections_file)
+    log.info("reviewing %s of %s; decisions are saved to %s", f"{len(run_photos.clusters)} clusters" if clusters
+             else f"{len(run_photos.photos)} photos", run_dir, corrections_file)
     shown_host = "127.0.0.1" if host in ANY_ADDRESS else f"[{host}]" if ":" in host else host
 
     def show_address(port):

@@ -63,7 +63,7 @@ from catsdogs.config.serve import ServeSettings
 from catsdogs.data.images import open_image
 from catsdogs.errors import CatsdogsError, ImageError
 from catsdogs.inference import explain
-from catsdogs.inference.classifier import decide, load
+from catsdogs.inference.classifier import decide, load, set_coverage
 from catsdogs.inference.preprocess import decode_photo, prepare
 from catsdogs.models import model as model_lib
 from catsdogs.store import run_dir
@@ -272,6 +272,10 @@ class PredictionAnswer(BaseModel):
         "(models with an open-set score)"))
     accepted: bool | None = Field(None, description="whether the score reaches the reject threshold; if not, "
                                                     "the label is 'unknown'")
+    prediction_set: list[str] | None = Field(None, description=(
+        "with a coverage (?coverage=, or the server's or model's default): the classes that hold the photo's true "
+        "class for that share of photos; always the label among them, empty when the photo is rejected as unknown"))
+    coverage: float | None = Field(None, description="the coverage of prediction_set")
     heatmap_png: str | None = Field(None, description=(
         "with heatmap=true: the Grad-CAM heatmap of the predicted class (multi-label: the most probable label), a "
         "base64 PNG with transparency in the photo's proportions, to stretch over the photo"))
@@ -308,6 +312,10 @@ class ModelStatus(BaseModel):
     heatmaps: bool = Field(description="whether heatmap=true is available (Grad-CAM needs the Keras model)")
     similar: int = Field(0, description=(
         "the most training photos similar=K names (0: none, this model does not keep them or is an export)"))
+    prediction_sets: bool = Field(False, description="whether ?coverage= is available (the model keeps the "
+                                                     "calibration of prediction sets)")
+    coverage: float | None = Field(None, description="the coverage of the prediction sets answered when a request "
+                                                     "asks for none (the server's --coverage, else the model's)")
 
 
 class BatchingStatus(BaseModel):
@@ -409,6 +417,8 @@ class Service:
         self.predictor = Predictor(classifier)
         self.format = classifier.runtime.format
         self.heatmaps = self.predictor.explainer is not None
+        # The coverage answered by default; a --coverage the model cannot answer fails here.
+        self.default_coverage = set_coverage(self.info, settings.coverage or None)
         self.batcher = MicroBatcher(self.predictor, settings.max_batch_size, settings.max_wait_ms)
         self.request_slots = asyncio.Semaphore(settings.max_active_requests)
         self.decode_slots = asyncio.Semaphore(settings.max_decodes)
@@ -478,6 +488,15 @@ class Service:
             if idle and pixels >= TRIM_AFTER_PIXELS:
                 release_free_memory()
 
+    def coverage(self, asked, reject, reject_threshold):
+        """The coverage of the sets to answer a request (`classifier.set_coverage`): `asked` (?coverage=), else
+        the server's --coverage, else the model's default; 0 for none; 400 if it cannot be answered."""
+        try:
+            return set_coverage(self.info, self.settings.coverage or None if asked is None else asked, reject,
+                                reject_threshold) or 0
+        except CatsdogsError as error:
+            raise HTTPException(400, f"coverage: {error}")
+
     async def outputs_of_images(self, images, heatmap=False, similar=0):
         """Decodes image files (their pixels budgeted first) and runs them through the batcher.
 
@@ -523,7 +542,7 @@ class Service:
         return await asyncio.gather(*(self.batcher.submit(Job(photo, False, f"{source}[{i}]"))
                                       for i, photo in enumerate(pixels)))
 
-    async def predict_images(self, images, heatmap, reject=True, reject_threshold=None, similar=0):
+    async def predict_images(self, images, heatmap, reject=True, reject_threshold=None, similar=0, coverage=0):
         """images: list of (file bytes, source name) -> list of PredictionAnswer (see `classifier.decide`)."""
         predictions = []
         for photo, result in await self.outputs_of_images(images, heatmap, similar):
@@ -532,7 +551,7 @@ class Service:
                 height, width = photo.shape[:2]  # shrunk or not, the photo's proportions
                 png = await run_in_threadpool(explain.heatmap_png, result.heatmap, width, height)
             decision = decide(self.info, {name: value[None] for name, value in result.outputs.items()}, reject,
-                              reject_threshold)[0]
+                              reject_threshold, coverage=coverage)[0]
             predictions.append(PredictionAnswer(**decision, heatmap_png=base64.b64encode(png).decode() if png else None,
                                                 similar=similar_answers(result.similar) if similar else None))
         return predictions
@@ -668,7 +687,8 @@ def _add_status_routes(app, service, auth):
             thresholds=dict(zip(info.class_names, info.thresholds)) if info.multi_label else None,
             reject_threshold=info.reject_threshold,
             metrics=service.metrics, format=service.format, heatmaps=service.heatmaps,
-            similar=service.predictor.max_similar)
+            similar=service.predictor.max_similar, prediction_sets=info.conformal is not None,
+            coverage=service.default_coverage)
 
     common = dict(response_model=ModelStatus, dependencies=auth["dependencies"])
 
@@ -711,6 +731,8 @@ def _add_predict_routes(app, service, auth):
     similar_query = Query(0, ge=0, le=MAX_SIMILAR, description=(
         "also name the K training photos most similar to each photo (models that keep them: GET "
         "/v1/models/NAME says how many at most)"))
+    coverage_query = Query(None, ge=0, lt=1, description="also answer each photo's prediction set at this coverage, "
+                                                         "e.g. 0.95 (0: none; default: the server's)")
     json_request = {"application/json": {"schema": _request_schema(settings)}}
     tf_serving_route = dict(
         response_model=tf_serving.RowAnswer | tf_serving.ColumnarAnswer, dependencies=auth["dependencies"],
@@ -745,7 +767,9 @@ def _add_predict_routes(app, service, auth):
               dependencies=auth["dependencies"],
               openapi_extra={"requestBody": {"required": True, "content": {**upload, **json_request}}})
     async def labelled_predict(request: Request, heatmap: bool = heatmap_query, reject: bool = reject_query,
-                               reject_threshold: float | None = threshold_query, similar: int = similar_query):
+                               reject_threshold: float | None = threshold_query, similar: int = similar_query,
+                               coverage: float | None = coverage_query):
+        coverage = service.coverage(coverage, reject, reject_threshold)
         multipart = _media_type(request) == "multipart/form-data"
         if not multipart and _media_type(request) not in JSON_TYPES:
             raise HTTPException(415, f"expected Content-Type multipart/form-data or application/json, got "
@@ -756,7 +780,7 @@ def _add_predict_routes(app, service, auth):
             else:
                 images, _ = await _read_instances(request, settings.max_images)
             return PredictResponse(predictions=await service.predict_images(images, heatmap, reject, reject_threshold,
-                                                                            similar))
+                                                                            similar, coverage))
 
     # A plain function: decoding the photo runs in a worker thread, never in the event loop.
     @app.get(TRAINING_PHOTO_ROUTE, response_class=Response, dependencies=auth["dependencies"],

@@ -111,6 +111,12 @@ function showPrediction(card, prediction) {
   } else {
     label.textContent = `${prediction.label} ${percent(prediction.probability)}`;
   }
+  if (prediction.prediction_set) {  // the server answers sets at a coverage: empty exactly when rejected above
+    const set = card.querySelector(".set");
+    const members = prediction.prediction_set.length ? prediction.prediction_set.join(", ") : "empty, none of the classes";
+    set.textContent = `Prediction set at ${percent(prediction.coverage)} coverage: ${members}.`;
+    set.hidden = false;
+  }
   const bars = card.querySelector(".bars");
   for (const [name, probability] of Object.entries(prediction.probabilities)) {
     const row = document.createElement("div");
