@@ -33,7 +33,6 @@ from catsdogs.inference.similar import training_photos_of
 from catsdogs.models import backbones, calibration, conformal, heads, multilabel, openset
 from catsdogs.models import model as model_lib
 from catsdogs.models.folding import fold_batch_normalization
-from catsdogs.models.model import predicted_classes
 from catsdogs.store import discover_dir, run_dir
 from catsdogs.utils.extras import require
 from catsdogs.utils.files import is_inside, timestamp
