@@ -8,7 +8,7 @@ from catsdogs.cli import main
 from catsdogs.config.choices import BENCH_RUNTIMES
 from catsdogs.engine import bench
 from catsdogs.errors import ConfigError
-from conftest import link_photos
+from conftest import link_photos, photo
 
 
 def test_quick_bench_reports_every_runtime_against_the_peak_of_its_precision(tmp_path, capsys):
@@ -114,3 +114,33 @@ def test_an_ensemble_is_measured_as_one_extractor_costing_its_members_together(t
     (result,) = json.loads(out.read_text())["results"]
     members = sum(bench.count_flops(build_feature_extractor(name, "random", 96), 96) for name in ensemble.split("+"))
     assert result["backbone"] == ensemble and abs(result["gflop_per_image"] - members / 1e9) < 0.01 * members / 1e9
+
+
+def test_bench_from_files_times_the_function_train_extracts_with(tmp_path, monkeypatch):
+    from catsdogs.engine.timing import files_rate
+    from catsdogs.inference import features
+    from catsdogs.store.feature_cache import FeatureCache
+
+    calls = []
+    extract = features.compute_features
+
+    def recorded(forward, paths, *args, **kwargs):
+        calls.append((forward, len(paths)))
+        return extract(forward, paths, *args, **kwargs)
+
+    monkeypatch.setattr(features, "compute_features", recorded)
+
+    class Backbone:  # the mean colour as features: what runs is beside the point
+        name, input_shape, output_shape = "mean", (None, 32, 32, 3), (None, 3)
+
+        def __call__(self, images):
+            return images.mean(axis=(1, 2))
+
+    backbone = Backbone()
+    paths = [photo("test", "cats", number) for number in range(4001, 4006)]
+    rate = files_rate(backbone, paths, 32, batch_size=2)
+    extracted = features.cached_features(backbone, paths, [f"digest-{n}" for n in range(5)],
+                                         FeatureCache(str(tmp_path), "mean"), 2, forward=backbone)
+    assert calls == [(backbone, 5), (backbone, 5)]  # bench, then train's extraction: one code path
+    assert rate["images"] == 5 and rate["steady"] > 0 and rate["total"] > 0
+    assert extracted.ok.all() and extracted.values.shape == (1, 5, 3)

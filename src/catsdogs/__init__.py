@@ -31,7 +31,8 @@ os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 __version__ = "0.1.0"
 
-# Public name -> the module that defines it, imported on first use (PEP 562).
+# Public name -> the module that defines it ("module:name" where it is named otherwise there),
+# imported on first use (PEP 562).
 _PUBLIC = {
     "train": "catsdogs.engine.train",
     "Run": "catsdogs.engine.train",
@@ -43,6 +44,10 @@ _PUBLIC = {
     "TrainConfig": "catsdogs.config.train",
     "discover": "catsdogs.engine.discover",
     "Discovery": "catsdogs.engine.discover",
+    # Progress of long work shown the caller's way: `with catsdogs.report_progress_to(callback): ...`
+    # sends a ProgressEvent on every update instead of a bar or log lines.
+    "report_progress_to": "catsdogs.utils.progress:report_to",
+    "ProgressEvent": "catsdogs.utils.progress",
     # Run directories side by side (runs.py reads their JSON files only; compare.py their predictions too).
     **{name: "catsdogs.store.runs" for name in ("list_runs", "format_runs")},
     **{name: "catsdogs.engine.compare" for name in ("compare_runs", "format_comparison")},
@@ -72,11 +77,14 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time these come from __g
     from catsdogs.inference.classifier import Classifier, Prediction, load
     from catsdogs.engine.compare import compare_runs, format_comparison
     from catsdogs.store.runs import format_runs, list_runs
+    from catsdogs.utils.progress import ProgressEvent
+    from catsdogs.utils.progress import report_to as report_progress_to
 
 
 def __getattr__(name):
     if name in _PUBLIC:
-        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        module, _, attribute = _PUBLIC[name].partition(":")
+        value = getattr(importlib.import_module(module), attribute or name)
         globals()[name] = value  # later look-ups skip this function
         return value
     raise AttributeError(f"module 'catsdogs' has no attribute {name!r}")

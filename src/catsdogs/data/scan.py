@@ -5,11 +5,10 @@ import collections
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 
-from tqdm.auto import tqdm
-
 from catsdogs.data.images import describe_quirks, open_image, read_file
 from catsdogs.errors import ImageError
 from catsdogs.utils.files import sha256
+from catsdogs.utils.progress import progress
 
 
 @dataclasses.dataclass
@@ -79,9 +78,9 @@ def scan_dataset(dataset, workers=8):
     """
     report = ScanReport(problems=dict(dataset.problems), rows=dataset.rows)
     paths = [s.path for samples in dataset.splits.values() for s in samples]
-    with ThreadPoolExecutor(workers) as pool:
+    with ThreadPoolExecutor(workers) as pool, progress(len(paths), "scan", "files") as bar:
         futures = [pool.submit(_scan_file, p) for p in paths]
-        for path, future in tqdm(zip(paths, futures), total=len(paths), desc="scan", unit="file", leave=False, disable=None):
+        for path, future in zip(paths, futures):
             try:
                 report.hashes[path], quirks = future.result()
             except ImageError as error:
@@ -89,6 +88,7 @@ def scan_dataset(dataset, workers=8):
             else:
                 if quirks:
                     report.quirks[path] = quirks
+            bar.update()
     by_hash = collections.defaultdict(list)
     for path, digest in report.hashes.items():
         by_hash[digest].append(path)

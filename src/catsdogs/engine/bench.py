@@ -12,16 +12,18 @@ process, so that its peak memory is its own and no state is left by the one befo
 - OpenVINO in float32 on the same ONNX file, where it is installed, with its inference precision
   hint set to f32 (by default it computes in bfloat16 on bfloat16 CPUs, which would not compare).
 
-Keras runs the whole model (backbone and a two-class head); the others the backbone alone: the
-head is a few hundred thousand operations of billions. An ensemble ("a+b") runs in Keras only.
+Every runtime runs the backbone alone, as feature extraction does (a head is a few hundred
+thousand operations of billions). An ensemble ("a+b") runs in Keras only.
 
 - forward: images/s of the model alone on ready batches (real photos, decoded and resized
   beforehand): the median of several timed calls after two warm-up calls; GFLOP/s from the
   Keras float32 model's FLOP count (TensorFlow's profiler on the frozen graph: multiply-adds
   count 2), the same count for every runtime and precision.
-- from files: images/s of `inference.pipeline.iter_batches`, i.e. of `catsdogs predict` and of feature
-  extraction in `catsdogs train`, decoding and resizing included, in steady state: from the end
-  of the first batch to the end of the last, so start-up and tear-down are left out.
+- from files: images/s of feature extraction as `catsdogs train` runs it, the very function
+  (`inference.features.compute_features`: the photo pipeline of `catsdogs predict` too, and the
+  feature cache's writes), decoding and resizing included, in steady state: from the end of the
+  first batch to the end of the last, so start-up and tear-down are left out. What it says for a
+  backbone, runtime and precision is what training extracts at (docs/BENCHMARKS.md).
 
 "% of peak" compares with the peak of the runtime's precision, measured in the same run by a
 tuned kernel that is not the one being measured:
@@ -231,18 +233,11 @@ def measure(backbone, precision, image_size, batch_sizes, paths, repeats):
         dict: weights used (and why not ImageNet), GFLOP per image, whether oneDNN was on, peak
         RSS, and one row per batch size with forward and from-files images/s.
     """
-    import keras
-
     from catsdogs.inference.model_formats import compiled_forward
-    from catsdogs.models import model as model_lib
-    from catsdogs.models.heads import build_head
 
     extractor, weights, weights_note = extractor_with_available_weights(backbone, precision, image_size)
     image_size = extractor.input_shape[1]
-    keras.utils.set_random_seed(0)
-    head = build_head(extractor.output_shape[-1], 2)
-    model = model_lib.assemble(extractor, head, ["cats", "dogs"])
-    rows = _rows(compiled_forward(model), paths, image_size, batch_sizes, repeats)
+    rows = _rows(compiled_forward(extractor), paths, image_size, batch_sizes, repeats)  # as training extracts
     return {"backbone": backbone, "image_size": image_size, "precision": precision, "runtime": "keras",
             "weights": weights, "weights_note": weights_note,
             "gflop_per_image": count_flops(extractor, image_size) / 1e9, "onednn": _onednn_enabled(),
@@ -542,7 +537,7 @@ def format_report(report):
              for r in report["results"] if r["weights"] == "random"}
     lines += sorted(notes) + list(report["notes"])
     lines.append("forward: the model alone on ready batches (median); files: decoding and resizing included, "
-                 "steady state (as catsdogs predict and feature extraction); Keras runs backbone and head, the "
-                 "others the backbone alone (the head is a few hundred thousand operations); % peak: against "
+                 "steady state, as catsdogs train extracts features; every runtime runs the backbone alone (a head "
+                 "is a few hundred thousand operations); % peak: against "
                  "the peak of the runtime's precision (int8: GOP/s against the int8 peak)")
     return "\n".join(lines)

@@ -25,6 +25,7 @@ from catsdogs.inference.pipeline import decoded_images
 from catsdogs.models import model as model_lib
 from catsdogs.store import export_dir, run_dir
 from catsdogs.utils.extras import EXTRAS, require
+from catsdogs.utils.progress import progress
 
 # Whose versions export.json records: what wrote the export and what runs it.
 VERSIONED_MODULES = {
@@ -167,10 +168,12 @@ def compare_predictions(expected, got, class_names):
     return result
 
 
-def _predictions(runtime, photos, batch_size):
+def _predictions(runtime, photos, batch_size, desc):
     from catsdogs.inference.classifier import Classifier
 
-    return [p.to_dict() for p in Classifier(runtime).predict(photos, batch_size=batch_size)]
+    classifier = Classifier(runtime)
+    outputs = classifier.outputs_of_files(photos, batch_size=batch_size, desc=desc)
+    return [p.to_dict() for p in classifier.predictions(photos, outputs)]
 
 
 def _prepare_folder(folder):
@@ -219,7 +222,8 @@ def export_model(run_or_model, export_format, output=None, quantization="float32
     folder = output or export_dir.default_folder(model_path, export_format, quantization)
     _prepare_folder(folder)
     start = time.perf_counter()
-    write_export(model, export_format, export_dir.exported_file(folder, export_format), quantization, calibration)
+    with progress(None, f"export ({export_format}): converting"):  # minutes for TFLite int8, without a count
+        write_export(model, export_format, export_dir.exported_file(folder, export_format), quantization, calibration)
     seconds = time.perf_counter() - start
     metadata = {
         "format": export_format,
@@ -246,13 +250,14 @@ def export_model(run_or_model, export_format, output=None, quantization="float32
     # Keras model itself. A model that computes in bfloat16 is also compared as it is.
     exported = runtimes.load(folder)
     photos = sample(test_paths, parity_images)
-    got = _predictions(exported, photos, batch_size)
-    as_saved = _predictions(runtimes.KerasModel(model), photos, batch_size)
+    got = _predictions(exported, photos, batch_size, f"export ({export_format}): parity, the export")
+    as_saved = _predictions(runtimes.KerasModel(model), photos, batch_size, f"export ({export_format}): parity, Keras")
     precision = model_lib.compute_precision(model)
     if export_format == "keras" or precision == "float32":
         parity = {"reference": f"the Keras model ({precision})", **compare_predictions(as_saved, got, info.class_names)}
     else:
-        float32 = _predictions(runtimes.KerasModel(model_lib.float32_model(model)), photos, batch_size)
+        float32 = _predictions(runtimes.KerasModel(model_lib.float32_model(model)), photos, batch_size,
+                               f"export ({export_format}): parity, Keras in float32")
         parity = {"reference": "the Keras model computing in float32",
                   **compare_predictions(float32, got, info.class_names),
                   "saved_bfloat16_model": compare_predictions(as_saved, got, info.class_names)}

@@ -5,6 +5,7 @@
 
 import platform
 import resource
+import tempfile
 import time
 
 import numpy as np
@@ -30,25 +31,22 @@ def forward_rate(forward, images, repeats=5):
     return len(images) / median_seconds(lambda: np.asarray(forward(images)), repeats)
 
 
-def files_rate(model, paths, image_size, batch_size):
-    """Images/s of `inference.pipeline.iter_batches` over the paths, in steady state and in total.
+def files_rate(forward, paths, image_size, batch_size):
+    """Images/s of feature extraction from files, as `catsdogs train` extracts: the very function it
+    runs (`inference.features.compute_features`), into a throwaway feature cache.
 
     Returns:
         dict: steady (from the end of the first batch to the end of the last), total (from the
-        call to the end of the iteration, start-up and tear-down included), images.
+        call to the last chunk written, start-up included), images.
     """
-    from catsdogs.inference.pipeline import iter_batches
+    from catsdogs.inference import features
+    from catsdogs.store.feature_cache import FeatureCache
 
-    start = time.perf_counter()
-    finished = []  # (time, images done) after each batch
-    done = 0
-    for indices, _, _ in iter_batches(model, paths, image_size, batch_size, desc="bench"):
-        done += len(indices)
-        finished.append((time.perf_counter(), done))
-    end = time.perf_counter()
-    (first_time, first_done), (last_time, last_done) = finished[0], finished[-1]
-    steady = (last_done - first_done) / (last_time - first_time) if len(finished) > 1 else done / (end - start)
-    return {"steady": steady, "total": done / (end - start), "images": done}
+    ids = [f"photo-{i}" for i in range(len(paths))]  # the cache is thrown away: no content hashes needed
+    with tempfile.TemporaryDirectory() as folder:
+        _, timing = features.compute_features(forward, paths, ids, FeatureCache(folder, "bench"), image_size,
+                                              batch_size, desc="bench")
+    return {"steady": timing.steady_rate, "total": timing.rate, "images": timing.images}
 
 
 def peak_rss_mb():

@@ -373,7 +373,7 @@ def fine_tune(prepared: Prepared, head, split_features):
                                               config.precision, config.cache_dir, config.ray_address,
                                               config.ray_workers)
     else:
-        history = EpochHistory(settings.epochs, "fine-tune")
+        history = EpochHistory(settings.epochs, "fine-tune", steps=True)
         finetune.fine_tune(tunable, head, (train.paths, train.y), (val.paths, val.y), settings, [history])
         rows = history.rows
     seconds = time.perf_counter() - start

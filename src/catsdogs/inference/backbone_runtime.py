@@ -29,6 +29,7 @@ from catsdogs.config.choices import BACKBONE_PRECISIONS, BACKBONE_RUNTIMES
 from catsdogs.errors import ConfigError
 from catsdogs.utils.files import atomic_path, file_sha256, sha256
 from catsdogs.utils.host import cpu_has_amx, cpu_has_vnni, usable_cpus
+from catsdogs.utils.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def onnx_backbone_file(extractor, cache_dir):
         return path
     log.info("converting %s to ONNX (once)", extractor.name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with atomic_path(path) as partial:
+    with atomic_path(path) as partial, progress(None, f"converting {extractor.name} to ONNX"):
         export_onnx_file(float32_model(extractor), partial,
                          [tf.TensorSpec((None, size, size, 3), tf.float32, name="pixels")])
     return path
@@ -157,18 +158,24 @@ def quantized_backbone_file(float32_file, calibration_paths, image_size, cache_d
     class Calibration(CalibrationDataReader):
         """The resized training photos, one at a time, as ONNX Runtime's calibration reads them."""
 
-        def __init__(self, images):
+        def __init__(self, images, bar):
             self._feeds = iter([{"pixels": image[None]} for image in images])
+            self._bar = bar
 
         def get_next(self):
-            return next(self._feeds, None)
+            feed = next(self._feeds, None)
+            if feed is not None:
+                self._bar.update()
+            return feed
 
-    calibration = Calibration(decoded_images(paths, image_size))
+    images = decoded_images(paths, image_size)
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.WARNING)  # the quantizer logs a line per adjusted weight scale on the root logger
     try:
-        with atomic_path(path) as partial:
+        with atomic_path(path) as partial, progress(len(images), f"quantizing {os.path.basename(float32_file)} to int8",
+                                                    "calibration photos") as bar:
+            calibration = Calibration(images, bar)
             prepared = partial + ".pre.onnx"
             # Shape inference and graph fusions first, as ONNX Runtime advises for quantization.
             quant_pre_process(float32_file, prepared, skip_symbolic_shape=True)

@@ -1,6 +1,7 @@
 """Features of a frozen backbone for photos: from the feature cache where present,
 computed (in Keras or ONNX Runtime) and cached otherwise."""
 
+import dataclasses
 import logging
 import time
 
@@ -18,6 +19,68 @@ CHUNK_SIZE = 512
 CHUNK_SECONDS = 5.0
 
 
+@dataclasses.dataclass
+class ExtractionTiming:
+    """How fast an extraction went (`compute_features`).
+
+    Attributes:
+        images: photos prepared and run through the backbone (each once, whatever the views).
+        seconds: from the call to the last chunk written.
+        batches: (seconds since the call, photos done) at the end of each batch.
+    """
+
+    images: int
+    seconds: float
+    batches: list
+
+    @property
+    def rate(self):
+        """Photos per second, start-up included: what `catsdogs train` logs."""
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def steady_rate(self):
+        """Photos per second from the end of the first batch to the end of the last (the rate alone where
+        there was one batch): start-up and tear-down left out, as `catsdogs bench` reports."""
+        if len(self.batches) < 2:
+            return self.rate
+        (first_time, first_done), (last_time, last_done) = self.batches[0], self.batches[-1]
+        return (last_done - first_done) / (last_time - first_time) if last_time > first_time else self.rate
+
+
+def compute_features(forward, paths, hashes, cache, image_size, batch_size, views=("original",), desc="features"):
+    """Computes photos' features in some views and adds them to the cache, a chunk every CHUNK_SIZE
+    features or CHUNK_SECONDS: the extraction of `catsdogs train`, and what `catsdogs bench` times from files.
+
+    Args:
+        forward: what computes them: `inference.model_formats.compiled_forward` of the Keras backbone,
+            or an `inference.backbone_runtime.OnnxBackbone`.
+        paths: image files.
+        hashes: content hash of each path (same order): the features' ids in the cache.
+        cache: a `FeatureCache`.
+        image_size: the backbone's input side.
+        batch_size: images per forward pass.
+        views: names in `inference.preprocess.VIEWS`.
+        desc: what the progress says is being done.
+
+    Returns:
+        (errors: path -> reason for the photos without features, `ExtractionTiming`).
+    """
+    errors, pending_ids, pending_features, batches = {}, [], [], []
+    start = last_write = time.perf_counter()
+    for indices, features, batch_errors in iter_batches(forward, paths, image_size, batch_size, views, desc):
+        errors.update(batch_errors)
+        for view, view_features in zip(views, features):
+            pending_ids += [cache_id(hashes[i], view) for i in indices]
+            pending_features += list(view_features)
+        if len(pending_ids) >= CHUNK_SIZE or time.perf_counter() - last_write >= CHUNK_SECONDS:
+            cache.add(pending_ids, pending_features)
+            pending_ids, pending_features, last_write = [], [], time.perf_counter()
+        batches.append((time.perf_counter() - start, min((len(batches) + 1) * batch_size, len(paths))))
+    cache.add(pending_ids, pending_features)
+    return errors, ExtractionTiming(len(paths), time.perf_counter() - start, batches)
+
+
 def cached_features(extractor, paths, hashes, cache, batch_size, views=("original",), desc="features",
                     forward=None) -> Outputs:
     """Features of every path and view, from the cache where present, computed and cached otherwise.
@@ -29,7 +92,7 @@ def cached_features(extractor, paths, hashes, cache, batch_size, views=("origina
         cache: a `FeatureCache` for this extractor.
         batch_size: images per forward pass.
         views: names in `inference.preprocess.VIEWS`.
-        desc: progress bar label.
+        desc: what the progress says is being done.
         forward: what computes them (a `inference.backbone_runtime.OnnxBackbone`); default: the extractor in Keras.
 
     Returns:
@@ -42,22 +105,11 @@ def cached_features(extractor, paths, hashes, cache, batch_size, views=("origina
     errors = {}
     for lacking, todo in missing(paths, hashes, cache, views).items():
         log.info("computing features of %d images (%s)", len(todo), ", ".join(lacking))
-        todo_hashes, todo_paths = list(todo), list(todo.values())
-        pending_ids, pending_features = [], []
-        start = last_write = time.perf_counter()
-        for indices, features, batch_errors in iter_batches(
-                forward, todo_paths, extractor.input_shape[1], batch_size, lacking, desc):
-            errors.update(batch_errors)
-            for view, view_features in zip(lacking, features):
-                pending_ids += [cache_id(todo_hashes[i], view) for i in indices]
-                pending_features += list(view_features)
-            if len(pending_ids) >= CHUNK_SIZE or time.perf_counter() - last_write >= CHUNK_SECONDS:
-                cache.add(pending_ids, pending_features)
-                pending_ids, pending_features, last_write = [], [], time.perf_counter()
-        cache.add(pending_ids, pending_features)
-        seconds = time.perf_counter() - start
-        log.info("computed them in %.1f s (%.1f images/s per view, decoding included)",
-                 seconds, len(todo_paths) * len(lacking) / seconds)
+        batch_errors, timing = compute_features(forward, list(todo.values()), list(todo), cache,
+                                                extractor.input_shape[1], batch_size, lacking, desc)
+        errors.update(batch_errors)
+        log.info("computed them in %.1f s (%.1f images/s, %d view%s each, decoding included)", timing.seconds,
+                 timing.rate, len(lacking), "s" if len(lacking) > 1 else "")
     # A file that failed once is reported for every path with its content (identical copies).
     reasons = {digest: errors[path] for path, digest in zip(paths, hashes) if path in errors}
     values = np.zeros((len(views), len(hashes), extractor.output_shape[-1]), np.float32)

@@ -24,6 +24,7 @@ from catsdogs.config.choices import (
 )
 from catsdogs.errors import ConfigError
 from catsdogs.models.layers import class_logits, logit_units
+from catsdogs.utils.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -150,30 +151,51 @@ class LinearHead:
 
 
 class EpochHistory(keras.callbacks.Callback):
-    """Records every epoch's metrics and duration, and shows one progress bar over the epochs."""
+    """Records every epoch's metrics and duration, and shows the progress over the epochs and, with
+    `steps`, within each epoch over its training steps (`utils.progress`): a fine-tuning epoch takes minutes.
+    """
 
-    def __init__(self, max_epochs, desc):
+    def __init__(self, max_epochs, desc, steps=False):
+        """Args:
+            max_epochs: the most epochs the fit runs.
+            desc: what is being trained, e.g. "fine-tune".
+            steps: also show each epoch's progress over its steps (and its validation batches).
+        """
         super().__init__()
-        self.desc, self.max_epochs = desc, max_epochs
+        self.desc, self.max_epochs, self.steps = desc, max_epochs, steps
         self.rows = []
+        self.epoch_bar = self.step_bar = None
 
     def on_train_begin(self, logs=None):
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=self.max_epochs, desc=self.desc, unit="epoch", leave=False, disable=None)
+        self.epoch_bar = progress(self.max_epochs, self.desc, "epochs")
 
     def on_epoch_begin(self, epoch, logs=None):
         self.start = time.perf_counter()
+        if self.steps:
+            self.step_bar = progress(self.params.get("steps"), f"{self.desc} epoch {epoch + 1}/{self.max_epochs}",
+                                     "steps")
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.step_bar is not None:
+            self.step_bar.update()
+
+    def on_test_batch_end(self, batch, logs=None):
+        if self.step_bar is not None:  # validation at the end of a training epoch
+            self.step_bar.set_postfix(validation=f"{batch + 1} batches")
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.step_bar is not None:
+            self.step_bar.close()
         self.rows.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()},
                           "seconds": round(time.perf_counter() - self.start, 2)})
         if "val_loss" in (logs or {}):
-            self.bar.set_postfix(val_loss=f"{logs['val_loss']:.4f}", val_acc=f"{logs.get('val_accuracy', 0):.4f}")
-        self.bar.update()
+            self.epoch_bar.set_postfix(val_loss=f"{logs['val_loss']:.4f}", val_acc=f"{logs.get('val_accuracy', 0):.4f}")
+        self.epoch_bar.update(epoch + 1 - self.epoch_bar.done)  # a resumed fit starts past epoch 0
 
     def on_train_end(self, logs=None):
-        self.bar.close()
+        for bar in (self.step_bar, self.epoch_bar):
+            if bar is not None:
+                bar.close()
 
 
 def balanced_weights(y, class_weight):

@@ -1,10 +1,11 @@
 """Progress of long work, shown where the output goes.
 
 - On a terminal or in a notebook: a tqdm bar (tqdm.auto: a widget in Jupyter).
-- Anywhere else (a log file, CI, a service's log): a plain line on the "catsdogs.progress" logger at
-  the start, at least every `interval()` seconds while the work runs (from a timer, so a stalled
-  stage still says so) and at the end: "features (efficientnet_lite0): 512/4000 images (12.8%),
-  104.2 images/s, 34 s left".
+- Anywhere else (a log file, CI, a service's log): a plain line on the "catsdogs.progress" logger
+  once the stage has run FIRST_LINE_SECONDS, then at least every `interval()` seconds while it runs
+  (from a timer, so a stalled stage still says so) and at its end: "features (efficientnet_lite0):
+  512/4000 images (12.8%), 104.2 images/s, 34 s left". A stage over sooner prints nothing, so that
+  a command on one photo stays quiet.
 - A caller's own callback instead of either (`report_to`), e.g. a service showing progress its own way.
 
 Every stage longer than a few seconds reports through `progress`: the scan, feature extraction,
@@ -24,6 +25,8 @@ log = logging.getLogger("catsdogs.progress")
 INTERVAL_ENV = "CATSDOGS_PROGRESS_SECONDS"
 # Plain lines come at least this often: under 30 s even when an update arrives just after a line.
 DEFAULT_INTERVAL = 20.0
+# The first plain line comes this long after a stage starts (or after `interval()`, if shorter).
+FIRST_LINE_SECONDS = 2.0
 
 _callback = None
 
@@ -64,10 +67,10 @@ class ProgressEvent:
 
     def line(self):
         """One plain line: done/total, share, rate, time left (or the time taken, once finished)."""
-        count = f"{self.done}/{self.total} {self.unit}" if self.total else f"{self.done} {self.unit}"
-        if self.total:
-            count += f" ({self.done / self.total:.1%})"
-        parts = [count]
+        parts = []
+        if self.total or self.done:  # else a heartbeat of work that counts nothing: its time alone
+            count = f"{self.done}/{self.total} {self.unit}" if self.total else f"{self.done} {self.unit}"
+            parts.append(count + (f" ({self.done / self.total:.1%})" if self.total else ""))
         if self.rate:
             singular = self.unit[:-1] if self.unit.endswith("s") else self.unit
             parts.append(f"{self.rate:.1f} {self.unit}/s" if self.rate >= 1 else f"{1 / self.rate:.1f} s per {singular}")
@@ -111,6 +114,14 @@ def _interactive():
         return False
 
 
+def show_lines():
+    """Makes the plain lines reach stderr in a process whose logging is not set up (a Ray worker's),
+    where Python would drop them (the "catsdogs.progress" logger writes at INFO)."""
+    if not (log.handlers or logging.getLogger().handlers):
+        log.addHandler(logging.StreamHandler(sys.stderr))
+        log.setLevel(logging.INFO)
+
+
 @contextlib.contextmanager
 def report_to(callback):
     """Sends every `ProgressEvent` to `callback` instead of a bar or log lines, within the block.
@@ -143,13 +154,13 @@ class Progress:
         self._callback = _callback
         self._bar = None
         self._timer = None
+        self._lines = 0
         if self._callback is None and _interactive():
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total, desc=desc, unit=unit.rstrip("s") or unit, leave=False)
         elif self._callback is None:
-            self._emit()
-            self._schedule()
+            self._schedule(min(FIRST_LINE_SECONDS, interval()))
 
     def event(self, finished=False):
         return ProgressEvent(self.desc, self.done, self.total, self.unit, time.monotonic() - self._start, finished,
@@ -171,7 +182,7 @@ class Progress:
             self._bar.set_postfix(values)
 
     def close(self):
-        """Ends the stage: the bar closes, or a last line (or event) says how long it took."""
+        """Ends the stage: the bar closes, or a last line (where there were lines) or event says how long it took."""
         if self._closed:
             return
         self._closed = True
@@ -181,14 +192,15 @@ class Progress:
             self._bar.close()
         elif self._callback is not None:
             self._callback(self.event(finished=True))
-        else:
+        elif self._lines:
             self._emit(finished=True)
 
     def _emit(self, finished=False):
+        self._lines += 1
         log.info("%s", self.event(finished).line())
 
-    def _schedule(self):
-        self._timer = threading.Timer(interval(), self._tick)
+    def _schedule(self, seconds=None):
+        self._timer = threading.Timer(interval() if seconds is None else seconds, self._tick)
         self._timer.daemon = True
         self._timer.start()
 
@@ -208,3 +220,23 @@ class Progress:
 def progress(total, desc, unit="images"):
     """A `Progress` of one stage: `with progress(len(paths), "features") as bar: ... bar.update(n)`."""
     return Progress(total, desc, unit)
+
+
+@contextlib.contextmanager
+def polled(bar, count):
+    """Within the block, brings `bar` up to `count()` (units done so far, read from elsewhere: rows
+    another process wrote, say) every half `interval()`, from a thread, and once more at the end."""
+    stop = threading.Event()
+
+    def poll():
+        while not stop.wait(interval() / 2):
+            bar.update(count() - bar.done)
+
+    thread = threading.Thread(target=poll, name="catsdogs-progress-poll", daemon=True)
+    thread.start()
+    try:
+        yield bar
+    finally:
+        stop.set()
+        thread.join()
+    bar.update(count() - bar.done)

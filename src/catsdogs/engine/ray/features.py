@@ -9,6 +9,7 @@ import numpy as np
 from catsdogs.config.choices import INFERENCE_BATCH_SIZE
 from catsdogs.engine.ray.cluster import alive_nodes, connect, node_id, use_every_core
 from catsdogs.engine.ray.scoring import MODEL_CPUS, _blocks, decoded, resized
+from catsdogs.utils.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -94,15 +95,21 @@ def extract_features(extractor, precision, paths, hashes, cache, views=("origina
         items = [{"path": path, "digest": digest} for digest, path in images.items()]
         blocks = _blocks(len(items), batch_size, workers)
         images = decoded(ray, ray.data.from_items(items, override_num_blocks=blocks), batch_size, image_size)
-        summary = images.map_batches(
+        written = images.map_batches(
             FeatureWriter, fn_constructor_args=(weights, extractor.name, image_size, precision, fingerprint,
                                                 os.path.abspath(cache.folder), lacking),
             batch_size=batch_size, batch_format="numpy", num_cpus=MODEL_CPUS,
-            compute=ray.data.ActorPoolStrategy(size=workers)).to_pandas()
-        computed += int(summary["computed"].sum())
+            compute=ray.data.ActorPoolStrategy(size=workers))
+        done, failed, nodes = 0, 0, set()
+        with progress(len(items), f"features ({extractor.name}) on Ray") as bar:
+            for summary in written.iter_batches(batch_size=None, batch_format="numpy"):  # as the actors finish
+                done, failed = done + int(summary["computed"].sum()), failed + int(summary["failed"].sum())
+                nodes.update(summary["node_id"].tolist())
+                bar.update(int(summary["computed"].sum() + summary["failed"].sum()))
+        computed += done
         seconds = time.perf_counter() - start
         log.info("computed features of %d images (%s) on %d workers, %d nodes, in %.1f s (%.1f images/s); "
-                 "%d did not decode", summary["computed"].sum(), ", ".join(lacking), workers,
-                 summary["node_id"].nunique(), seconds, len(items) / seconds, summary["failed"].sum())
+                 "%d did not decode", done, ", ".join(lacking), workers, len(nodes), seconds, len(items) / seconds,
+                 failed)
     cache.refresh()
     return computed

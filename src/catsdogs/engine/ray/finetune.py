@@ -139,6 +139,8 @@ def worker_loop(settings):
 
     from catsdogs.engine import finetune
     from catsdogs.models import backbones
+    from catsdogs.models.heads import EpochHistory
+    from catsdogs.utils import progress
 
     fine_tune_settings, build = settings["fine_tune"], settings["extractor_build"]
     keras.utils.set_random_seed(fine_tune_settings.seed)
@@ -164,7 +166,11 @@ def worker_loop(settings):
         if checkpoint is not None:
             print(f"catsdogs: resuming fine-tuning after epoch {state['epoch']} (restart {state['restarts']})",
                   flush=True)
-        finetune.fine_tune(extractor, head, settings["train"], settings["val"], fine_tune_settings, [checkpointer],
+        callbacks = [checkpointer]
+        if ray.train.get_context().get_world_rank() == 0:  # one worker tells; Ray passes its output to the driver
+            progress.show_lines()
+            callbacks.append(EpochHistory(epochs, "fine-tune (Ray)", steps=True))
+        finetune.fine_tune(extractor, head, settings["train"], settings["val"], fine_tune_settings, callbacks,
                            strategy, stopping, min(initial_epoch, epochs))
     checkpointer.report(done=True)
 

@@ -7,7 +7,7 @@ Ray Data pipelines of the same shape:
     actors, the model loaded once per actor) -> Parquet rows (scoring) or feature cache chunks
 
 Photos are prepared as everywhere else (`inference.preprocess`: decoded near the model's input
-size by `load_photo` or `decode_photo`, then resized by `resizer`, as `ImagePipeline` does), the
+size by `load_photo` or `decode_photo`, then resized by `resize`, as `ImagePipeline` does), the
 model runs through `pipeline.forward_batch` as in `pipeline.iter_batches`, and predictions are
 made by `Classifier.predictions`: a photo gets the same prediction (or features) here as on one
 machine. A file that fails to decode becomes a row
@@ -31,6 +31,7 @@ from catsdogs.config.choices import INFERENCE_BATCH_SIZE
 from catsdogs.engine.ray.cluster import alive_nodes, connect, node_id, use_every_core
 from catsdogs.errors import ConfigError, ModelNotFoundError
 from catsdogs.store.model_file import check_format, input_size
+from catsdogs.utils.progress import polled, progress
 
 log = logging.getLogger(__name__)
 
@@ -121,24 +122,41 @@ def resized(batch, image_size):
     """The images of a batch from `decode_batch`, resized as `ImagePipeline` resizes them.
 
     Resizing is done here, in the model's process, rather than in the decoding tasks: those
-    then need no TensorFlow (seconds of start-up per process) and ship the decoded uint8 pixels
-    rather than float32 ones at the model's size (3x fewer bytes for a 500x375 photo at 380 px);
-    measured faster (docs/BENCHMARKS.md).
+    then ship the decoded uint8 pixels rather than float32 ones at the model's size (3x fewer
+    bytes for a 500x375 photo at 380 px); measured faster (docs/BENCHMARKS.md).
 
     Returns:
         (paths, pixels (n, size, size, 3) float32 in [0, 255], ok (n,), errors: path -> reason).
     """
-    from catsdogs.inference.preprocess import resizer
+    from catsdogs.inference.preprocess import resize
 
-    resize = resizer(image_size)
     paths = [str(path) for path in batch["path"]]
     errors = {path: str(reason) for path, reason in zip(paths, batch["error"]) if reason}
     ok = np.array([path not in errors for path in paths], bool)
     pixels = np.zeros((len(paths), image_size, image_size, 3), np.float32)
     for i, image in enumerate(batch["image"]):
         if ok[i]:
-            pixels[i] = resize(np.asarray(image, np.float32)).numpy()
+            pixels[i] = resize(np.asarray(image), image_size)
     return paths, pixels, ok, errors
+
+
+def rows_written(output):
+    """Rows in the Parquet files of `output` so far (a path or URI); a file still being written is not counted yet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyarrow import fs
+
+    filesystem, folder = (fs.FileSystem.from_uri(output) if is_uri(output)
+                          else (fs.LocalFileSystem(), os.path.abspath(output)))
+    rows = 0
+    for info in filesystem.get_file_info(fs.FileSelector(folder, allow_not_found=True, recursive=True)):
+        if info.type == fs.FileType.File and info.base_name.endswith(".parquet"):
+            try:
+                with filesystem.open_input_file(info.path) as f:
+                    rows += pq.ParquetFile(f).metadata.num_rows
+            except (OSError, pa.ArrowInvalid):  # its footer is not written yet
+                continue
+    return rows
 
 
 # Arrow types of the Prediction fields by their annotation; the probabilities are one column per class, a
@@ -155,8 +173,8 @@ def _arrow_schema(classes, multi_label=False):
             fields += [pa.field(f"p_{name}", pa.float64()) for name in classes]
         elif field.name == "labels":
             fields += [pa.field("labels", pa.string())] if multi_label else []
-        elif field.name == "similar":
-            continue  # columns of their own only where asked for (`Prediction.to_row`), which Ray scoring is not
+        elif field.name in ("similar", "prediction_set", "coverage"):
+            continue  # columns only where asked for (`Prediction.to_row`), which Ray scoring is not
         elif field.type in types:
             fields.append(pa.field(field.name, types[field.type]))
         else:
@@ -253,7 +271,9 @@ def predict_to_parquet(model, inputs, output, address=None, workers=0, format=No
     workers = workers or len(alive_nodes(ray))
     check_format(model, format)  # what the model's files say: this process loads no TensorFlow
     image_size = input_size(model)
-    datasets = [decoded(ray, ds, batch_size, image_size) for ds in files_dataset(ray, inputs, batch_size, workers)]
+    files = files_dataset(ray, inputs, batch_size, workers)
+    total = None if any(map(is_uri, inputs)) else sum(ds.count() for ds in files)  # items in memory: no work
+    datasets = [decoded(ray, ds, batch_size, image_size) for ds in files]
     if not datasets:
         raise ConfigError(f"no files to score in {inputs}")
     images = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
@@ -261,7 +281,8 @@ def predict_to_parquet(model, inputs, output, address=None, workers=0, format=No
         Scorer, fn_constructor_kwargs={"model": model, "format": format, "tta": tta},
         batch_size=batch_size, batch_format="numpy", num_cpus=MODEL_CPUS,
         compute=ray.data.ActorPoolStrategy(size=workers))
-    scored.write_parquet(output)
+    with progress(total, "scoring on Ray") as bar, polled(bar, lambda: rows_written(output)):
+        scored.write_parquet(output)
 
     import pyarrow.dataset
 
