@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # TensorFlow turns its oneDNN kernels on by itself only on CPUs with AVX-512 VNNI, bfloat16 or AMX;
 # on AVX2 CPUs (most laptops) its generic kernels ran Lite0 2.1x slower and spent 40% of the CPU
-# time in the kernel (page faults; docs/BENCHMARKS.md, issue 17). Read when TensorFlow loads.
+# time in the kernel (page faults; docs/speed.md). Read when TensorFlow loads.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 # TensorFlow's CPU allocator hands every large tensor back to the system and faults it in again on
 # the next batch; its best-fit pool keeps them: the kernel's share of the CPU time fell from about
-# half to a fifth, and the generic (AVX2) kernels ran 1.8x faster (docs/BENCHMARKS.md, issue 17).
+# half to a fifth, and the generic (AVX2) kernels ran 1.8x faster (docs/speed.md).
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 __version__ = "0.1.0"

@@ -146,9 +146,10 @@ def _train(args):
 
 def _evaluate(args):
     from catsdogs.data.labels import Columns
-    from catsdogs.evaluation.evaluate import default_output_dir, evaluate
+    from catsdogs.evaluation.evaluate import evaluate
     from catsdogs.evaluation.metrics import format_metrics
     from catsdogs.inference.classifier import load
+    from catsdogs.store.run_dir import evaluation_folder
 
     columns = Columns(args.path_column, args.label_column, args.split_column)
     evaluation = evaluate(load(args.model), args.data, args.tta, args.batch_size, args.unknown_data, args.labels,
@@ -156,7 +157,7 @@ def _evaluate(args):
     # Each file left out is named with its reason, so that the metrics' image count is explained.
     for skipped in evaluation.integrity["skipped"]:
         logging.getLogger("catsdogs").warning("skipped %s: %s", printable(skipped["path"]), skipped["problem"])
-    output_dir = args.output or default_output_dir(args.model)
+    output_dir = args.output or evaluation_folder(args.model)
     evaluation.save(output_dir)
     print(format_metrics(evaluation.metrics))
     print(f"\nevaluation written to {output_dir}")

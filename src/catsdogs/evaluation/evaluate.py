@@ -28,7 +28,6 @@ from catsdogs.models import calibration, conformal
 from catsdogs.models.model import SCORE, SIMILAR_ROWS, SIMILARITIES, predicted_classes
 from catsdogs.models.multilabel import predicted_labels
 from catsdogs.store import run_dir
-from catsdogs.utils.files import timestamp
 
 GRADCAM_MISTAKES = 8  # Grad-CAM needs a forward and a backward pass per photo: keep it to a handful
 TOP_LOSSES = 16
@@ -489,9 +488,3 @@ def evaluate(classifier, data_dir, tta: bool = False, batch_size: int = INFERENC
         threshold=threshold, data_dir=os.path.abspath(data_dir), integrity=scan.to_json(),
         title=f"catsdogs evaluation of {info.backbone} on {data_dir}", classifier=classifier,
         open_set=open_set, similar=similar, coverage=coverage, **attributes)
-
-
-def default_output_dir(run_or_model):
-    """Where `catsdogs evaluate` writes by default: an eval-<time> folder beside the model."""
-    folder = run_or_model if os.path.isdir(run_or_model) else os.path.dirname(os.path.abspath(run_or_model))
-    return os.path.join(folder, f"eval-{timestamp()}")

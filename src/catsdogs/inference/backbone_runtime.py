@@ -3,7 +3,7 @@
 The backbone is nearly all of the cost of extraction, prediction and serving (the head and the
 open-set score are a few hundred thousand operations), so it runs in the fastest correct runtime
 this CPU has. `choose` says which, by a rule from the CPU's flags that docs/BENCHMARKS.md measured
-(issue 17):
+("Speed per CPU and runtime"):
 
 - Keras in bfloat16 on CPUs with AMX (Intel Sapphire Rapids and later), where TensorFlow's
   bfloat16 kernels were measured 1.9x float32 (ResNet-50) and ONNX Runtime was not measured;

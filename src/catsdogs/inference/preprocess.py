@@ -162,7 +162,7 @@ def _hflip(images):
 
 
 # The long side, in pixels, of the "low_resolution" view: about the smallest photos met in other
-# collections of cats and dogs (180 px; issue 11), a little below so that they are covered.
+# collections of cats and dogs (180 px), a little below so that they are covered.
 LOW_RESOLUTION = 160
 
 

@@ -37,6 +37,8 @@ SIMILAR_COLUMNS = ("path", "label")
 REPORT = "report.html"  # all of it on one page
 CORRECTIONS = "corrections.csv"  # decisions made in `catsdogs review` (read by train --labels)
 EXPORTS = "exports"  # a folder of export folders (`store.export_dir`)
+EVALUATION_PREFIX = "eval-"  # a folder per `catsdogs evaluate` written beside the model (`evaluation_folder`)
+EVALUATIONS = f"{EVALUATION_PREFIX}<time>"
 
 SPLITS_COLUMNS = ("path", "split", "label")
 STAGING_PREFIX = ".partial-"  # of a run directory still being written (or left by a run that died)
@@ -67,7 +69,13 @@ FIGURES = {
 
 # Every entry a run directory may hold: the docs' table of a run's files lists the same (a test checks).
 FILES = (CONFIG, SPLITS, INTEGRITY, MODEL, BACKBONE, HISTORY, METRICS, PREDICTIONS, REVIEW, SIMILAR, *FIGURES, REPORT,
-         CORRECTIONS, EXPORTS)
+         CORRECTIONS, EXPORTS, EVALUATIONS)
+
+
+def evaluation_folder(run_or_model):
+    """Where `catsdogs evaluate` writes by default: a new eval-<time> folder beside the model."""
+    folder = run_or_model if os.path.isdir(run_or_model) else os.path.dirname(os.path.abspath(run_or_model))
+    return os.path.join(folder, f"{EVALUATION_PREFIX}{timestamp()}")
 
 
 def new_run_path(runs_dir, name):

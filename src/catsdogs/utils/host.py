@@ -56,7 +56,7 @@ def cpu_has_fast_bfloat16(cpuinfo=CPUINFO):
 
     Faster with AMX (Intel Sapphire Rapids and later) and on AMD Zen 4/5 (AVX512_BF16): ResNet-50
     1.9x, EfficientNet-Lite0 1.6x; slower (0.76x, Lite0) on an Intel Xeon with AVX512_BF16 but no
-    AMX (docs/BENCHMARKS.md, issue 17).
+    AMX (docs/BENCHMARKS.md, "Speed per CPU and runtime").
     """
     flags = cpu_flags(cpuinfo)
     return cpu_has_amx(cpuinfo) or ("avx512_bf16" in flags and _cpuinfo_field("vendor_id", cpuinfo) == "AuthenticAMD")

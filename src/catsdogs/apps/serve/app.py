@@ -5,7 +5,7 @@ Requests are decoded in worker threads, then queued for a `MicroBatcher` that ru
 its own thread: the event loop only moves bytes. Every error is a JSON `{"error": "..."}`, the
 shape TensorFlow Serving uses, with a 4xx status for anything the client can fix.
 
-Memory is bounded by design (README, "Serving"): at most `max_active_requests` requests hold a
+Memory is bounded by design (docs/serving.md, "Memory and time are bounded"): at most `max_active_requests` requests hold a
 body, at most `max_decodes` images are decoded at once, each near the model's input size, and
 the pixels of one request are budgeted from the images' headers before any is decoded. A JSON
 body's structure is counted before it is parsed, and its images before they are decoded.
@@ -939,7 +939,7 @@ def create_app(classifier, name="model", metrics=None, settings=None, host="127.
         service.decoder.shutdown(wait=False, cancel_futures=True)
 
     # The schema is open even with an API key, so it names the model and nothing more of it
-    # (README, "Authentication"); /redoc renders the description as HTML: the name is escaped.
+    # (docs/serving.md, "Authentication"); /redoc renders the description as HTML: the name is escaped.
     app = FastAPIOffline(
         title="catsdogs", version=__version__, lifespan=lifespan,
         description=f"Serves the image classifier {markdown_text(name)}: its classes, backbone and test metrics are "
