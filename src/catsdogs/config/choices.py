@@ -24,6 +24,7 @@ BENCH_RUNTIMES = ("keras", "onnx", "openvino")  # what `catsdogs bench` can time
 
 # How a model is stored: the Keras model itself, or an export in another runtime's format.
 FORMATS = ("keras", "savedmodel", "onnx", "tflite")
+EXPORT_FORMATS = FORMATS  # what `catsdogs export` writes: every format (keras: the end-to-end model itself)
 QUANTIZATIONS = ("float32", "float16", "int8")  # of TFLite exports
 
 # Heads on the backbone's features, and the defaults of the dense (the study's) head.
