@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from catsdogs.config.choices import EXPORT_FORMATS, INFERENCE_BATCH_SIZE, QUANTIZATIONS
+from catsdogs.config.choices import FORMATS, INFERENCE_BATCH_SIZE, QUANTIZATIONS
 from catsdogs.data import dataset as data
 from catsdogs.engine.timing import forward_rate
 from catsdogs.errors import ConfigError, DataError, ImageError
@@ -198,8 +198,8 @@ def export_model(run_or_model, export_format, output=None, quantization="float32
     Returns:
         (export folder, parity dict as written to parity.json).
     """
-    if export_format not in EXPORT_FORMATS:
-        raise ConfigError(f"unknown format {export_format!r}; choose one of {EXPORT_FORMATS}")
+    if export_format not in FORMATS:
+        raise ConfigError(f"unknown format {export_format!r}; choose one of {FORMATS}")
     if quantization not in QUANTIZATIONS or (export_format != "tflite" and quantization != "float32"):
         raise ConfigError(f"quantization {quantization!r}: TFLite takes one of {QUANTIZATIONS}, other formats float32")
     if export_format in EXTRAS:  # a SavedModel needs nothing beyond TensorFlow

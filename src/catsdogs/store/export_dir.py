@@ -14,7 +14,7 @@ where the export lies inside that model's folder, as `catsdogs export` writes it
 import dataclasses
 import os
 
-from catsdogs.config.choices import EXPORT_FORMATS
+from catsdogs.config.choices import FORMATS
 from catsdogs.errors import DataError
 from catsdogs.store import run_dir
 from catsdogs.utils.files import is_inside
@@ -66,7 +66,7 @@ class ExportInfo:
     Attributes:
         folder: the export folder.
         metadata: the contents of its export.json.
-        format: one of `EXPORT_FORMATS`.
+        format: one of `config.choices.FORMATS`.
         path: the exported file (or SavedModel folder), inside the folder.
         source: the model file it was exported from, where that is still there and the export lies
             inside its folder (see the module); else None.
@@ -90,8 +90,8 @@ def read_info(folder) -> ExportInfo:
     info_file = os.path.join(folder, INFO)
     metadata = run_dir.read_json(info_file)
     export_format = metadata.get("format")
-    if export_format not in EXPORT_FORMATS:
-        raise DataError(f"{info_file}: format {export_format!r} is none of {', '.join(EXPORT_FORMATS)}")
+    if export_format not in FORMATS:
+        raise DataError(f"{info_file}: format {export_format!r} is none of {', '.join(FORMATS)}")
     file = metadata.get("file")
     path = os.path.join(folder, str(file))
     if not isinstance(file, str) or not is_inside(os.path.realpath(folder), os.path.realpath(path)):
