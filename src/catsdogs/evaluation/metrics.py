@@ -140,6 +140,12 @@ def format_metrics(metrics: dict) -> str:
             lines.append(f"unknown photos: {u['photos']}, {u['accepted']:.1%} wrongly accepted; AUROC {u['auroc']:.4f}; "
                          f"false accepts at 99%/95% of test kept: {u['false_accepts_at_99']:.1%}/"
                          f"{u['false_accepts_at_95']:.1%}")
+    if metrics.get("learning_curve"):
+        curve = metrics["learning_curve"]
+        lines.append("learning curve (test accuracy, mean ± std): " + ", ".join(
+            f"{point['photos_per_class']:.0f}/class {point['accuracy']['mean']:.2%} ± {point['accuracy']['std']:.2%}"
+            for point in curve["points"]))
+        lines.append(curve["statement"])
     if metrics.get("tta"):
         tta = metrics["tta"]
         lines.append(f"with test-time augmentation: accuracy {tta['accuracy']:.4f} ({tta['errors']} errors), "
