@@ -29,14 +29,13 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from planted import KINDS, plant  # noqa: E402
-
-from catsdogs.config.train import TrainConfig  # noqa: E402
-from catsdogs.data import dataset as data  # noqa: E402
-from catsdogs.data.scan import scan_dataset  # noqa: E402
-from catsdogs.engine import train as training  # noqa: E402
-from catsdogs.evaluation import figures  # noqa: E402
-from catsdogs.models import backbones  # noqa: E402
+from catsdogs.config.train import TrainConfig
+from catsdogs.data import dataset as data
+from catsdogs.data.scan import scan_dataset
+from catsdogs.engine import train as training
+from catsdogs.evaluation import figures
+from catsdogs.models import backbones
+from planted import KINDS, plant
 
 PLANTED_PREFIX = "planted-"
 
@@ -61,7 +60,7 @@ def planted_copy(source, root, per_kind, seed):
             cls = classes[number % len(classes)]
             photos = sorted((root / "training_set" / cls).iterdir())
             original = photos[rng.integers(len(photos))]
-            while any(o == original for _, o in planted.values()):
+            while any(o == str(original) for _, o in planted.values()):
                 original = photos[rng.integers(len(photos))]
             copy = root / "test_set" / cls / f"{PLANTED_PREFIX}{kind}-{original.name}"
             plant(original, kind, copy, rng)
@@ -80,6 +79,19 @@ def found_per_kind(scan, planted):
     for copy, (kind, original) in planted.items():
         found[kind] += copy in groups and groups[copy] == groups.get(original)
     return found
+
+
+def closeness(scan, planted):
+    """Per kind: the largest hash distance and the least feature similarity and colour overlap of the pairs
+    that link a planted copy to the photo it copies."""
+    worst = {kind: {} for kind in KINDS}
+    for pair in scan.near_pairs:
+        for copy, (kind, original) in planted.items():
+            if set(pair["paths"]) == {copy, original}:
+                for key, pick in (("distance", max), ("similarity", min), ("colour_overlap", min)):
+                    if key in pair:
+                        worst[kind][key] = pick(worst[kind].get(key, pair[key]), pair[key])
+    return worst
 
 
 def main():
@@ -117,6 +129,7 @@ def main():
         training.keep_near_duplicates_together(prepared, extractor, split_features)
         feature_stage = time.perf_counter() - start
         found = found_per_kind(prepared.scan, planted)
+        worst = closeness(prepared.scan, planted)
         real_pairs = [pair for pair in prepared.scan.near_pairs
                       if not any(os.path.basename(p).startswith(PLANTED_PREFIX) for p in pair["paths"])]
         crossing = prepared.scan.near_duplicates_across_splits()
@@ -131,6 +144,10 @@ def main():
         flat_prepared = training.prepare(TrainConfig(data_dir=str(flat), backbone=args.backbone, runs_dir=None))
         training.keep_near_duplicates_together(flat_prepared, extractor, training.extract(flat_prepared, extractor))
         flat_groups = flat_prepared.scan.near_duplicate_groups()
+        flat_planted = {str(flat / dataset.class_names[0 if "/cats/" in copy else 1] / f"test_set-{os.path.basename(copy)}"):
+                        (kind, str(flat / dataset.class_names[0 if "/cats/" in original else 1]
+                                   / f"training_set-{os.path.basename(original)}"))
+                        for copy, (kind, original) in planted.items()}
         split_of = flat_prepared.scan.split_of
         groups_split = sum(len({split_of[p] for p in group if p in split_of}) > 1 for group in flat_groups)
 
@@ -138,13 +155,14 @@ def main():
         "data": str(args.data), "backbone": config.backbone, "image_size": config.image_size,
         "runtime": config.runtime, "precision": config.precision, "photos": photos,
         "planted_per_kind": args.per_kind,
-        "found_by_hash": by_hash, "found": found,
+        "found_by_hash": by_hash, "found": found, "closest_call": worst,
         "share_found": {kind: found[kind] / args.per_kind for kind in KINDS},
         "real_pairs": real_pairs,
         "groups_across_splits": len(crossing),
         "seconds": {"scan_without_hash": round(scan_plain, 2), "scan_with_hash": round(scan_hash, 2),
                     "extraction": round(extracted, 2), "feature_stage": round(feature_stage, 2)},
         "flat": {"groups": len(flat_groups), "groups_on_both_sides": groups_split,
+                 "found": found_per_kind(flat_prepared.scan, flat_planted),
                  "moved_to_training": sum(1 for s in flat_prepared.splits["train"]
                                           if s.path not in flat_prepared.calibration)},
     }
@@ -155,7 +173,8 @@ def main():
         # The real photos by their own paths in the data, not the temporary links.
         shown = [{**pair, "paths": [str(args.data / os.path.relpath(p, root)) for p in pair["paths"]],
                   "splits": [pathlib.Path(p).parent.parent.name for p in pair["paths"]]} for pair in real_pairs]
-        figures.save_figure(figures.plot_near_duplicates(shown, columns=1), args.figure)
+        figures.save_figure(figures.plot_near_duplicates(shown, columns=1, title="Near-duplicates among the real photos"),
+                            args.figure)
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ def hash_pairs(hashes, max_distance=HASH_MAX_DISTANCE):
         distance = np.minimum(row_ones + ones[None] - 2 * rows @ plain.T,
                               row_ones + mirrored_ones[None] - 2 * rows @ mirrored.T)
         pairs += _upper_pairs(distance <= max_distance, distance, start)
-    return [(i, j, int(round(d))) for i, j, d in pairs]
+    return [(i, j, round(d)) for i, j, d in pairs]
 
 
 def feature_pairs(features, min_similarity=FEATURE_MIN_SIMILARITY):

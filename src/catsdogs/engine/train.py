@@ -13,9 +13,8 @@ import time
 import numpy as np
 
 from catsdogs.config.train import TrainConfig
-from catsdogs.data import labels
+from catsdogs.data import labels, near_duplicates
 from catsdogs.data.corrections import apply_listed
-from catsdogs.data import near_duplicates
 from catsdogs.data.scan import ScanReport, scan_dataset
 from catsdogs.data.splits import make_splits
 from catsdogs.engine.tracking import log_run
@@ -261,10 +260,10 @@ def extract(prepared: Prepared, extractor) -> dict:
 def keep_near_duplicates_together(prepared: Prepared, extractor, split_features) -> dict:
     """Stage "near-duplicates": photos whose features are nearly the same and whose colours agree, such as
     crops, which the perceptual hash of the scan misses, join the scan's near-duplicates
-    (`data.near_duplicates`); then the photos of a group that
-    crosses splits and lie in a split catsdogs carved move to the training split (so that its test
-    and validation photos are never near-duplicates of training photos). Groups that cross the splits
-    the dataset gives stay where they are and are reported (`ScanReport.near_duplicates_across_splits`).
+    (`data.near_duplicates`); then the photos of a group that crosses splits and lie in a split
+    catsdogs carved move to the training split, so that no validation or test photo it made is a
+    near-duplicate of a training photo. Groups that cross the splits the dataset gives stay where
+    they are and are reported (`ScanReport.near_duplicates_across_splits`).
 
     Args:
         split_features: from `extract`.

@@ -295,8 +295,8 @@ def plot_learning_curve(curve):
     return fig
 
 
-def plot_near_duplicates(pairs, total=None, image_size=DISPLAY_SIZE, columns=2):
-    """Pairs of near-duplicate photos in different splits, side by side.
+def plot_near_duplicates(pairs, total=None, image_size=DISPLAY_SIZE, columns=2, title="Near-duplicates in different splits"):
+    """Pairs of near-duplicate photos (in different splits), side by side.
 
     Args:
         pairs: dicts with "paths" and "splits" (two each), "found_by", and "distance" (bits of the
@@ -304,10 +304,10 @@ def plot_near_duplicates(pairs, total=None, image_size=DISPLAY_SIZE, columns=2):
         total: how many pairs there are in all, if more than shown.
         image_size: the side photos are decoded near.
         columns: pairs per line.
+        title: the figure's, before the count of pairs.
     """
-    fig, axes = _photo_grid(2 * len(pairs), 2 * columns,
-                            f"Near-duplicates in different splits: {len(pairs)} pairs"
-                            + (f" of {total}" if total and total > len(pairs) else ""))
+    shown = f"{len(pairs)} pair" + ("" if len(pairs) == 1 else "s") + (f" of {total}" if total and total > len(pairs) else "")
+    fig, axes = _photo_grid(2 * len(pairs), 2 * max(1, min(columns, len(pairs))), f"{title}: {shown}")
     for number, pair in enumerate(pairs):
         found = (f"hash, {pair['distance']} bits apart" if "distance" in pair
                  else f"features, similarity {pair['similarity']:.3f}")

@@ -17,8 +17,9 @@ from catsdogs.config.choices import SEED
 from catsdogs.models.model import predicted_classes
 from catsdogs.utils.progress import progress
 
-# Shares of the training photos the head is fitted on; each share but the whole is drawn REPEATS times.
-SHARES = (0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 1.0)
+# Shares of the training photos the head is fitted on, about evenly on a log scale; each share but the
+# whole is drawn REPEATS times.
+SHARES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 1.0)
 REPEATS = 5
 # The classes with the fewest training photos get their own recall curve.
 SMALLEST_CLASSES = 3
@@ -84,7 +85,8 @@ def learning_curve(fit, train, test, class_names, shares=SHARES, repeats=REPEATS
                            "photos": dict(zip(class_names, photos)),
                            "accuracy": _spread(scores["accuracy"]), "log_loss": _spread(scores["log_loss"]),
                            "recall": {name: _spread(values) for name, values in scores["recall"].items()}})
-    power_law = fit_power_law([p["photos_per_class"] for p in points], [1 - p["accuracy"]["mean"] for p in points])
+    power_law = fit_power_law([p["photos_per_class"] for p in points], [1 - p["accuracy"]["mean"] for p in points],
+                              [p["accuracy"]["std"] for p in points], len(test_y))
     return {"evaluated_on": "test", "repeats": repeats, "points": points,
             "smallest_classes": [class_names[label] for label in smallest], "power_law": power_law,
             "statement": statement(points[-1]["photos_per_class"], points[-1]["accuracy"]["mean"], power_law)}
@@ -95,8 +97,18 @@ def power_law_error(n, a, b, c):
     return a * np.power(n, -b) + c
 
 
-def fit_power_law(photos_per_class, error):
+def fit_power_law(photos_per_class, error, spread=None, test_photos=None):
     """Fits error = a * n^-b + c (a >= 0, 0 <= b <= 2, 0 <= c <= 1) to the mean error of each share.
+
+    Each point weighs by its uncertainty: the spread of its draws and the binomial error of
+    `test_photos` (at least one photo's worth), so that the noisy small shares do not decide the
+    extrapolation.
+
+    Args:
+        photos_per_class: of each share.
+        error: the mean error rate of each share.
+        spread: the standard deviation of the error over each share's draws (None: unweighted).
+        test_photos: how many photos scored them.
 
     Returns:
         {"a", "b", "c"}, or None with fewer than four points or where the fit fails.
@@ -106,9 +118,13 @@ def fit_power_law(photos_per_class, error):
     n, error = np.asarray(photos_per_class, np.float64), np.asarray(error, np.float64)
     if len(n) < 4:
         return None
+    sigma = None
+    if spread is not None:
+        sigma = np.sqrt(np.asarray(spread, np.float64) ** 2
+                        + np.maximum(error * (1 - error), 1 / test_photos) / test_photos)
     try:
         (a, b, c), _ = curve_fit(power_law_error, n, error, p0=(max(error[0], 1e-3) * np.sqrt(n[0]), 0.5, error.min() / 2),
-                                 bounds=([0, 0, 0], [np.inf, 2, 1]), maxfev=20000)
+                                 sigma=sigma, bounds=([0, 0, 0], [np.inf, 2, 1]), maxfev=20000)
     except (RuntimeError, ValueError):
         return None
     return {"a": float(a), "b": float(b), "c": float(c)}
@@ -128,4 +144,4 @@ def statement(photos_per_class, accuracy, power_law):
         return (f"The curve has flattened at {accuracy:.2%}: about {n} more photos per class (twice as many) would "
                 f"add about {gain:.2f} points, {caveat}.")
     return (f"About {n} more photos per class (twice as many) would likely add about {gain:.1f} points of test "
-            f"accuracy (from {now:.2%} to {then:.2%} on the fitted curve), {caveat}.")
+            f"accuracy, now {accuracy:.2%} ({now:.2%} to {then:.2%} on the fitted curve), {caveat}.")
