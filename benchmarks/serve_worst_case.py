@@ -7,8 +7,8 @@ that fills the body limit (multipart, then JSON). Then 8, and then 63 (the conne
 one), connections send their request headers and never their body, while a normal photo is sent
 every 0.25 s until it is answered. Throughout, RSS is sampled and /healthz asked (on a new
 connection each time) every 100 ms. Per shape it reports the statuses, the server's peak RSS (the
-kernel's VmHWM, reset before each shape) against the worst case README.md states, and the slowest
-/healthz; it exits non-zero if a peak is over README's number or a /healthz took 0.5 s or more.
+kernel's VmHWM, reset before each shape) against the worst case docs/serving.md states, and the slowest
+/healthz; it exits non-zero if a peak is over that number or a /healthz took 0.5 s or more.
 
     python benchmarks/serve_worst_case.py RUN_DIR          # about 4 minutes (two 60 s body timeouts)
     python benchmarks/serve_worst_case.py RUN_DIR --json   # the results as JSON too
@@ -187,7 +187,7 @@ def main():
         server.stop()
 
     worst_case = stated_worst_case_bytes()
-    print(f"README's worst case: {worst_case / 1e9} GB; RSS after all shapes: {after / 1e9:.2f} GB\n")
+    print(f"the stated worst case: {worst_case / 1e9} GB; RSS after all shapes: {after / 1e9:.2f} GB\n")
     print("| shape (8 at once unless said) | answers | seconds | RSS before | RSS peak | slowest /healthz (answers) |")
     print("|---|---|---:|---:|---:|---:|")
     for shape, result in results.items():

@@ -5,7 +5,7 @@ number of requests at a fixed concurrency, mixing real photos, photos with Grad-
 bad uploads (the test corpus' broken files, malformed JSON and base64, wrong content types) and
 7000x7000 PNGs (49 megapixels in under a megabyte). It reports the 5xx count (target 0), anything
 else unexpected, latency percentiles, and the server's RSS: before, at its peak (against the
-worst case README.md states) and after (target: within 10% of before).
+worst case docs/serving.md states) and after (target: within 10% of before).
 
     python benchmarks/stress_serve.py runs/lite0                 # 1000 requests, 16 at a time
     python benchmarks/stress_serve.py runs/lite0 --requests 200  # shorter
@@ -39,7 +39,7 @@ def rss_bytes(pid, field="VmRSS"):
 
 
 def stated_worst_case_bytes():
-    match = re.search(r"RSS stays under \*\*([\d.]+) GB\*\*", (ROOT / "README.md").read_text())
+    match = re.search(r"RSS stays under \*\*([\d.]+) GB\*\*", (ROOT / "docs" / "serving.md").read_text())
     return float(match.group(1)) * 1e9 if match else None
 
 
@@ -168,7 +168,7 @@ def main():
     print(f"{len(results)} requests at {args.concurrency}-way concurrency in {elapsed:.1f} s: "
           f"{len(server_errors)} 5xx or unanswered, {len(unexpected)} unexpected; p50 {summary['p50_ms']} ms, "
           f"p99 {summary['p99_ms']} ms; RSS before {summary['rss_before_gb']} GB, peak {summary['rss_peak_gb']} GB "
-          f"(README's worst case: {summary['stated_worst_case_gb']} GB), after {summary['rss_after_gb']} GB")
+          f"(the stated worst case: {summary['stated_worst_case_gb']} GB), after {summary['rss_after_gb']} GB")
     print("statuses by kind:", kinds)
     for kind, expected, status, _ in (server_errors + unexpected)[:10]:
         print(f"  {kind}: expected {'200' if expected == 200 else '4xx'}, got {status}")

@@ -182,6 +182,28 @@ class ServerThread:
         self.thread.join(timeout=30)
 
 
+# Every format and quantization catsdogs exports, each into the run's own exports folder (where export.json's
+# source is trusted to name the run), checked on 12 test photos and, for int8, calibrated on 16 training photos.
+EXPORTS = (("onnx", "float32"), ("tflite", "float32"), ("tflite", "int8"), ("tflite", "float16"),
+           ("savedmodel", "float32"))
+
+
+@pytest.fixture(scope="session")
+def lite0_exports(lite0_run):
+    """The lite0 run exported by `catsdogs export` in every format: (format, quantization) -> export folder."""
+    from catsdogs.cli import main
+    from catsdogs.store import export_dir
+
+    folders = {}
+    for format, quantization in EXPORTS:
+        argv = ["export", str(lite0_run[0]), "--format", format, "--parity-images", "12", "--batch-size", "4"]
+        if format == "tflite":
+            argv += ["--quantization", quantization, "--calibration-images", "16"]
+        assert main(argv) == 0
+        folders[format, quantization] = export_dir.default_folder(lite0_run[0] / "model.keras", format, quantization)
+    return folders
+
+
 @pytest.fixture(scope="session")
 def lite0_server(lite0_run):
     """The lite0 run served for real on loopback, with small limits so that tests can reach them.

@@ -17,6 +17,7 @@ from catsdogs.models import precision as precision_lib
 from catsdogs.models.backbones import extractor_members
 from catsdogs.store.run_dir import BACKBONE
 from catsdogs.utils import host
+from catsdogs.utils.csvfiles import read_csv
 from conftest import photo
 
 # 30 cats and 30 dogs of the test folder, none of them seen in training.
@@ -71,7 +72,9 @@ def runtimes_of_the_run(lite0_run, isolated_cache):
     model = model_lib.load(run_dir)
     float32 = model_lib.float32_model(model) if model_lib.compute_precision(model) != "float32" else model
     (extractor,) = extractor_members(model_lib.parts(float32).extractor)
-    training_photos = sorted(str(p) for p in (data / "training_set").rglob("*.jpg"))
+    # The run's own training photos: where the run computed its features in int8, that backbone is in the cache.
+    training_photos = [os.path.join(data, row["path"]) for row in read_csv(run_dir / "splits.csv")
+                       if row["split"] == "train"]
     runtimes = {
         "keras float32": KerasModel(float32),
         "onnx float32": KerasModel(float32, backbone_runtimes.onnx_backbone(extractor, "float32", isolated_cache)),
@@ -101,7 +104,8 @@ def test_the_int8_backbone_is_calibrated_once_per_calibration_set(runtimes_of_th
     runtimes, _ = runtimes_of_the_run
     int8 = runtimes["onnx int8"].backbone
     (extractor,) = extractor_members(model_lib.parts(runtimes["keras float32"].model).extractor)
-    training_photos = sorted(str(p) for p in (lite0_run[2] / "training_set").rglob("*.jpg"))
+    training_photos = [os.path.join(lite0_run[2], row["path"]) for row in read_csv(lite0_run[0] / "splits.csv")
+                       if row["split"] == "train"]
     again = backbone_runtimes.onnx_backbone(extractor, "int8", isolated_cache, training_photos)
     assert again.path == int8.path and again.fingerprint == int8.fingerprint  # from the cache
     other = backbone_runtimes.onnx_backbone(extractor, "int8", isolated_cache, training_photos[:8])

@@ -107,8 +107,9 @@ def test_scan_reports_broken_files_duplicates_and_test_leaks(tmp_path):
 
 SCAN = """
 import json, sys
-from catsdogs import data
-print(json.dumps(scan_dataset(data.discover(sys.argv[1])).problems))
+from catsdogs.data.dataset import discover
+from catsdogs.data.scan import scan_dataset
+print(json.dumps(scan_dataset(discover(sys.argv[1])).problems))
 """
 
 

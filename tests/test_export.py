@@ -11,7 +11,6 @@ import pytest
 
 import catsdogs
 from catsdogs.cli import main
-from catsdogs.engine import export
 from catsdogs.errors import DataError
 from catsdogs.inference import model_formats as runtimes
 from catsdogs.store import export_dir
@@ -23,14 +22,9 @@ PARITY_FILE_FIELDS = {"reference", "images", "max_abs_probability_difference", "
 
 
 @pytest.fixture(scope="module")
-def exports(lite0_run, tmp_path_factory):
-    """The lite0 run exported to ONNX, TFLite float32 and TFLite int8, each checked on 12 test photos."""
-    run_dir = lite0_run[0]
-    folders = {}
-    for format, quantization in (("onnx", "float32"), ("tflite", "float32"), ("tflite", "int8")):
-        folders[format, quantization], _ = export.export_model(
-            run_dir, format, quantization=quantization, parity_images=12, calibration_images=16, batch_size=8)
-    return folders
+def exports(lite0_exports):
+    """The lite0 run exported by the command line to ONNX, TFLite float32 and TFLite int8 (conftest)."""
+    return {key: lite0_exports[key] for key in (("onnx", "float32"), ("tflite", "float32"), ("tflite", "int8"))}
 
 
 @pytest.mark.parametrize("format, quantization", [("onnx", "float32"), ("tflite", "float32"), ("tflite", "int8")])
@@ -69,15 +63,17 @@ def test_predict_runs_exports_like_the_keras_model(exports, lite0_run, capsys):
     assert isinstance(loaded, runtimes.OnnxExport) and loaded.info == classifier.info
 
 
-def test_wrong_runtime_says_how_to_export(exports, lite0_run, capsys):
+def test_wrong_format_says_how_to_export(exports, lite0_run, tmp_path, capsys):
     run_dir = lite0_run[0]
     cat = str(photo("test", "cats", 4001))
     assert main(["predict", str(run_dir), cat, "--format", "tflite"]) == 2
     error = capsys.readouterr().err
     assert "holds a keras model, not a tflite one" in error
-    assert f"{exports['tflite', 'float32']}, {exports['tflite', 'int8']}" in error
-    assert main(["predict", str(run_dir), cat, "--format", "savedmodel"]) == 2
-    assert f"To make one: catsdogs export {run_dir} --format savedmodel" in capsys.readouterr().err
+    assert f"{exports['tflite', 'float32']}, {exports['tflite', 'int8']}" in error  # of its exports, the tflite ones
+    alone = tmp_path / "model.keras"  # a model without exports beside it
+    shutil.copyfile(run_dir / "model.keras", alone)
+    assert main(["predict", str(alone), cat, "--format", "savedmodel"]) == 2
+    assert f"To make one: catsdogs export {alone} --format savedmodel" in capsys.readouterr().err
     assert main(["predict", exports["onnx", "float32"], cat, "--format", "tflite"]) == 2
     assert "holds a onnx model" in capsys.readouterr().err
 
@@ -139,7 +135,7 @@ def test_exports_make_the_same_open_set_decisions_as_the_keras_model(exports, li
 
 
 # Parity measured here, not read from the export's own parity.json: each format exported by the
-# command line, loaded as users load it, and its outputs compared with the Keras model's.
+# command line (conftest's lite0_exports), loaded as users load it, and its outputs compared with the Keras model's.
 CLI_EXPORTS = [("savedmodel", "float32"), ("onnx", "float32"), ("tflite", "float32"), ("tflite", "float16")]
 # float16 weights round each weight to 11 significant bits: on these photos the probabilities moved
 # by up to 3.5e-4 and the in-distribution score (a rank among 160 training photos) by 0.025, the labels not at all.
@@ -151,7 +147,7 @@ FLOAT16_SCORE_TOLERANCE = 0.05
 def float32_reference(lite0_run):
     """Real test photos and the outputs on them of the run's Keras model computing in float32.
 
-    Exports compute in float32, so that is their reference (README, Export); the run's model
+    Exports compute in float32, so that is their reference (docs/export.md); the run's model
     computes in bfloat16 where the CPU has it, and is turned into float32 with the same weights.
     """
     from catsdogs.inference.classifier import Classifier
@@ -160,7 +156,7 @@ def float32_reference(lite0_run):
     model = model_lib.load(lite0_run[0])
     if model_lib.compute_precision(model) != "float32":
         model = model_lib.float32_model(model)
-    reference = Classifier(runtimes.KerasRuntime(model))
+    reference = Classifier(runtimes.KerasModel(model))
     # The least confident photos of a few dozen, and one the open-set score rejects (cat.4503).
     photos = [str(photo("test", cls, number)) for cls, numbers in (("cats", (4503, 4507, 4510, 4504)),
                                                                   ("dogs", (4500, 4508, 4506, 4504)))
@@ -172,16 +168,12 @@ def float32_reference(lite0_run):
 
 @pytest.mark.parametrize("format, quantization", CLI_EXPORTS)
 def test_every_format_exported_by_the_command_line_gives_the_keras_models_outputs(
-        lite0_run, float32_reference, tmp_path, capsys, format, quantization):
-    folder = tmp_path / f"{format}-{quantization}"
-    argv = ["export", str(lite0_run[0]), "--format", format, "--output", str(folder), "--parity-images", "4",
-            "--batch-size", "4"] + (["--quantization", quantization] if format == "tflite" else [])
-    assert main(argv) == 0
-    assert f"exported {format}" in capsys.readouterr().out
-    assert (folder / export_dir.FILE_NAMES[format]).exists()
+        lite0_exports, float32_reference, format, quantization):
+    folder = lite0_exports[format, quantization]
+    assert os.path.exists(os.path.join(folder, export_dir.FILE_NAMES[format]))
 
     exported = catsdogs.load(folder)
-    assert exported.runtime.runtime == format and exported.info == float32_reference[1].info
+    assert exported.runtime.format == format and exported.info == float32_reference[1].info
     photos, reference, expected = float32_reference
     got = exported.outputs_of_files(photos)
     assert got.ok.all()

@@ -1,10 +1,15 @@
-"""README promises no other test ran end to end: each through the command line or the library as
-a user meets it, on small slices of the real photos (symlinks, nothing copied)."""
+"""What README.md and docs/ promise: the commands, snippets and links they show are real (fast
+checks, nothing trained), and the promises no other test ran end to end, each through the command
+line or the library as a user meets it, on small slices of the real photos (symlinks, nothing copied)."""
 
 import base64
+import collections
+import contextlib
+import io
 import json
 import os
 import re
+import shlex
 
 import httpx
 import numpy as np
@@ -13,17 +18,130 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 import catsdogs
-from catsdogs.cli import main
+from catsdogs.cli import build_parser, main
 from catsdogs.config.serve import API_KEY_ENV
 from catsdogs.data.images import load_image
 from catsdogs.evaluation.figures import save_figure
 from catsdogs.utils.csvfiles import read_csv
-from conftest import link_photos, photo, real_dataset, serve_command
+from conftest import ROOT, link_photos, photo, real_dataset, serve_command
 
 FAST = ["--backbone", "efficientnet_lite0", "--image-size", "96"]
-# What every run directory holds (README, The run directory; as in test_train.py).
+# What every run directory holds (docs/run-directory.md; as in test_train.py).
 RUN_FILES = {"config.json", "model.keras", "metrics.json", "predictions.csv", "splits.csv", "integrity.json",
              "grid.png", "confusion.png", "errors.png", "reliability.png", "report.html"}
+
+
+README = ROOT / "README.md"
+# The pages users read: the README and every page of docs/.
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
+README_MAX_LINES = 200
+# The README's two commands: set up and run the main job; run the tests (what .ci/run runs).
+MAIN_COMMAND = "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/catsdogs train "
+TEST_COMMAND = 'python3 -m venv .venv && .venv/bin/pip install -e ".[dev]" && .venv/bin/python -m pytest'
+SHELL_LANGUAGES = ("", "bash", "sh", "shell", "console")
+SHELL_OPERATORS = ("&&", "||", ";", "|", "&", "(", ")")
+
+
+def code_blocks(text):
+    """(language, body) of every fenced code block of a Markdown text."""
+    return re.findall(r"^```(\w*)\n(.*?)^```", text, re.M | re.S)
+
+
+def catsdogs_commands(doc):
+    """The argument lists of every `catsdogs ...` command in a page's shell code blocks: continued
+    lines joined, comments dropped, each command of a line (after &&, |, ;) on its own, whatever runs
+    it (.venv/bin/catsdogs, an environment variable, /usr/bin/time)."""
+    commands = []
+    for language, body in code_blocks(doc.read_text()):
+        if language not in SHELL_LANGUAGES:
+            continue
+        for line in body.replace("\\\n", " ").splitlines():
+            lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+            lexer.whitespace_split, lexer.commenters = True, "#"
+            words, segment = list(lexer), []
+            for word in [*words, ";"]:
+                if word not in SHELL_OPERATORS:
+                    segment.append(word)
+                    continue
+                start = next((i for i, w in enumerate(segment) if os.path.basename(w) == "catsdogs"), None)
+                if start is not None:
+                    commands.append(segment[start + 1:])
+                segment = []
+    return commands
+
+
+def test_the_readme_is_short_and_holds_the_two_commands_and_no_table_of_run_files():
+    text = README.read_text()
+    assert len(text.splitlines()) < README_MAX_LINES
+    lines = [line for _, body in code_blocks(text) for line in body.splitlines()]
+    assert any(line.startswith(MAIN_COMMAND) for line in lines), f"README must hold {MAIN_COMMAND}DATA"
+    assert TEST_COMMAND in lines
+    ci = (ROOT / ".ci" / "run").read_text()  # CI runs the README's test command
+    assert re.search(r'^\.venv/bin/python -m pip install .*-e "\.\[dev\]"$', ci, re.M)
+    assert re.search(r"^\.venv/bin/python -m pytest$", ci, re.M)
+    assert "| file | what |" not in text  # the table of a run's files is docs/run-directory.md's alone
+
+
+def test_the_readme_links_every_page_of_the_docs_under_documentation():
+    section = README.read_text().split("\n## Documentation\n", 1)[1].split("\n## ", 1)[0]
+    linked = set(re.findall(r"\]\((docs/[^)#]+)\)", section))
+    assert linked == {f"docs/{page.name}" for page in DOCS[1:]}
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda doc: doc.name)
+def test_every_catsdogs_command_in_the_docs_parses(doc):
+    parser = build_parser()
+    for argv in catsdogs_commands(doc):
+        stderr = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(stderr):
+                parser.parse_args(argv)
+        except SystemExit as exit:
+            assert exit.code == 0, f"{doc.name}: catsdogs {shlex.join(argv)}\n{stderr.getvalue()}"
+
+
+def test_the_command_check_finds_commands_however_they_are_run(tmp_path):
+    doc = tmp_path / "page.md"
+    doc.write_text("```bash\nCATSDOGS_CACHE=/tmp/c /usr/bin/time -v .venv/bin/catsdogs train a \\\n    --tta  # cold\n"
+                   "pip install -e . && catsdogs runs --json | head\n```\n```text\ncatsdogs not a command\n```\n")
+    assert catsdogs_commands(doc) == [["train", "a", "--tta"], ["runs", "--json"]]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda doc: doc.name)
+def test_every_python_snippet_imports(doc):
+    for language, body in code_blocks(doc.read_text()):
+        if language == "python":
+            imports = "\n".join(line for line in body.splitlines() if re.match(r"(import|from) ", line))
+            exec(imports, {})
+
+
+def heading_anchors(doc):
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces as hyphens."""
+    text = re.sub(r"^```.*?^```", "", doc.read_text(), flags=re.M | re.S)
+    anchors, seen = [], collections.Counter()
+    for heading in re.findall(r"^#+ (.+)$", text, re.M):
+        anchor = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        anchors.append(f"{anchor}-{seen[anchor]}" if seen[anchor] else anchor)  # repeated headings: -1, -2...
+        seen[anchor] += 1
+    return anchors
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda doc: doc.name)
+def test_every_relative_link_and_anchor_resolves(doc):
+    text = re.sub(r"^```.*?^```", "", doc.read_text(), flags=re.M | re.S)
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue  # http(s):, mailto:
+        path, _, anchor = target.partition("#")
+        page = (doc.parent / path).resolve() if path else doc
+        assert page.exists(), f"{doc.name}: {target}: no such file"
+        if anchor:
+            assert anchor in heading_anchors(page), f"{doc.name}: {target}: no such heading in {page.name}"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda doc: doc.name)
+def test_no_page_refers_to_issues_by_number(doc):
+    assert not re.findall(r"\bissues? #?\d+", doc.read_text(), re.I)
 
 
 def _splits(run_dir):

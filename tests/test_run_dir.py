@@ -15,8 +15,8 @@ from catsdogs.store.run_dir import RunDirectory, RunWriter, staged_run
 from catsdogs.utils.csvfiles import write_csv
 from conftest import ROOT
 
-# Where the table of a run's files is: the README today, its own page once the docs are split.
-DOCS_WITH_THE_TABLE = (ROOT / "docs" / "run-directory.md", ROOT / "README.md")
+# The page with the table of a run's files (the README links to it and keeps no copy: test_readme_promises.py).
+DOC_WITH_THE_TABLE = ROOT / "docs" / "run-directory.md"
 TABLE_HEADER = "| file | what |"
 
 
@@ -199,14 +199,12 @@ def test_an_export_json_of_an_unknown_format_is_refused(tmp_path):
 # The docs.
 
 def table_of_run_files():
-    """The names in the first column of the table of a run's files (`TABLE_HEADER`), folders without
-    their trailing `/`, from whichever of `DOCS_WITH_THE_TABLE` holds it."""
-    for doc in DOCS_WITH_THE_TABLE:
-        lines = doc.read_text().splitlines() if doc.exists() else []
-        if TABLE_HEADER in lines:
-            rows = itertools.takewhile(lambda line: line.startswith("|"), lines[lines.index(TABLE_HEADER) + 2:])
-            return [name.rstrip("/") for row in rows for name in re.findall(r"`([^`]+)`", row.split("|")[1])]
-    pytest.fail(f"none of {[str(doc) for doc in DOCS_WITH_THE_TABLE]} holds a table {TABLE_HEADER!r}")
+    """The names in the first column of the table of a run's files (`TABLE_HEADER`) in `DOC_WITH_THE_TABLE`,
+    folders without their trailing `/`."""
+    lines = DOC_WITH_THE_TABLE.read_text().splitlines()
+    assert TABLE_HEADER in lines, f"{DOC_WITH_THE_TABLE} holds no table {TABLE_HEADER!r}"
+    rows = itertools.takewhile(lambda line: line.startswith("|"), lines[lines.index(TABLE_HEADER) + 2:])
+    return [name.rstrip("/") for row in rows for name in re.findall(r"`([^`]+)`", row.split("|")[1])]
 
 
 def test_the_docs_table_of_a_run_lists_every_file_the_code_names_once():

@@ -5,17 +5,15 @@ import pytest
 
 import catsdogs
 from catsdogs.apps.serve.app import create_app, load_served_model
-from catsdogs.engine import export
 from conftest import ServerThread, photo, serve_command, unknown_photo
 
 FORMATS = ("onnx", "tflite", "savedmodel")
 
 
 @pytest.fixture(scope="module")
-def exports(lite0_run):
-    """The lite0 run exported in every format that runs outside Keras, each into the run's own exports folder
-    (where export.json's source is trusted to name the run): format -> export folder."""
-    return {fmt: export.export_model(lite0_run[0], fmt, parity_images=4, batch_size=4)[0] for fmt in FORMATS}
+def exports(lite0_exports):
+    """The lite0 run exported in every format that runs outside Keras (conftest): format -> export folder."""
+    return {fmt: lite0_exports[fmt, "float32"] for fmt in FORMATS}
 
 
 def photos():

@@ -85,9 +85,9 @@ def read_until_closed(connection):
 
 
 def stated_worst_case_bytes():
-    """The worst-case RSS that README.md states for the default limits."""
-    match = re.search(r"RSS stays under \*\*([\d.]+) GB\*\*", (ROOT / "README.md").read_text())
-    assert match, "README.md must state the server's worst-case RSS"
+    """The worst-case RSS that docs/serving.md states for the default limits."""
+    match = re.search(r"RSS stays under \*\*([\d.]+) GB\*\*", (ROOT / "docs" / "serving.md").read_text())
+    assert match, "docs/serving.md must state the server's worst-case RSS"
     return float(match.group(1)) * 1e9
 
 
@@ -201,7 +201,7 @@ def test_millions_of_tiny_json_instances_are_refused_before_they_are_parsed(serv
         time.sleep(0.2)
     assert response.status_code == 413, response.text
     assert "send at most 32 instances" in response.json()["error"]
-    assert rss_bytes(server.pid, "VmHWM") - before < 3 * len(body)  # README: 3 x the body per active request
+    assert rss_bytes(server.pid, "VmHWM") - before < 3 * len(body)  # docs/serving.md: 3 x the body per active request
     assert set(health.statuses) == {"200"}
     assert health.slowest < 0.5
 

@@ -198,7 +198,7 @@ READ_IN_A_SUBPROCESS = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
 from catsdogs.errors import WeightsError
-from catsdogs.torch_checkpoint import read_torch_checkpoint
+from catsdogs.models.torch_checkpoint import read_torch_checkpoint
 try:
     arrays = read_torch_checkpoint(sys.argv[1])
 except WeightsError as error:

@@ -351,7 +351,7 @@ def _add_serve(commands):
         description="Serves a trained model: TensorFlow Serving's REST API (POST /v1/models/NAME:predict), "
                     "multipart uploads (POST /predict), GET /healthz, GET /v1/models/NAME, a web page at / "
                     "and API documentation at /docs. Requests that arrive together share one forward pass. "
-                    "Limits bound memory and time per request; see README.md, Serving.")
+                    "Limits bound memory and time per request; see docs/serving.md.")
     p.add_argument("model", help="run directory, .keras model file, or export folder (from catsdogs export); "
                                  "Grad-CAM heatmaps need a run directory or .keras file")
     p.add_argument("--host", default="127.0.0.1",

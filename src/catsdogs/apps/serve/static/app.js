@@ -53,8 +53,8 @@ async function showModel() {
     const health = await getJson("/healthz");
     const model = await getJson(`/v1/models/${encodeURIComponent(health.model)}`);
     const accuracy = model.metrics ? `, test accuracy ${(100 * model.metrics.accuracy).toFixed(2)}%` : "";
-    const runtime = model.runtime === "keras" ? "" : ` (${model.runtime} export: no Grad-CAM overlay)`;
-    info.textContent = `Model ${model.name}: ${model.backbone}, classes ${model.classes.join(", ")}${accuracy}${runtime}.`;
+    const format = model.format === "keras" ? "" : ` (${model.format} export: no Grad-CAM overlay)`;
+    info.textContent = `Model ${model.name}: ${model.backbone}, classes ${model.classes.join(", ")}${accuracy}${format}.`;
     return model.heatmaps;
   } catch (error) {
     info.textContent = `The model's description is unavailable (${error.message}).`;
