@@ -101,7 +101,7 @@ def main():
     parser.add_argument("--per-kind", type=int, default=60, help="planted near-duplicates of each kind")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", help="write the results as JSON here")
-    parser.add_argument("--figure", help="draw the pairs found among the real photos here (PNG)")
+    parser.add_argument("--figure", help="draw the pairs found among the real photos, and those of planted copies with other photos, here (PNG)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
@@ -132,7 +132,16 @@ def main():
         worst = closeness(prepared.scan, planted)
         real_pairs = [pair for pair in prepared.scan.near_pairs
                       if not any(os.path.basename(p).startswith(PLANTED_PREFIX) for p in pair["paths"])]
+        # Pairs with a planted copy that are not the copy and its original: false pairs, or copies of
+        # photos that are near-duplicates themselves.
+        stray_pairs = [pair for pair in prepared.scan.near_pairs if pair not in real_pairs
+                       and not any(set(pair["paths"]) == {copy, original} for copy, (_, original) in planted.items())]
         crossing = prepared.scan.near_duplicates_across_splits()
+        if args.figure and real_pairs + stray_pairs:  # drawn while the planted copies exist
+            shown = [{**pair, "splits": [pathlib.Path(p).parent.parent.name for p in pair["paths"]]}
+                     for pair in real_pairs + stray_pairs]
+            figures.save_figure(figures.plot_near_duplicates(shown, columns=1, title="Found (planted pairs left out)"),
+                                args.figure)
 
         # The same photos in one folder of class folders: catsdogs makes every split.
         flat = pathlib.Path(folder) / "flat"
@@ -157,7 +166,7 @@ def main():
         "planted_per_kind": args.per_kind,
         "found_by_hash": by_hash, "found": found, "closest_call": worst,
         "share_found": {kind: found[kind] / args.per_kind for kind in KINDS},
-        "real_pairs": real_pairs,
+        "real_pairs": real_pairs, "stray_pairs": stray_pairs,
         "groups_across_splits": len(crossing),
         "seconds": {"scan_without_hash": round(scan_plain, 2), "scan_with_hash": round(scan_hash, 2),
                     "extraction": round(extracted, 2), "feature_stage": round(feature_stage, 2)},
@@ -169,12 +178,6 @@ def main():
     print(json.dumps(results, indent=2))
     if args.output:
         pathlib.Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
-    if args.figure and real_pairs:
-        # The real photos by their own paths in the data, not the temporary links.
-        shown = [{**pair, "paths": [str(args.data / os.path.relpath(p, root)) for p in pair["paths"]],
-                  "splits": [pathlib.Path(p).parent.parent.name for p in pair["paths"]]} for pair in real_pairs]
-        figures.save_figure(figures.plot_near_duplicates(shown, columns=1, title="Near-duplicates among the real photos"),
-                            args.figure)
 
 
 if __name__ == "__main__":
