@@ -86,11 +86,22 @@ def request_arguments(route, model_name, photo):
     return f"/v1/models/{model_name}:predict", {"json": {"instances": [{"b64": base64.b64encode(data).decode()}]}}
 
 
+def answered_label(route, answer, classes):
+    """The label of a 200 answer: catsdogs' labelled answer names it; TF Serving's gives the probabilities
+    (by name, or the list itself where the model has no open-set score)."""
+    prediction = answer["predictions"][0]
+    if route == "upload":
+        return prediction["label"]
+    probabilities = prediction["probabilities"] if isinstance(prediction, dict) else prediction
+    return classes[int(np.argmax(probabilities))]
+
+
 async def run_load(url, photos, route, requests, concurrency, warmup, time_limit):
     """Sends the requests; returns (latencies in s, status codes, correct labels, wall seconds)."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         model_name = (await client.get("/healthz")).json()["model"]
+        classes = (await client.get(f"/v1/models/{model_name}")).json()["classes"]
         latencies, statuses, correct = [], [], 0
         next_index = 0
 
@@ -110,7 +121,7 @@ async def run_load(url, photos, route, requests, concurrency, warmup, time_limit
                     latencies.append(time.perf_counter() - start)
                     statuses.append(status)
                     if status == 200:
-                        correct += response.json()["predictions"][0]["label"] == photo[2]
+                        correct += answered_label(route, response.json(), classes) == photo[2]
 
         await asyncio.gather(*(worker(warmup, False) for _ in range(concurrency)))
         next_index = 0

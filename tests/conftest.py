@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import json
 import logging
 import os
 import pathlib
@@ -106,15 +107,85 @@ def run_bounded(code, *arguments, timeout=60, memory_bytes=2 << 30):
                           timeout=timeout, preexec_fn=limit)
 
 
+def built_once(tmp_path_factory, name, build):
+    """What `build(folder)` returns, built once per test session, also when pytest-xdist runs the suite in
+    several worker processes: the first worker builds it into the session's shared temporary folder while
+    the others wait on its lock, then every worker reads the JSON the builder wrote.
+
+    Args:
+        name: the resource's name (its folder, lock and JSON file in the shared folder).
+        build: folder -> a JSON-serializable value (paths as str).
+    """
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return build(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent  # one folder for the session, above each worker's own
+    description = shared / f"{name}.json"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not description.exists():
+            folder = shared / name
+            folder.mkdir()
+            description.write_text(json.dumps(build(folder)))
+    return json.loads(description.read_text())
+
+
 @pytest.fixture(scope="session")
 def lite0_run(tmp_path_factory):
-    """One real training run of efficientnet_lite0 on 100 + 100 photos, shared by several tests."""
+    """One real training run of efficientnet_lite0 on 100 + 100 photos, shared by several tests
+    (by every worker under pytest-xdist): (run directory, its metrics, its data folder)."""
+
+    def train(folder):
+        import catsdogs
+
+        data = real_dataset(folder / "data", train_per_class=100, test_per_class=100)
+        run = catsdogs.train(data, backbone="efficientnet_lite0", runs_dir=str(folder / "runs"), name="lite0")
+        return {"run_dir": str(run.run_dir), "metrics": run.metrics, "data": str(data)}
+
+    run = built_once(tmp_path_factory, "lite0_run", train)
+    return pathlib.Path(run["run_dir"]), run["metrics"], pathlib.Path(run["data"])
+
+
+def collage_dataset(root, train_per_kind=10, test_per_kind=4):
+    """A small multi-label set from the shared photos, with its labels.csv (path, label, split): collages of two
+    cats ("cats"), two dogs ("dogs") and a cat and a dog ("cats;dogs") side by side (`data.collages`), training
+    ones from the training folder and test ones from the test folder, and photos of neither class with no label
+    (6 training, 2 test)."""
+    from catsdogs.data.collages import make_collages
+    from catsdogs.utils.csvfiles import write_csv
+
+    count = 3 * max(train_per_kind, test_per_kind)  # photos of a class that the collages of a split use at most
+    rows = []
+    for split, first in (("train", 1), ("test", 4001)):
+        photos = {cls: [photo(split, cls, number) for number in range(first, first + count)] for cls in ("cats", "dogs")}
+        per_kind = train_per_kind if split == "train" else test_per_kind
+        rows += [{**row, "path": f"{split}/{row['path']}", "split": split}
+                 for row in make_collages(photos, root / split, per_kind, seed=1)]
+    (root / "neither").mkdir()
+    for split, folder, names in (("train", "cars", ("00029.jpg", "00055.jpg", "00084.jpg")),
+                                 ("train", "buildings", ("urban_img_001.jpg", "urban_img_002.jpg", "urban_img_003.jpg")),
+                                 ("test", "cars", ("00193.jpg",)), ("test", "buildings", ("urban_img_004.jpg",))):
+        for name in names:
+            (root / "neither" / f"{folder}-{name}").symlink_to(unknown_photo(folder, name))
+            rows.append({"path": f"neither/{folder}-{name}", "label": "", "split": split})
+    write_csv(rows, root / "labels.csv")
+    return root
+
+
+@pytest.fixture(scope="session")
+def multilabel_run(tmp_path_factory):
+    """One real multi-label training of efficientnet_lite0 at 128 px on a small collage set (`collage_dataset`).
+
+    Returns:
+        (run directory, the `Run`, data folder).
+    """
     import catsdogs
 
-    data = real_dataset(tmp_path_factory.mktemp("data"), train_per_class=100, test_per_class=100)
-    runs = tmp_path_factory.mktemp("runs")
-    run = catsdogs.train(data, backbone="efficientnet_lite0", runs_dir=str(runs), name="lite0")
-    return pathlib.Path(run.run_dir), run.metrics, data
+    data = collage_dataset(tmp_path_factory.mktemp("collages"))
+    run = catsdogs.train(data, labels=str(data / "labels.csv"), multi_label=True, backbone="efficientnet_lite0",
+                         image_size=128, runtime="keras", runs_dir=str(tmp_path_factory.mktemp("runs")),
+                         name="multilabel")
+    return pathlib.Path(run.run_dir), run, data
 
 
 @pytest.fixture(scope="session")
@@ -189,19 +260,25 @@ EXPORTS = (("onnx", "float32"), ("tflite", "float32"), ("tflite", "int8"), ("tfl
 
 
 @pytest.fixture(scope="session")
-def lite0_exports(lite0_run):
+def lite0_exports(lite0_run, tmp_path_factory):
     """The lite0 run exported by `catsdogs export` in every format: (format, quantization) -> export folder."""
-    from catsdogs.cli import main
-    from catsdogs.store import export_dir
 
-    folders = {}
-    for format, quantization in EXPORTS:
-        argv = ["export", str(lite0_run[0]), "--format", format, "--parity-images", "12", "--batch-size", "4"]
-        if format == "tflite":
-            argv += ["--quantization", quantization, "--calibration-images", "16"]
-        assert main(argv) == 0
-        folders[format, quantization] = export_dir.default_folder(lite0_run[0] / "model.keras", format, quantization)
-    return folders
+    def export(_folder):
+        from catsdogs.cli import main
+        from catsdogs.store import export_dir
+
+        folders = []
+        for format, quantization in EXPORTS:
+            argv = ["export", str(lite0_run[0]), "--format", format, "--parity-images", "12", "--batch-size", "4"]
+            if format == "tflite":
+                argv += ["--quantization", quantization, "--calibration-images", "16"]
+            assert main(argv) == 0
+            folder = export_dir.default_folder(lite0_run[0] / "model.keras", format, quantization)
+            folders.append([format, quantization, str(folder)])
+        return folders
+
+    return {(format, quantization): pathlib.Path(folder)
+            for format, quantization, folder in built_once(tmp_path_factory, "lite0_exports", export)}
 
 
 @pytest.fixture(scope="session")

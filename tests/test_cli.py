@@ -89,7 +89,8 @@ def command_parser(command):
     return build_parser()._subparsers._group_actions[0].choices[command]
 
 
-@pytest.mark.parametrize("command, settings", [("train", "TrainConfig"), ("serve", "ServeSettings")])
+@pytest.mark.parametrize("command, settings", [("train", "TrainConfig"), ("serve", "ServeSettings"),
+                                               ("serve", "ReplicaSettings")])
 def test_every_setting_is_an_option_with_the_default_and_help_its_field_declares(command, settings, capsys):
     import dataclasses
 

@@ -123,9 +123,9 @@ def test_serve_answers_large_photos_as_predict_does(lite0_run, large_photos, pre
     with ServerThread(create_app(classifier, name, metrics, ServeSettings())) as url:
         response = httpx.post(f"{url}/v1/models/{name}:predict", json=body, timeout=120)
     assert response.status_code == 200, response.text
-    answers = response.json()["predictions"]
-    assert_same_probabilities({path: answer["probabilities"] for path, answer in zip(large_photos, answers)},
-                              predicted[None])
+    answers = response.json()["predictions"]  # the output tensors: probabilities in the order of the classes
+    assert_same_probabilities({path: dict(zip(classifier.classes, answer["probabilities"]))
+                               for path, answer in zip(large_photos, answers)}, predicted[None])
 
 
 def test_explain_and_the_reports_figures_see_large_photos_as_predict_does(lite0_run, large_photos, predicted,

@@ -4,6 +4,7 @@ import base64
 import concurrent.futures
 import io
 import json
+import os
 import re
 import sys
 import time
@@ -43,6 +44,7 @@ def test_health_and_model_status(client, lite0_run):
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["model"] == "lite0"
     assert health["batching"]["max_batch_size"] == 8
+    assert health["process_id"] == os.getpid()  # the server runs in a thread of this process
     status = client.get("/v1/models/lite0").json()
     assert status["model_version_status"][0]["state"] == "AVAILABLE"  # what TF Serving clients poll
     assert (status["name"], status["classes"], status["backbone"], status["input_size"]) == (
@@ -53,9 +55,21 @@ def test_health_and_model_status(client, lite0_run):
     assert missing.status_code == 404 and "'other' not found" in missing.json()["error"]
 
 
-def test_tf_serving_predict_agrees_with_catsdogs_predict(client, lite0_run):
+def test_tf_serving_predict_answers_the_output_tensors_as_catsdogs_predict_computes_them(client, lite0_run):
     cat, dog = photo(*CAT), photo(*DOG)
     response = client.post("/v1/models/lite0:predict", json=instances(cat.read_bytes(), dog.read_bytes()))
+    assert response.status_code == 200
+    predictions = response.json()["predictions"]
+    assert [set(p) for p in predictions] == [{"probabilities", "in_distribution_score"}] * 2  # tensors by name
+    expected = catsdogs.load(lite0_run[0]).predict([cat, dog])
+    for got, want in zip(predictions, expected):
+        assert got["probabilities"] == pytest.approx([want.probabilities["cats"], want.probabilities["dogs"]], abs=1e-4)
+        assert got["in_distribution_score"] == pytest.approx(want.in_distribution_score, abs=1e-4)
+
+
+def test_the_labelled_answer_takes_tf_servings_json_at_predict(client, lite0_run):
+    cat, dog = photo(*CAT), photo(*DOG)
+    response = client.post("/predict", json=instances(cat.read_bytes(), dog.read_bytes()))
     assert response.status_code == 200
     predictions = response.json()["predictions"]
     assert [p["label"] for p in predictions] == ["cats", "dogs"]
@@ -64,6 +78,8 @@ def test_tf_serving_predict_agrees_with_catsdogs_predict(client, lite0_run):
         assert got["probability"] == pytest.approx(want["probability"], abs=1e-4)
         assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-4)
         assert "heatmap_png" not in got  # only on request
+    columnar = client.post("/predict", json={"inputs": [{"b64": b64(dog.read_bytes())}]}).json()["predictions"]
+    assert columnar[0]["label"] == "dogs"
 
 
 def test_a_car_is_unknown_over_the_api_unless_rejection_is_off(client, lite0_run):
@@ -71,16 +87,16 @@ def test_a_car_is_unknown_over_the_api_unless_rejection_is_off(client, lite0_run
 
     car, cat = unknown_photo("cars", "00029.jpg"), photo(*CAT)
     body = instances(car.read_bytes(), cat.read_bytes())
-    predictions = client.post("/v1/models/lite0:predict", json=body).json()["predictions"]
+    predictions = client.post("/predict", json=body).json()["predictions"]
     assert [p["label"] for p in predictions] == ["unknown", "cats"]
     assert [p["accepted"] for p in predictions] == [False, True]
     expected = [p.to_dict() for p in catsdogs.load(lite0_run[0]).predict([car, cat])]
     for got, want in zip(predictions, expected):  # the server decides as catsdogs predict does
         assert got["in_distribution_score"] == pytest.approx(want["in_distribution_score"], abs=1e-4)
-    assert set(predictions[0]["probabilities"]) == {"cats", "dogs"}  # TF Serving's shape kept, keys added
-    lenient = client.post("/v1/models/lite0:predict?reject=false", json=body).json()["predictions"]
+    assert set(predictions[0]["probabilities"]) == {"cats", "dogs"}
+    lenient = client.post("/predict?reject=false", json=body).json()["predictions"]
     assert lenient[0]["label"] in ("cats", "dogs")
-    strict = client.post("/v1/models/lite0:predict?reject_threshold=1", json=body).json()["predictions"]
+    strict = client.post("/predict?reject_threshold=1", json=body).json()["predictions"]
     assert [p["label"] for p in strict] == ["unknown", "unknown"]
     status = client.get("/v1/models/lite0").json()
     assert status["reject_threshold"] == pytest.approx(catsdogs.load(lite0_run[0]).info.reject_threshold)
@@ -92,7 +108,7 @@ def test_tf_serving_clients_that_send_json_without_saying_so_work(client, header
     # TF Serving reads JSON whatever the content type; its documented curl examples use `curl -d`.
     body = json.dumps(instances(photo(*DOG).read_bytes()))
     response = client.post("/v1/models/lite0:predict", content=body, headers=headers)
-    assert response.status_code == 200 and response.json()["predictions"][0]["label"] == "dogs"
+    assert response.status_code == 200 and response.json()["predictions"][0]["probabilities"][1] > 0.5  # a dog
 
 
 def test_multipart_upload_with_heatmaps(client):
@@ -135,7 +151,7 @@ def test_concurrent_requests_share_a_forward_pass(client, lite0_server):
     data = photo(*CAT).read_bytes()
 
     def one(_):
-        return client.post("/v1/models/lite0:predict", json=instances(data)).json()["predictions"][0]["label"]
+        return client.post("/predict", json=instances(data)).json()["predictions"][0]["label"]
 
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         labels = list(pool.map(one, range(6)))
@@ -172,11 +188,16 @@ BAD_REQUESTS = {
     "empty multipart request": ("/predict", {"files": {"other": ("x", b"1")}}, 400, "files: Field required; send one or more images"),
     "empty request body": ("/v1/models/lite0:predict", {"content": b"", "headers": {"Content-Type": "application/json"}}, 400, "empty request body"),
     "no instances": ("/v1/models/lite0:predict", {"json": {"instances": []}}, 400, "no instances"),
-    "json to the upload route": ("/predict", {"json": {"instances": []}}, 415, "expected Content-Type multipart/form-data, got application/json"),
+    "image to the upload route": ("/predict", {"content": b"\xff\xd8", "headers": {"Content-Type": "image/jpeg"}}, 415, "expected Content-Type multipart/form-data or application/json, got image/jpeg"),
+    "no images in a labelled request": ("/predict", {"json": {"inputs": []}}, 400, "no inputs"),
     "image to the json route": ("/v1/models/lite0:predict", {"content": b"\xff\xd8", "headers": {"Content-Type": "image/jpeg"}}, 415, "expected Content-Type application/json, got image/jpeg"),
     "malformed json": ("/v1/models/lite0:predict", {"content": b'{"instances": [', "headers": {"Content-Type": "application/json"}}, 400, "malformed JSON"),
     "malformed base64": ("/v1/models/lite0:predict", {"json": {"instances": [{"b64": "not base64!"}]}}, 400, "instances[0].b64: not valid base64"),
     "instance without b64": ("/v1/models/lite0:predict", {"json": {"instances": [{"image": "x"}]}}, 400, "instances[0].b64: Field required"),
+    "neither format": ("/v1/models/lite0:predict", {"json": {"signature_name": "serving_default"}}, 400, "instances (row format) or inputs (columnar format): Field required"),
+    "both formats": ("/v1/models/lite0:predict", {"json": {**instances(b"x"), "inputs": [{"b64": "AAAA"}]}}, 400, "both instances (row format) and inputs (columnar format)"),
+    "input of another name": ("/v1/models/lite0:predict", {"json": {"inputs": {"pixels": [{"b64": "AAAA"}]}}}, 400, "inputs: Value error, the model's one input is 'image_bytes', not 'pixels'"),
+    "too many columnar inputs": ("/v1/models/lite0:predict", {"json": {"inputs": [{"b64": "AAAA"}] * 5}}, 413, "5 images in one request; the limit is 4"),
     "more than b64 in an instance": ("/v1/models/lite0:predict", {"json": {"instances": [{"b64": "AAAA", "key": 1}]}}, 400, "instances[0].key: Extra inputs are not permitted"),
     "too many instances": ("/v1/models/lite0:predict", {"json": instances(*[b"x"] * 5)}, 413, "5 images in one request; the limit is 4"),
     "many tiny instances": ("/v1/models/lite0:predict", {"content": tiny_instances_json(1_900_000), "headers": {"Content-Type": "application/json"}}, 413, "send at most 4 instances"),
@@ -238,8 +259,8 @@ def test_page_documentation_and_static_files_are_all_local(client):
     schema = client.get("/openapi.json").json()
     assert {"/healthz", "/predict", "/v1/models/{model_name}", "/v1/models/{model_name}:predict"} <= set(schema["paths"])
     tf_request = schema["paths"]["/v1/models/{model_name}:predict"]["post"]["requestBody"]["content"]["application/json"]
-    assert tf_request["schema"]["properties"]["instances"]["items"]["required"] == ["b64"]
-    assert "multipart/form-data" in schema["paths"]["/predict"]["post"]["requestBody"]["content"]
+    assert tf_request["schema"]["oneOf"][0]["properties"]["instances"]["anyOf"][0]["items"]["required"] == ["b64"]
+    assert {"multipart/form-data", "application/json"} == set(schema["paths"]["/predict"]["post"]["requestBody"]["content"])
 
 
 def test_the_serve_command_listens_on_loopback_and_stops_cleanly(lite0_run):
@@ -282,7 +303,7 @@ def test_tf_serving_version_urls(client):
     missing = client.get("/v1/models/lite0/versions/2")
     assert missing.status_code == 404 and "version 2 of model 'lite0' not found" in missing.json()["error"]
     response = client.post("/v1/models/lite0/versions/1:predict", json=instances(photo(*DOG).read_bytes()))
-    assert response.status_code == 200 and response.json()["predictions"][0]["label"] == "dogs"
+    assert response.status_code == 200 and response.json()["predictions"][0]["probabilities"][1] > 0.5
     assert client.post("/v1/models/lite0/versions/3:predict", json=instances(b"x")).status_code == 404
 
 
@@ -314,8 +335,10 @@ def test_the_schema_declares_the_limits_it_enforces(client):
     assert {"/v1/models/{model_name}/versions/{version}", "/v1/models/{model_name}/versions/{version}:predict"} <= set(paths)
     tf_serving = paths["/v1/models/{model_name}:predict"]["post"]
     request = tf_serving["requestBody"]["content"]["application/json"]["schema"]
-    assert (request["properties"]["instances"]["minItems"], request["properties"]["instances"]["maxItems"]) == (1, 4)
-    assert request["properties"]["instances"]["items"]["properties"]["b64"]["maxLength"] == 2_000_000
+    row, columnar = request["oneOf"]
+    for images in (row["properties"]["instances"]["anyOf"][0], columnar["properties"]["inputs"]["anyOf"][0]):
+        assert (images["minItems"], images["maxItems"]) == (1, 4)
+        assert images["items"]["properties"]["b64"]["maxLength"] == 2_000_000
     assert {"400", "404", "408", "413", "415", "422"} <= set(tf_serving["responses"])
     upload = paths["/predict"]["post"]
     files = upload["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]["files"]

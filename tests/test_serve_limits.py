@@ -98,8 +98,14 @@ def test_the_api_key_is_required_on_the_api_but_not_on_the_page(served, client):
     assert wrong.status_code == 401 and "API key" in wrong.json()["error"]
     assert httpx.get(f"{url}/v1/models/lite0", headers={"X-API-Key": API_KEY}, timeout=30).status_code == 200
     assert client.get("/v1/models/lite0").status_code == 200  # Authorization: Bearer
-    for open_route in ("/healthz", "/", "/static/app.js", "/openapi.json", "/docs"):
+    for open_route in ("/healthz", "/", "/static/app.js", "/openapi.json", "/docs", "/v2/health/live",
+                       "/v2/health/ready", "/v2"):
         assert httpx.get(f"{url}{open_route}", timeout=30).status_code == 200, open_route
+    for model_route in ("/v1/models/lite0/metadata", "/v2/models/lite0", "/v2/models/lite0/ready"):
+        assert httpx.get(f"{url}{model_route}", timeout=30).status_code == 401, model_route
+        assert client.get(model_route).status_code == 200, model_route
+    infer = {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES", "data": ["AAAA"]}]}
+    assert httpx.post(f"{url}/v2/models/lite0/infer", json=infer, timeout=30).status_code == 401
     schema = httpx.get(f"{url}/openapi.json", timeout=30).json()
     assert {"HTTPBearer", "APIKeyHeader"} <= set(schema["components"]["securitySchemes"])
     assert "401" in schema["paths"]["/predict"]["post"]["responses"]

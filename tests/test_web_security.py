@@ -82,7 +82,11 @@ def predict_requests(cat):
     return [("GET", "/", {}), ("GET", "/static/app.js", {}), ("GET", "/docs", {}), ("GET", "/openapi.json", {}),
             ("GET", "/healthz", {}), ("GET", model, {}),
             ("POST", "/predict", {"files": {"files": ("cat.jpg", cat)}}),
-            ("POST", f"{model}:predict", {"content": body, "headers": {"Content-Type": "application/json"}})]
+            ("POST", f"{model}:predict", {"content": body, "headers": {"Content-Type": "application/json"}}),
+            ("GET", f"{model}/metadata", {}), ("GET", "/v2/health/ready", {}),
+            ("GET", f"/v2/models/{urllib.parse.quote(XSS)}", {}),
+            ("POST", f"/v2/models/{urllib.parse.quote(XSS)}/infer", {"json": {"inputs": [
+                {"name": "image_bytes", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(cat).decode()]}]}})]
 
 
 def assert_headers(response):
@@ -108,8 +112,8 @@ def test_serve_refuses_a_foreign_host_on_every_route_and_answers_its_own_names(s
             for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", f"CATSDOGS.test:{port}"):
                 answer = client.request(method, path, **{**arguments, "headers": {**headers, "Host": host}})
                 assert answer.status_code == 200, (path, host, answer.text)
-        prediction = answer.json()["predictions"][0]
-        assert prediction["label"] == XSS  # the last route, the TF Serving one, predicted the cat
+        probabilities = answer.json()["outputs"][0]
+        assert probabilities["name"] == "probabilities" and probabilities["data"][0] > 0.5  # the last route saw the cat
         for host in (f"catsdogs.test.{ATTACKER}:{port}", f"127.0.0.1.{ATTACKER}", "", f"127.0.0.1@{ATTACKER}"):
             assert client.get("/healthz", headers={"Host": host}).status_code == 403, host
 
@@ -145,7 +149,16 @@ def test_serve_refuses_a_post_from_another_origin_and_takes_one_without_origin(s
         refused = client.post(f"{model}:predict", content=instances, headers={**form, "Origin": f"http://{ATTACKER}"})
         assert refused.status_code == 403
         answer = client.post(f"{model}:predict", content=instances, headers=form)
+        assert answer.status_code == 200 and len(answer.json()["predictions"][0]["probabilities"]) == 2
+        answer = client.post("/predict", content=instances, headers=form)  # the labelled answer
         assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] == XSS
+        # The Open Inference Protocol's infer, as a page could post it (no preflight for this content type).
+        infer = json.dumps({"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
+                                        "data": [base64.b64encode(cat).decode()]}]})
+        v2_model = f"/v2/models/{urllib.parse.quote(XSS)}"
+        refused = client.post(f"{v2_model}/infer", content=infer, headers={**form, "Origin": f"http://{ATTACKER}"})
+        assert refused.status_code == 403
+        assert client.post(f"{v2_model}/infer", content=infer, headers=form).status_code == 200
 
 
 def test_every_answer_of_serve_has_the_security_headers(loaded):

@@ -19,7 +19,7 @@ from catsdogs.config.choices import (
     UNKNOWN_LABEL,
 )
 from catsdogs.config.fields import flag_of
-from catsdogs.config.serve import API_KEY_ENV, ServeSettings
+from catsdogs.config.serve import API_KEY_ENV, ReplicaSettings, ServeSettings
 from catsdogs.config.train import TrainConfig
 from catsdogs.errors import ConfigError
 
@@ -159,22 +159,30 @@ def printable(name):
 
 def format_table(predictions, top_k=1):
     """A plain table: path, label, probability (and in-distribution score), and the next most
-    probable classes with `top_k` above 1; errors on their own line.
+    probable classes with `top_k` above 1; errors on their own line. A multi-label model's table has
+    the set of labels ("none" where none applies, "unknown" when rejected) and every label's probability.
 
     Odd characters in file names (newlines, undecodable bytes) are escaped, so each file keeps one line.
     """
     names = [printable(p.path) for p in predictions]
     width = max([len(n) for n in names] + [4])
     scored = any(p.in_distribution_score is not None for p in predictions)
-    lines = [f"{'file':<{width}}  " + ("in-distribution  " if scored else "") + f"{'label':<12} probability"
+    multi_label = any(p.labels is not None for p in predictions)
+    lines = [f"{'file':<{width}}  " + ("in-distribution  " if scored else "")
+             + ("labels                 probabilities" if multi_label else f"{'label':<12} probability")
              + (f"  top {top_k}" if top_k > 1 else "")]
     for name, p in zip(names, predictions):
         if p.error is not None:
             lines.append(f"{name:<{width}}  ERROR: {p.error}")
+            continue
+        score = f"{p.in_distribution_score:15.4f}  " if p.in_distribution_score is not None else ""
+        top = "  " + ", ".join(f"{label} {probability:.4f}" for label, probability in p.top(top_k)) \
+            if top_k > 1 else ""
+        if multi_label:
+            answer = p.label if p.accepted is False else ", ".join(p.labels) or "none"
+            every = " ".join(f"{label} {probability:.4f}" for label, probability in p.probabilities.items())
+            lines.append(f"{name:<{width}}  {score}{answer:<22} {every}{top}")
         else:
-            score = f"{p.in_distribution_score:15.4f}  " if p.in_distribution_score is not None else ""
-            top = "  " + ", ".join(f"{label} {probability:.4f}" for label, probability in p.top(top_k)) \
-                if top_k > 1 else ""
             lines.append(f"{name:<{width}}  {score}{p.label:<12} {p.probability:.4f}{top}")
     return "\n".join(lines)
 
@@ -210,7 +218,8 @@ def _predict(args):
     if args.json:
         print(json.dumps([p.to_dict(args.top_k) for p in predictions], indent=2))
     elif args.csv:
-        write_csv([p.to_row(classifier.classes, args.top_k) for p in predictions], args.csv)  # same columns per row
+        write_csv([p.to_row(classifier.classes, args.top_k, classifier.info.label_separator) for p in predictions],
+                  args.csv)  # same columns per row
         print(f"{len(predictions)} predictions written to {args.csv}")
     else:
         print(format_table(predictions, args.top_k))
@@ -338,20 +347,30 @@ def _serve(args):
     from catsdogs.utils.extras import require
 
     require("serve", "serving")
-    from catsdogs.apps.serve.app import serve
-
     # The key may come from the environment, so that it stays out of `ps` and shell history.
     settings = settings_from(args, ServeSettings, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None)
+    if args.engine == "ray":
+        replicas = settings_from(args, ReplicaSettings)
+        require("ray", "--engine ray")
+        from catsdogs.apps.serve.ray_serve import serve_on_ray
+
+        serve_on_ray(args.model, args.host, args.port, settings, args.name, args.format, args.ray_address or None,
+                     replicas)
+        return
+    from catsdogs.apps.serve.app import serve
+
     serve(args.model, args.host, args.port, settings, args.name, args.format)
 
 
 def _add_serve(commands):
     p = commands.add_parser(
         "serve", help="serve a model over HTTP: an API and a web page",
-        description="Serves a trained model: TensorFlow Serving's REST API (POST /v1/models/NAME:predict), "
-                    "multipart uploads (POST /predict), GET /healthz, GET /v1/models/NAME, a web page at / "
+        description="Serves a trained model: TensorFlow Serving's REST API (POST /v1/models/NAME:predict, GET "
+                    "/v1/models/NAME/metadata), the Open Inference Protocol (/v2/...: Triton, KServe), catsdogs' "
+                    "labelled answers (POST /predict: JSON or multipart uploads), GET /healthz, a web page at / "
                     "and API documentation at /docs. Requests that arrive together share one forward pass. "
-                    "Limits bound memory and time per request; see docs/serving.md.")
+                    "Limits bound memory and time per request. --engine ray runs model replicas on Ray Serve. "
+                    "See docs/serving.md.")
     p.add_argument("model", help="run directory, .keras model file, or export folder (from catsdogs export); "
                                  "Grad-CAM heatmaps need a run directory or .keras file")
     p.add_argument("--host", default="127.0.0.1",
@@ -360,6 +379,11 @@ def _add_serve(commands):
     p.add_argument("--name", help="the model's name in /v1/models/NAME (default: the run directory's name)")
     _add_format(p)
     add_settings(p, ServeSettings)  # one option per setting, as ServeSettings declares it
+    p.add_argument("--engine", choices=ENGINES, default="local",
+                   help="local (default): this process; ray: model replicas on Ray Serve, on a cluster of this "
+                        "machine or --address (pip install 'catsdogs[ray]')")
+    add_settings(p, TrainConfig, names=("ray_address",))
+    add_settings(p, ReplicaSettings)
     p.set_defaults(func=_serve)
 
 

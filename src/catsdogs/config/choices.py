@@ -37,6 +37,9 @@ DENSE_BATCH_SIZE = 64
 DENSE_MAX_EPOCHS = 100
 DENSE_PATIENCE = 10
 
+# Multi-label tables: the labels of a photo in one cell are joined by this ("cats;dogs"), unless a run says otherwise.
+LABEL_SEPARATOR = ";"
+
 # The open set: photos of none of the classes.
 OPEN_SET_METHODS = ("msp", "energy", "mahalanobis", "knn", "imagenet")  # models/openset.py says what each is
 OPEN_SET_KEEP = 0.99  # share of known (training) photos the rejection threshold keeps

@@ -88,3 +88,39 @@ def allowed_host(name):
         raise ConfigError(f"allowed host {name!r}: expected a host name or an IP address, without scheme, port or "
                           f"path (e.g. myhost.lan)")
     return host
+
+
+AUTOSCALE = re.compile(r"(\d+)-(\d+)")
+
+
+@dataclasses.dataclass
+class ReplicaSettings:
+    """How many model replicas `catsdogs serve --engine ray` runs on Ray Serve, and what each reserves.
+
+    Every field is an option of `catsdogs serve` (`fields.setting`); the cluster is train's --address.
+    """
+
+    replicas: int = setting(1, "with --engine ray: model replicas, each loading the model once and batching its "
+                            "requests", metavar="N")
+    autoscale: str = setting("", "with --engine ray: instead of --replicas, from MIN to MAX replicas as the load "
+                             "asks (Ray Serve's autoscaling)", metavar="MIN-MAX")
+    replica_cpus: float = setting(1.0, "with --engine ray: CPUs each replica reserves on its node (Ray sets its "
+                                  "OMP_NUM_THREADS, which TensorFlow's kernels follow, to as many)", metavar="N")
+
+    def __post_init__(self):
+        if self.replicas < 1:
+            raise ConfigError(f"replicas must be at least 1, got {self.replicas}")
+        if self.replica_cpus <= 0:
+            raise ConfigError(f"replica_cpus must be above 0, got {self.replica_cpus}")
+        if self.autoscale:
+            if self.replicas != 1:
+                raise ConfigError("give --replicas N or --autoscale MIN-MAX, not both")
+            low_high = self.autoscale_range
+            if low_high is None or not 1 <= low_high[0] <= low_high[1]:
+                raise ConfigError(f"autoscale {self.autoscale!r}: expected MIN-MAX replicas, 1 <= MIN <= MAX (e.g. 1-4)")
+
+    @property
+    def autoscale_range(self):
+        """(MIN, MAX) of --autoscale, or None."""
+        match = AUTOSCALE.fullmatch(self.autoscale.strip())
+        return (int(match.group(1)), int(match.group(2))) if match else None

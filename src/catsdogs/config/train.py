@@ -22,6 +22,7 @@ from catsdogs.config.choices import (
     ENGINES,
     HEADS,
     INFERENCE_BATCH_SIZE,
+    LABEL_SEPARATOR,
     OPEN_SET_KEEP,
     OPEN_SET_METHODS,
     SEED,
@@ -77,6 +78,11 @@ class TrainConfig:
     path_column: str = setting("path", "the labels table's path column")
     label_column: str = setting("label", "the labels table's label column (e.g. breed)")
     split_column: str = setting("split", "the labels table's split column, if it has one")
+    multi_label: bool = setting(False, "photos with any number of labels (a cat, a dog, both, none): the labels "
+                                "table's label cells hold several labels joined by --label-separator (cats;dogs), or "
+                                "a photo has one row per label, an empty cell none; one yes-or-no per label, each "
+                                "with its threshold chosen on validation (docs/multi-label.md)")
+    label_separator: str = setting(LABEL_SEPARATOR, "what joins a multi-label table's labels in one cell")
     backbone: str = setting(DEFAULT_BACKBONE, "efficientnet_lite0/1/2 (ImageNet weights from pip, works offline; "
                             "lite2 is the most accurate), resnet50 (the original study's; its weights need a "
                             "download or --weights FILE), or an ensemble of several joined by + (one head on their "
@@ -124,7 +130,8 @@ class TrainConfig:
     calibrate: bool = setting(True, "temperature scaling on the validation split, so probabilities mean what they "
                               "say")
     target: str = setting("", "choose the decision threshold on validation for a target, e.g. precision:dogs=0.99 "
-                          "or recall:cats=0.995 (two classes only; default: threshold 0.5)",
+                          "or recall:cats=0.995 (two classes only; default: threshold 0.5); with --multi-label, "
+                          "one per label, comma separated (the others: best F1)",
                           metavar="METRIC:CLASS=VALUE")
     exclude: str = setting("", "leave out of training the photos a file lists: a corrections table from `catsdogs "
                            "review` (its exclusions) or one photo a line (a path relative to the data folder, an "
@@ -187,6 +194,13 @@ class TrainConfig:
         for table in self.labels:
             if not os.path.isfile(table):
                 raise ConfigError(f"labels table {table!r} not found")
+        if self.multi_label and (self.head != "linear" or self.fine_tune):
+            raise ConfigError("multi_label: one logistic regression per label is fitted on the cached features "
+                              "(--head linear, no --fine-tune)")
+        if self.multi_label and self.learning_curve:
+            raise ConfigError("learning_curve: drawn for runs with one class a photo, not with multi_label")
+        if not self.label_separator.strip():
+            raise ConfigError(f"label_separator {self.label_separator!r}: expected a character such as ';'")
         if self.exclude and not os.path.isfile(self.exclude):
             raise ConfigError(f"exclude file {self.exclude!r} not found")
 

@@ -9,6 +9,9 @@ A CSV with the header `path,split,given_label,decision,label,time`, one row per 
     label        the label to train with: the new class for relabel, the given label otherwise
     time         when the decision was made, ISO 8601
 
+A photo of a multi-label run has a set of labels, written joined by the run's label separator
+(`cats;dogs`; empty: none): adding or removing a label is a relabel to the new set.
+
 Every decision is appended as it is made and synced to disk before `append_decision` returns,
 so a page or process that is closed or killed loses nothing that was answered. The last row of
 a photo wins (changing one's mind is one more row), and a last line torn by a kill mid-write is
@@ -28,7 +31,7 @@ import os
 import typing
 
 from catsdogs.config.choices import DECISIONS, SPLITS
-from catsdogs.data.dataset import Sample
+from catsdogs.data.dataset import Sample, label_set
 from catsdogs.errors import DataError
 from catsdogs.utils.csvfiles import append_row, read_appended, read_header
 
@@ -47,7 +50,7 @@ class Correction(typing.NamedTuple):
     split: str  # train, val or test
 
 
-def check_decision(split, given_label, decision, label, classes):
+def check_decision(split, given_label, decision, label, classes, label_separator=None):
     """The label to train with for a decision, or why the decision cannot be made.
 
     Args:
@@ -56,9 +59,12 @@ def check_decision(split, given_label, decision, label, classes):
         decision: keep, relabel or exclude.
         label: the new class, for relabel; None (or the given label) otherwise.
         classes: the model's classes, which a relabel must name.
+        label_separator: for a multi-label run's photo, the separator its label sets are joined by:
+            `given_label` and `label` are then sets, and a relabel names known labels only.
 
     Returns:
-        the new class for relabel, the given label for keep and exclude.
+        the new class for relabel (a multi-label photo's new labels, sorted and joined by the separator),
+        the given label for keep and exclude.
 
     Raises:
         DataError: an unknown decision or split, a relabel to no other known class, a label with
@@ -75,6 +81,8 @@ def check_decision(split, given_label, decision, label, classes):
         if label not in (None, given_label):
             raise DataError(f"a label ({label!r}) goes with relabel only; {decision} trains with the given label")
         return given_label
+    if label_separator is not None:
+        return _checked_label_set(label, given_label, classes, label_separator)
     if label not in classes:
         raise DataError(f"cannot relabel as {label!r}: not a class of this model (its classes: {', '.join(classes)})")
     if label == given_label:
@@ -82,7 +90,22 @@ def check_decision(split, given_label, decision, label, classes):
     return label
 
 
-def append_decision(corrections_file, path, split, given_label, decision, classes, label=None) -> Correction:
+def _checked_label_set(label, given_label, classes, label_separator):
+    """A multi-label relabel's new label set, joined by the separator (sorted), or why it cannot be."""
+    if label is None:
+        raise DataError("a relabel names the new labels (an empty label: none of them)")
+    names = label_set(label, label_separator)
+    unknown = [name for name in names if name not in classes]
+    if unknown:
+        raise DataError(f"cannot relabel with {', '.join(map(repr, unknown))}: not labels of this model (its "
+                        f"labels: {', '.join(classes)})")
+    if names == label_set(given_label, label_separator):
+        raise DataError(f"cannot relabel as {label!r}: those are the photo's labels already (keep it instead)")
+    return label_separator.join(names)
+
+
+def append_decision(corrections_file, path, split, given_label, decision, classes, label=None,
+                    label_separator=None) -> Correction:
     """Appends one decision to the corrections file and syncs it to disk before returning.
 
     The file is created with its header if missing. A torn last line (from a kill mid-write) is
@@ -96,6 +119,7 @@ def append_decision(corrections_file, path, split, given_label, decision, classe
         decision: keep, relabel or exclude.
         classes: the model's classes (a relabel must name one).
         label: the new class, for relabel.
+        label_separator: for a multi-label run's photo (see `check_decision`).
 
     Returns:
         the `Correction` now in force for the photo.
@@ -103,7 +127,7 @@ def append_decision(corrections_file, path, split, given_label, decision, classe
     Raises:
         DataError: see `check_decision`; or a file that is not a corrections file.
     """
-    label = check_decision(split, given_label, decision, label, classes)
+    label = check_decision(split, given_label, decision, label, classes, label_separator)
     time = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     append_row(corrections_file, FIELDS, (path, split, given_label, decision, label, time), KIND)
     return Correction(decision, label, split)
@@ -183,7 +207,7 @@ def listed_photo_finder(entries, data_dir):
     return find
 
 
-def apply_listed(splits, class_names, data_dir, source, exclusions_only=False):
+def apply_listed(splits, class_names, data_dir, source, exclusions_only=False, label_separator=None):
     """The splits with a file's decisions applied (`read_listed`, found by `listed_photo_finder`).
 
     Excluded photos leave training and validation; test photos are never excluded (that would only
@@ -195,6 +219,7 @@ def apply_listed(splits, class_names, data_dir, source, exclusions_only=False):
         data_dir: the data folder.
         source: a corrections table, or (with `exclusions_only`) a plain list of photos.
         exclusions_only: apply the exclusions only (`train --exclude`).
+        label_separator: for a multi-label dataset, the separator a relabel's label set is joined by.
 
     Returns:
         the corrected splits.
@@ -202,9 +227,14 @@ def apply_listed(splits, class_names, data_dir, source, exclusions_only=False):
     Raises:
         DataError: a relabel to a class the dataset does not have.
     """
+    def new_label(text):  # the class index, or a multi-label photo's label indices
+        if label_separator is None:
+            return class_names.index(text)
+        return tuple(class_names.index(name) for name in label_set(text, label_separator))
+
     decisions = read_listed(source, exclusions_only)
-    unknown = [f"{entry} as {c.label!r}" for entry, c in decisions.items()
-               if c.decision == "relabel" and c.label not in class_names]
+    unknown = [f"{entry} as {c.label!r}" for entry, c in decisions.items() if c.decision == "relabel" and not all(
+        name in class_names for name in ([c.label] if label_separator is None else label_set(c.label, label_separator)))]
     if unknown:
         raise DataError(f"{source}: relabels to classes the dataset does not have ({class_names}): "
                         + ", ".join(unknown[:SHOWN]) + (f" and {len(unknown) - SHOWN} more" if len(unknown) > SHOWN else ""))
@@ -223,7 +253,7 @@ def apply_listed(splits, class_names, data_dir, source, exclusions_only=False):
                 applied["test photos kept (never excluded)"] += 1
             elif correction is not None and correction.decision == "relabel":
                 applied["relabelled" + (" (test)" if name == "test" else "")] += 1
-                sample = Sample(sample.path, class_names.index(correction.label))
+                sample = Sample(sample.path, new_label(correction.label))
             kept.append(sample)
         corrected[name] = kept
     missing = len(set(decisions) - found)

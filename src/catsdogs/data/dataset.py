@@ -14,8 +14,16 @@ SPLIT_ALIASES = {
 
 @dataclasses.dataclass(frozen=True)
 class Sample:
+    """A photo and its label: a class index, or in a multi-label dataset a sorted tuple of label indices
+    (empty: none of the labels applies)."""
+
     path: str
-    label: int
+    label: int | tuple
+
+    @property
+    def labels(self) -> tuple:
+        """The photo's label indices: its class alone, or its label set."""
+        return self.label if isinstance(self.label, tuple) else (self.label,)
 
 
 @dataclasses.dataclass
@@ -25,6 +33,7 @@ class Dataset:
     `splits` has some of "train", "val", "test", or only "all" for a plain folder of classes.
     A dataset from a labels table (`labels.table_dataset`) also says where each photo's row is
     (`rows`: path -> "labels.csv line 5") and which rows name no file (`problems`: path -> reason).
+    A multi-label dataset (`multi_label`) gives each photo a set of labels (`Sample.label` a tuple).
     """
 
     root: str
@@ -32,6 +41,12 @@ class Dataset:
     splits: dict
     problems: dict = dataclasses.field(default_factory=dict)
     rows: dict = dataclasses.field(default_factory=dict)
+    multi_label: bool = False
+
+
+def label_set(cell, separator) -> tuple:
+    """The labels of a multi-label table's cell, sorted: split at the separator, blank parts dropped ("": none)."""
+    return tuple(sorted({part.strip() for part in cell.split(separator) if part.strip()}))
 
 
 # Folders that archivers add beside the photos: macOS zips carry "__MACOSX" with "._" resource forks.

@@ -3,7 +3,9 @@
 A labels table has a path column (relative to the data folder, or absolute), a label column and
 optionally a split column (train / val / test; an empty cell: split as folders are). Column
 names can be chosen, as downloaded tables name them otherwise (Kaggle's dog breeds: `id,breed`,
-the id being the file name without its extension). A corrections table (written by `catsdogs
+the id being the file name without its extension). A multi-label table (read with a label
+separator, `--multi-label`) gives a photo several labels: in one cell joined by the separator
+(`cats;dogs`), or in one row per (photo, label); an empty cell gives it none. A corrections table (written by `catsdogs
 review`) has a `decision` column as well: it changes the labels of photos the dataset already has.
 
 Nothing is dropped silently: a row whose file is missing is skipped and reported by its row,
@@ -26,7 +28,7 @@ import logging
 import os
 
 from catsdogs.data.corrections import is_corrections_table
-from catsdogs.data.dataset import SPLIT_ALIASES, Dataset, Sample
+from catsdogs.data.dataset import SPLIT_ALIASES, Dataset, Sample, label_set
 from catsdogs.errors import DataError
 from catsdogs.utils.csvfiles import unescape
 
@@ -128,17 +130,27 @@ def _fail(problem, rows, source):
     raise DataError(f"{describe(source)}: {problem}: {shown}")
 
 
-def _checked(rows, source):
-    """The rows of a labels table, once each, or a DataError naming every row of the first kind of
-    bad row: no path, no label, an unknown split, a photo listed twice differently, a label that
-    appears once, or decisions (a corrections table given as the labels)."""
+def _checked(rows, source, label_separator=None):
+    """The photos of a labels table, once each, as (its first row, its labels), or a DataError naming
+    every row of the first kind of bad row: no path, no label (single-label tables), an unknown split,
+    a photo listed twice differently, a label that appears once, or decisions (a corrections table
+    given as the labels).
+
+    Args:
+        label_separator: None for a table of one label a photo; else the separator of a multi-label
+            table's label cells, whose rows of one photo add up to its label set.
+
+    Returns:
+        a list of (`Row`, its labels: the label, or the sorted tuple of a multi-label photo's).
+    """
     if any(row.decision for row in rows):
         raise DataError(f"{describe(source)}: this is a corrections table (it has decisions); give the photos' "
                         f"labels (class folders or a labels table) and the corrections as a second --labels")
     if not rows:
         raise DataError(f"{describe(source)}: the labels table has no rows")
+    multi_label = label_separator is not None
     for problem, bad in (("rows without a path", [r for r in rows if not r.path]),
-                         ("rows without a label", [r for r in rows if not r.label]),
+                         ("rows without a label", [] if multi_label else [r for r in rows if not r.label]),
                          ("rows whose split is not one of train, val, test", [
                              r for r in rows if r.split and r.split.lower() not in SPLIT_ALIASES])):
         if bad:
@@ -146,26 +158,42 @@ def _checked(rows, source):
     by_path = collections.defaultdict(list)
     for row in rows:
         by_path[os.path.normpath(row.path)].append(row)
-    conflicting = [row for group in by_path.values() if len({(r.label, r.split) for r in group}) > 1 for row in group]
-    if conflicting:
-        _fail("photos listed twice with different labels or splits", conflicting, source)
-    repeated = sum(len(group) - 1 for group in by_path.values())
-    if repeated:
-        log.warning("%s: %d rows repeat a row above; each photo is used once", describe(source), repeated)
-    rows = [group[0] for group in by_path.values()]
-    counts = collections.Counter(row.label for row in rows)
-    once = [row for row in rows if counts[row.label] == 1]
+    if multi_label:  # the rows of a photo add up to its labels, and must agree on its split
+        conflicting = [row for group in by_path.values() if len({r.split for r in group}) > 1 for row in group]
+        if conflicting:
+            _fail("photos listed twice with different splits", conflicting, source)
+        photos = [(group[0], tuple(sorted({name for r in group for name in label_set(r.label, label_separator)})))
+                  for group in by_path.values()]
+    else:
+        conflicting = [row for group in by_path.values() if len({(r.label, r.split) for r in group}) > 1
+                       for row in group]
+        if conflicting:
+            _fail("photos listed twice with different labels or splits (a photo with several labels: train with "
+                  "--multi-label, its labels in one cell joined by ';' or one row per label)", conflicting, source)
+        repeated = sum(len(group) - 1 for group in by_path.values())
+        if repeated:
+            log.warning("%s: %d rows repeat a row above; each photo is used once", describe(source), repeated)
+        photos = [(group[0], group[0].label) for group in by_path.values()]
+    counts = collections.Counter(name for _, names in photos for name in (names if multi_label else [names]))
+    once = [(row, name) for row, names in photos for name in (names if multi_label else [names]) if counts[name] == 1]
     if once:
         _fail("labels that appear only once (a class needs photos to train and to check on; a typo?) "
-              + ", ".join(repr(row.label) for row in once[:SHOWN_ROWS]) + ", in", once, source)
-    return rows
+              + ", ".join(repr(name) for _, name in once[:SHOWN_ROWS]) + ", in", [row for row, _ in once], source)
+    if multi_label and len(counts) < 2:
+        raise DataError(f"{describe(source)}: a multi-label table needs at least two labels; it has "
+                        f"{sorted(counts) or 'none'} (labels in one cell are joined by {label_separator!r})")
+    return photos
 
 
-def table_dataset(data_dir, source, columns=Columns()) -> Dataset:
+def table_dataset(data_dir, source, columns=Columns(), label_separator=None) -> Dataset:
     """A `data.dataset.Dataset` from a labels table: its classes are the labels, its splits the split column's.
 
     Rows without a split (or a table without the column) are the training photos, from which
     validation and, without test rows, test photos are carved as for folders.
+
+    Args:
+        label_separator: None for a table of one label a photo; else the table is multi-label, its
+            label cells holding labels joined by this separator (see `_checked`).
 
     Raises:
         DataError: naming the rows of every kind of bad row; a missing file is not one (see
@@ -174,22 +202,24 @@ def table_dataset(data_dir, source, columns=Columns()) -> Dataset:
     data_dir = os.fspath(data_dir)
     if not os.path.isdir(data_dir):
         raise DataError(f"{data_dir}: no such folder")
-    rows = _checked(read_rows(source, columns), source)
-    class_names = sorted({row.label for row in rows})
-    has_splits = any(row.split for row in rows)
+    photos = _checked(read_rows(source, columns), source, label_separator)
+    multi_label = label_separator is not None
+    class_names = sorted({name for _, names in photos for name in (names if multi_label else [names])})
+    has_splits = any(row.split for row, _ in photos)
     splits, problems, where = collections.defaultdict(list), {}, {}
-    for row in rows:
+    for row, names in photos:
         path = _resolve(data_dir, row.path)
         where[path] = row.where
         if not os.path.isfile(path):
             problems[path] = f"{row.where}: no such file"
             continue
         split = SPLIT_ALIASES[row.split.lower()] if row.split else "train" if has_splits else "all"
-        splits[split].append(Sample(path, class_names.index(row.label)))
+        label = tuple(class_names.index(name) for name in names) if multi_label else class_names.index(names)
+        splits[split].append(Sample(path, label))
     if not splits:
-        raise DataError(f"{describe(source)}: none of the {len(rows)} files it lists exists below {data_dir} "
-                        f"(e.g. {_resolve(data_dir, rows[0].path)}); paths are relative to the data folder")
-    return Dataset(data_dir, class_names, dict(splits), problems=problems, rows=where)
+        raise DataError(f"{describe(source)}: none of the {len(photos)} files it lists exists below {data_dir} "
+                        f"(e.g. {_resolve(data_dir, photos[0][0].path)}); paths are relative to the data folder")
+    return Dataset(data_dir, class_names, dict(splits), problems=problems, rows=where, multi_label=multi_label)
 
 
 def is_table(labels) -> bool:
@@ -199,7 +229,7 @@ def is_table(labels) -> bool:
     return hasattr(labels, "columns") or not all(isinstance(item, (str, os.PathLike)) for item in labels)
 
 
-def load_dataset(data_dir, labels=(), columns=Columns()):
+def load_dataset(data_dir, labels=(), columns=Columns(), label_separator=None):
     """The dataset of a data folder: labelled by its class folders, or by a labels table.
 
     Args:
@@ -207,19 +237,26 @@ def load_dataset(data_dir, labels=(), columns=Columns()):
         labels: a table in memory, or CSV files: at most one labels table, then corrections tables
             (applied in order by `corrections.apply_listed`, once the splits are made).
         columns: the labels table's column names.
+        label_separator: None, or the separator of a multi-label table's cells (see `table_dataset`).
 
     Returns:
         (a `data.dataset.Dataset`, the corrections tables).
+
+    Raises:
+        DataError: also a multi-label dataset asked of class folders (a photo is in one folder).
     """
     from catsdogs.data.dataset import discover
 
     if is_table(labels):
-        return table_dataset(data_dir, labels, columns), []
+        return table_dataset(data_dir, labels, columns, label_separator), []
     labels = [labels] if isinstance(labels, (str, os.PathLike)) else list(labels or ())
     corrections = [source for source in labels if is_corrections_table(source)]
     tables = [source for source in labels if source not in corrections]
     if len(tables) > 1:
         raise DataError(f"{len(tables)} labels tables given ({', '.join(map(os.fspath, tables))}): give one, and "
                         f"corrections tables (with a decision column) after it")
-    dataset = table_dataset(data_dir, tables[0], columns) if tables else discover(data_dir)
+    if label_separator is not None and not tables:
+        raise DataError(f"{data_dir}: multi-label photos need a labels table (--labels CSV, its label cells holding "
+                        f"labels joined by {label_separator!r}); class folders give each photo one class")
+    dataset = table_dataset(data_dir, tables[0], columns, label_separator) if tables else discover(data_dir)
     return dataset, corrections

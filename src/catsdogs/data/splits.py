@@ -2,26 +2,37 @@
 (stratified, seeded, identical files and near-duplicates kept together)."""
 
 import collections
+import logging
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
 from catsdogs.errors import DataError
 
+log = logging.getLogger(__name__)
+
 
 def _grouped_stratified_split(samples, keys, fraction, seed):
-    """Splits off `fraction` of the samples, stratified by label; samples of one key (`ScanReport.split_keys`)
-    stay together."""
+    """Splits off `fraction` of the samples, stratified by label; samples of one key (`ScanReport.split_keys`:
+    identical files, near-duplicates) stay together.
+
+    Multi-label samples are stratified by their label set where every set has photos enough for
+    both sides, else split at random (each label is then checked on both sides by training).
+    """
     groups = collections.defaultdict(list)
     for sample in samples:
         groups[keys[sample.path]].append(sample)
     keys = sorted(groups)
-    labels = [groups[k][0].label for k in keys]
+    multi_label = isinstance(samples[0].label, tuple)
+    labels = [str(groups[k][0].label) if multi_label else groups[k][0].label for k in keys]  # a set: one stratum
     try:
         kept, held = train_test_split(keys, test_size=fraction, stratify=labels, random_state=seed)
     except ValueError as error:
-        raise DataError(f"cannot split {len(samples)} images into {1 - fraction:.0%}/{fraction:.0%} "
-                        f"with every class on both sides: {error}") from None
+        if not multi_label:
+            raise DataError(f"cannot split {len(samples)} images into {1 - fraction:.0%}/{fraction:.0%} "
+                            f"with every class on both sides: {error}") from None
+        log.info("label sets too rare to stratify by (%s): split at random", error)
+        kept, held = train_test_split(keys, test_size=fraction, random_state=seed)
     return [s for k in kept for s in groups[k]], [s for k in held for s in groups[k]]
 
 
@@ -43,11 +54,11 @@ def check_class_counts(dataset, report, usable):
     carved = [name for name in ("test", "val") if name not in usable]
     for split, samples in usable.items():
         needed = 1 + len(carved) if split in ("train", "all") else 1
-        counts = collections.Counter(s.label for s in samples)
+        counts = collections.Counter(label for s in samples for label in s.labels)
         for label, name in enumerate(dataset.class_names):
             if counts[label] >= needed:
                 continue
-            found = [s.path for s in dataset.splits[split] if s.label == label]
+            found = [s.path for s in dataset.splits[split] if label in s.labels]
             skipped = [p for p in found if p in report.problems]
             detail = f"{len(found)} files" + (f", {len(skipped)} skipped as unreadable (e.g. {skipped[0]}: "
                                               f"{report.problems[skipped[0]]})" if skipped else "")

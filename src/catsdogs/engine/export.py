@@ -150,7 +150,8 @@ def compare_predictions(expected, got, class_names):
     first = np.array([[e["probabilities"][c] for c in class_names] for e, _ in pairs])
     second = np.array([[g["probabilities"][c] for c in class_names] for _, g in pairs])
     difference = np.abs(first - second)
-    agree = np.array([e["label"] == g["label"] for e, g in pairs])
+    # The same answer: the class, or a multi-label model's set of labels.
+    agree = np.array([(e.get("label"), e.get("labels")) == (g.get("label"), g.get("labels")) for e, g in pairs])
     result = {
         "images": len(pairs),
         "max_abs_probability_difference": float(difference.max()),
@@ -228,7 +229,8 @@ def export_model(run_or_model, export_format, output=None, quantization="float32
         "input": "keras end-to-end model: (batch, height, width, 3) RGB pixels in [0, 255], any size" if export_format == "keras"
                  else f"pixels: (batch, {info.image_size}, {info.image_size}, 3) float32 RGB in [0, 255], resized from "
                       f"the photo by bilinear interpolation with antialiasing (tf.image.resize, antialias=True), no crop",
-        "output": f"probabilities of {info.class_names}" + (
+        "output": f"{'independent probabilities (multi-label)' if info.multi_label else 'probabilities'} of "
+                  f"{info.class_names}" + (
             "" if info.reject_threshold is None else
             (", in-distribution score" if export_format == "keras" else
              f", then one more column: the in-distribution score (below {info.reject_threshold:.4f}: unknown)")),

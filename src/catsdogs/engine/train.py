@@ -21,18 +21,16 @@ from catsdogs.engine.tracking import log_run
 from catsdogs.errors import ConfigError, DataError, ImageError
 from catsdogs.evaluation.evaluate import Evaluation, OpenSetResults, unknown_scores
 from catsdogs.evaluation.learning_curve import learning_curve
-from catsdogs.evaluation.metrics import label_issues, stage_summary
-from catsdogs.evaluation.report import prediction_rows
+from catsdogs.evaluation.multilabel import MultiLabelEvaluation
 from catsdogs.inference.backbone_runtime import choose, onnx_backbone
 from catsdogs.inference.classifier import Classifier
 from catsdogs.inference.features import extractor_features
 from catsdogs.inference.model_formats import KerasModel, compiled_forward
 from catsdogs.inference.pipeline import run_on_files
 from catsdogs.inference.preprocess import views_for
-from catsdogs.models import backbones, calibration, heads, openset
+from catsdogs.models import backbones, calibration, heads, multilabel, openset
 from catsdogs.models import model as model_lib
 from catsdogs.models.folding import fold_batch_normalization
-from catsdogs.models.model import predicted_classes
 from catsdogs.store import run_dir
 from catsdogs.utils.extras import require
 from catsdogs.utils.files import timestamp
@@ -83,7 +81,7 @@ class Run:
 @dataclasses.dataclass
 class SplitFeatures:
     x: np.ndarray  # (views, images, feature_dim)
-    y: np.ndarray
+    y: np.ndarray  # class indices, or a multi-label run's (images, labels) of 0 and 1
     paths: list
 
 
@@ -95,10 +93,27 @@ class Prepared:
     class_names: list
     scan: ScanReport
     splits: dict  # "train", "val", "test" -> list of data.Sample
-    target: tuple = None  # parsed --target: (metric, class index, value)
+    target: tuple = None  # parsed --target: (metric, class index, value); multi-label: a list of them
     open_set: tuple = ()  # the methods of the in-distribution score
     carved: tuple = ()  # the splits catsdogs made ("val", "test"): near-duplicates may move out of them
     calibration: list = None  # the training photos that calibrate int8 quantization, fixed before any move
+
+    @property
+    def label_separator(self):
+        """What joins a photo's labels in tables, for a multi-label run; None for one class a photo."""
+        return self.config.label_separator if self.config.multi_label else None
+
+    def labels(self, samples) -> np.ndarray:
+        """The labels of samples as training takes them: class indices, or (samples, labels) of 0 and 1."""
+        if self.config.multi_label:
+            return multilabel.indicator_matrix([s.label for s in samples], len(self.class_names))
+        return np.array([s.label for s in samples], int)
+
+    def label_name(self, sample) -> str:
+        """A sample's label as tables write it: its class, or its labels joined by the separator."""
+        if self.config.multi_label:
+            return self.config.label_separator.join(self.class_names[i] for i in sample.label)
+        return self.class_names[sample.label]
 
 
 def parse_target(target, class_names):
@@ -113,6 +128,16 @@ def parse_target(target, class_names):
     except ValueError:
         raise ConfigError(f"target {target!r}: expected precision:CLASS=VALUE or recall:CLASS=VALUE with CLASS "
                           f"one of {class_names} and VALUE in (0, 1]") from None
+
+
+def parse_targets(targets, class_names):
+    """A multi-label run's targets, one a label: "precision:cats=0.99,recall:dogs=0.9" -> [("precision", 0, 0.99),
+    ("recall", 1, 0.9)] (`parse_target` each)."""
+    parsed = [parse_target(target.strip(), class_names) for target in targets.split(",")]
+    labels = [index for _, index, _ in parsed]
+    if len(set(labels)) < len(labels):
+        raise ConfigError(f"target {targets!r}: one target a label")
+    return parsed
 
 
 def check_config(config: TrainConfig):
@@ -163,15 +188,19 @@ def prepare(config: TrainConfig, table=None) -> Prepared:
     """
     check_config(config)
     columns = labels.Columns(config.path_column, config.label_column, config.split_column)
+    separator = config.label_separator if config.multi_label else None
     dataset, corrections = labels.load_dataset(config.data_dir, table if table is not None else config.labels,
-                                               columns)
+                                               columns, separator)
     class_names = dataset.class_names
     target = None
-    if config.target:
+    if config.target and config.multi_label:
+        target = parse_targets(config.target, class_names)
+    elif config.target:
         if len(class_names) != 2:
             raise ConfigError(f"--target needs exactly two classes; {config.data_dir} has {len(class_names)}")
         target = parse_target(config.target, class_names)
-    open_set = openset.resolve_methods(config.open_set, config.backbone, config.weights, class_names)
+    open_set = openset.resolve_methods(config.open_set, config.backbone, config.weights, class_names,
+                                       config.multi_label)
     # config.json says what was used: "auto" and 0 (the backbone's size) are resolved.
     runtime, precision = backbone_runtime(config)
     config = dataclasses.replace(
@@ -182,7 +211,7 @@ def prepare(config: TrainConfig, table=None) -> Prepared:
     scan = scan_dataset(dataset, near=config.near_duplicates)
     splits = make_splits(dataset, scan, config.val_fraction, config.test_fraction, config.seed)
     for source in corrections:
-        splits = apply_listed(splits, class_names, config.data_dir, source)
+        splits = apply_listed(splits, class_names, config.data_dir, source, label_separator=separator)
     if config.exclude:
         splits = apply_listed(splits, class_names, config.data_dir, config.exclude, exclusions_only=True)
     scan.split_of = {s.path: name for name, samples in splits.items() for s in samples}
@@ -245,15 +274,21 @@ def extract(prepared: Prepared, extractor) -> dict:
             count = len(prepared.splits[name])
             ok = outputs.ok[start:start + count]
             result[name] = SplitFeatures(outputs.values[:, start:start + count][:, ok],
-                                         np.array([s.label for s in prepared.splits[name]], int)[ok],
+                                         prepared.labels(prepared.splits[name])[ok],
                                          [s.path for s, k in zip(prepared.splits[name], ok) if k])
             start += count
     for name, split in result.items():
-        missing = sorted(set(range(len(prepared.class_names))) - set(split.y.tolist()))
+        present = set(np.flatnonzero(split.y.any(axis=0))) if config.multi_label else set(split.y.tolist())
+        missing = sorted(set(range(len(prepared.class_names))) - present)
         if missing:
             raise DataError(f"{config.data_dir}: no usable {name} images of class "
                             f"{', '.join(prepared.class_names[i] for i in missing)} (skipped files: "
                             f"{len(scan.problems)}; see the list above)")
+    everywhere = np.flatnonzero(result["train"].y.all(axis=0)) if config.multi_label else []
+    if len(everywhere):
+        raise DataError(f"{config.data_dir}: every usable training photo has the label "
+                        f"{', '.join(prepared.class_names[i] for i in everywhere)}: a label must be absent from some "
+                        f"photos to be told apart")
     return result
 
 
@@ -325,7 +360,7 @@ def fit_head(config: TrainConfig, split_features: dict):
     estimator = heads.make_head(config)
     train, val = split_features["train"], split_features["val"]
     # Every view of a training photo is one more sample (the original, and its low-resolution view).
-    x, y = np.concatenate(list(train.x)), np.tile(train.y, len(train.x))
+    x, y = np.concatenate(list(train.x)), np.concatenate([train.y] * len(train.x))
     if isinstance(estimator, heads.DenseHead):
         estimator.fit(x, y, validation_data=(val.x[0], val.y))
         history = [{"stage": "head", **row} for row in estimator.history_]
@@ -402,8 +437,9 @@ def fine_tune(prepared: Prepared, head, split_features):
     views = views_for(config.tta)
     tuned_features = {name: features_of_images(tuned, split_features[name], config.extract_batch_size, views)
                       for name in ("val", "test")}
-    summary = stage_summary((val.y, head_logits(head, tuned_features["val"])[0]),
-                            (test.y, head_logits(head, tuned_features["test"])[0]), prepared.class_names, seconds)
+    summary = Evaluation.stage_summary((val.y, head_logits(head, tuned_features["val"])[0]),
+                                       (test.y, head_logits(head, tuned_features["test"])[0]), prepared.class_names,
+                                       seconds)
     return tuned, summary, tuned_features, [{"stage": "fine_tune", **row} for row in rows]
 
 
@@ -411,9 +447,14 @@ def calibrate(prepared: Prepared, val_logits, val_y):
     """Stage "calibrate": the temperature and the decision threshold, both on validation.
 
     Returns:
-        (temperature, threshold).
+        (temperature, threshold); a multi-label run's: (a temperature per label, a threshold per label).
     """
     config, class_names = prepared.config, prepared.class_names
+    if config.multi_label:  # a temperature and a threshold per label
+        temperatures = multilabel.fit_temperatures(val_logits, val_y) if config.calibrate else None
+        thresholds = multilabel.choose_thresholds(multilabel.label_probabilities(val_logits, class_names, temperatures),
+                                                  val_y, class_names, prepared.target or ())
+        return temperatures or [1.0] * len(class_names), thresholds
     temperature = calibration.fit_temperature(val_logits, val_y, class_names) if config.calibrate else 1.0
     threshold = 0.5
     if prepared.target:
@@ -438,8 +479,11 @@ def fit_open_set(prepared: Prepared, split_features, oof_logits, temperature):
         return None
     train = split_features["train"]
     imagenet = openset.imagenet_head(config.backbone, class_names) if "imagenet" in prepared.open_set else None
-    return openset.fit_open_set(train.x[0], train.y, oof_logits, len(class_names), prepared.open_set, temperature,
-                                imagenet, config.open_set_keep, config.seed)
+    # Multi-label photos are grouped by their label set (folds, Mahalanobis' class means); their temperatures
+    # are the labels', and only "msp" reads one, which a multi-label run refuses.
+    groups, count = multilabel.label_set_ids(train.y) if config.multi_label else (train.y, len(class_names))
+    return openset.fit_open_set(train.x[0], groups, oof_logits, count, prepared.open_set,
+                                1.0 if config.multi_label else temperature, imagenet, config.open_set_keep, config.seed)
 
 
 def review_rows(evaluation, train_and_val):
@@ -457,10 +501,8 @@ def review_rows(evaluation, train_and_val):
     """
     rows = []
     for name, (split, logits) in zip(("train", "val"), train_and_val):
-        probabilities = calibration.probabilities(logits, evaluation.class_names, evaluation.temperature)
-        rows += [{**row, "split": name} for row in prediction_rows(
-            split.paths, split.y, probabilities, predicted_classes(probabilities, evaluation.threshold),
-            evaluation.class_names, label_issues(split.y, probabilities))]
+        probabilities = evaluation.probabilities_of(logits, evaluation.class_names, evaluation.temperature)
+        rows += [{**row, "split": name} for row in evaluation.rows_of(split.paths, split.y, probabilities)]
     return rows + [{**row, "split": "test"} for row in evaluation.rows]
 
 
@@ -475,7 +517,7 @@ def write(run: Run, prepared: Prepared) -> str:
         run.evaluation.title = f"catsdogs run {os.path.basename(writer.final)}: {run.evaluation.title}"
         writer.write_json(run_dir.CONFIG, config.to_dict())
         writer.write_csv(run_dir.SPLITS, [{"path": os.path.relpath(s.path, config.data_dir), "split": split,
-                                           "label": prepared.class_names[s.label]}
+                                           "label": prepared.label_name(s)}
                                           for split, samples in prepared.splits.items() for s in samples],
                          run_dir.SPLITS_COLUMNS)
         writer.write_csv(run_dir.REVIEW, [{**row, "path": os.path.relpath(row["path"], config.data_dir)}
@@ -535,10 +577,11 @@ def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:
     extracted = time.perf_counter()
     estimator, head, history = fit_head(config, split_features)
     val_logits, test_logits = head_logits(head, val), head_logits(head, test)
+    kind = MultiLabelEvaluation if config.multi_label else Evaluation
     # "extract": the scan and the features (from the cache or the backbone), with building the backbone.
     stages = {"extract": {"seconds": round(extracted - started, 1)},
-              "head": {**stage_summary((val.y, val_logits[0]), (test.y, test_logits[0]), class_names,
-                                       time.perf_counter() - extracted), **estimator.summary()}, "kept": "head"}
+              "head": {**kind.stage_summary((val.y, val_logits[0]), (test.y, test_logits[0]), class_names,
+                                            time.perf_counter() - extracted), **estimator.summary()}, "kept": "head"}
     curve = fit_learning_curve(config, split_features, class_names) if config.learning_curve else None
     if config.fine_tune:
         stage1_head = head.get_weights()
@@ -560,10 +603,11 @@ def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:
 
     temperature, threshold = calibrate(prepared, val_logits[0], val.y)
     train = split_features["train"]
-    oof_logits = openset.out_of_fold_logits(train.x[0], train.y, estimator, config.seed)
+    oof_logits = (estimator.out_of_fold_logits(train.x[0], train.y, config.seed) if config.multi_label
+                  else openset.out_of_fold_logits(train.x[0], train.y, estimator, config.seed))
     open_set = fit_open_set(prepared, split_features, oof_logits, temperature)
     model = model_lib.assemble(extractor, head, class_names, temperature, threshold,
-                               open_set.layer if open_set else None)
+                               open_set.layer if open_set else None, config.multi_label, config.label_separator)
     # The classifier computes as extraction did: its backbone in ONNX Runtime where the features came from there.
     backbone = (onnx_backbone(extractor, config.precision, config.cache_dir, calibration_photos(prepared))
                 if config.runtime == "onnx" else None)
@@ -573,7 +617,7 @@ def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:
                   for name, split, logits in (("val", val, val_logits), ("test", test, test_logits))}
         unknown = unknown_scores(classifier, config.unknown_data, config.extract_batch_size) \
             if config.unknown_data else None
-    evaluation = Evaluation.from_outputs(
+    evaluation = kind.from_outputs(
         test.paths, test.y, class_names, logits=test_logits, temperature=temperature, threshold=threshold,
         validation=(val.y, val_logits), data_dir=config.data_dir, stages=stages,
         integrity=prepared.scan.to_json(), history=history,
@@ -581,7 +625,8 @@ def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:
         config=config.to_dict(), classifier=classifier, learning_curve=curve,
         open_set=OpenSetResults(
             open_set.methods, open_set.threshold, open_set.keep, open_set.training_kept, scores["val"],
-            scores["test"], *(unknown or (None, None))) if open_set else None)
+            scores["test"], *(unknown or (None, None))) if open_set else None,
+        **({"label_separator": config.label_separator} if config.multi_label else {}))
     review = review_rows(evaluation, ((train, oof_logits), (val, val_logits[0])))
     run = Run(config, classifier, evaluation, None, prepared.splits, history, review)
     if config.runs_dir is not None:

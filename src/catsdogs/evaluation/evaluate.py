@@ -19,11 +19,12 @@ from catsdogs.data import dataset as data
 from catsdogs.data.scan import scan_dataset
 from catsdogs.errors import DataError, UnsupportedError
 from catsdogs.evaluation import figures as report
-from catsdogs.evaluation.metrics import compute_metrics, format_metrics, label_issues
+from catsdogs.evaluation.metrics import compute_metrics, format_metrics, label_issues, stage_summary
 from catsdogs.evaluation.report import prediction_rows, write_html
 from catsdogs.inference.preprocess import DISPLAY_SIZE
 from catsdogs.models import calibration
 from catsdogs.models.model import SCORE, predicted_classes
+from catsdogs.models.multilabel import predicted_labels
 from catsdogs.store import run_dir
 from catsdogs.utils.files import timestamp
 
@@ -68,13 +69,17 @@ class OpenSetResults:
     unknown_scores: np.ndarray = None
 
     def metrics(self, y_true, probabilities, class_names, threshold) -> dict:
-        """Shares kept, accuracy on the accepted photos and, with unknown photos, AUROC and false accepts."""
+        """Shares kept, accuracy on the accepted photos (multi-label: exact match, `threshold` one per label)
+        and, with unknown photos, AUROC and false accepts."""
         accepted = self.test_scores >= self.threshold
+        if np.ndim(y_true) == 2:  # multi-label: the whole label set right
+            correct = (predicted_labels(probabilities, threshold) == y_true).all(axis=1)
+        else:
+            correct = predicted_classes(probabilities, threshold) == y_true
         result = {"methods": list(self.methods), "threshold": self.threshold, "keep": self.keep,
                   "training_kept": self.training_kept, "test_kept": float(accepted.mean()),
                   "test_accepted": int(accepted.sum()),
-                  "test_accuracy_accepted": float((predicted_classes(probabilities[accepted], threshold)
-                                                   == y_true[accepted]).mean()) if accepted.any() else None}
+                  "test_accuracy_accepted": float(correct[accepted].mean()) if accepted.any() else None}
         if self.validation_scores is not None:
             result["validation_kept"] = float((self.validation_scores >= self.threshold).mean())
         if self.unknown_scores is not None and len(self.unknown_scores):
@@ -187,47 +192,77 @@ class Evaluation:
         def per_view(outputs):
             if logits is None:
                 return np.asarray(outputs)
-            return np.stack([calibration.probabilities(v, class_names, temperature or 1.0) for v in outputs])
+            return np.stack([cls.probabilities_of(v, class_names, temperature) for v in outputs])
 
         views = per_view(logits if probabilities is None else probabilities)
         tta = len(views) > 1
         if validation is not None:
             val_true, val_views = validation[0], per_view(validation[1])
-            attributes["validation"] = compute_metrics(val_true, val_views[0], class_names, threshold)
+            attributes["validation"] = cls.metrics_of(val_true, val_views[0], class_names, threshold)
             if tta:
-                attributes["validation_tta"] = compute_metrics(val_true, val_views.mean(axis=0), class_names,
-                                                               threshold)
+                attributes["validation_tta"] = cls.metrics_of(val_true, val_views.mean(axis=0), class_names,
+                                                              threshold)
         return cls(paths=paths, y_true=y_true, probabilities=views[0], class_names=class_names, threshold=threshold,
-                   uncalibrated=None if logits is None else calibration.probabilities(logits[0], class_names),
+                   uncalibrated=None if logits is None else cls.probabilities_of(logits[0], class_names),
                    tta_probabilities=views.mean(axis=0) if tta else None, temperature=temperature, **attributes)
+
+    # What a kind of evaluation computes its own way (`evaluation.multilabel.MultiLabelEvaluation` has
+    # independent labels): probabilities from a head's logits, metrics, calibration error, rows.
+    @staticmethod
+    def probabilities_of(logits, class_names, temperature=None):
+        """Probabilities of a head's logits exactly as the saved model computes them (temperature None: 1)."""
+        return calibration.probabilities(logits, class_names, 1.0 if temperature is None else temperature)
+
+    @staticmethod
+    def metrics_of(y_true, probabilities, class_names, threshold=0.5) -> dict:
+        """The metrics of predictions (`metrics.compute_metrics`)."""
+        return compute_metrics(y_true, probabilities, class_names, threshold)
+
+    @staticmethod
+    def calibration_pairs(probabilities, y_true):
+        """What calibration is measured on: (probabilities, true labels), here as they are."""
+        return probabilities, y_true
+
+    def calibration_error(self, probabilities, y_true) -> float:
+        """The expected calibration error of predictions (`calibration_pairs`)."""
+        return calibration.expected_calibration_error(*self.calibration_pairs(probabilities, y_true))
+
+    @classmethod
+    def stage_summary(cls, val, test, class_names, seconds) -> dict:
+        """Loss and accuracy of a training stage's head (`metrics.stage_summary`), computed as this kind of
+        evaluation computes them."""
+        return stage_summary(val, test, class_names, seconds, cls.probabilities_of, cls.metrics_of)
+
+    def rows_of(self, paths, y_true, probabilities) -> list:
+        """One dict per photo (`report.prediction_rows`), by this evaluation's decision rule."""
+        return prediction_rows(paths, y_true, probabilities, predicted_classes(probabilities, self.threshold),
+                               self.class_names, label_issues(y_true, probabilities))
 
     @functools.cached_property
     def metrics(self) -> dict:
         """Test metrics at the top level (`compute_metrics`), then "tta", "validation",
         "validation_tta", "stages", "learning_curve" and "calibration" where known."""
-        metrics = compute_metrics(self.y_true, self.probabilities, self.class_names, self.threshold)
+        metrics = self.metrics_of(self.y_true, self.probabilities, self.class_names, self.threshold)
         if self.tta_probabilities is not None:
-            metrics["tta"] = compute_metrics(self.y_true, self.tta_probabilities, self.class_names, self.threshold)
+            metrics["tta"] = self.metrics_of(self.y_true, self.tta_probabilities, self.class_names, self.threshold)
         for key in ("validation", "validation_tta", "stages", "learning_curve"):
             if getattr(self, key) is not None:
                 metrics[key] = getattr(self, key)
         if self.open_set is not None:
             metrics["open_set"] = self.open_set.metrics(self.y_true, self.probabilities, self.class_names,
                                                         self.threshold)
-        if self.temperature is not None:
-            metrics["calibration"] = {"temperature": self.temperature, "test_ece_after": metrics["ece"]}
+        if self.temperature is not None:  # multi-label: one per label
+            metrics["calibration"] = {"temperature": np.asarray(self.temperature).tolist(),
+                                      "test_ece_after": metrics["ece"]}
             if self.uncalibrated is not None:
-                metrics["calibration"]["test_ece_before"] = calibration.expected_calibration_error(
-                    self.uncalibrated, self.y_true)
+                metrics["calibration"]["test_ece_before"] = self.calibration_error(self.uncalibrated, self.y_true)
         return metrics
 
     @functools.cached_property
     def rows(self) -> list:
         """One dict per photo: path, true, predicted, probability, loss, label_looks_wrong, p_CLASS...,
         and in_distribution_score and accepted where the model has an open-set score."""
-        y_pred = predicted_classes(self.probabilities, self.threshold)
-        rows = prediction_rows(self.paths, self.y_true, self.probabilities, y_pred, self.class_names,
-                               label_issues(self.y_true, self.probabilities))
+        rows = self.rows_of(self.paths, self.y_true, self.probabilities)
         if self.open_set is not None:
             for row, score in zip(rows, self.open_set.test_scores):
                 row.update(in_distribution_score=float(score), accepted=bool(score >= self.open_set.threshold))
@@ -263,7 +298,8 @@ class Evaluation:
         curves = {"calibrated" if self.uncalibrated is not None else "model": self.probabilities}
         if self.uncalibrated is not None:
             curves = {"before calibration": self.uncalibrated, **curves}
-        return report.plot_reliability(curves, self.y_true, ax=ax)
+        pairs = {name: self.calibration_pairs(probabilities, self.y_true)[0] for name, probabilities in curves.items()}
+        return report.plot_reliability(pairs, self.calibration_pairs(self.probabilities, self.y_true)[1], ax=ax)
 
     def plot_gradcam(self, k: int = GRADCAM_MISTAKES):
         """Grad-CAM of the `k` most confident mistakes: where the model saw the class it chose."""
@@ -318,6 +354,16 @@ class Evaluation:
         writer.write_json(run_dir.METRICS, metrics)
         writer.write_csv(run_dir.PREDICTIONS, [{**row, "path": self._saved_path(row["path"])} for row in self.rows])
         writer.write_json(run_dir.INTEGRITY, self.integrity)
+        for name, plot in self.figures().items():
+            figure = plot()
+            if figure is not None:
+                with writer.atomic(name) as partial:
+                    report.save_figure(figure, partial)
+        write_html(writer, self.title, metrics, self.mistakes(REPORT_MISTAKES), self.integrity, self.config)
+        return metrics
+
+    def figures(self) -> dict:
+        """The figures `save` writes: file name (`store.run_dir`) -> the method that draws it."""
         figures = {run_dir.GRID: self.plot_grid, run_dir.CONFUSION: self.plot_confusion,
                    run_dir.ERRORS: self.plot_top_losses, run_dir.RELIABILITY: self.plot_reliability,
                    run_dir.CURVES: self.plot_curves}
@@ -328,13 +374,7 @@ class Evaluation:
         if self.learning_curve is not None:
             figures[run_dir.LEARNING_CURVE] = self.plot_learning_curve
         figures[run_dir.NEAR_DUPLICATES] = self.plot_near_duplicates
-        for name, plot in figures.items():
-            figure = plot()
-            if figure is not None:
-                with writer.atomic(name) as partial:
-                    report.save_figure(figure, partial)
-        write_html(writer, self.title, metrics, self.mistakes(REPORT_MISTAKES), self.integrity, self.config)
-        return metrics
+        return figures
 
     def _saved_path(self, path):
         """A photo's path as saved: relative to the data folder when it lies inside, else absolute."""
@@ -369,14 +409,15 @@ def evaluate(classifier, data_dir, tta: bool = False, batch_size: int = INFERENC
 
     if not isinstance(classifier, Classifier):
         classifier = load(classifier)
-    class_names = classifier.classes
-    dataset, corrections = load_dataset(data_dir, labels, columns or Columns())
+    class_names, info = classifier.classes, classifier.info
+    separator = info.label_separator if info.multi_label else None  # a multi-label model reads label sets
+    dataset, corrections = load_dataset(data_dir, labels, columns or Columns(), separator)
     split = "test" if "test" in dataset.splits else "all"
     if split not in dataset.splits:
         raise DataError(f"{data_dir}: no test folder (or test rows), and not a folder of class folders")
     for source in corrections:  # the evaluated photos count as test photos: relabelled, never excluded
         dataset.splits[split] = apply_listed({"test": dataset.splits[split]}, dataset.class_names,
-                                             os.path.abspath(data_dir), source)["test"]
+                                             os.path.abspath(data_dir), source, label_separator=separator)["test"]
     unknown = sorted(set(dataset.class_names) - set(class_names))
     if unknown:
         raise DataError(f"{data_dir}: classes {unknown} are unknown to the model, which knows {class_names}")
@@ -398,12 +439,22 @@ def evaluate(classifier, data_dir, tta: bool = False, batch_size: int = INFERENC
     elif unknown_data:
         raise DataError(f"{unknown_data}: this model has no open-set score to measure on unknown photos; "
                         f"train it again with this version of catsdogs")
-    y_true = np.array([class_names.index(dataset.class_names[s.label]) for s in kept])
-    return Evaluation.from_outputs(
+    # The dataset's class indices as the model's.
+    model_labels = [[class_names.index(dataset.class_names[label]) for label in s.labels] for s in kept]
+    if info.multi_label:
+        from catsdogs.evaluation.multilabel import MultiLabelEvaluation  # it builds on this module
+        from catsdogs.models.multilabel import indicator_matrix
+
+        kind, y_true, threshold = MultiLabelEvaluation, indicator_matrix(model_labels, len(class_names)), info.thresholds
+        attributes = {"label_separator": info.label_separator}
+    else:
+        kind, y_true, threshold, attributes = Evaluation, np.array([indices[0] for indices in model_labels]), \
+            info.threshold, {}
+    return kind.from_outputs(
         [os.path.abspath(s.path) for s in kept], y_true, class_names, probabilities=values["probabilities"],
-        threshold=classifier.info.threshold, data_dir=os.path.abspath(data_dir), integrity=scan.to_json(),
-        title=f"catsdogs evaluation of {classifier.info.backbone} on {data_dir}", classifier=classifier,
-        open_set=open_set)
+        threshold=threshold, data_dir=os.path.abspath(data_dir), integrity=scan.to_json(),
+        title=f"catsdogs evaluation of {info.backbone} on {data_dir}", classifier=classifier,
+        open_set=open_set, **attributes)
 
 
 def default_output_dir(run_or_model):

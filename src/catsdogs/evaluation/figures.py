@@ -71,7 +71,9 @@ def _photo_grid(count, columns, title):
 
 def _short(name, width=18):
     """A name in at most `width` characters, as matplotlib text (`plain`): its start and its end
-    around "…", so that names that differ only at the end (class_01, class_02) stay apart."""
+    around "…", so that names that differ only at the end (class_01, class_02) stay apart. An empty
+    one is a multi-label photo's empty set of labels: "no label"."""
+    name = name or "no label"
     if len(name) > width:
         tail = (width - 1) // 2
         name = name[:width - 1 - tail] + "…" + name[-tail:]
@@ -165,6 +167,35 @@ def plot_confusion(confusion, class_names, ax=None):
         ax.tick_params(labelsize=7)
     ax.images[-1].colorbar.set_label("share of the true class's photos")
     ax.set_title("Confusion matrix (test)")
+    return fig
+
+
+def plot_precision_recall(y_true, probabilities, class_names, thresholds, ax=None):
+    """A multi-label model's precision-recall curve of each label (test), a dot where its threshold is.
+
+    Args:
+        y_true: (n, labels) 0 or 1.
+        probabilities: (n, labels) each label's probability.
+        class_names: the labels.
+        thresholds: each label's decision threshold.
+        ax: axes to draw on (a new figure if None).
+    """
+    from sklearn.metrics import PrecisionRecallDisplay, precision_score, recall_score
+
+    y_true, probabilities = np.asarray(y_true), np.asarray(probabilities)
+    fig, ax = _figure_and_ax(ax, (6, 5))
+    for k, name in enumerate(class_names):
+        if not y_true[:, k].any():
+            continue  # no photo has the label: no curve
+        display = PrecisionRecallDisplay.from_predictions(y_true[:, k], probabilities[:, k], ax=ax, name=plain(name))
+        chosen = probabilities[:, k] >= thresholds[k]
+        ax.scatter(recall_score(y_true[:, k], chosen, zero_division=0),
+                   precision_score(y_true[:, k], chosen, zero_division=0), color=display.line_.get_color(), zorder=3)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Each label's precision and recall (test); dots: at its threshold")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
     return fig
 
 

@@ -90,7 +90,8 @@ def _prf(row):
             "support": int(row["support"])}
 
 
-def stage_summary(val, test, class_names, seconds):
+def stage_summary(val, test, class_names, seconds, probabilities_of=calibration.probabilities,
+                  metrics_of=compute_metrics):
     """Loss and accuracy of a training stage's model (uncalibrated, threshold 0.5).
 
     Args:
@@ -98,37 +99,25 @@ def stage_summary(val, test, class_names, seconds):
         test: (labels, logits) of the test images, for the record only.
         class_names: in label order.
         seconds: how long the stage took.
+        probabilities_of, metrics_of: how logits become probabilities and probabilities metrics (a
+            multi-label model's own: `evaluate.Evaluation.stage_summary`).
     """
     summary = {"seconds": round(seconds, 1)}
     for split, (y_true, logits) in (("val", val), ("test", test)):
-        scores = compute_metrics(y_true, calibration.probabilities(logits, class_names), class_names)
+        scores = metrics_of(y_true, probabilities_of(logits, class_names), class_names)
         summary.update({f"{split}_loss": scores["log_loss"], f"{split}_accuracy": scores["accuracy"]})
     return summary
 
 
 def format_metrics(metrics: dict) -> str:
-    """A classification_report-style table followed by the threshold-free scores."""
-    names = metrics["class_names"]
-    width = max(12, *(len(n) for n in names))
-    lines = [f"{'':>{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}"]
-    rows = [(n, metrics["per_class"][n]) for n in names]
-    rows += [("macro avg", metrics["macro_avg"]), ("weighted avg", metrics["weighted_avg"])]
-    for name, row in rows:
-        lines.append(f"{name:>{width}} {row['precision']:9.4f} {row['recall']:9.4f} {row['f1']:9.4f} {row['support']:8d}")
-    lines.append("")
-    errors = f"{metrics['errors']} error" + ("" if metrics["errors"] == 1 else "s")
-    lines.append(f"accuracy {metrics['accuracy']:.4f} ({errors} in {metrics['images']} images)   "
-                 f"balanced accuracy {metrics['balanced_accuracy']:.4f}")
-    smallest = metrics["smallest_class"]
-    if smallest["unbalanced"]:
-        lines.append(f"smallest class {smallest['name']!r}: {smallest['photos']} photos, recall {smallest['recall']:.4f}")
-    if metrics.get("top_k_accuracy"):
-        lines.append("   ".join(f"top-{k} accuracy {v:.4f}" for k, v in metrics["top_k_accuracy"].items()))
-    auc = f"{metrics['roc_auc']:.4f}" if metrics["roc_auc"] is not None else "n/a"
-    lines.append(f"ROC-AUC {auc}   log-loss {metrics['log_loss']:.4f}   ECE {metrics['ece']:.4f}")
-    if len(names) > 2 and metrics.get("most_confused"):
-        lines.append("most confused: " + "; ".join(f"{pair['true']} as {pair['predicted']} ({pair['photos']})"
-                                                   for pair in metrics["most_confused"][:5]))
+    """A classification_report-style table followed by the threshold-free scores (a multi-label run's:
+    `multilabel.format_label_metrics`), then warnings, the open set and test-time augmentation."""
+    if metrics.get("multi_label"):
+        from catsdogs.evaluation.multilabel import format_label_metrics  # it builds on this module
+
+        lines = format_label_metrics(metrics)
+    else:
+        lines = _class_lines(metrics)
     lines += [f"warning: {warning}" for warning in metrics.get("warnings", ())]
     if metrics.get("open_set"):
         o = metrics["open_set"]
@@ -151,6 +140,33 @@ def format_metrics(metrics: dict) -> str:
         lines.append(f"with test-time augmentation: accuracy {tta['accuracy']:.4f} ({tta['errors']} errors), "
                      f"log-loss {tta['log_loss']:.4f}")
     return "\n".join(lines)
+
+
+
+def _class_lines(metrics):
+    """The lines of a single-label run's summary: its classification report and scores."""
+    names = metrics["class_names"]
+    width = max(12, *(len(n) for n in names))
+    lines = [f"{'':>{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}"]
+    rows = [(n, metrics["per_class"][n]) for n in names]
+    rows += [("macro avg", metrics["macro_avg"]), ("weighted avg", metrics["weighted_avg"])]
+    for name, row in rows:
+        lines.append(f"{name:>{width}} {row['precision']:9.4f} {row['recall']:9.4f} {row['f1']:9.4f} {row['support']:8d}")
+    lines.append("")
+    errors = f"{metrics['errors']} error" + ("" if metrics["errors"] == 1 else "s")
+    lines.append(f"accuracy {metrics['accuracy']:.4f} ({errors} in {metrics['images']} images)   "
+                 f"balanced accuracy {metrics['balanced_accuracy']:.4f}")
+    smallest = metrics["smallest_class"]
+    if smallest["unbalanced"]:
+        lines.append(f"smallest class {smallest['name']!r}: {smallest['photos']} photos, recall {smallest['recall']:.4f}")
+    if metrics.get("top_k_accuracy"):
+        lines.append("   ".join(f"top-{k} accuracy {v:.4f}" for k, v in metrics["top_k_accuracy"].items()))
+    auc = f"{metrics['roc_auc']:.4f}" if metrics["roc_auc"] is not None else "n/a"
+    lines.append(f"ROC-AUC {auc}   log-loss {metrics['log_loss']:.4f}   ECE {metrics['ece']:.4f}")
+    if len(names) > 2 and metrics.get("most_confused"):
+        lines.append("most confused: " + "; ".join(f"{pair['true']} as {pair['predicted']} ({pair['photos']})"
+                                                   for pair in metrics["most_confused"][:5]))
+    return lines
 
 
 def label_issues(y_true, probabilities):

@@ -16,11 +16,15 @@ from catsdogs.inference import model_formats as runtimes
 from catsdogs.inference.pipeline import run_on_files
 from catsdogs.inference.preprocess import VIEWS, prepare_batch, views_for
 from catsdogs.models.model import SCORE, ModelInfo, predicted_classes, probabilities_by_class
+from catsdogs.models.multilabel import predicted_labels
 
 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
     """The prediction for one file: its label and probabilities, or why it has none.
+
+    A multi-label model answers a set of labels (`labels`) instead of one class: `label` and
+    `probability` are then None, but for a rejected photo, labelled unknown.
 
     Attributes:
         path: the file.
@@ -28,7 +32,9 @@ class Prediction:
             as none of the classes; None on error.
         probability: the probability of the most probable class (of the predicted class when
             accepted).
-        probabilities: class name -> probability.
+        probabilities: class name -> probability (multi-label: each label's own, not summing to 1).
+        labels: a multi-label model's answer: the labels whose probability reaches their threshold,
+            most probable first; [] when none of them applies, and when the photo is rejected.
         in_distribution_score: how typical the photo is of the training photos, from 0 to 1 (the
             share of training photos that look less typical); None for a model without one.
         accepted: whether the score reaches the reject threshold (None without a score).
@@ -39,6 +45,7 @@ class Prediction:
     label: str = None
     probability: float = None
     probabilities: dict = None
+    labels: list = None
     in_distribution_score: float = None
     accepted: bool = None
     error: str = None
@@ -55,19 +62,24 @@ class Prediction:
             fields["top_k"] = [{"label": label, "probability": probability} for label, probability in self.top(top_k)]
         return fields
 
-    def to_row(self, classes, top_k: int = 1) -> dict:
+    def to_row(self, classes, top_k: int = 1, label_separator: str = None) -> dict:
         """One flat row for a table (Parquet): every field, None where unset, with `probabilities`
         spread into one column per class, p_<class>, so that error rows have the same columns.
 
         Args:
             classes: the class names, in the order of the columns.
             top_k: above 1, a "top_k" column: "label:probability; ..." of the most probable classes.
+            label_separator: a multi-label model's (`ModelInfo.label_separator`): a "labels" column holds
+                the labels joined by it; without it there is no such column.
         """
         row = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if field.name == "probabilities":
                 row.update({f"p_{name}": (value or {}).get(name) for name in classes})
+            elif field.name == "labels":
+                if label_separator is not None:
+                    row["labels"] = None if value is None else label_separator.join(value)
             else:
                 row[field.name] = value
         if top_k > 1:
@@ -84,21 +96,30 @@ def decide(info, outputs, reject=True, reject_threshold=None, unknown_label=UNKN
         reject, reject_threshold, unknown_label: as for `Classifier.predict`.
 
     Returns:
-        one dict of `Prediction` fields per photo (without path).
+        one dict of `Prediction` fields per photo (without path): a multi-label model's with the labels
+        whose probability reaches their threshold (`models.multilabel.predicted_labels`).
     """
     probabilities = np.asarray(outputs["probabilities"])
-    labels = predicted_classes(probabilities, info.threshold)
+    if info.multi_label:
+        chosen = predicted_labels(probabilities, info.thresholds)
+    else:
+        labels = predicted_classes(probabilities, info.threshold)
     scores = outputs.get(SCORE)
     threshold = info.reject_threshold if reject_threshold is None else reject_threshold
     decisions = []
-    for i, (probs, label) in enumerate(zip(probabilities, labels)):
-        decision = {"label": info.class_names[label], "probability": float(probs[label]),
-                    "probabilities": probabilities_by_class(info.class_names, probs)}
+    for i, probs in enumerate(probabilities):
+        decision = {"probabilities": probabilities_by_class(info.class_names, probs)}
+        if info.multi_label:
+            decision["labels"] = [info.class_names[k] for k in np.argsort(-probs, kind="stable") if chosen[i, k]]
+        else:
+            decision.update(label=info.class_names[labels[i]], probability=float(probs[labels[i]]))
         if scores is not None:
             accepted = bool(scores[i] >= threshold) or not reject
             decision.update(in_distribution_score=float(scores[i]), accepted=accepted)
-            if not accepted:
+            if not accepted:  # none of the classes: the label says so, and a set of labels is empty
                 decision["label"] = unknown_label
+                if info.multi_label:
+                    decision["labels"] = []
         decisions.append(decision)
     return decisions
 

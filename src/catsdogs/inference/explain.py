@@ -33,7 +33,7 @@ class Explanation:
     """A prediction for one photo and the Grad-CAM heatmap of one class."""
 
     probabilities: dict  # class name -> probability
-    label: str  # the predicted class
+    label: str  # the predicted class (a multi-label model's: its most probable label)
     explained: str  # the class whose evidence the heatmap shows
     heatmap: np.ndarray  # (rows, columns) float32 in [0, 1], the last convolutional block's grid
 
@@ -97,7 +97,8 @@ class Explainer:
                               tf.convert_to_tensor(class_indices, tf.int32)).numpy()
 
     def explain(self, pixels, class_name=None):
-        """Predicts one photo and explains the predicted class, or `class_name`.
+        """Predicts one photo and explains the predicted class (a multi-label model's most probable label), or
+        `class_name`.
 
         Returns:
             an `Explanation`.
@@ -106,7 +107,9 @@ class Explainer:
             raise ConfigError(f"unknown class {class_name!r}; the model knows {self.class_names}")
         batch = self.prepare(pixels)[None]
         probabilities = self.predict(batch)["probabilities"]
-        label = self.class_names[model_lib.predicted_classes(probabilities, self.info.threshold)[0]]
+        chosen = probabilities[0].argmax() if self.info.multi_label else \
+            model_lib.predicted_classes(probabilities, self.info.threshold)[0]
+        label = self.class_names[chosen]
         explained = class_name or label
         heatmap = self.heatmaps(batch, [self.class_names.index(explained)])[0]
         return Explanation(model_lib.probabilities_by_class(self.class_names, probabilities[0]), label, explained, heatmap)

@@ -33,7 +33,7 @@ LINEAR_HEAD_CS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 FALLBACK_C = 0.1  # when a class has too few images to cross-validate
 
 
-def build_head(feature_dim, num_classes, hidden_units=(), dropout=0.5, l2=0.0):
+def build_head(feature_dim, num_classes, hidden_units=(), dropout=0.5, l2=0.0, multi_label=False):
     """A Keras classifier on pooled features: features in, logits out.
 
     Args:
@@ -42,6 +42,7 @@ def build_head(feature_dim, num_classes, hidden_units=(), dropout=0.5, l2=0.0):
         hidden_units: sizes of hidden ReLU layers, each followed by dropout; () for a linear head.
         dropout: dropout rate after each hidden layer.
         l2: L2 penalty on the kernels.
+        multi_label: one logit per label, however many there are (independent labels).
 
     Returns:
         a `keras.Model` named "head", whose last layer is named "logits".
@@ -52,7 +53,8 @@ def build_head(feature_dim, num_classes, hidden_units=(), dropout=0.5, l2=0.0):
     for i, units in enumerate(hidden_units):
         x = layers.Dense(units, activation="relu", kernel_regularizer=regularizer, name=f"hidden{i}")(x)
         x = layers.Dropout(dropout, name=f"dropout{i}")(x)
-    logits = layers.Dense(logit_units(num_classes), kernel_regularizer=regularizer, name="logits")(x)
+    units = num_classes if multi_label else logit_units(num_classes)
+    logits = layers.Dense(units, kernel_regularizer=regularizer, name="logits")(x)
     return keras.Model(inputs, logits, name="head")
 
 
@@ -239,6 +241,10 @@ class DenseHead:
 def make_head(config):
     """The head a `TrainConfig` asks for, unfitted."""
     class_weight = None if config.class_weight == "none" else config.class_weight
+    if config.multi_label:  # one linear head per label (it builds on `LinearHead`)
+        from catsdogs.models.multilabel import MultiLabelHead
+
+        return MultiLabelHead(seed=config.seed, class_weight=class_weight)
     if config.head == "linear":
         return LinearHead(seed=config.seed, class_weight=class_weight)
     if config.head == "dense":

@@ -3,7 +3,7 @@
 import keras
 from keras import layers, ops
 
-from catsdogs.config.choices import OPEN_SET_METHODS
+from catsdogs.config.choices import LABEL_SEPARATOR, OPEN_SET_METHODS
 from catsdogs.errors import ConfigError
 
 # keras.applications.resnet50.preprocess_input ("caffe" mode) subtracts these from BGR pixels.
@@ -59,6 +59,35 @@ class ClassProbabilities(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "class_names": self.class_names,
                 "temperature": self.temperature, "threshold": self.threshold}
+
+
+@keras.saving.register_keras_serializable(package="catsdogs")
+class LabelProbabilities(layers.Layer):
+    """Multi-label: one independent probability per label, and the labels' names, thresholds and separator.
+
+    Each logit is divided by its label's temperature (calibration) and turned into a probability by a
+    sigmoid, so that a photo may have any number of the labels. A label is predicted where its
+    probability reaches its threshold; the thresholds, and the separator that joins a photo's labels
+    in tables, are stored here so that they travel with the model.
+    """
+
+    def __init__(self, class_names, temperatures=None, thresholds=None, separator=LABEL_SEPARATOR, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.class_names = list(class_names)
+        self.temperatures = [float(t) for t in (temperatures if temperatures is not None else [1.0] * len(class_names))]
+        self.thresholds = [float(t) for t in (thresholds if thresholds is not None else [0.5] * len(class_names))]
+        self.separator = str(separator)
+
+    def call(self, logits):
+        return ops.sigmoid(ops.cast(logits, "float32") / ops.convert_to_tensor(self.temperatures, "float32"))
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], len(self.class_names))
+
+    def get_config(self):
+        return {**super().get_config(), "class_names": self.class_names, "temperatures": self.temperatures,
+                "thresholds": self.thresholds, "separator": self.separator}
 
 
 @keras.saving.register_keras_serializable(package="catsdogs")

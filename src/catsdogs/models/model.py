@@ -6,9 +6,10 @@ import os
 import keras
 import numpy as np
 
+from catsdogs.config.choices import LABEL_SEPARATOR
 from catsdogs.errors import ModelNotFoundError
 from catsdogs.models.backbones import backbone_name
-from catsdogs.models.layers import ClassProbabilities, resize_layer
+from catsdogs.models.layers import ClassProbabilities, LabelProbabilities, resize_layer
 from catsdogs.store import run_dir
 from catsdogs.utils.files import atomic_path
 
@@ -16,16 +17,21 @@ SCORE = "in_distribution_score"  # the model's second output, where it has an op
 OPEN_SET_LAYER = "in_distribution"
 
 
-def assemble(extractor, head, class_names, temperature=1.0, threshold=0.5, open_set=None):
+def assemble(extractor, head, class_names, temperature=1.0, threshold=0.5, open_set=None, multi_label=False,
+             label_separator=LABEL_SEPARATOR):
     """One end-to-end model: RGB pixels of any size in [0, 255] in, class probabilities out.
 
     Args:
         extractor: the backbone from `backbones.build_feature_extractor`.
         head: a Keras head (`heads.LinearHead(...).to_keras()` or `DenseHead`'s), trained on that backbone's features.
         class_names: in label order.
-        temperature: logits are divided by it (calibration).
-        threshold: for two classes, the probability of the second at which it is predicted.
+        temperature: logits are divided by it (calibration); multi-label: one per label.
+        threshold: for two classes, the probability of the second at which it is predicted; multi-label:
+            one per label, at which that label is predicted.
         open_set: an `models.layers.InDistributionScore` fitted on the same features, or None.
+        multi_label: a probability per label (`layers.LabelProbabilities`, independent sigmoids) instead
+            of one per class summing to 1 (`layers.ClassProbabilities`).
+        label_separator: multi-label: what joins a photo's labels in tables (stored with the model).
 
     Returns:
         a `keras.Model` named "catsdogs": its output is the probabilities, or with `open_set` a
@@ -35,7 +41,11 @@ def assemble(extractor, head, class_names, temperature=1.0, threshold=0.5, open_
     x = resize_layer(extractor.input_shape[1])(image)
     features = extractor(x)
     logits = head(features)
-    probabilities = ClassProbabilities(class_names, temperature, threshold, name="probabilities")(logits)
+    if multi_label:
+        layer = LabelProbabilities(class_names, temperature, threshold, label_separator, name="probabilities")
+    else:
+        layer = ClassProbabilities(class_names, temperature, threshold, name="probabilities")
+    probabilities = layer(logits)
     if open_set is None:
         return keras.Model(image, probabilities, name="catsdogs")
     return keras.Model(image, {"probabilities": probabilities, SCORE: open_set([features, logits])}, name="catsdogs")
@@ -52,7 +62,7 @@ class ModelParts:
     resize: keras.layers.Layer
     extractor: keras.Model
     head: keras.Model
-    probabilities: ClassProbabilities
+    probabilities: ClassProbabilities  # or a multi-label model's `layers.LabelProbabilities`
     open_set: keras.layers.Layer = None  # the `layers.InDistributionScore`, where the model has one
 
     def outputs_from_features(self, features):
@@ -134,19 +144,32 @@ class ModelInfo:
     class_names: list
     backbone: str  # the --backbone value ("a+b" for an ensemble)
     image_size: int
-    threshold: float
-    temperature: float
+    threshold: float  # None for a multi-label model: see `thresholds`
+    temperature: float  # None for a multi-label model: see `temperatures`
     reject_threshold: float = None  # photos whose in-distribution score is below it are "unknown"; None: no score
     open_set: list = None  # the methods of the in-distribution score
+    # A multi-label model's: each label's threshold and temperature, and what joins a photo's labels in tables.
+    thresholds: list = None
+    temperatures: list = None
+    label_separator: str = None
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether the model answers a set of labels (each its own yes or no) rather than one class."""
+        return self.thresholds is not None
 
 
 def describe(model: keras.Model) -> ModelInfo:
     """What a catsdogs model says about itself: class names, backbone, input size, thresholds, temperature."""
     layers = parts(model)
     probabilities, open_set = layers.probabilities, layers.open_set
+    multi_label = isinstance(probabilities, LabelProbabilities)
     return ModelInfo(probabilities.class_names, backbone_name(layers.extractor.name), layers.resize.height,
-                     probabilities.threshold, probabilities.temperature,
-                     open_set.threshold if open_set else None, list(open_set.methods) if open_set else None)
+                     None if multi_label else probabilities.threshold,
+                     None if multi_label else probabilities.temperature,
+                     open_set.threshold if open_set else None, list(open_set.methods) if open_set else None,
+                     **({"thresholds": probabilities.thresholds, "temperatures": probabilities.temperatures,
+                         "label_separator": probabilities.separator} if multi_label else {}))
 
 
 def probabilities_by_class(class_names, probabilities) -> dict:

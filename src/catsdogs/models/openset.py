@@ -124,15 +124,17 @@ def out_of_fold_logits(features, labels, head, seed=0):
     return np.asarray(logits, np.float32).reshape(len(features), -1)
 
 
-def resolve_methods(spec, backbone, weights, class_names) -> tuple:
+def resolve_methods(spec, backbone, weights, class_names, multi_label=False) -> tuple:
     """The methods of the score that `TrainConfig.open_set` asks for.
 
     "auto" is the measured default: kNN and the ImageNet mass where the backbone carries its
     ImageNet classifier and the class names map to ImageNet classes, else kNN alone
-    (docs/BENCHMARKS.md); "none" is no score.
+    (docs/BENCHMARKS.md); "none" is no score. A multi-label model's labels are independent, so
+    the scores of a softmax over them ("msp", "energy") mean nothing there.
 
     Raises:
-        ConfigError: an unknown method, or "imagenet" where it cannot be had.
+        ConfigError: an unknown method, "imagenet" where it cannot be had, or a softmax score of a
+            multi-label model.
     """
     from catsdogs.models.backbones import has_imagenet_classifier
 
@@ -147,6 +149,10 @@ def resolve_methods(spec, backbone, weights, class_names) -> tuple:
     if unknown or len(set(methods)) != len(methods):
         raise ConfigError(f"open-set score {spec!r}: expected auto, none, or methods joined by + among "
                           f"{', '.join(OPEN_SET_METHODS)}")
+    softmax = [m for m in methods if m in ("msp", "energy")]
+    if multi_label and softmax:
+        raise ConfigError(f"the open-set score {'+'.join(softmax)} reads a softmax over the classes; a multi-label "
+                          f"model's labels are independent: use knn, mahalanobis or imagenet")
     if "imagenet" in methods and not has_imagenet:
         raise ConfigError(f"the imagenet open-set score needs an EfficientNet-Lite backbone with ImageNet weights "
                           f"and class names that map to ImageNet ({', '.join(IMAGENET_CLASSES)}); got {backbone} "

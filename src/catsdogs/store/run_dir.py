@@ -42,6 +42,7 @@ STAGING_PREFIX = ".partial-"  # of a run directory still being written (or left 
 GRID = "grid.png"
 CURVES = "curves.png"
 CONFUSION = "confusion.png"
+PRECISION_RECALL = "precision_recall.png"  # a multi-label run's, in place of the confusion matrix
 ERRORS = "errors.png"
 GRADCAM = "gradcam.png"
 RELIABILITY = "reliability.png"
@@ -54,6 +55,7 @@ FIGURES = {
     GRID: "The study's grid: 25 random test images",
     CURVES: "Learning curves",
     CONFUSION: "Confusion matrix",
+    PRECISION_RECALL: "Precision and recall of each label",
     ERRORS: "Most confident mistakes",
     GRADCAM: "Grad-CAM of the most confident mistakes",
     RELIABILITY: "Reliability of the probabilities (test)",

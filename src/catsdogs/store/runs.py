@@ -31,7 +31,8 @@ COLUMNS = ("backbone", "head", "image_size", "runtime", "precision")
 # The defaults as config.json spells them (tuples become lists).
 DEFAULTS = json.loads(json.dumps(TrainConfig(data_dir="").to_dict()))
 # What a comparison shows besides per-class recall and top-k accuracy, by flattened key (`flatten_metrics`).
-HEADLINE = ("images", "accuracy", "balanced_accuracy", "log_loss", "ece", "roc_auc")
+# A multi-label run's "accuracy" is its exact-match ratio; mAP and Hamming loss are its own.
+HEADLINE = ("images", "accuracy", "balanced_accuracy", "mAP", "hamming_loss", "log_loss", "ece", "roc_auc")
 OPEN_SET = ("open_set/test_kept", "open_set/unknown/accepted", "open_set/unknown/auroc")
 
 

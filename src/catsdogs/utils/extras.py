@@ -14,7 +14,7 @@ EXTRAS = {
               ("python_multipart", "python-multipart")],
     "onnx": [("tf2onnx", "tf2onnx"), ("onnxruntime", "onnxruntime")],
     "tflite": [("ai_edge_litert", "ai-edge-litert")],
-    "ray": [("ray", "ray[data]"), ("pyarrow", "pyarrow")],
+    "ray": [("ray", "ray[data]"), ("pyarrow", "pyarrow"), ("grpc_reflection", "ray[serve]")],
     "mlflow": [("mlflow", "mlflow")],
 }
 

@@ -32,6 +32,7 @@ from catsdogs.apps.web.security import ANY_ADDRESS, TOKEN_PARAMETER, markdown_te
 from catsdogs.config.choices import DECISIONS, REVIEW_MISTAKES
 from catsdogs.config.serve import ServeSettings
 from catsdogs.data import corrections
+from catsdogs.data.dataset import label_set
 from catsdogs.errors import ConfigError, DataError
 from catsdogs.inference import explain
 from catsdogs.inference.classifier import load
@@ -51,26 +52,34 @@ class DecisionRequest(BaseModel):
 
     decision: Literal[DECISIONS] = Field(description=(
         "keep the given label, relabel to another class, or exclude the photo from training (never a test photo)"))
-    label: str | None = Field(None, description="the new class, for relabel")
+    label: str | None = Field(None, description=(
+        "the new class, for relabel; for a photo of a multi-label run, its new labels joined by the run's "
+        "label_separator (GET /photos), '' for none"))
 
 
 class PhotoState(BaseModel):
     index: int = Field(description="the photo's number in the list, in its URLs")
     path: str = Field(description="relative to the data folder, as in the run's splits.csv")
     split: str
-    given_label: str
-    predicted: str = Field(description="out-of-sample: out-of-fold for training photos")
-    probability: float = Field(description="of the predicted class")
+    given_label: str = Field(description="multi-label runs: the photo's labels joined by the label_separator")
+    predicted: str = Field(description="out-of-sample: out-of-fold for training photos; multi-label runs: the "
+                                       "labels predicted, joined by the label_separator")
+    probability: float = Field(description="of the predicted class (multi-label: of the predicted set of labels)")
     loss: float = Field(description="cross-entropy of the given label; the list is sorted by it, highest first")
     label_looks_wrong: bool = Field(description="flagged by cleanlab")
     confident_mistake: bool = Field(description="among the most confident mistakes listed")
     decision: str | None = Field(None, description="keep, relabel or exclude; none before a decision")
     label: str | None = Field(None, description="the label to train with, once decided")
+    explained: str = Field(description="the class whose evidence the Grad-CAM shows: the predicted one (multi-label: "
+                                       "the first label predicted, else the first given)")
 
 
 class Listing(BaseModel):
     run: str = Field(description="the run directory's name")
     classes: list[str]
+    label_separator: str | None = Field(None, description=(
+        "a multi-label run's: what joins a photo's labels (a photo may have any number of the classes; adding or "
+        "removing one is a relabel to the new set); None for one class a photo"))
     source: str = Field(description="the file the photos were read from: review.csv (predictions.csv for old runs)")
     note: str = Field(description="what to know about that source, if anything")
     corrections_file: str
@@ -85,6 +94,7 @@ class Review:
         self.run_photos = run_photos
         self.explainer = explainer
         self.classes = explainer.class_names
+        self.separator = explainer.info.label_separator  # None but for a multi-label run
         self.corrections_file = corrections_file
         self.decisions = corrections.read_corrections(corrections_file) if os.path.exists(corrections_file) else {}
         self._decision_lock = threading.Lock()  # one append at a time, in the order answered
@@ -101,10 +111,10 @@ class Review:
         photo = self.photo(index)
         decided = self.decisions.get(photo.path)
         return PhotoState(index=index, **dataclasses.asdict(photo), decision=decided.decision if decided else None,
-                          label=decided.label if decided else None)
+                          label=decided.label if decided else None, explained=self.explained(photo))
 
     def listing(self):
-        return Listing(run=self.run, classes=self.classes, source=self.run_photos.source, note=self.run_photos.note,
+        return Listing(run=self.run, classes=self.classes, label_separator=self.separator, source=self.run_photos.source, note=self.run_photos.note,
                        corrections_file=os.path.abspath(self.corrections_file),
                        photos=[self.state(index) for index in range(len(self.run_photos.photos))])
 
@@ -114,7 +124,8 @@ class Review:
         with self._decision_lock:
             try:
                 self.decisions[photo.path] = corrections.append_decision(
-                    self.corrections_file, photo.path, photo.split, photo.given_label, decision, self.classes, label)
+                    self.corrections_file, photo.path, photo.split, photo.given_label, decision, self.classes, label,
+                    self.separator)
             except DataError as error:
                 raise HTTPException(400, f"{photo.path}: {error}")
         return self.state(index)
@@ -124,12 +135,20 @@ class Review:
         path = os.path.join(self.run_photos.data_dir, self.photo(index).path)
         return load_photo(path, self.explainer.info.image_size)
 
+    def explained(self, photo):
+        """The class a photo's Grad-CAM shows the evidence for: the predicted one; of a multi-label run's photo,
+        the first label predicted, else the first it is given, else the first label."""
+        if self.separator is None:
+            return photo.predicted
+        return next(iter(label_set(photo.predicted, self.separator) + label_set(photo.given_label, self.separator)),
+                    self.classes[0])
+
     def gradcam_png(self, index):
-        """The photo with the Grad-CAM heatmap of its predicted class over it, as PNG bytes."""
+        """The photo with the Grad-CAM heatmap of its class (`explained`) over it, as PNG bytes."""
         with self._gradcam_lock:
             if index not in self._gradcams:
                 pixels = self.pixels(index)
-                class_index = self.classes.index(self.photo(index).predicted)
+                class_index = self.classes.index(self.explained(self.photo(index)))
                 heatmap = self.explainer.heatmaps(self.explainer.prepare(pixels)[None], [class_index])[0]
                 self._gradcams[index] = explain.png_bytes(explain.overlay(shown(pixels), heatmap))
             return self._gradcams[index]

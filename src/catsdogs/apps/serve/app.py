@@ -1,4 +1,5 @@
-"""The HTTP service: TensorFlow Serving's predict API, multipart uploads, model status, a web page.
+"""The HTTP service: TensorFlow Serving's REST API, the Open Inference Protocol (V2), catsdogs' own
+labelled answers (JSON or multipart uploads), model status, a web page.
 
 Requests are decoded in worker threads, then queued for a `MicroBatcher` that runs the model in
 its own thread: the event loop only moves bytes. Every error is a JSON `{"error": "..."}`, the
@@ -8,6 +9,10 @@ Memory is bounded by design (README, "Serving"): at most `max_active_requests` r
 body, at most `max_decodes` images are decoded at once, each near the model's input size, and
 the pixels of one request are budgeted from the images' headers before any is decoded. A JSON
 body's structure is counted before it is parsed, and its images before they are decoded.
+
+Which route speaks which protocol: TensorFlow Serving's answer the model's output tensors by name
+(`tf_serving`), the V2 routes typed tensors (`open_inference`), and /predict catsdogs' labelled
+answer (label, probability per class, "unknown", heatmaps) to TF Serving's JSON or a multipart upload.
 """
 
 import asyncio
@@ -19,14 +24,15 @@ import logging
 import os
 import secrets
 import threading
+from typing import Annotated
 
 import numpy as np
 from fastapi import Depends, Path, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from fastapi.security import APIKeyHeader, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import UploadFile
@@ -34,9 +40,17 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from catsdogs import __version__
+from catsdogs.apps.serve import open_inference, tf_serving
 from catsdogs.apps.serve.batcher import MicroBatcher
+from catsdogs.apps.serve.signature import IMAGE_INPUT, PIXELS_INPUT, Signature
 from catsdogs.apps.web.handlers import add_error_handlers, describe_validation_error
-from catsdogs.apps.web.limits import CLOSE_CONNECTION, BodyLimit, release_free_memory
+from catsdogs.apps.web.limits import (
+    CLOSE_CONNECTION,
+    BodyLimit,
+    check_image_count,
+    count_json_tokens,
+    release_free_memory,
+)
 from catsdogs.apps.web.security import markdown_text, protect
 from catsdogs.config.serve import ServeSettings
 from catsdogs.data.images import open_image
@@ -51,12 +65,16 @@ log = logging.getLogger(__name__)
 
 
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
-JSON_EXAMPLE = '{"instances": [{"b64": "<base64 of an image file>"}]}'
+JSON_EXAMPLE = ('{"instances": [{"b64": "<base64 of an image file>"}]} (row format) or '
+                '{"inputs": [{"b64": "..."}]} (columnar format)')
+# TF Serving reads the body as JSON whatever its content type; so do we for the types its clients
+# send: JSON, none, and curl -d's default (x-www-form-urlencoded).
+JSON_TYPES = ("application/json", "application/x-www-form-urlencoded", "")
 MULTIPART_HINT = "send one or more images as multipart/form-data in the field 'files'"
 # What each predict route expects, added to its 400 answers.
 PREDICT_HINTS = {"/v1/models/{model_name}:predict": f"expected JSON like {JSON_EXAMPLE}",
                  "/v1/models/{model_name}/versions/{version}:predict": f"expected JSON like {JSON_EXAMPLE}",
-                 "/predict": MULTIPART_HINT}
+                 "/predict": f"{MULTIPART_HINT}, or JSON like {JSON_EXAMPLE}"}
 MODEL_VERSION = 1  # TF Serving's URLs name versions; a catsdogs server has one
 # Decodes of at least this many pixels hand their freed memory back to the system afterwards.
 TRIM_AFTER_PIXELS = 4_000_000
@@ -91,7 +109,7 @@ class Result:
     """The model's answer for one photo."""
 
     outputs: dict  # as a runtime gives them, for this photo: probabilities [, in_distribution_score]
-    label: int  # the most probable class (the one its heatmap explains)
+    label: int  # the predicted class (a multi-label model's most probable label): the one its heatmap explains
     heatmap: np.ndarray = None  # Grad-CAM of the predicted class, when asked for
 
 
@@ -125,7 +143,8 @@ class Predictor:
         indices = [i for i, _ in prepared]
         batch = np.stack([pixels for _, pixels in prepared])
         outputs = self.classifier.runtime(batch)
-        labels = model_lib.predicted_classes(outputs["probabilities"], info.threshold)
+        labels = outputs["probabilities"].argmax(axis=1) if info.multi_label else \
+            model_lib.predicted_classes(outputs["probabilities"], info.threshold)
         explained = [k for k, i in enumerate(indices) if jobs[i].heatmap]
         heatmaps = dict(zip(explained, self.explainer.heatmaps(batch[explained], labels[explained]))) if explained else {}
         for k, i in enumerate(indices):
@@ -146,12 +165,31 @@ class B64Image(BaseModel):
     b64: str = Field(description="an image file (JPEG, PNG, WEBP, GIF, BMP, TIFF), base64-encoded")
 
 
+def _input_value(value):
+    """TF Serving also takes the input by its name: an instance {"image_bytes": {"b64": ...}}, the
+    columnar {"inputs": {"image_bytes": [...]}}. Its value, so that both forms read as one."""
+    if isinstance(value, dict) and set(value) == {IMAGE_INPUT}:
+        return value[IMAGE_INPUT]
+    return value
+
+
+def _images_by_name(value):
+    """The images of a request given by the input's name ({"image_bytes": [...]}); any other name is refused."""
+    if isinstance(value, dict) and set(value) != {IMAGE_INPUT}:
+        raise ValueError(f"the model's one input is {IMAGE_INPUT!r}, not {', '.join(map(repr, sorted(value)))}")
+    return _input_value(value)
+
+
+Images = Annotated[list[Annotated[B64Image, BeforeValidator(_input_value)]], BeforeValidator(_images_by_name)]
+
+
 class PredictRequest(BaseModel):
-    """TensorFlow Serving's REST predict request, row format."""
+    """TensorFlow Serving's REST predict request: row format (`instances`) or columnar (`inputs`)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    instances: list[B64Image] = Field(description="the images")
+    instances: Images | None = Field(None, description="row format: the images")
+    inputs: Images | None = Field(None, description="columnar format: the images")
     signature_name: str = Field("serving_default", description="accepted for compatibility; one signature")
 
 
@@ -163,14 +201,27 @@ def _request_schema(settings):
     """The OpenAPI schema of a predict request, with the limits this server enforces.
 
     The request is parsed by hand (TF Serving clients send it with any content type), so its
-    schema is given to OpenAPI by hand too, with the image object inlined.
+    schema is given to OpenAPI by hand too: row or columnar format, each image plain or by the
+    input's name, the image object inlined.
     """
-    schema = PredictRequest.model_json_schema()
-    image = schema.pop("$defs")["B64Image"]
+    image = B64Image.model_json_schema()
     image["properties"]["b64"].update(minLength=4, maxLength=settings.max_upload_bytes, pattern=BASE64_PATTERN)
-    schema["properties"]["instances"].update(items=image, minItems=1, maxItems=settings.max_images)
-    schema["properties"]["signature_name"]["enum"] = ["serving_default"]
-    return schema
+
+    def named(schema):
+        return {"type": "object", "properties": {IMAGE_INPUT: schema}, "required": [IMAGE_INPUT],
+                "additionalProperties": False}
+
+    images = {"type": "array", "items": image, "minItems": 1, "maxItems": settings.max_images}
+    named_instances = {**images, "items": named(image)}
+    signature_name = {"type": "string", "enum": ["serving_default"], "default": "serving_default",
+                      "description": "accepted for compatibility; one signature"}
+    row = {"type": "object", "required": ["instances"], "additionalProperties": False, "properties": {
+        "instances": {"anyOf": [images, named_instances], "description": "row format: the images"},
+        "signature_name": signature_name}}
+    columnar = {"type": "object", "required": ["inputs"], "additionalProperties": False, "properties": {
+        "inputs": {"anyOf": [images, named(images)], "description": "columnar format: the images"},
+        "signature_name": signature_name}}
+    return {"title": "PredictRequest", "description": PredictRequest.__doc__, "oneOf": [row, columnar]}
 
 
 def _upload_schema(settings):
@@ -183,17 +234,23 @@ def _upload_schema(settings):
 class PredictionAnswer(BaseModel):
     """One photo's answer on the wire: `classifier.Prediction`'s fields, and the heatmap where asked for."""
 
-    label: str = Field(description="the predicted class, or 'unknown' when the photo looks like none of them")
-    probability: float = Field(description="the probability of the most probable class")
-    probabilities: dict[str, float] = Field(description="the probability of every class")
+    label: str | None = Field(None, description=(
+        "the predicted class, or 'unknown' when the photo looks like none of them (a multi-label model's "
+        "answer is `labels`: it has a label only when the photo is rejected, 'unknown')"))
+    probability: float | None = Field(None, description="the probability of the most probable class (single-label)")
+    probabilities: dict[str, float] = Field(description="the probability of every class (multi-label: of every "
+                                                        "label, each its own)")
+    labels: list[str] | None = Field(None, description=(
+        "a multi-label model's answer: the labels whose probability reaches their threshold, most probable first; "
+        "[] when none applies, and when the photo is rejected"))
     in_distribution_score: float | None = Field(None, ge=0, le=1, description=(
         "how typical the photo is of the training photos: the share of them that look less typical "
         "(models with an open-set score)"))
     accepted: bool | None = Field(None, description="whether the score reaches the reject threshold; if not, "
                                                     "the label is 'unknown'")
     heatmap_png: str | None = Field(None, description=(
-        "with heatmap=true: the Grad-CAM heatmap of the predicted class, a base64 PNG with "
-        "transparency in the photo's proportions, to stretch over the photo"))
+        "with heatmap=true: the Grad-CAM heatmap of the predicted class (multi-label: the most probable label), a "
+        "base64 PNG with transparency in the photo's proportions, to stretch over the photo"))
 
 
 class PredictResponse(BaseModel):
@@ -212,8 +269,12 @@ class ModelStatus(BaseModel):
     classes: list[str]
     backbone: str
     input_size: list[int] = Field(description="height, width, channels that photos are resized to")
-    threshold: float = Field(description="for two classes: the probability of the second at which it is predicted")
-    temperature: float
+    threshold: float | None = Field(description="for two classes: the probability of the second at which it is "
+                                                "predicted (None for a multi-label model: see thresholds)")
+    temperature: float | None
+    multi_label: bool = Field(False, description="whether the model answers a set of labels, each its own yes or no")
+    thresholds: dict[str, float] | None = Field(None, description=(
+        "a multi-label model's: the probability at which each label is predicted"))
     reject_threshold: float | None = Field(None, description=(
         "photos whose in-distribution score is below it are answered 'unknown' (models with an open-set score)"))
     metrics: dict | None = Field(description="the test metrics of the run (metrics.json), if the model came with them")
@@ -233,6 +294,7 @@ class Health(BaseModel):
     status: str
     model: str
     batching: BatchingStatus
+    process_id: int = Field(description="the process that answered (with Ray Serve, one per replica)")
 
 
 class ErrorResponse(BaseModel):
@@ -289,12 +351,6 @@ def _media_type(request):
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-def _require_multipart(request: Request):
-    if _media_type(request) != "multipart/form-data":
-        raise HTTPException(415, f"expected Content-Type multipart/form-data, got {_media_type(request) or 'none'}: "
-                                 f"{MULTIPART_HINT}")
-
-
 def _api_key_dependency(api_key):
     """A dependency that requires the API key, as `Authorization: Bearer KEY` or `X-API-Key: KEY`.
 
@@ -321,6 +377,7 @@ class Service:
         self.metrics = metrics
         self.settings = settings
         self.info = classifier.info
+        self.signature = Signature.of(classifier.info)
         self.predictor = Predictor(classifier)
         self.format = classifier.runtime.format
         self.heatmaps = self.predictor.explainer is not None
@@ -338,7 +395,7 @@ class Service:
     def check_model(self, model_name, version=None):
         if model_name != self.name:
             raise HTTPException(404, f"model {model_name!r} not found; this server serves {self.name!r}")
-        if version is not None and version != MODEL_VERSION:
+        if version is not None and str(version) != str(MODEL_VERSION):  # an int in TF Serving's URLs, V2's a string
             raise HTTPException(404, f"version {version} of model {self.name!r} not found; it has version {MODEL_VERSION}")
 
     @contextlib.asynccontextmanager
@@ -393,8 +450,16 @@ class Service:
             if idle and pixels >= TRIM_AFTER_PIXELS:
                 release_free_memory()
 
-    async def predict_images(self, images, heatmap, reject=True, reject_threshold=None):
-        """images: list of (file bytes, source name) -> list of PredictionAnswer (see `classifier.decide`)."""
+    async def outputs_of_images(self, images, heatmap=False):
+        """Decodes image files (their pixels budgeted first) and runs them through the batcher.
+
+        Args:
+            images: list of (file bytes, source name).
+            heatmap: also compute each photo's Grad-CAM heatmap.
+
+        Returns:
+            list of (decoded photo, `Result`), in order.
+        """
         if heatmap and not self.heatmaps:
             raise HTTPException(400, f"heatmap=true needs the Keras model (Grad-CAM opens it at its last "
                                      f"convolutional block), and this server runs a {self.format} export: ask "
@@ -410,8 +475,25 @@ class Service:
         photos = await asyncio.gather(*(decode(data, source, count) for (data, source), count in zip(images, pixels)))
         results = await asyncio.gather(*(self.batcher.submit(Job(photo, heatmap, source))
                                          for photo, (_, source) in zip(photos, images)))
+        return list(zip(photos, results))
+
+    async def outputs_of_pixels(self, pixels, source):
+        """Runs photos already at the model's input size through the batcher.
+
+        Args:
+            pixels: (n, size, size, 3) RGB values.
+            source: what to call them in errors: photo i is `source[i]`.
+
+        Returns:
+            list of `Result`, in order.
+        """
+        return await asyncio.gather(*(self.batcher.submit(Job(photo, False, f"{source}[{i}]"))
+                                      for i, photo in enumerate(pixels)))
+
+    async def predict_images(self, images, heatmap, reject=True, reject_threshold=None):
+        """images: list of (file bytes, source name) -> list of PredictionAnswer (see `classifier.decide`)."""
         predictions = []
-        for photo, result in zip(photos, results):
+        for photo, result in await self.outputs_of_images(images, heatmap):
             png = None
             if result.heatmap is not None:
                 height, width = photo.shape[:2]  # shrunk or not, the photo's proportions
@@ -422,26 +504,19 @@ class Service:
         return predictions
 
 
-def _check_image_count(count, max_images):
-    if count > max_images:
-        raise HTTPException(413, f"{count} images in one request; the limit is {max_images}")
-
-
 def _max_json_tokens(max_images):
     """The most separators and brackets (`,` `:` `[` `{`) a predict request of `max_images` images may hold.
 
-    Every JSON value or key but the first follows one of them, so their count bounds what a parse
-    builds. A valid request holds 3 per image and 4 more; the margin lets a request of up to a
-    third more images be parsed, to be told how many it holds.
+    Their count bounds what a parse builds (`count_json_tokens`). A valid request holds at most 5
+    per image (each named by the input's name) and 4 more; the margin lets a request of up to a
+    fifth more images be parsed, to be told how many it holds.
     """
-    return 4 * max_images + 4
+    return 6 * max_images + 4
 
 
 async def _read_instances(request, max_images):
-    """The images of a TF Serving predict request: list of (bytes, "instances[i]")."""
-    # TF Serving reads the body as JSON whatever its content type; so do we for the types its
-    # clients send: JSON, none, and curl -d's default (x-www-form-urlencoded).
-    if _media_type(request) not in ("application/json", "application/x-www-form-urlencoded", ""):
+    """The images of a TF Serving predict request (`_parse_instances`)."""
+    if _media_type(request) not in JSON_TYPES:
         raise HTTPException(415, f"expected Content-Type application/json, got {_media_type(request)}")
     body = await request.body()
     # In a worker thread, so that the event loop goes on answering: a parse or a decode of a
@@ -450,15 +525,18 @@ async def _read_instances(request, max_images):
 
 
 def _parse_instances(body, max_images):
-    """Parses and decodes the body of a TF Serving predict request: list of (bytes, "instances[i]").
+    """Parses and decodes the body of a TF Serving predict request, row or columnar format.
 
     Its JSON structure is counted before it is parsed (a body of millions of tiny instances is
     refused for the cost of a scan), and the instances before any is decoded. While it is parsed,
     a body of n bytes costs at most 3n: itself, pydantic's copy of its strings, the strings.
+
+    Returns:
+        (list of (bytes, "instances[i]" or "inputs[i]"), whether the request is in columnar format).
     """
     if not body or body.isspace():
         raise HTTPException(400, "empty request body")
-    tokens = sum(body.count(char) for char in b",:[{")
+    tokens = count_json_tokens(body)
     if tokens > _max_json_tokens(max_images):
         raise HTTPException(413, f"the request's JSON has {tokens} separators and brackets, more than "
                                  f"{max_images} images need ({_max_json_tokens(max_images)}): send at most "
@@ -467,20 +545,26 @@ def _parse_instances(body, max_images):
         parsed = PredictRequest.model_validate_json(body)
     except ValidationError as error:
         raise HTTPException(400, describe_validation_error(error.errors()))
-    if not parsed.instances:
-        raise HTTPException(400, "no instances")
+    if parsed.instances is not None and parsed.inputs is not None:
+        raise HTTPException(400, "both instances (row format) and inputs (columnar format): send one of them")
+    if parsed.instances is None and parsed.inputs is None:
+        raise HTTPException(400, "instances (row format) or inputs (columnar format): Field required")
+    columnar = parsed.inputs is not None
+    field, instances = ("inputs", parsed.inputs) if columnar else ("instances", parsed.instances)
+    if not instances:
+        raise HTTPException(400, f"no {field}")
     if parsed.signature_name != "serving_default":
         raise HTTPException(400, f"unknown signature_name {parsed.signature_name!r}; the model has 'serving_default'")
-    _check_image_count(len(parsed.instances), max_images)
+    check_image_count(len(instances), max_images)
     images = []
-    for i, instance in enumerate(parsed.instances):
+    for i, instance in enumerate(instances):
         if not instance.b64:
-            raise HTTPException(400, f"instances[{i}].b64: empty")
+            raise HTTPException(400, f"{field}[{i}].b64: empty")
         try:
-            images.append((base64.b64decode(instance.b64, validate=True), f"instances[{i}]"))
+            images.append((base64.b64decode(instance.b64, validate=True), f"{field}[{i}]"))
         except ValueError as error:  # binascii.Error, or non-ASCII characters (a plain ValueError)
-            raise HTTPException(400, f"instances[{i}].b64: not valid base64 ({error})")
-    return images
+            raise HTTPException(400, f"{field}[{i}].b64: not valid base64 ({error})")
+    return images, columnar
 
 
 async def _read_uploads(request, max_images):
@@ -506,7 +590,7 @@ async def _read_uploads(request, max_images):
         unexpected = sorted(set(form.keys()) - {"files"})
         if unexpected:
             raise HTTPException(400, f"unexpected field {unexpected[0]!r}")
-        _check_image_count(len(files), max_images)
+        check_image_count(len(files), max_images)
         images = []
         for i, file in enumerate(files):
             if not isinstance(file, UploadFile):
@@ -525,7 +609,7 @@ def _add_page_and_health(app, service):
     @app.get("/healthz", response_model=Health, summary="Liveness, the model's name and batching counters")
     async def healthz():
         stats, settings = service.batcher.stats, service.settings
-        return Health(status="ok", model=service.name, batching=BatchingStatus(
+        return Health(status="ok", model=service.name, process_id=os.getpid(), batching=BatchingStatus(
             max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
             batches=stats.batches, images=stats.items, largest_batch=stats.largest_batch))
 
@@ -546,7 +630,9 @@ def _add_status_routes(app, service, auth):
         return ModelStatus(
             model_version_status=[ModelVersionStatus(version=str(MODEL_VERSION))], name=service.name,
             classes=info.class_names, backbone=info.backbone, input_size=[info.image_size, info.image_size, 3],
-            threshold=info.threshold, temperature=info.temperature, reject_threshold=info.reject_threshold,
+            threshold=info.threshold, temperature=info.temperature, multi_label=info.multi_label,
+            thresholds=dict(zip(info.class_names, info.thresholds)) if info.multi_label else None,
+            reject_threshold=info.reject_threshold,
             metrics=service.metrics, format=service.format, heatmaps=service.heatmaps)
 
     common = dict(response_model=ModelStatus, dependencies=auth["dependencies"])
@@ -563,6 +649,22 @@ def _add_status_routes(app, service, auth):
         service.check_model(model_name, version)
         return status()
 
+    metadata = dict(response_model=tf_serving.Metadata, dependencies=auth["dependencies"],
+                    responses=_responses(400, 404, *auth["statuses"]))
+
+    @app.get("/v1/models/{model_name:model_name}/metadata", **metadata,
+             summary="The model's signature (input and output names, dtypes, shapes) and classes, TensorFlow Serving's "
+                     "metadata")
+    async def model_metadata(model_name: str = _model_name_path(service)):
+        service.check_model(model_name)
+        return tf_serving.metadata(service.name, MODEL_VERSION, service.signature)
+
+    @app.get("/v1/models/{model_name:model_name}/versions/{version:int}/metadata", **metadata,
+             summary="The model's signature at a version, TensorFlow Serving's metadata")
+    async def model_version_metadata(model_name: str = _model_name_path(service), version: int = VERSION_PATH):
+        service.check_model(model_name, version)
+        return tf_serving.metadata(service.name, MODEL_VERSION, service.signature)
+
 
 def _add_predict_routes(app, service, auth):
     settings = service.settings
@@ -571,44 +673,173 @@ def _add_predict_routes(app, service, auth):
                                            "(false: always one of the classes)")
     threshold_query = Query(None, ge=0, le=1, description="reject threshold instead of the model's own "
                                                           "(higher rejects more)")
-    tf_serving = dict(
-        response_model=PredictResponse, response_model_exclude_none=True, dependencies=auth["dependencies"],
+    json_request = {"application/json": {"schema": _request_schema(settings)}}
+    tf_serving_route = dict(
+        response_model=tf_serving.RowAnswer | tf_serving.ColumnarAnswer, dependencies=auth["dependencies"],
         responses=_responses(400, 404, 408, 413, 415, 422, 503, *auth["statuses"]),
-        openapi_extra={"requestBody": {"required": True,
-                                       "content": {"application/json": {"schema": _request_schema(settings)}}}})
+        openapi_extra={"requestBody": {"required": True, "content": json_request}})
 
-    async def tf_serving_predict(request, heatmap, reject, reject_threshold):
+    async def tf_serving_predict(request):
         async with service.request_slot(request):  # bounds the bodies held in memory at once
-            images = await _read_instances(request, settings.max_images)
-            return PredictResponse(predictions=await service.predict_images(images, heatmap, reject, reject_threshold))
+            images, columnar = await _read_instances(request, settings.max_images)
+            results = await service.outputs_of_images(images)
+            return tf_serving.answer(service.signature, [result.outputs for _, result in results], columnar)
 
     @app.post("/v1/models/{model_name:model_name}:predict",
-              summary="Predict, TensorFlow Serving's REST API (base64 images)", **tf_serving)
-    async def predict_latest(request: Request, model_name: str = _model_name_path(service),
-                             heatmap: bool = heatmap_query, reject: bool = reject_query,
-                             reject_threshold: float | None = threshold_query):
+              summary="Predict, TensorFlow Serving's REST API: the model's output tensors by name", **tf_serving_route)
+    async def predict_latest(request: Request, model_name: str = _model_name_path(service)):
         service.check_model(model_name)
-        return await tf_serving_predict(request, heatmap, reject, reject_threshold)
+        return await tf_serving_predict(request)
 
     @app.post("/v1/models/{model_name:model_name}/versions/{version:int}:predict",
-              summary="Predict with a version of the model, TensorFlow Serving's REST API", **tf_serving)
+              summary="Predict with a version of the model, TensorFlow Serving's REST API", **tf_serving_route)
     async def predict_version(request: Request, model_name: str = _model_name_path(service),
-                              version: int = VERSION_PATH, heatmap: bool = heatmap_query,
-                              reject: bool = reject_query, reject_threshold: float | None = threshold_query):
+                              version: int = VERSION_PATH):
         service.check_model(model_name, version)
-        return await tf_serving_predict(request, heatmap, reject, reject_threshold)
+        return await tf_serving_predict(request)
+
+    upload = {"multipart/form-data": {"schema": _upload_schema(settings)}}
 
     @app.post("/predict", response_model=PredictResponse, response_model_exclude_none=True,
               responses=_responses(400, 408, 413, 415, 422, 503, *auth["statuses"]),
-              summary="Predict uploaded images (multipart/form-data, field 'files')",
-              dependencies=[Depends(_require_multipart), *auth["dependencies"]],
-              openapi_extra={"requestBody": {"required": True,
-                                             "content": {"multipart/form-data": {"schema": _upload_schema(settings)}}}})
-    async def upload_predict(request: Request, heatmap: bool = heatmap_query, reject: bool = reject_query,
-                             reject_threshold: float | None = threshold_query):
+              summary="Predict, catsdogs' labelled answer: images uploaded (multipart/form-data, field 'files') "
+                      "or in TensorFlow Serving's JSON",
+              dependencies=auth["dependencies"],
+              openapi_extra={"requestBody": {"required": True, "content": {**upload, **json_request}}})
+    async def labelled_predict(request: Request, heatmap: bool = heatmap_query, reject: bool = reject_query,
+                               reject_threshold: float | None = threshold_query):
+        multipart = _media_type(request) == "multipart/form-data"
+        if not multipart and _media_type(request) not in JSON_TYPES:
+            raise HTTPException(415, f"expected Content-Type multipart/form-data or application/json, got "
+                                     f"{_media_type(request)}: {MULTIPART_HINT}, or JSON like {JSON_EXAMPLE}")
         async with service.request_slot(request):
-            images = await _read_uploads(request, settings.max_images)
+            if multipart:
+                images = await _read_uploads(request, settings.max_images)
+            else:
+                images, _ = await _read_instances(request, settings.max_images)
             return PredictResponse(predictions=await service.predict_images(images, heatmap, reject, reject_threshold))
+
+
+V2_VERSION_PATH = Path(description="the model's version; a catsdogs server has one",
+                       json_schema_extra={"enum": [str(MODEL_VERSION)]})
+
+
+def _inline_references(schema):
+    """A pydantic JSON schema with its `$defs` written where they are referred to (OpenAPI looks for
+    references at the document's root, where a schema given by hand has none)."""
+    definitions = schema.pop("$defs", {})
+
+    def inline(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(definitions[node["$ref"].rsplit("/", 1)[1]])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(value) for value in node]
+        return node
+
+    return inline(schema)
+
+
+def _infer_schema(service):
+    """The OpenAPI schema of an inference request (parsed by hand: it may carry binary data after its
+    JSON), with what this server takes: one input, its names and types, at most `max_images` photos."""
+    schema = _inline_references(open_inference.InferRequest.model_json_schema())
+    tensor = schema["properties"]["inputs"]["items"]
+    schema["properties"]["inputs"].update(minItems=1, maxItems=1)
+    tensor["properties"]["name"]["enum"] = [IMAGE_INPUT, PIXELS_INPUT]
+    tensor["properties"]["datatype"]["enum"] = ["BYTES", *open_inference.PIXEL_TYPES]
+    tensor["properties"]["shape"].update(minItems=1, maxItems=4, items={"type": "integer", "minimum": 1,
+                                                                       "maximum": service.settings.max_images})
+    return schema
+
+
+def _add_open_inference_routes(app, service, auth):
+    settings = service.settings
+    max_tokens = open_inference.max_json_tokens(settings.max_images, settings.max_upload_bytes)
+    model_routes = dict(dependencies=auth["dependencies"], responses=_responses(400, 404, *auth["statuses"]))
+
+    @app.get("/v2/health/live", response_model=open_inference.ServerLive,
+             summary="Open Inference Protocol: whether the server is live")
+    async def server_live():
+        return open_inference.ServerLive(live=True)
+
+    @app.get("/v2/health/ready", response_model=open_inference.ServerReady,
+             summary="Open Inference Protocol: whether the server is ready (its model loaded and warmed up)")
+    async def server_ready():
+        return open_inference.ServerReady(ready=True)  # the app answers only once its lifespan has started
+
+    @app.get("/v2", response_model=open_inference.ServerMetadata,
+             summary="Open Inference Protocol: the server's name, version and extensions")
+    async def server_metadata():
+        return open_inference.server_metadata()
+
+    def metadata():
+        return open_inference.model_metadata(service.name, MODEL_VERSION, service.signature, service.format)
+
+    @app.get("/v2/models/{model_name:model_name}", response_model=open_inference.ModelMetadata,
+             summary="Open Inference Protocol: the model's inputs, outputs and classes", **model_routes)
+    async def model_metadata(model_name: str = _model_name_path(service)):
+        service.check_model(model_name)
+        return metadata()
+
+    @app.get("/v2/models/{model_name:model_name}/versions/{version}", response_model=open_inference.ModelMetadata,
+             summary="Open Inference Protocol: the model's metadata at a version", **model_routes)
+    async def model_version_metadata(model_name: str = _model_name_path(service), version: str = V2_VERSION_PATH):
+        service.check_model(model_name, version)
+        return metadata()
+
+    @app.get("/v2/models/{model_name:model_name}/ready", response_model=open_inference.ModelReady,
+             summary="Open Inference Protocol: whether the model is ready", **model_routes)
+    async def model_ready(model_name: str = _model_name_path(service)):
+        service.check_model(model_name)
+        return open_inference.ModelReady(name=service.name, ready=True)
+
+    @app.get("/v2/models/{model_name:model_name}/versions/{version}/ready", response_model=open_inference.ModelReady,
+             summary="Open Inference Protocol: whether the model is ready at a version", **model_routes)
+    async def model_version_ready(model_name: str = _model_name_path(service), version: str = V2_VERSION_PATH):
+        service.check_model(model_name, version)
+        return open_inference.ModelReady(name=service.name, ready=True)
+
+    async def infer(request):
+        if _media_type(request) not in (*JSON_TYPES, "application/octet-stream"):
+            raise HTTPException(415, f"expected Content-Type application/json (or application/octet-stream with "
+                                     f"{open_inference.BINARY_HEADER}), got {_media_type(request)}")
+        async with service.request_slot(request):
+            body = await request.body()
+            parsed = await run_in_threadpool(
+                open_inference.parse_request, body, request.headers.get(open_inference.BINARY_HEADER),
+                service.signature, settings.max_images, max_tokens)
+            if parsed.files is not None:
+                results = [result for _, result in await service.outputs_of_images(parsed.files)]
+            else:
+                results = await service.outputs_of_pixels(parsed.pixels, PIXELS_INPUT)
+            content, headers, media_type = open_inference.response(service.name, MODEL_VERSION, parsed,
+                                                                   [result.outputs for result in results])
+            return Response(content, headers=headers, media_type=media_type)
+
+    answer = {"application/json": {"schema": {"$ref": "#/components/schemas/InferResponse"}},
+              "application/octet-stream": {"schema": {"type": "string", "format": "binary", "description": (
+                  f"with binary outputs: the JSON answer, {open_inference.BINARY_HEADER} bytes, then the outputs")}}}
+    infer_route = dict(
+        response_model=open_inference.InferResponse, dependencies=auth["dependencies"],
+        responses={200: {"content": answer}, **_responses(400, 404, 408, 413, 415, 422, 503, *auth["statuses"])},
+        openapi_extra={"requestBody": {"required": True,
+                                       "content": {"application/json": {"schema": _infer_schema(service)}}}})
+
+    @app.post("/v2/models/{model_name:model_name}/infer",
+              summary="Open Inference Protocol: the model's outputs for photos (BYTES image files or FP32/UINT8 "
+                      "pixels)", **infer_route)
+    async def infer_latest(request: Request, model_name: str = _model_name_path(service)):
+        service.check_model(model_name)
+        return await infer(request)
+
+    @app.post("/v2/models/{model_name:model_name}/versions/{version}/infer",
+              summary="Open Inference Protocol: inference with a version of the model", **infer_route)
+    async def infer_version(request: Request, model_name: str = _model_name_path(service),
+                            version: str = V2_VERSION_PATH):
+        service.check_model(model_name, version)
+        return await infer(request)
 
 
 def create_app(classifier, name="model", metrics=None, settings=None, host="127.0.0.1"):
@@ -654,6 +885,7 @@ def create_app(classifier, name="model", metrics=None, settings=None, host="127.
     _add_page_and_health(app, service)
     _add_status_routes(app, service, auth)
     _add_predict_routes(app, service, auth)
+    _add_open_inference_routes(app, service, auth)
     return app
 
 

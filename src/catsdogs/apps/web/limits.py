@@ -1,4 +1,5 @@
-"""Request bodies bounded in size and time, and freed memory handed back to the system."""
+"""Request bodies bounded in size and time, requests in images and JSON structure, and freed memory handed
+back to the system."""
 
 import asyncio
 import ctypes
@@ -56,6 +57,18 @@ class BodyLimit:
             return event
 
         await self.app(scope, guarded_receive, send)
+
+
+def check_image_count(count, max_images):
+    """Refuses a request of more than `max_images` images with 413 (before any of them is decoded)."""
+    if count > max_images:
+        raise HTTPException(413, f"{count} images in one request; the limit is {max_images}")
+
+
+def count_json_tokens(body):
+    """The separators and brackets (`,` `:` `[` `{`) of a JSON body, counted before it is parsed:
+    every JSON value or key but the first follows one of them, so their count bounds what a parse builds."""
+    return sum(body.count(char) for char in b",:[{")
 
 
 def release_free_memory():

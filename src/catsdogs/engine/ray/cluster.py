@@ -25,12 +25,17 @@ def connect(address=None, num_cpus=None):
 
     if ray.is_initialized():  # a cluster this process already joined (a notebook, a test)
         return ray
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    address = cluster_address(address)
     # The catsdogs of this process travels with the job, so workers run the same code as the driver.
     runtime_env = {"py_modules": [os.path.dirname(catsdogs.__file__)]}
     local = {} if address else {"_node_ip_address": "127.0.0.1", "include_dashboard": False, "num_cpus": num_cpus}
     ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING, **local)
     return ray
+
+
+def cluster_address(address=None):
+    """The cluster `connect` joins: `address`, else $RAY_ADDRESS; None where it starts one on this machine."""
+    return address or os.environ.get("RAY_ADDRESS") or None
 
 
 def alive_nodes(ray):

@@ -141,8 +141,9 @@ def resized(batch, image_size):
     return paths, pixels, ok, errors
 
 
-# Arrow types of the Prediction fields by their annotation; the probabilities are one column per class.
-def _arrow_schema(classes):
+# Arrow types of the Prediction fields by their annotation; the probabilities are one column per class, a
+# multi-label model's labels one column of text (`Prediction.to_row`).
+def _arrow_schema(classes, multi_label=False):
     import pyarrow as pa
 
     from catsdogs.inference.classifier import Prediction
@@ -152,6 +153,8 @@ def _arrow_schema(classes):
     for field in dataclasses.fields(Prediction):
         if field.name == "probabilities":
             fields += [pa.field(f"p_{name}", pa.float64()) for name in classes]
+        elif field.name == "labels":
+            fields += [pa.field("labels", pa.string())] if multi_label else []
         elif field.type in types:
             fields.append(pa.field(field.name, types[field.type]))
         else:
@@ -174,7 +177,7 @@ class Scorer:
 
         self.classifier = load(model, format)
         self.views = views_for(tta)
-        self.schema = _arrow_schema(self.classifier.classes)
+        self.schema = _arrow_schema(self.classifier.classes, self.classifier.info.multi_label)
         self.node_id = node_id()
 
     def __call__(self, batch):
@@ -187,7 +190,8 @@ class Scorer:
         for array in (values.values() if isinstance(values, dict) else [values]):
             array[:, ~keep] = 0  # as `inference.pipeline.Outputs` holds failed files
         predictions = self.classifier.predictions(paths, Outputs(values, keep, errors))
-        rows = [{**p.to_row(self.classifier.classes), "node_id": self.node_id, "pid": os.getpid()}
+        rows = [{**p.to_row(self.classifier.classes, label_separator=self.classifier.info.label_separator),
+                 "node_id": self.node_id, "pid": os.getpid()}
                 for p in predictions]
         return pa.Table.from_pylist(rows, schema=self.schema)
 

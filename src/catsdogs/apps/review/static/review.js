@@ -1,7 +1,9 @@
 "use strict";
 // The review page: the photos of GET /photos, one card each; every decision goes to
 // POST /photos/{index}/decision, which has saved it to the corrections file when it answers.
-// Keys act on the current photo (the framed one), and a decision moves on to the next.
+// Keys act on the current photo (the framed one), and a decision moves on to the next. In a multi-label
+// run a photo has a set of labels: each label's button (or number key) adds or removes it, a relabel to
+// the new set, and stays on the photo so that several labels can be changed.
 
 const list = document.getElementById("photos");
 const template = document.getElementById("photo-template");
@@ -11,6 +13,22 @@ let photos = [];  // as the server last described them, by index
 const items = [];  // the card of each photo, by index
 let current = 0;
 let correctionsFile = "";
+let separator = null;  // a multi-label run's: what joins a photo's labels; null for one class a photo
+
+// A label set as the server writes it ("cats;dogs") as a list, and as the page shows it.
+function labelsOf(text) {
+  return text ? text.split(separator) : [];
+}
+
+function shown(label) {
+  if (separator === null) return label;
+  return labelsOf(label).join(", ") || "no label";
+}
+
+// The labels in force for a multi-label photo: the decided set, else the given one.
+function labelsInForce(photo) {
+  return labelsOf(photo.decision === "relabel" ? photo.label : photo.given_label);
+}
 
 function percent(probability) {
   return `${(100 * probability).toFixed(1)}%`;
@@ -31,8 +49,8 @@ function say(index, message, isError = false) {
 
 function describeDecision(photo) {
   switch (photo.decision) {
-    case "keep": return `Kept as ${photo.label}`;
-    case "relabel": return `Relabelled as ${photo.label}`;
+    case "keep": return `Kept as ${shown(photo.label)}`;
+    case "relabel": return `Relabelled as ${shown(photo.label)}`;
     case "exclude": return "Excluded from training";
     default: return "Not decided yet";
   }
@@ -70,22 +88,23 @@ function buildCard(photo) {
   const name = fileName(photo);
   card.dataset.index = photo.index;
   card.dataset.split = photo.split;
-  card.setAttribute("aria-label", `Photo ${photo.index + 1} of ${photos.length}: ${name}, labelled ${photo.given_label}`);
+  card.setAttribute("aria-label",
+                    `Photo ${photo.index + 1} of ${photos.length}: ${name}, labelled ${shown(photo.given_label)}`);
   const image = card.querySelector(".photo");
   image.loading = "lazy";
   image.src = `/photos/${photo.index}/photo.jpg`;
-  image.alt = `${name}, labelled ${photo.given_label}`;
+  image.alt = `${name}, labelled ${shown(photo.given_label)}`;
   const gradcam = card.querySelector(".gradcam");
   gradcam.src = `/photos/${photo.index}/gradcam.png`;
-  gradcam.alt = `Grad-CAM of ${name}: where the model saw ${photo.predicted}`;
-  card.querySelector(".gradcam-caption").textContent = `Grad-CAM: evidence for ${photo.predicted}`;
+  gradcam.alt = `Grad-CAM of ${name}: where the model saw ${photo.explained}`;
+  card.querySelector(".gradcam-caption").textContent = `Grad-CAM: evidence for ${photo.explained}`;
   card.querySelector(".name").textContent = `${photo.path} (${photo.split})`;
 
   const labels = card.querySelector(".labels");
   const given = document.createElement("strong");
-  given.textContent = photo.given_label;
+  given.textContent = shown(photo.given_label);
   const predicted = document.createElement("strong");
-  predicted.textContent = photo.predicted;
+  predicted.textContent = shown(photo.predicted);
   labels.append("Labelled ", given, ", predicted ", predicted, ` ${percent(photo.probability)}`);
   const why = [];
   if (photo.label_looks_wrong) why.push("its label looks wrong (cleanlab)");
@@ -96,10 +115,17 @@ function buildCard(photo) {
 
   const actions = card.querySelector(".actions");
   actions.setAttribute("aria-label", `Decision for ${name}`);
-  actions.append(actionButton(`Keep as ${photo.given_label}`, "k", "keep", null, () => choose(photo.index, "keep")));
-  for (const other of classes.filter((name) => name !== photo.given_label)) {
-    actions.append(actionButton(`Relabel as ${other}`, classKey(other), "relabel", other,
-                                () => choose(photo.index, "relabel", other)));
+  actions.append(actionButton(`Keep as ${shown(photo.given_label)}`, "k", "keep", null,
+                              () => choose(photo.index, "keep")));
+  if (separator !== null) {
+    for (const name of classes) {  // its text says add or remove, as the labels in force have it
+      actions.append(actionButton(name, classKey(name), "relabel", name, () => toggle(photo.index, name)));
+    }
+  } else {
+    for (const other of classes.filter((name) => name !== photo.given_label)) {
+      actions.append(actionButton(`Relabel as ${other}`, classKey(other), "relabel", other,
+                                  () => choose(photo.index, "relabel", other)));
+    }
   }
   if (photo.split !== "test") {
     actions.append(actionButton("Exclude from training", "x", "exclude", null, () => choose(photo.index, "exclude")));
@@ -116,6 +142,13 @@ function showDecision(photo) {
   else delete card.dataset.decision;
   card.querySelector(".decision-text").textContent = describeDecision(photo);
   for (const button of card.querySelectorAll(".actions button")) {
+    if (separator !== null && button.dataset.label) {  // a label's toggle: pressed while the photo has it
+      const has = labelsInForce(photo).includes(button.dataset.label);
+      button.firstChild.textContent = `${has ? "Remove" : "Add"} ${button.dataset.label} `;
+      button.setAttribute("aria-label", `${has ? "Remove" : "Add"} ${button.dataset.label}`);
+      button.setAttribute("aria-pressed", String(has));
+      continue;
+    }
     const pressed = button.dataset.decision === photo.decision &&
       (photo.decision !== "relabel" || button.dataset.label === photo.label);
     button.setAttribute("aria-pressed", String(pressed));
@@ -163,6 +196,17 @@ function choose(index, decision, label = null) {
   select(index + 1);
 }
 
+// Adds a label to a multi-label photo, or removes it: a relabel to the new set (its own set: kept). The
+// photo stays the current one, so that more of its labels can change.
+function toggle(index, name) {
+  const photo = photos[index];
+  const labels = labelsInForce(photo);
+  const changed = labels.includes(name) ? labels.filter((label) => label !== name) : [...labels, name];
+  const label = classes.filter((label) => changed.includes(label)).join(separator);  // in the server's order
+  if (label === photo.given_label) decide(index, "keep");
+  else decide(index, "relabel", label);
+}
+
 document.addEventListener("keydown", (event) => {
   if (event.ctrlKey || event.metaKey || event.altKey || !items.length) return;
   const key = event.key;
@@ -170,7 +214,10 @@ document.addEventListener("keydown", (event) => {
   else if (["ArrowLeft", "ArrowUp", "j"].includes(key)) select(current - 1);
   else if (key === "k") choose(current, "keep");
   else if (key === "x") choose(current, "exclude");
-  else if (/^[1-9]$/.test(key) && Number(key) <= classes.length) choose(current, "relabel", classes[Number(key) - 1]);
+  else if (/^[1-9]$/.test(key) && Number(key) <= classes.length) {
+    if (separator !== null) toggle(current, classes[Number(key) - 1]);
+    else choose(current, "relabel", classes[Number(key) - 1]);
+  }
   else return;
   event.preventDefault();
 });
@@ -187,6 +234,7 @@ async function start() {
     return;
   }
   ({ classes, photos } = listing);
+  separator = listing.label_separator ?? null;
   correctionsFile = listing.corrections_file;
   info.textContent = `Run ${listing.run}: ${photos.length} photos to review, highest loss first: training and ` +
     `validation photos whose labels look wrong, and the most confident mistakes. Classes: ${classes.join(", ")}.`;
@@ -200,7 +248,7 @@ async function start() {
   classes.slice(0, 9).forEach((name, i) => {
     const key = document.createElement("kbd");
     key.textContent = String(i + 1);
-    classKeys.append(i ? " · " : "", key, ` label as ${name}`);
+    classKeys.append(i ? " · " : "", key, separator === null ? ` label as ${name}` : ` add or remove ${name}`);
   });
   showProgress();
   if (!photos.length) {

@@ -52,9 +52,12 @@ async function showModel() {
   try {
     const health = await getJson("/healthz");
     const model = await getJson(`/v1/models/${encodeURIComponent(health.model)}`);
-    const accuracy = model.metrics ? `, test accuracy ${(100 * model.metrics.accuracy).toFixed(2)}%` : "";
+    // A multi-label model's headline is its mean average precision over the labels.
+    const accuracy = !model.metrics ? "" : model.multi_label ? `, test mAP ${(100 * model.metrics.mAP).toFixed(2)}%`
+      : `, test accuracy ${(100 * model.metrics.accuracy).toFixed(2)}%`;
     const format = model.format === "keras" ? "" : ` (${model.format} export: no Grad-CAM overlay)`;
-    info.textContent = `Model ${model.name}: ${model.backbone}, classes ${model.classes.join(", ")}${accuracy}${format}.`;
+    const classes = `${model.multi_label ? "labels (any number a photo)" : "classes"} ${model.classes.join(", ")}`;
+    info.textContent = `Model ${model.name}: ${model.backbone}, ${classes}${accuracy}${format}.`;
     return model.heatmaps;
   } catch (error) {
     info.textContent = `The model's description is unavailable (${error.message}).`;
@@ -85,7 +88,9 @@ function span(className, text = "") {
 
 function showPrediction(card, prediction) {
   card.dataset.state = "done";
-  card.dataset.label = prediction.label;
+  // A multi-label model answers a set of labels (maybe none); a single-label one a class.
+  const chosen = prediction.labels ?? [prediction.label];
+  card.dataset.label = prediction.accepted === false ? prediction.label : chosen.join(", ");
   const label = card.querySelector(".label");
   if (prediction.accepted === false) {
     card.dataset.state = "unknown";
@@ -95,13 +100,18 @@ function showPrediction(card, prediction) {
       `${prediction.in_distribution_score.toFixed(3)}); closest class: ` +
       `${Object.entries(prediction.probabilities).sort((a, b) => b[1] - a[1])[0][0]}.`;
     note.hidden = false;
+  } else if (prediction.labels && !prediction.labels.length) {
+    label.textContent = `No label applies (${Object.keys(prediction.probabilities).join(", ")})`;
+  } else if (prediction.labels) {
+    label.textContent = prediction.labels.map((name) => `${name} ${percent(prediction.probabilities[name])}`)
+      .join(" + ");
   } else {
     label.textContent = `${prediction.label} ${percent(prediction.probability)}`;
   }
   const bars = card.querySelector(".bars");
   for (const [name, probability] of Object.entries(prediction.probabilities)) {
     const row = document.createElement("div");
-    row.className = name === prediction.label ? "bar-row predicted" : "bar-row";
+    row.className = chosen.includes(name) ? "bar-row predicted" : "bar-row";
     const fill = document.createElement("span");
     fill.style.width = percent(probability);
     const bar = span("bar");
