@@ -3,8 +3,11 @@
 import json
 
 import numpy as np
+import pytest
 from sklearn.linear_model import LogisticRegression
 
+from catsdogs.config.train import TrainConfig
+from catsdogs.errors import ConfigError
 from catsdogs.evaluation import learning_curve as curves
 
 
@@ -54,3 +57,8 @@ def test_train_draws_the_curve_in_metrics_the_console_and_the_report(planted_run
     html = (run_dir / "report.html").read_text()
     assert "How many photos are enough" in html and "learning_curve.png" in html
     assert (run_dir / "learning_curve.png").stat().st_size > 10_000
+
+
+def test_a_multi_label_run_is_refused_a_learning_curve_before_any_photo_is_read(tmp_path):
+    with pytest.raises(ConfigError, match="learning_curve: .* not with multi_label"):
+        TrainConfig(data_dir=str(tmp_path), multi_label=True, learning_curve=True).check()
