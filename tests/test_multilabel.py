@@ -207,7 +207,7 @@ def test_the_api_answers_label_sets(multilabel_run):
         status = client.get("/v1/models/multilabel").json()
         assert status["multi_label"] and status["thresholds"] == pytest.approx(
             dict(zip(["cats", "dogs"], run.classifier.info.thresholds)))
-        served = client.post("/v1/models/multilabel:predict?reject=false",
+        served = client.post("/predict?reject=false",  # TF Serving's JSON, catsdogs' labelled answer
                              json={"instances": [{"b64": base64.b64encode(both).decode()}]}).json()["predictions"][0]
         uploaded = client.post("/predict?reject=false&heatmap=true", files={"files": ("both.jpg", both)}).json()
     expected = run.classifier.predict(data / "test" / "cats-dogs-00001.jpg", reject=False)[0]

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from catsdogs.cli import main
@@ -118,6 +119,78 @@ def test_compare_names_every_setting_that_differs_and_the_metrics_side_by_side(t
         assert metrics[f"per_class/{name}/recall"]["b"] == dense["per_class"][name]["recall"]
 
 
+def test_compare_tests_the_difference_on_the_same_photos_and_lists_the_changed_ones(trained_runs, capsys):
+    from scipy.stats import binomtest
+
+    from catsdogs.utils.csvfiles import read_csv
+
+    runs, _ = trained_runs
+    linear, dense = ({row["path"]: row for row in read_csv(runs / name / "predictions.csv")}
+                     for name in ("linear", "dense"))
+    only_linear = sum(linear[p]["predicted"] == linear[p]["true"] != dense[p]["predicted"] for p in linear)
+    only_dense = sum(dense[p]["predicted"] == dense[p]["true"] != linear[p]["predicted"] for p in linear)
+    changed = sorted(p for p in linear if linear[p]["predicted"] != dense[p]["predicted"])
+
+    assert main(["runs", str(runs), "--json", "--compare", "linear", "dense"]) == 0
+    test = json.loads(capsys.readouterr().out)["test"]
+    assert test["comparable"] is True and test["photos"] == len(linear) == 20
+    assert (test["only_in_a"], test["only_in_b"], test["labels_differ"]) == (0, 0, 0)
+    assert (test["mcnemar"]["only_a_right"], test["mcnemar"]["only_b_right"]) == (only_linear, only_dense)
+    expected_p = binomtest(only_dense, only_linear + only_dense).pvalue if only_linear + only_dense else 1
+    assert test["mcnemar"]["p_value"] == pytest.approx(expected_p)
+    assert sorted(row["path"] for row in test["changed"]) == changed
+    losses = [[float(rows[p]["loss"]) for p in linear] for rows in (linear, dense)]
+    assert test["log_loss"]["difference"] == pytest.approx(np.mean(losses[1]) - np.mean(losses[0]))
+    assert test["log_loss"]["ci"][0] <= test["log_loss"]["difference"] <= test["log_loss"]["ci"][1]
+    assert test["log_loss"]["difference"] == pytest.approx(metrics_of(runs / "dense")["log_loss"]
+                                                           - metrics_of(runs / "linear")["log_loss"], abs=1e-6)
+
+    assert main(["runs", str(runs), "--compare", "linear", "dense"]) == 0
+    text = capsys.readouterr().out
+    assert "Same 20 test photos in both runs." in text
+    assert f"p = {test['log_loss']['p_value']:.3g}" in text
+    if only_linear + only_dense:
+        assert f"McNemar's exact test: p = {expected_p:.3g}" in text
+        assert f"Photos whose answer changed ({len(changed)}):" in text and all(path in text for path in changed)
+    else:
+        assert "A and B are right and wrong on the same photos, all 20 of them" in text
+
+
+def test_runs_tested_on_different_photos_are_not_comparable(trained_runs, tmp_path, capsys):
+    from catsdogs.utils.csvfiles import read_csv, write_csv
+
+    runs, _ = trained_runs
+    other = tmp_path / "fewer"  # the linear run as if tested on 17 of its photos, one of them labelled otherwise
+    other.mkdir()
+    for name in ("config.json", "metrics.json"):
+        shutil.copy(runs / "linear" / name, other)
+    rows = read_csv(runs / "linear" / "predictions.csv")[3:]
+    rows[0]["true"] = "dogs" if rows[0]["true"] == "cats" else "cats"
+    write_csv(rows, other / "predictions.csv")
+    assert main(["runs", str(runs), "--compare", "dense", str(other)]) == 0  # a comparison, not an error
+    text = capsys.readouterr().out
+    assert ("not comparable: their test photos differ (3 only in A, 0 only in B, 1 labelled differently, 16 alike)"
+            in text)
+    assert "McNemar" not in text and "accuracy " in text  # the metrics still side by side
+    assert main(["runs", str(runs), "--json", "--compare", "dense", str(other)]) == 0
+    test = json.loads(capsys.readouterr().out)["test"]
+    assert (test["comparable"], test["only_in_a"], test["only_in_b"], test["labels_differ"]) == (False, 3, 0, 1)
+    assert "mcnemar" not in test and "changed" not in test
+
+
+def test_the_verdict_says_plainly_whether_a_difference_is_beyond_chance():
+    from catsdogs.engine.compare import verdict
+
+    def test(only_a, only_b, p, loss=None):
+        return {"photos": 2000, "mcnemar": {"only_a_right": only_a, "only_b_right": only_b, "p_value": p},
+                "log_loss": loss}
+
+    assert "distinguishable from chance at the 5% level: B is more accurate." in verdict(test(2, 14, 0.0042))
+    assert "not distinguishable from chance at the 5% level" in verdict(test(5, 8, 0.58))
+    better = {"difference": -0.012, "ci": [-0.02, -0.004], "p_value": 0.003}
+    assert "B's probabilities are better, beyond chance." in verdict(test(5, 8, 0.58, better))
+
+
 def test_compare_names_a_run_that_is_not_there(trained_runs, capsys):
     runs, _ = trained_runs
     assert main(["runs", str(runs), "--compare", "linear", "nosuchrun"]) == 2
@@ -154,9 +227,9 @@ def test_unfinished_and_incomplete_folders_are_skipped_and_named(trained_runs, t
     assert no_metrics == f"skipped {folder / 'no-metrics'}: not a run directory: no metrics.json"
 
 
-def test_importing_runs_and_tracking_loads_neither_tensorflow_nor_mlflow():
+def test_importing_runs_compare_and_tracking_loads_neither_tensorflow_nor_mlflow():
     loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, catsdogs.store.runs, catsdogs.engine.tracking; "
+        [sys.executable, "-c", "import sys, catsdogs.store.runs, catsdogs.engine.compare, catsdogs.engine.tracking; "
                                "print(sorted({'tensorflow', 'keras', 'mlflow'} & set(sys.modules)))"],
         capture_output=True, text=True, timeout=60, check=True)
     assert loaded.stdout.strip() == "[]"

@@ -41,8 +41,9 @@ _PUBLIC = {
     "evaluate": "catsdogs.evaluation.evaluate",
     "Evaluation": "catsdogs.evaluation.evaluate",
     "TrainConfig": "catsdogs.config.train",
-    # Run directories side by side (runs.py reads their JSON files only).
-    **{name: "catsdogs.store.runs" for name in ("list_runs", "compare_runs", "format_runs", "format_comparison")},
+    # Run directories side by side (runs.py reads their JSON files only; compare.py their predictions too).
+    **{name: "catsdogs.store.runs" for name in ("list_runs", "format_runs")},
+    **{name: "catsdogs.engine.compare" for name in ("compare_runs", "format_comparison")},
     # The errors a user catches (all in errors.py, all `CatsdogsError`s).
     **{name: "catsdogs.errors" for name in (
         "CatsdogsError", "ConfigError", "DataError", "ImageError", "ModelNotFoundError", "UnsupportedError",
@@ -66,7 +67,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time these come from __g
     )
     from catsdogs.evaluation.evaluate import Evaluation, evaluate
     from catsdogs.inference.classifier import Classifier, Prediction, load
-    from catsdogs.store.runs import compare_runs, format_comparison, format_runs, list_runs
+    from catsdogs.engine.compare import compare_runs, format_comparison
+    from catsdogs.store.runs import format_runs, list_runs
 
 
 def __getattr__(name):

@@ -14,6 +14,7 @@ from catsdogs.config.choices import (
     ENGINES,
     FORMATS,
     INFERENCE_BATCH_SIZE,
+    MAX_SIMILAR,
     QUANTIZATIONS,
     REVIEW_MISTAKES,
     UNKNOWN_LABEL,
@@ -159,8 +160,10 @@ def printable(name):
 
 def format_table(predictions, top_k=1):
     """A plain table: path, label, probability (and in-distribution score), and the next most
-    probable classes with `top_k` above 1; errors on their own line. A multi-label model's table has
-    the set of labels ("none" where none applies, "unknown" when rejected) and every label's probability.
+    probable classes with `top_k` above 1; errors on their own line; the similar training photos
+    where asked for, one indented line each (similarity, label, path relative to the run's data folder).
+    A multi-label model's table has the set of labels ("none" where none applies, "unknown" when
+    rejected) and every label's probability.
 
     Odd characters in file names (newlines, undecodable bytes) are escaped, so each file keeps one line.
     """
@@ -184,6 +187,8 @@ def format_table(predictions, top_k=1):
             lines.append(f"{name:<{width}}  {score}{answer:<22} {every}{top}")
         else:
             lines.append(f"{name:<{width}}  {score}{p.label:<12} {p.probability:.4f}{top}")
+        lines += [f"    similar {photo.similarity:.4f}  {photo.label:<12} {printable(photo.path)}"
+                  for photo in p.similar or ()]
     return "\n".join(lines)
 
 
@@ -195,6 +200,8 @@ def _predict_on_ray(args):
     if args.top_k != 1:
         raise ConfigError("--top-k is for predictions printed or written here; --engine ray's Parquet files have "
                           "every class's probability (p_CLASS columns)")
+    if args.similar:
+        raise ConfigError("--similar is for predictions printed or written here, not --engine ray's Parquet files")
     result = predict_to_parquet(args.model, args.inputs, args.output, args.ray_address or None,
                                 args.ray_workers, args.format, args.tta, args.batch_size)
     print(f"{result.rows} predictions ({result.errors} errors) written to {result.output} by {result.workers} "
@@ -205,6 +212,8 @@ def _predict_on_ray(args):
 def _predict(args):
     if args.top_k < 1:
         raise ConfigError(f"--top-k {args.top_k}: expected at least 1")
+    if not 0 <= args.similar <= MAX_SIMILAR:
+        raise ConfigError(f"--similar {args.similar}: expected 1 to {MAX_SIMILAR}")
     if args.engine == "ray":  # before anything loads TensorFlow: this process only lists files and starts Ray
         return _predict_on_ray(args)
     from catsdogs.inference.classifier import load
@@ -214,12 +223,13 @@ def _predict(args):
         raise ConfigError("--output is for --engine ray (Parquet); use --csv FILE or --json")
     classifier = load(args.model, args.format)
     predictions = classifier.predict(args.inputs, args.tta, args.batch_size, reject=args.reject,
-                                     reject_threshold=args.reject_threshold, unknown_label=args.unknown_label)
+                                     reject_threshold=args.reject_threshold, unknown_label=args.unknown_label,
+                                     similar=args.similar)
     if args.json:
         print(json.dumps([p.to_dict(args.top_k) for p in predictions], indent=2))
-    elif args.csv:
-        write_csv([p.to_row(classifier.classes, args.top_k, classifier.info.label_separator) for p in predictions],
-                  args.csv)  # same columns per row
+    elif args.csv:  # the same columns on every row
+        write_csv([p.to_row(classifier.classes, args.top_k, classifier.info.label_separator, args.similar)
+                   for p in predictions], args.csv)
         print(f"{len(predictions)} predictions written to {args.csv}")
     else:
         print(format_table(predictions, args.top_k))
@@ -253,8 +263,10 @@ def _runs(args):
     from catsdogs.store import runs
 
     if args.compare:
-        comparison = runs.compare_runs(*args.compare, folder=args.folder)
-        print(json.dumps(comparison, indent=2) if args.json else runs.format_comparison(comparison))
+        from catsdogs.engine.compare import compare_runs, format_comparison
+
+        comparison = compare_runs(*args.compare, folder=args.folder)
+        print(json.dumps(comparison, indent=2) if args.json else format_comparison(comparison))
         return
     listed = runs.list_runs(args.folder)  # folders that are not finished runs are named on stderr
     if args.json:
@@ -270,7 +282,10 @@ def _add_runs(commands):
                     "other settings that differ from the defaults, test accuracy, balanced accuracy, the share "
                     "of unknown photos accepted (runs trained with --unknown-data), the seconds of the training "
                     "stages and the date. Folders that are not finished runs are named on stderr. With --compare, "
-                    "every setting that differs between two runs, then their metrics side by side.")
+                    "every setting that differs between two runs, their metrics side by side, and, where both were "
+                    "tested on the same photos, whether they differ by more than chance (McNemar's exact test, a "
+                    "paired bootstrap of the log-loss) and the photos whose answer changed; runs tested on "
+                    "different photos are said not to be comparable.")
     p.add_argument("folder", nargs="?", default="runs", metavar="DIR",
                    help="folder of run directories (default: %(default)s)")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two run directories, or names of runs in DIR")
@@ -459,6 +474,10 @@ def build_parser():
     p.add_argument("--unknown-label", default=UNKNOWN_LABEL, help="the label of rejected photos (default: %(default)s)")
     p.add_argument("--top-k", type=int, default=1, metavar="N",
                    help="also show the N most probable classes of each photo, with their probabilities")
+    p.add_argument("--similar", type=int, default=0, metavar="K",
+                   help=f"also name the K training photos most similar to each photo (path, label, cosine "
+                        f"similarity of their features; at most {MAX_SIMILAR}): a run directory whose model has a "
+                        f"kNN open-set score (the default)")
     _add_format(p)
     _add_engine(p, "scores the photos on a Ray cluster (INPUTS may also be URIs such as s3://bucket/photos) "
                 "into Parquet files in --output")

@@ -44,6 +44,10 @@ LABEL_SEPARATOR = ";"
 OPEN_SET_METHODS = ("msp", "energy", "mahalanobis", "knn", "imagenet")  # models/openset.py says what each is
 OPEN_SET_KEEP = 0.99  # share of known (training) photos the rejection threshold keeps
 UNKNOWN_LABEL = "unknown"  # the label of a photo rejected as none of the classes
+# Answers explained by example: the most training photos one answer names (`predict --similar`, `?similar=`),
+# and how many the report and the review page show.
+MAX_SIMILAR = 20
+SIMILAR_SHOWN = 5
 
 # Photos from others: guards against decompression bombs (a photo of about 50 megapixels is already rare)
 # and against files that are not photos at all (read whole into memory only to be refused by their pixels).

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from catsdogs.config.choices import SIMILAR_SHOWN
 from catsdogs.config.train import TrainConfig
 from catsdogs.data import labels, near_duplicates
 from catsdogs.data.corrections import apply_listed
@@ -28,6 +29,7 @@ from catsdogs.inference.features import extractor_features
 from catsdogs.inference.model_formats import KerasModel, compiled_forward
 from catsdogs.inference.pipeline import run_on_files
 from catsdogs.inference.preprocess import views_for
+from catsdogs.inference.similar import training_photos_of
 from catsdogs.models import backbones, calibration, heads, multilabel, openset
 from catsdogs.models import model as model_lib
 from catsdogs.models.folding import fold_batch_normalization
@@ -486,6 +488,24 @@ def fit_open_set(prepared: Prepared, split_features, oof_logits, temperature):
                                 1.0 if config.multi_label else temperature, imagenet, config.open_set_keep, config.seed)
 
 
+def bank_labels(y, rows, class_names, config):
+    """The label of each photo of the kNN bank, as similar.csv names it: its class, or a multi-label
+    photo's labels joined by the label separator."""
+    if config.multi_label:
+        return [config.label_separator.join(name for name, has in zip(class_names, y[row]) if has) for row in rows]
+    return [class_names[y[row]] for row in rows]
+
+
+def similar_test_photos(classifier, open_set, test):
+    """The training photos most similar to each test photo, from the features extracted (the report shows
+    them beside its mistakes), or None where the model keeps no kNN bank."""
+    if classifier.training_photos is None:
+        return None
+    k = min(SIMILAR_SHOWN, len(classifier.training_photos))
+    similarities, rows = (np.asarray(values) for values in open_set.layer.nearest(test.x[0], k))
+    return [classifier.training_photos.similar(*photo) for photo in zip(rows, similarities)]
+
+
 def review_rows(evaluation, train_and_val):
     """What `catsdogs review` lists: every photo's out-of-sample prediction and whether its label looks wrong.
 
@@ -524,6 +544,8 @@ def write(run: Run, prepared: Prepared) -> str:
                                           for row in run.review])
         if run.history:
             writer.write_csv(run_dir.HISTORY, run.history, HISTORY_FIELDS)
+        if run.classifier.training_photos is not None:  # which photo each row of the model's kNN bank is
+            writer.write_csv(run_dir.SIMILAR, run.classifier.training_photos.rows(), run_dir.SIMILAR_COLUMNS)
         model_lib.save(run.model, writer.path(run_dir.MODEL))
         if run.classifier.runtime.backbone is not None:  # what predict and serve run the backbone with
             writer.copy(run.classifier.runtime.backbone.path, run_dir.BACKBONE)
@@ -611,7 +633,10 @@ def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:
     # The classifier computes as extraction did: its backbone in ONNX Runtime where the features came from there.
     backbone = (onnx_backbone(extractor, config.precision, config.cache_dir, calibration_photos(prepared))
                 if config.runtime == "onnx" else None)
-    classifier = Classifier(KerasModel(model, backbone))
+    bank = open_set.bank_rows if open_set else None
+    classifier = Classifier(KerasModel(model, backbone), training_photos_of(
+        [train.paths[row] for row in bank], bank_labels(train.y, bank, class_names, config), config.data_dir)
+        if bank is not None else None)
     if open_set:
         scores = {name: np.asarray(open_set.layer([split.x[0], logits[0]]))
                   for name, split, logits in (("val", val, val_logits), ("test", test, test_logits))}
@@ -626,6 +651,7 @@ def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:
         open_set=OpenSetResults(
             open_set.methods, open_set.threshold, open_set.keep, open_set.training_kept, scores["val"],
             scores["test"], *(unknown or (None, None))) if open_set else None,
+        similar=similar_test_photos(classifier, open_set, test),
         **({"label_separator": config.label_separator} if config.multi_label else {}))
     review = review_rows(evaluation, ((train, oof_logits), (val, val_logits[0])))
     run = Run(config, classifier, evaluation, None, prepared.splits, history, review)

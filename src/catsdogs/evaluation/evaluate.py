@@ -14,16 +14,17 @@ import os
 import numpy as np
 from sklearn import metrics as skm
 
-from catsdogs.config.choices import INFERENCE_BATCH_SIZE
+from catsdogs.config.choices import INFERENCE_BATCH_SIZE, SIMILAR_SHOWN
 from catsdogs.data import dataset as data
 from catsdogs.data.scan import scan_dataset
 from catsdogs.errors import DataError, UnsupportedError
 from catsdogs.evaluation import figures as report
 from catsdogs.evaluation.metrics import compute_metrics, format_metrics, label_issues, stage_summary
 from catsdogs.evaluation.report import prediction_rows, write_html
+from catsdogs.evaluation.statistics import wilson_interval
 from catsdogs.inference.preprocess import DISPLAY_SIZE
 from catsdogs.models import calibration
-from catsdogs.models.model import SCORE, predicted_classes
+from catsdogs.models.model import SCORE, SIMILAR_ROWS, SIMILARITIES, predicted_classes
 from catsdogs.models.multilabel import predicted_labels
 from catsdogs.store import run_dir
 from catsdogs.utils.files import timestamp
@@ -70,16 +71,19 @@ class OpenSetResults:
 
     def metrics(self, y_true, probabilities, class_names, threshold) -> dict:
         """Shares kept, accuracy on the accepted photos (multi-label: exact match, `threshold` one per label)
-        and, with unknown photos, AUROC and false accepts."""
+        and, with unknown photos, AUROC and false accepts; the accuracy and the share of unknown photos
+        accepted with their 95% Wilson intervals (NAME_ci)."""
         accepted = self.test_scores >= self.threshold
         if np.ndim(y_true) == 2:  # multi-label: the whole label set right
             correct = (predicted_labels(probabilities, threshold) == y_true).all(axis=1)
         else:
             correct = predicted_classes(probabilities, threshold) == y_true
+        right = int(correct[accepted].sum())
         result = {"methods": list(self.methods), "threshold": self.threshold, "keep": self.keep,
                   "training_kept": self.training_kept, "test_kept": float(accepted.mean()),
                   "test_accepted": int(accepted.sum()),
-                  "test_accuracy_accepted": float(correct[accepted].mean()) if accepted.any() else None}
+                  "test_accuracy_accepted": float(right / accepted.sum()) if accepted.any() else None,
+                  "test_accuracy_accepted_ci": wilson_interval(right, accepted.sum())}
         if self.validation_scores is not None:
             result["validation_kept"] = float((self.validation_scores >= self.threshold).mean())
         if self.unknown_scores is not None and len(self.unknown_scores):
@@ -87,6 +91,7 @@ class OpenSetResults:
             result["unknown"] = {
                 "photos": len(unknown),
                 "accepted": float((unknown >= self.threshold).mean()),
+                "accepted_ci": wilson_interval((unknown >= self.threshold).sum(), len(unknown)),
                 "auroc": float(skm.roc_auc_score(np.r_[np.ones(len(known)), np.zeros(len(unknown))],
                                                  np.r_[known, unknown])),
                 **{f"false_accepts_at_{int(keep * 100)}": float(
@@ -139,6 +144,8 @@ class Evaluation:
         classifier: the `Classifier` evaluated (for Grad-CAM), if known.
         open_set: `OpenSetResults` where the model has an in-distribution score.
         learning_curve: `evaluation.learning_curve.learning_curve`'s result, where training drew it.
+        similar: for each photo, the training photos most similar to it (`inference.similar.SimilarPhoto`s,
+            most similar first), where the classifier names them (`Classifier.check_similar`).
     """
 
     paths: list
@@ -160,6 +167,7 @@ class Evaluation:
     classifier: object = dataclasses.field(default=None, repr=False)
     open_set: OpenSetResults = None
     learning_curve: dict = None
+    similar: list = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def from_outputs(cls, paths, y_true, class_names, *, logits=None, probabilities=None, temperature=None,
@@ -269,8 +277,11 @@ class Evaluation:
         return rows
 
     def mistakes(self, k: int = None) -> list:
-        """The wrongly predicted photos, highest loss (most confident mistake) first; the first `k` if given."""
-        wrong = sorted((row for row in self.rows if row["predicted"] != row["true"]), key=lambda row: -row["loss"])
+        """The wrongly predicted photos, highest loss (most confident mistake) first; the first `k` if given.
+        Each row holds "similar": its most similar training photos, where known (`similar`)."""
+        similar = dict(zip(self.paths, self.similar)) if self.similar is not None else {}
+        wrong = sorted(({**row, "similar": similar.get(row["path"], ())} for row in self.rows
+                        if row["predicted"] != row["true"]), key=lambda row: -row["loss"])
         return wrong if k is None else wrong[:k]
 
     def __str__(self):
@@ -306,6 +317,13 @@ class Evaluation:
         if self.classifier is None:
             raise UnsupportedError("this evaluation has no classifier to explain: evaluate one with catsdogs.evaluate")
         return report.plot_gradcam(self.mistakes(k), self.classifier.explainer())
+
+    def plot_similar(self, k: int = GRADCAM_MISTAKES):
+        """The `k` most confident mistakes, each beside the training photos most similar to it."""
+        if self.similar is None:
+            raise UnsupportedError("this evaluation does not know the training photos similar to its photos: "
+                                   "evaluate a run directory whose model has a kNN open-set score (the default)")
+        return report.plot_similar(self.mistakes(k), self._photo_size)
 
     def _require_open_set(self):
         if self.open_set is None:
@@ -369,6 +387,8 @@ class Evaluation:
                    run_dir.CURVES: self.plot_curves}
         if self.classifier is not None and self.classifier.model is not None and self.mistakes():
             figures[run_dir.GRADCAM] = self.plot_gradcam
+        if self.similar is not None and self.mistakes():
+            figures[run_dir.SIMILAR_FIGURE] = self.plot_similar
         if self.open_set is not None:
             figures.update({run_dir.OPEN_SET: self.plot_open_set, run_dir.REJECTIONS: self.plot_rejections})
         if self.learning_curve is not None:
@@ -383,6 +403,16 @@ class Evaluation:
             if not relative.startswith(os.pardir):
                 return relative
         return os.path.abspath(path)
+
+
+def similar_shown(classifier, k=SIMILAR_SHOWN) -> int:
+    """How many similar training photos an evaluation shows of each photo: `k` (fewer where the model keeps
+    fewer), or 0 where the classifier cannot name them (`Classifier.check_similar` says why)."""
+    try:
+        classifier.check_similar(1)
+    except (UnsupportedError, DataError):
+        return 0
+    return min(k, classifier.runtime.bank_size)
 
 
 def evaluate(classifier, data_dir, tta: bool = False, batch_size: int = INFERENCE_BATCH_SIZE,
@@ -423,13 +453,18 @@ def evaluate(classifier, data_dir, tta: bool = False, batch_size: int = INFERENC
         raise DataError(f"{data_dir}: classes {unknown} are unknown to the model, which knows {class_names}")
     scan = scan_dataset(dataclasses.replace(dataset, splits={split: dataset.splits[split]}))
     samples = [s for s in dataset.splits[split] if s.path in scan.hashes]
-    outputs = classifier.outputs_of_files([s.path for s in samples], tta, batch_size, desc="evaluate")
+    outputs = classifier.outputs_of_files([s.path for s in samples], tta, batch_size, desc="evaluate",
+                                          similar=similar_shown(classifier))
     for path, reason in outputs.errors.items():
         scan.add_problem(path, reason)
     kept = [s for s, ok in zip(samples, outputs.ok) if ok]
     if not kept:
         raise DataError(f"{data_dir}: none of the {len(dataset.splits[split])} photos could be read")
     values = {name: v[:, outputs.ok] for name, v in outputs.values.items()}
+    similar = None
+    if SIMILAR_ROWS in values:  # of the photo as it is (the first view)
+        similar = [classifier.training_photos.similar(rows, similarities)
+                   for rows, similarities in zip(values[SIMILAR_ROWS][0], values[SIMILARITIES][0])]
     open_set = None
     if classifier.has_open_set:
         open_set = OpenSetResults(classifier.info.open_set, classifier.info.reject_threshold,
@@ -454,7 +489,7 @@ def evaluate(classifier, data_dir, tta: bool = False, batch_size: int = INFERENC
         [os.path.abspath(s.path) for s in kept], y_true, class_names, probabilities=values["probabilities"],
         threshold=threshold, data_dir=os.path.abspath(data_dir), integrity=scan.to_json(),
         title=f"catsdogs evaluation of {info.backbone} on {data_dir}", classifier=classifier,
-        open_set=open_set, **attributes)
+        open_set=open_set, similar=similar, **attributes)
 
 
 def default_output_dir(run_or_model):

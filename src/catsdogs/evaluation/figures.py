@@ -346,4 +346,36 @@ def plot_near_duplicates(pairs, total=None, image_size=DISPLAY_SIZE, columns=2, 
             ax = axes.flat[2 * number + side]
             title = f"{split}: {_short(os.path.basename(path), 24)}" + (f"\n{found}" if side == 0 else "\n")
             _show(ax, path, title, WRONG if split == "test" else "black", image_size)
+
+
+def plot_similar(mistakes, image_size=DISPLAY_SIZE):
+    """Mistakes, each beside the training photos most similar to it: which photos the model thinks it resembles.
+
+    A training photo's title is green where its label is the mistake's true class, red where it is the
+    class wrongly predicted; one whose file is not reachable from here is named instead of shown.
+
+    Args:
+        mistakes: prediction rows, most confident mistakes first, each with "similar": its
+            `inference.similar.SimilarPhoto`s, most similar first.
+        image_size: the side photos are decoded near.
+    """
+    columns = 1 + max((len(row["similar"]) for row in mistakes), default=0)
+    fig, axes = new_figure(max(1, len(mistakes)), columns, figsize=(2.4 * columns, 2.7 * max(1, len(mistakes))))
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle("Most confident mistakes (left) and the training photos most similar to each\n"
+                 "(label and cosine similarity of features; green: the true class, red: the class predicted)")
+    for line, row in zip(axes, mistakes):
+        _show(line[0], row["path"], f"{_short(row['predicted'])} {row['probability']:.2f}, true {_short(row['true'])}\n"
+                                    f"{_short(os.path.basename(row['path']), 28)}", WRONG, image_size)
+        for ax, photo in zip(line[1:], row["similar"]):
+            color = RIGHT if photo.label == row["true"] else WRONG if photo.label == row["predicted"] else "black"
+            title = f"{_short(photo.label)} {photo.similarity:.2f}\n{_short(os.path.basename(photo.path), 28)}"
+            if photo.file is None:
+                ax.text(0.5, 0.5, "not reachable\nfrom here", ha="center", va="center")
+                ax.set_title(title, color=color, fontsize=10)
+            else:
+                _show(ax, photo.file, title, color, image_size)
+    if not mistakes:
+        axes[0, 0].text(0, 0.5, "no mistakes", fontsize=14)
     return fig

@@ -3,6 +3,7 @@
 import numpy as np
 from sklearn import metrics as skm
 
+from catsdogs.evaluation.statistics import add_intervals
 from catsdogs.models import calibration
 from catsdogs.models.model import predicted_classes
 
@@ -15,7 +16,8 @@ SMALL_CLASS = 30
 def compute_metrics(y_true, probabilities, class_names, threshold: float = 0.5) -> dict:
     """Accuracy, balanced accuracy, per-class and averaged precision/recall/F1 and PR-AUC, the
     smallest class and its recall, top-k accuracy (more than 3 classes), ROC-AUC, log-loss, ECE,
-    the confusion matrix and its most confused pairs, and warnings about classes too small to trust.
+    the confusion matrix and its most confused pairs, and warnings about classes too small to trust;
+    each accuracy-like metric with its 95% interval beside it, NAME_ci (`statistics.add_intervals`).
 
     Args:
         y_true: true class indices.
@@ -65,6 +67,8 @@ def compute_metrics(y_true, probabilities, class_names, threshold: float = 0.5) 
     if len(class_names) > min(TOP_K):
         result["top_k_accuracy"] = {str(k): float(skm.top_k_accuracy_score(y_true, probabilities, k=k, labels=labels))
                                     for k in TOP_K if k < len(class_names)}
+    add_intervals(result, confusion, {k: round(value * len(y_true))
+                                      for k, value in result.get("top_k_accuracy", {}).items()})
     if len(np.unique(y_true)) == len(class_names):
         scores = probabilities[:, 1] if len(class_names) == 2 else probabilities
         result["roc_auc"] = float(skm.roc_auc_score(y_true, scores, multi_class="ovr", labels=labels))
@@ -109,9 +113,15 @@ def stage_summary(val, test, class_names, seconds, probabilities_of=calibration.
     return summary
 
 
+def _interval(interval):
+    """" [low, high]" of a 95% interval, or nothing (metrics written before catsdogs had them)."""
+    return f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else ""
+
+
 def format_metrics(metrics: dict) -> str:
     """A classification_report-style table followed by the threshold-free scores (a multi-label run's:
-    `multilabel.format_label_metrics`), then warnings, the open set and test-time augmentation."""
+    `multilabel.format_label_metrics`), then warnings, the open set and test-time augmentation; accuracy,
+    balanced accuracy and the smallest class's recall with their 95% intervals in brackets."""
     if metrics.get("multi_label"):
         from catsdogs.evaluation.multilabel import format_label_metrics  # it builds on this module
 
@@ -122,11 +132,15 @@ def format_metrics(metrics: dict) -> str:
     if metrics.get("open_set"):
         o = metrics["open_set"]
         lines.append(f"open set ({'+'.join(o['methods'])}): threshold {o['threshold']:.4f} keeps {o['test_kept']:.2%} "
-                     f"of the test photos" + (f" (accuracy on them {o['test_accuracy_accepted']:.4f})"
+                     f"of the test photos" + (f" (accuracy on them {o['test_accuracy_accepted']:.4f}"
+                                              f"{_interval(o.get('test_accuracy_accepted_ci'))})"
                                               if o["test_accuracy_accepted"] is not None else ""))
         if o.get("unknown"):
             u = o["unknown"]
-            lines.append(f"unknown photos: {u['photos']}, {u['accepted']:.1%} wrongly accepted; AUROC {u['auroc']:.4f}; "
+            accepted = u.get("accepted_ci")
+            lines.append(f"unknown photos: {u['photos']}, {u['accepted']:.1%} wrongly accepted"
+                         + (f" [{accepted[0]:.1%}, {accepted[1]:.1%}]" if accepted else "")
+                         + f"; AUROC {u['auroc']:.4f}; "
                          f"false accepts at 99%/95% of test kept: {u['false_accepts_at_99']:.1%}/"
                          f"{u['false_accepts_at_95']:.1%}")
     if metrics.get("learning_curve"):
@@ -137,10 +151,13 @@ def format_metrics(metrics: dict) -> str:
         lines.append(curve["statement"])
     if metrics.get("tta"):
         tta = metrics["tta"]
-        lines.append(f"with test-time augmentation: accuracy {tta['accuracy']:.4f} ({tta['errors']} errors), "
-                     f"log-loss {tta['log_loss']:.4f}")
+        lines.append(f"with test-time augmentation: accuracy {tta['accuracy']:.4f}{_interval(tta.get('accuracy_ci'))} "
+                     f"({tta['errors']} errors), log-loss {tta['log_loss']:.4f}")
+    if metrics.get("intervals"):
+        intervals = metrics["intervals"]
+        lines.append(f"[low, high]: {intervals['level']:.0%} intervals ({intervals['proportions']}; balanced "
+                     f"accuracy: {intervals['means_of_proportions']})")
     return "\n".join(lines)
-
 
 
 def _class_lines(metrics):
@@ -154,11 +171,13 @@ def _class_lines(metrics):
         lines.append(f"{name:>{width}} {row['precision']:9.4f} {row['recall']:9.4f} {row['f1']:9.4f} {row['support']:8d}")
     lines.append("")
     errors = f"{metrics['errors']} error" + ("" if metrics["errors"] == 1 else "s")
-    lines.append(f"accuracy {metrics['accuracy']:.4f} ({errors} in {metrics['images']} images)   "
-                 f"balanced accuracy {metrics['balanced_accuracy']:.4f}")
+    lines.append(f"accuracy {metrics['accuracy']:.4f}{_interval(metrics.get('accuracy_ci'))} ({errors} in "
+                 f"{metrics['images']} images)   balanced accuracy {metrics['balanced_accuracy']:.4f}"
+                 f"{_interval(metrics.get('balanced_accuracy_ci'))}")
     smallest = metrics["smallest_class"]
     if smallest["unbalanced"]:
-        lines.append(f"smallest class {smallest['name']!r}: {smallest['photos']} photos, recall {smallest['recall']:.4f}")
+        lines.append(f"smallest class {smallest['name']!r}: {smallest['photos']} photos, recall "
+                     f"{smallest['recall']:.4f}{_interval(smallest.get('recall_ci'))}")
     if metrics.get("top_k_accuracy"):
         lines.append("   ".join(f"top-{k} accuracy {v:.4f}" for k, v in metrics["top_k_accuracy"].items()))
     auc = f"{metrics['roc_auc']:.4f}" if metrics["roc_auc"] is not None else "n/a"

@@ -6,17 +6,28 @@ ONNX, TFLite) predicts through the same decoding, resizing and views (`inference
 """
 
 import dataclasses
+import functools
+import os
 
 import numpy as np
 
 from catsdogs.config.choices import INFERENCE_BATCH_SIZE, UNKNOWN_LABEL
 from catsdogs.data.dataset import expand_inputs
-from catsdogs.errors import UnsupportedError
+from catsdogs.errors import ConfigError, DataError, UnsupportedError
 from catsdogs.inference import model_formats as runtimes
 from catsdogs.inference.pipeline import run_on_files
 from catsdogs.inference.preprocess import VIEWS, prepare_batch, views_for
-from catsdogs.models.model import SCORE, ModelInfo, predicted_classes, probabilities_by_class
+from catsdogs.inference.similar import read_training_photos
+from catsdogs.models.model import (
+    SCORE,
+    SIMILAR_ROWS,
+    SIMILARITIES,
+    ModelInfo,
+    predicted_classes,
+    probabilities_by_class,
+)
 from catsdogs.models.multilabel import predicted_labels
+from catsdogs.store import run_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +50,8 @@ class Prediction:
             share of training photos that look less typical); None for a model without one.
         accepted: whether the score reaches the reject threshold (None without a score).
         error: why the file could not be predicted (None when it was).
+        similar: the training photos most similar to it (`inference.similar.SimilarPhoto`), most similar
+            first, where asked for (`Classifier.predict(similar=k)`).
     """
 
     path: str
@@ -49,21 +62,23 @@ class Prediction:
     in_distribution_score: float = None
     accepted: bool = None
     error: str = None
+    similar: tuple = None
 
     def top(self, k: int) -> list:
         """The `k` most probable classes, as (class name, probability), most probable first ([] on error)."""
         return sorted((self.probabilities or {}).items(), key=lambda item: -item[1])[:k]
 
     def to_dict(self, top_k: int = 1) -> dict:
-        """The fields that are set: path, label, probability, probabilities, the score; or path and
-        error; with `top_k` above 1, "top_k": the most probable classes as [{"label", "probability"}]."""
+        """The fields that are set: path, label, probability, probabilities, the score, "similar" (as
+        [{"row", "path", "label", "similarity", "file"}]); or path and error; with `top_k` above 1,
+        "top_k": the most probable classes as [{"label", "probability"}]."""
         fields = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
         if top_k > 1 and self.error is None:
             fields["top_k"] = [{"label": label, "probability": probability} for label, probability in self.top(top_k)]
         return fields
 
-    def to_row(self, classes, top_k: int = 1, label_separator: str = None) -> dict:
-        """One flat row for a table (Parquet): every field, None where unset, with `probabilities`
+    def to_row(self, classes, top_k: int = 1, label_separator: str = None, similar: int = 0) -> dict:
+        """One flat row for a table (Parquet, CSV): every field, None where unset, with `probabilities`
         spread into one column per class, p_<class>, so that error rows have the same columns.
 
         Args:
@@ -71,6 +86,8 @@ class Prediction:
             top_k: above 1, a "top_k" column: "label:probability; ..." of the most probable classes.
             label_separator: a multi-label model's (`ModelInfo.label_separator`): a "labels" column holds
                 the labels joined by it; without it there is no such column.
+            similar: the similar photos asked for: columns similar_<i>_path, _label, _similarity for i
+                from 1 to `similar` (the path relative to the run's data folder).
         """
         row = {}
         for field in dataclasses.fields(self):
@@ -80,6 +97,12 @@ class Prediction:
             elif field.name == "labels":
                 if label_separator is not None:
                     row["labels"] = None if value is None else label_separator.join(value)
+            elif field.name == "similar":
+                photos = list(value or ())
+                for i in range(similar):
+                    photo = photos[i] if i < len(photos) else None
+                    for key in ("path", "label", "similarity"):
+                        row[f"similar_{i + 1}_{key}"] = getattr(photo, key) if photo else None
             else:
                 row[field.name] = value
         if top_k > 1:
@@ -132,12 +155,17 @@ class Classifier:
         info: class names, backbone, input size, threshold and temperature.
     """
 
-    def __init__(self, runtime):
+    def __init__(self, runtime, training_photos=None, run_or_model=None):
         """Args:
             runtime: from `model_formats.load`, or a `inference.model_formats.KerasModel` of a model in memory.
+            training_photos: the `inference.similar.TrainingPhotos` of the model's kNN bank, where known in memory.
+            run_or_model: the run directory (or model file inside it) whose similar.csv names them, read
+                when first needed, where `training_photos` is not given.
         """
         self.runtime = runtime
         self.info: ModelInfo = runtime.info
+        self._training_photos = training_photos
+        self._run_or_model = run_or_model
 
     @property
     def classes(self) -> list:
@@ -158,17 +186,62 @@ class Classifier:
         """Whether the model scores how typical a photo is, and so can answer "unknown"."""
         return self.info.reject_threshold is not None
 
-    def outputs_of_files(self, paths, tta=False, batch_size=INFERENCE_BATCH_SIZE, desc="predict"):
+    @functools.cached_property
+    def training_photos(self):
+        """The `inference.similar.TrainingPhotos` of the model's kNN bank, or None where unknown."""
+        if self._training_photos is None and self._run_or_model is not None:
+            return read_training_photos(self._run_or_model)
+        return self._training_photos
+
+    def check_similar(self, k: int):
+        """Checks that the classifier can name the `k` training photos most similar to a photo.
+
+        Raises:
+            UnsupportedError: an export, a model without a kNN bank, or one whose photos are not named
+                (each message says what to do); ConfigError: `k` out of range; DataError: a similar.csv
+                that does not match the model.
+        """
+        if self.model is None:
+            raise UnsupportedError(
+                f"similar training photos need the Keras model: this classifier runs a {self.runtime.format} "
+                f"export, which holds the training photos' features only inside its in-distribution score, "
+                f"not as an output, and not their names; predict with the run directory or its .keras file instead")
+        bank = self.runtime.bank_size
+        if not bank:
+            raise UnsupportedError(
+                f"this model keeps no features of its training photos to compare with (its open-set score is "
+                f"{'+'.join(self.info.open_set or ()) or 'none'}; only a kNN score keeps them): train it again "
+                f"with --open-set auto, or a score with knn, to find similar training photos")
+        photos = self.training_photos
+        if photos is None:
+            raise UnsupportedError(
+                f"the model's kNN bank holds {bank} training photos, but which photos they are is written in its "
+                f"run directory's {run_dir.SIMILAR}, not found beside this model (a .keras file on its own, or a "
+                f"run trained before catsdogs wrote it): load the run directory, or train it again")
+        if len(photos) != bank:
+            raise DataError(f"{run_dir.SIMILAR} names {len(photos)} training photos, but the model's kNN bank "
+                            f"holds {bank}: it belongs to another model")
+        if not 1 <= k <= bank:
+            raise ConfigError(f"similar photos {k}: expected 1 to {bank}, the training photos the model keeps")
+
+    def outputs_of_files(self, paths, tta=False, batch_size=INFERENCE_BATCH_SIZE, desc="predict", similar=0):
         """The model's outputs for image files, per view.
+
+        Args:
+            similar: also the `similar` most similar training photos of each (`check_similar`).
 
         Returns:
             `inference.pipeline.Outputs` whose values are {"probabilities": (views, files, classes)[,
-            "in_distribution_score": (views, files)]}.
+            "in_distribution_score": (views, files)][, SIMILARITIES and SIMILAR_ROWS: (views, files, similar)]}.
         """
-        return run_on_files(self.runtime, list(paths), self.info.image_size, batch_size, views_for(tta), desc)
+        forward = self.runtime
+        if similar:
+            self.check_similar(similar)
+            forward = self.runtime.with_similar(similar)
+        return run_on_files(forward, list(paths), self.info.image_size, batch_size, views_for(tta), desc)
 
     def predict(self, inputs, tta: bool = False, batch_size: int = INFERENCE_BATCH_SIZE, reject: bool = True,
-                reject_threshold: float = None, unknown_label: str = UNKNOWN_LABEL) -> list:
+                reject_threshold: float = None, unknown_label: str = UNKNOWN_LABEL, similar: int = 0) -> list:
         """Predicts every image among the inputs; an unreadable file gets an error, not an exception.
 
         Args:
@@ -179,13 +252,15 @@ class Classifier:
                 threshold (models with an open-set score); False: always a trained class.
             reject_threshold: instead of the model's own threshold (higher rejects more).
             unknown_label: the label of rejected photos.
+            similar: also name the `similar` training photos most similar to each photo (`Prediction.similar`;
+                with `tta`, of the photo as it is).
 
         Returns:
             one `Prediction` per file, in order.
         """
         paths = expand_inputs(inputs)
-        return self.predictions(paths, self.outputs_of_files(paths, tta, batch_size), reject, reject_threshold,
-                                unknown_label)
+        return self.predictions(paths, self.outputs_of_files(paths, tta, batch_size, similar=similar), reject,
+                                reject_threshold, unknown_label)
 
     def predictions(self, paths, outputs, reject=True, reject_threshold=None, unknown_label=UNKNOWN_LABEL) -> list:
         """The `Prediction` of each file from the model's outputs: its decision rules applied (`decide`).
@@ -201,6 +276,10 @@ class Classifier:
         if not outputs.ok.any():
             return [Prediction(path, error=outputs.errors[path]) for path in paths]
         decisions = decide(self.info, outputs.mean_over_views(), reject, reject_threshold, unknown_label)
+        if SIMILAR_ROWS in outputs.values:  # of the photo as it is (the first view): rows cannot be averaged
+            for decision, rows, similarities in zip(decisions, outputs.values[SIMILAR_ROWS][0],
+                                                    outputs.values[SIMILARITIES][0]):
+                decision["similar"] = self.training_photos.similar(rows, similarities)
         return [Prediction(path, **decision) if ok else Prediction(path, error=outputs.errors[path])
                 for path, decision, ok in zip(paths, decisions, outputs.ok)]
 
@@ -253,6 +332,8 @@ def load(path, format: str = None) -> Classifier:
             holds; None: whatever it holds ("keras" on a run directory runs all of it in Keras, its backbone too).
 
     Returns:
-        a `Classifier`.
+        a `Classifier`; from a run directory (or a model file in one), it names the training photos
+        most similar to a photo (`predict(similar=k)`) where the model keeps them.
     """
-    return Classifier(runtimes.load(path, format))
+    runtime = runtimes.load(path, format)
+    return Classifier(runtime, run_or_model=os.fspath(path) if runtime.format == "keras" else None)

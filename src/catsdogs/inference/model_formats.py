@@ -54,17 +54,37 @@ class KerasModel:
         self.model = model
         self.info = model_lib.describe(model)
         self.backbone = backbone
+        self.bank_size = model_lib.parts(model).bank_size  # training photos that `with_similar` can name
+        self._with_similar = {}  # k -> its forward
         if backbone is None:
             self._forward = compiled_forward(model)
         else:
-            import tensorflow as tf
+            self._forward = self._features_then(model_lib.parts(model).outputs_from_features)
 
-            tail = tf.function(model_lib.parts(model).outputs_from_features, reduce_retracing=True)
-            self._forward = lambda images: tail(backbone(images))
+    def _features_then(self, tail):
+        """A forward that computes the features (in the ONNX backbone where there is one) and then `tail` on them."""
+        import tensorflow as tf
+
+        tail = tf.function(tail, reduce_retracing=True)
+        if self.backbone is not None:
+            return lambda images: tail(self.backbone(images))
+        parts = model_lib.parts(self.model)
+        features = tf.function(lambda images: parts.extractor(parts.resize(images), training=False),
+                               reduce_retracing=True)
+        return lambda images: tail(features(images))
 
     def __call__(self, images):
         """The model's outputs (see the module) for (batch, size, size, 3) float32 pixels in [0, 255]."""
         return {name: np.asarray(value) for name, value in model_lib.outputs_as_dict(self._forward(images)).items()}
+
+    def with_similar(self, k):
+        """A runtime like this one whose outputs also hold each photo's `k` most similar training photos of
+        the kNN bank (`model.SIMILARITIES`, `model.SIMILAR_ROWS`); k at most `bank_size`."""
+        if k not in self._with_similar:
+            parts = model_lib.parts(self.model)
+            tail = self._features_then(lambda features: parts.outputs_from_features(features, k))
+            self._with_similar[k] = lambda images: {name: np.asarray(value) for name, value in tail(images).items()}
+        return self._with_similar[k]
 
 
 def split_outputs(array, info):

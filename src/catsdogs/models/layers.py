@@ -131,6 +131,24 @@ class InDistributionScore(layers.Layer):
         self.references = weight("references", (len(self.methods), self.reference_size))
         self.combined_references = weight("combined_references", (self.reference_size,))
 
+    def bank_similarities(self, features):
+        """(n, bank size) cosine similarities of photos' features to the training photos of the kNN bank."""
+        unit = features / ops.maximum(ops.norm(features, axis=-1, keepdims=True), 1e-12)
+        return ops.matmul(unit, ops.transpose(self.bank))
+
+    def nearest(self, features, k):
+        """The `k` training photos of the kNN bank most similar to each photo, most similar first.
+
+        Args:
+            features: (n, feature_dim) pooled backbone features.
+            k: how many, at most the bank's size.
+
+        Returns:
+            (cosine similarities (n, k) float32, rows of the bank (n, k) int32).
+        """
+        similarities, rows = ops.top_k(self.bank_similarities(ops.cast(features, "float32")), k)
+        return similarities, ops.cast(rows, "int32")
+
     def raw_scores(self, features, logits):
         """(n, methods) raw scores, higher for more typical photos."""
         features = ops.cast(features, "float32")
@@ -148,9 +166,7 @@ class InDistributionScore(layers.Layer):
                              + ops.sum(ops.matmul(self.means, self.precision) * self.means, axis=-1)[None, :])
                 columns.append(-ops.min(distances, axis=-1))
             elif method == "knn":
-                unit = features / ops.maximum(ops.norm(features, axis=-1, keepdims=True), 1e-12)
-                similarities = ops.matmul(unit, ops.transpose(self.bank))
-                columns.append(ops.top_k(similarities, self.neighbours)[0][:, -1])
+                columns.append(ops.top_k(self.bank_similarities(features), self.neighbours)[0][:, -1])
             else:  # imagenet
                 probabilities = ops.softmax(ops.matmul(features, self.imagenet_kernel) + self.imagenet_bias, axis=-1)
                 columns.append(ops.sum(probabilities * self.imagenet_mask, axis=-1))

@@ -15,6 +15,10 @@ from catsdogs.utils.files import atomic_path
 
 SCORE = "in_distribution_score"  # the model's second output, where it has an open-set score
 OPEN_SET_LAYER = "in_distribution"
+# Outputs asked for on top (`ModelParts.outputs_from_features(similar=k)`): the k training photos of the
+# kNN bank nearest to each photo, as rows of the bank, and their cosine similarities.
+SIMILAR_ROWS = "similar_rows"
+SIMILARITIES = "similarities"
 
 
 def assemble(extractor, head, class_names, temperature=1.0, threshold=0.5, open_set=None, multi_label=False,
@@ -65,12 +69,20 @@ class ModelParts:
     probabilities: ClassProbabilities  # or a multi-label model's `layers.LabelProbabilities`
     open_set: keras.layers.Layer = None  # the `layers.InDistributionScore`, where the model has one
 
-    def outputs_from_features(self, features):
-        """The model's outputs from the extractor's features: {"probabilities"[, "in_distribution_score"]}."""
+    @property
+    def bank_size(self) -> int:
+        """How many training photos the open-set score's kNN bank holds (0: the model has no bank)."""
+        return self.open_set.bank_size if self.open_set is not None and "knn" in self.open_set.methods else 0
+
+    def outputs_from_features(self, features, similar=0):
+        """The model's outputs from the extractor's features: {"probabilities"[, "in_distribution_score"]};
+        with `similar` (at most `bank_size`), also SIMILARITIES and SIMILAR_ROWS (`InDistributionScore.nearest`)."""
         logits = self.head(features, training=False)
         outputs = {"probabilities": self.probabilities(logits)}
         if self.open_set is not None:
             outputs[SCORE] = self.open_set([features, logits])
+        if similar:
+            outputs[SIMILARITIES], outputs[SIMILAR_ROWS] = self.open_set.nearest(features, similar)
         return outputs
 
 

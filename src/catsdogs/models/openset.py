@@ -68,6 +68,7 @@ class OpenSetFit:
     keep: float
     threshold: float
     training_kept: float  # share of training photos (out-of-fold) at or above the threshold
+    bank_rows: np.ndarray = None  # the training photos (rows of `features`) the kNN bank holds, in its order
 
 
 def _statistics(features, labels, num_classes):
@@ -193,7 +194,8 @@ def fit_open_set(features, labels, oof_logits, num_classes, methods, temperature
         seed: for the folds and the kNN bank's subset.
 
     Returns:
-        an `OpenSetFit` whose layer goes into the model.
+        an `OpenSetFit` whose layer goes into the model, with the rows of the training photos its
+        kNN bank holds (the photos `InDistributionScore.nearest` finds).
     """
     from sklearn.model_selection import StratifiedKFold
 
@@ -241,4 +243,4 @@ def fit_open_set(features, labels, oof_logits, num_classes, methods, temperature
     kept = float((training_scores >= threshold).mean())
     log.info("open-set score %s: threshold %.4f keeps %.2f%% of the training photos (out-of-fold)",
              "+".join(methods), threshold, 100 * kept)
-    return OpenSetFit(layer, tuple(methods), keep, threshold, kept)
+    return OpenSetFit(layer, tuple(methods), keep, threshold, kept, bank_rows if "knn" in methods else None)

@@ -66,7 +66,7 @@ class ExportInfo:
     Attributes:
         folder: the export folder.
         metadata: the contents of its export.json.
-        format: one of `config.choices.FORMATS`.
+        format: one of `FORMATS`.
         path: the exported file (or SavedModel folder), inside the folder.
         source: the model file it was exported from, where that is still there and the export lies
             inside its folder (see the module); else None.

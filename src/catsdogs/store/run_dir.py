@@ -32,6 +32,8 @@ HISTORY = "history.csv"  # loss and accuracy per epoch (dense head and fine-tuni
 METRICS = "metrics.json"  # test metrics, validation, calibration, open set, each training stage
 PREDICTIONS = "predictions.csv"  # every test photo, as predicted
 REVIEW = "review.csv"  # every photo of every split, out-of-sample, as `catsdogs review` lists them
+SIMILAR = "similar.csv"  # the training photos the model's kNN bank holds, in its row order: path, label
+SIMILAR_COLUMNS = ("path", "label")
 REPORT = "report.html"  # all of it on one page
 CORRECTIONS = "corrections.csv"  # decisions made in `catsdogs review` (read by train --labels)
 EXPORTS = "exports"  # a folder of export folders (`store.export_dir`)
@@ -45,6 +47,7 @@ CONFUSION = "confusion.png"
 PRECISION_RECALL = "precision_recall.png"  # a multi-label run's, in place of the confusion matrix
 ERRORS = "errors.png"
 GRADCAM = "gradcam.png"
+SIMILAR_FIGURE = "similar.png"
 RELIABILITY = "reliability.png"
 OPEN_SET = "open_set.png"
 REJECTIONS = "rejections.png"
@@ -58,6 +61,7 @@ FIGURES = {
     PRECISION_RECALL: "Precision and recall of each label",
     ERRORS: "Most confident mistakes",
     GRADCAM: "Grad-CAM of the most confident mistakes",
+    SIMILAR_FIGURE: "The training photos most similar to the most confident mistakes",
     RELIABILITY: "Reliability of the probabilities (test)",
     OPEN_SET: "Open set: in-distribution scores of known and unknown photos",
     REJECTIONS: "Open set: photos rejected as none of the classes",
@@ -66,7 +70,7 @@ FIGURES = {
 }
 
 # Every entry a run directory may hold: the docs' table of a run's files lists the same (a test checks).
-FILES = (CONFIG, SPLITS, INTEGRITY, MODEL, BACKBONE, HISTORY, METRICS, PREDICTIONS, REVIEW, *FIGURES, REPORT,
+FILES = (CONFIG, SPLITS, INTEGRITY, MODEL, BACKBONE, HISTORY, METRICS, PREDICTIONS, REVIEW, SIMILAR, *FIGURES, REPORT,
          CORRECTIONS, EXPORTS)
 
 

@@ -2,14 +2,13 @@
 
 Only the JSON files of each run directory are read (config.json, metrics.json), so that listing is
 instant and never imports TensorFlow. Runs written before a metric existed (balanced accuracy, say)
-still list, with "-" in its place.
+still list, with "-" in its place. The comparison's test of the difference on the same photos,
+which reads predictions.csv too, is `engine.compare` (`catsdogs.compare_runs`).
 
     import catsdogs
 
     runs = catsdogs.list_runs("runs")                    # -> list of dicts, oldest first
     print(catsdogs.format_runs(runs))
-    comparison = catsdogs.compare_runs("runs/a", "runs/b")  # -> dict: settings and metrics that differ
-    print(catsdogs.format_comparison(comparison))
 """
 
 import json
@@ -165,7 +164,7 @@ def difference(a, b):
     return b - a if numeric else None
 
 
-def compare_runs(a, b, folder="runs") -> dict:
+def side_by_side(a, b, folder="runs") -> dict:
     """What differs between two runs: their settings, then their main metrics side by side.
 
     Args:
@@ -210,7 +209,7 @@ def _signed(value):
     return f"{value:+d}" if isinstance(value, int) else f"{value:+.4f}"
 
 
-def _table(header, rows, numeric):
+def table(header, rows, numeric):
     """Columns padded to their widest cell; those named in `numeric` aligned right."""
     widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
     return "\n".join("  ".join(cell.rjust(width) if name in numeric else cell.ljust(width)
@@ -228,22 +227,22 @@ def format_runs(runs) -> str:
              "-" if run["unknown_accepted"] is None else f"{run['unknown_accepted']:.1%}",
              _text(run["seconds"], 1), run["date"].replace("T", " ")[:16]]
             for run in runs]
-    return _table(header, rows, numeric={"size", "accuracy", "balanced", "unknown accepted", "seconds"})
+    return table(header, rows, numeric={"size", "accuracy", "balanced", "unknown accepted", "seconds"})
 
 
-def format_comparison(comparison) -> str:
-    """`compare_runs`' result as two tables: the settings that differ, then the metrics."""
+def format_side_by_side(comparison) -> str:
+    """`side_by_side`'s result as two tables: the settings that differ, then the metrics."""
     a, b = comparison["a"], comparison["b"]
     lines = [f"A: {a['path']}  ({a['date'].replace('T', ' ')})", f"B: {b['path']}  ({b['date'].replace('T', ' ')})",
              ""]
     if comparison["settings"]:
-        lines.append(_table(["setting", "A", "B"],
+        lines.append(table(["setting", "A", "B"],
                             [[row["setting"], _text(row["a"]), _text(row["b"])] for row in comparison["settings"]],
                             numeric=()))
     else:
         lines.append("same settings")
     lines.append("")
-    lines.append(_table(["metric", "A", "B", "B - A"],
+    lines.append(table(["metric", "A", "B", "B - A"],
                         [[row["metric"], _text(row["a"]), _text(row["b"]),
                           _signed(row["difference"])]
                          for row in comparison["metrics"]],

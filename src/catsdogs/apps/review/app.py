@@ -3,23 +3,22 @@ review, their Grad-CAM, and each decision saved to the corrections file before i
 
 Routes: the page at /, GET /photos (the list, with the decisions in force), GET
 /photos/{index}/photo.jpg, GET /photos/{index}/gradcam.png (computed on first request, then kept
-in memory) and POST /photos/{index}/decision. Errors are JSON `{"error": "..."}` as in serve.
+in memory), GET /photos/{index}/similar (the training photos most similar to it, where the model
+keeps them) and GET /training-photos/{row}.jpg (one of those), and POST /photos/{index}/decision.
+Errors are JSON `{"error": "..."}` as in serve.
 """
 
 import dataclasses
-import io
 import logging
 import os
 import secrets
 import threading
 from typing import Literal
 
-import numpy as np
 from fastapi import Path
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
@@ -28,12 +27,20 @@ from catsdogs.apps.review.photos import read_run_photos
 from catsdogs.apps.serve.app import STATIC_DIR as SERVE_STATIC_DIR
 from catsdogs.apps.web.handlers import add_error_handlers
 from catsdogs.apps.web.limits import BodyLimit
+from catsdogs.apps.web.photos import (
+    TRAINING_PHOTO_ROUTE,
+    SimilarPhotoAnswer,
+    jpeg_bytes,
+    shown,
+    similar_answers,
+    training_photo_response,
+)
 from catsdogs.apps.web.security import ANY_ADDRESS, TOKEN_PARAMETER, markdown_text, protect
-from catsdogs.config.choices import DECISIONS, REVIEW_MISTAKES
+from catsdogs.config.choices import DECISIONS, REVIEW_MISTAKES, SIMILAR_SHOWN
 from catsdogs.config.serve import ServeSettings
 from catsdogs.data import corrections
 from catsdogs.data.dataset import label_set
-from catsdogs.errors import ConfigError, DataError
+from catsdogs.errors import CatsdogsError, ConfigError, DataError
 from catsdogs.inference import explain
 from catsdogs.inference.classifier import load
 from catsdogs.inference.preprocess import load_photo
@@ -83,13 +90,16 @@ class Listing(BaseModel):
     source: str = Field(description="the file the photos were read from: review.csv (predictions.csv for old runs)")
     note: str = Field(description="what to know about that source, if anything")
     corrections_file: str
+    similar: bool = Field(description="whether GET /photos/{index}/similar names the training photos most similar "
+                                      "to a photo (the model keeps them)")
     photos: list[PhotoState]
 
 
 class Review:
-    """What the routes share: the photos, the model's explainer, the decisions and their file."""
+    """What the routes share: the photos, the model's explainer, the decisions and their file, and the
+    classifier that names the training photos most similar to a photo (None: not shown)."""
 
-    def __init__(self, run_dir, run_photos, explainer, corrections_file):
+    def __init__(self, run_dir, run_photos, explainer, corrections_file, classifier=None):
         self.run = os.path.basename(os.path.normpath(run_dir))
         self.run_photos = run_photos
         self.explainer = explainer
@@ -100,6 +110,15 @@ class Review:
         self._decision_lock = threading.Lock()  # one append at a time, in the order answered
         self._gradcam_lock = threading.Lock()  # one Grad-CAM at a time: each uses every core
         self._gradcams = {}  # index -> PNG bytes
+        self.classifier = classifier
+        self._similar = {}  # index -> its similar training photos
+        self.why_not_similar = "this review was started without the run's classifier"
+        if classifier is not None:
+            try:
+                classifier.check_similar(1)
+                self.why_not_similar = None
+            except CatsdogsError as error:  # a model without a kNN bank, or a run without similar.csv
+                self.why_not_similar = str(error)
 
     def photo(self, index):
         photos = self.run_photos.photos
@@ -114,8 +133,9 @@ class Review:
                           label=decided.label if decided else None, explained=self.explained(photo))
 
     def listing(self):
-        return Listing(run=self.run, classes=self.classes, label_separator=self.separator, source=self.run_photos.source, note=self.run_photos.note,
-                       corrections_file=os.path.abspath(self.corrections_file),
+        return Listing(run=self.run, classes=self.classes, label_separator=self.separator, source=self.run_photos.source,
+                       note=self.run_photos.note, corrections_file=os.path.abspath(self.corrections_file),
+                       similar=not self.why_not_similar,
                        photos=[self.state(index) for index in range(len(self.run_photos.photos))])
 
     def decide(self, index, decision, label):
@@ -150,27 +170,31 @@ class Review:
                 pixels = self.pixels(index)
                 class_index = self.classes.index(self.explained(self.photo(index)))
                 heatmap = self.explainer.heatmaps(self.explainer.prepare(pixels)[None], [class_index])[0]
-                self._gradcams[index] = explain.png_bytes(explain.overlay(shown(pixels), heatmap))
+                self._gradcams[index] = explain.png_bytes(explain.overlay(shown(pixels, SHOWN_SIDE), heatmap))
             return self._gradcams[index]
 
-
-def shown(pixels):
-    """Pixels brought down to at most SHOWN_SIDE on their longest side: what the page needs."""
-    image = Image.fromarray(pixels)
-    image.thumbnail((SHOWN_SIDE, SHOWN_SIDE))
-    return np.asarray(image)
-
-
-def jpeg_bytes(pixels):
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
+    def similar(self, index):
+        """The `SIMILAR_SHOWN` training photos most similar to a photo, itself left out (a training photo
+        finds itself first), as the model finds them (`Classifier.predict(similar=k)`)."""
+        if self.why_not_similar:
+            raise HTTPException(404, self.why_not_similar)
+        with self._gradcam_lock:  # the model's forward pass uses every core too
+            if index not in self._similar:
+                photo = self.photo(index)
+                k = min(SIMILAR_SHOWN + 1, self.classifier.runtime.bank_size)
+                path = os.path.join(self.run_photos.data_dir, photo.path)
+                prediction = self.classifier.predict([path], similar=k, reject=False)[0]
+                if prediction.error:
+                    raise HTTPException(404, f"{photo.path}: {prediction.error}")
+                self._similar[index] = [p for p in prediction.similar if p.path != photo.path][:SIMILAR_SHOWN]
+            return self._similar[index]
 
 
 INDEX_PATH = Path(ge=0, description="the photo's number in the list (GET /photos)")
 
 
-def create_app(run_dir, run_photos, explainer, corrections_file, token, host="127.0.0.1", allowed_hosts=()):
+def create_app(run_dir, run_photos, explainer, corrections_file, token, host="127.0.0.1", allowed_hosts=(),
+               classifier=None):
     """The FastAPI application of the review page.
 
     Args:
@@ -181,6 +205,7 @@ def create_app(run_dir, run_photos, explainer, corrections_file, token, host="12
         token: the secret every request needs (`security.TokenGate`).
         host: the address the server listens on: requests must name it, loopback or an allowed host.
         allowed_hosts: more names it answers to, as `ServeSettings.allowed_hosts` holds them.
+        classifier: the run's `Classifier`, to show the training photos most similar to each photo (None: not shown).
 
     Returns:
         a FastAPI app.
@@ -189,7 +214,7 @@ def create_app(run_dir, run_photos, explainer, corrections_file, token, host="12
     if not os.access(folder, os.W_OK) or (os.path.exists(corrections_file) and not os.access(corrections_file, os.W_OK)):
         raise ConfigError(f"corrections file {corrections_file}: cannot be written here (a missing or read-only "
                           f"folder, or a read-only file)")
-    review = Review(run_dir, run_photos, explainer, corrections_file)
+    review = Review(run_dir, run_photos, explainer, corrections_file, classifier)
     app = FastAPIOffline(title="catsdogs review", version=__version__,
                          description=f"Review the labels of run {markdown_text(review.run)}: keep, relabel or "
                                      "exclude each photo. Every route needs the token in the address that `catsdogs "
@@ -212,12 +237,22 @@ def create_app(run_dir, run_photos, explainer, corrections_file, token, host="12
 
     @app.get("/photos/{index}/photo.jpg", response_class=Response, summary="The photo, at most 480 pixels a side")
     def photo(index: int = INDEX_PATH):
-        return Response(jpeg_bytes(shown(review.pixels(index))), media_type="image/jpeg")
+        return Response(jpeg_bytes(shown(review.pixels(index), SHOWN_SIDE)), media_type="image/jpeg")
 
     @app.get("/photos/{index}/gradcam.png", response_class=Response,
              summary="The photo with the Grad-CAM heatmap of its predicted class over it")
     def gradcam(index: int = INDEX_PATH):
         return Response(review.gradcam_png(index), media_type="image/png")
+
+    @app.get("/photos/{index}/similar", response_model=list[SimilarPhotoAnswer],
+             summary="The training photos most similar to the photo, by the model's features (itself left out)")
+    def similar(index: int = INDEX_PATH):
+        return similar_answers(review.similar(index))
+
+    @app.get(TRAINING_PHOTO_ROUTE, response_class=Response,
+             summary="A training photo that /photos/{index}/similar named, by its row, at most 160 pixels a side")
+    def training_photo(row: int = Path(ge=0, description="its row, as /photos/{index}/similar gives it")):
+        return training_photo_response(None if review.why_not_similar else review.classifier.training_photos, row)
 
     # Plain functions run in a worker thread: the append and its fsync never hold the event loop.
     @app.post("/photos/{index}/decision", response_model=PhotoState,
@@ -248,8 +283,9 @@ def review(run_dir, corrections_file=None, mistakes=REVIEW_MISTAKES, host="127.0
     if os.path.exists(corrections_file):  # likewise a file that is not a corrections file
         corrections.read_corrections(corrections_file)
     token = secrets.token_urlsafe(32)
-    app = create_app(run_dir, run_photos, load(run_dir, "keras").explainer(), corrections_file, token, host,
-                     settings.allowed_hosts)
+    classifier = load(run_dir, "keras")
+    app = create_app(run_dir, run_photos, classifier.explainer(), corrections_file, token, host,
+                     settings.allowed_hosts, classifier)
     if host not in LOOPBACK_HOSTS:
         log.warning("listening on %s: anyone who can reach this machine and has the address printed below (its "
                     "token) can see the run's photos and change its corrections; the token travels in clear over "

@@ -51,10 +51,17 @@ from catsdogs.apps.web.limits import (
     count_json_tokens,
     release_free_memory,
 )
+from catsdogs.apps.web.photos import (
+    TRAINING_PHOTO_ROUTE,
+    SimilarPhotoAnswer,
+    similar_answers,
+    training_photo_response,
+)
 from catsdogs.apps.web.security import markdown_text, protect
+from catsdogs.config.choices import MAX_SIMILAR
 from catsdogs.config.serve import ServeSettings
 from catsdogs.data.images import open_image
-from catsdogs.errors import ImageError
+from catsdogs.errors import CatsdogsError, ImageError
 from catsdogs.inference import explain
 from catsdogs.inference.classifier import decide, load
 from catsdogs.inference.preprocess import decode_photo, prepare
@@ -102,6 +109,7 @@ class Job:
     pixels: np.ndarray
     heatmap: bool
     source: str
+    similar: int = 0  # how many similar training photos to name
 
 
 @dataclasses.dataclass
@@ -111,6 +119,7 @@ class Result:
     outputs: dict  # as a runtime gives them, for this photo: probabilities [, in_distribution_score]
     label: int  # the predicted class (a multi-label model's most probable label): the one its heatmap explains
     heatmap: np.ndarray = None  # Grad-CAM of the predicted class, when asked for
+    similar: tuple = None  # the training photos most similar to it (`inference.similar.SimilarPhoto`), when asked for
 
 
 class Predictor:
@@ -120,6 +129,10 @@ class Predictor:
     TFLite: `model_formats.load`), on pixels prepared as `catsdogs predict` prepares them. Grad-CAM
     runs only for the photos that ask for a heatmap, and needs the Keras model. A photo that cannot
     be prepared gets an `ImageError` in its place; the others still run.
+
+    Where the classifier names similar training photos, every batch runs the forward that finds the
+    `max_similar` most similar (one compiled graph, the bank's top-k costing little beside the
+    backbone), and each photo keeps the number it asked for.
     """
 
     def __init__(self, classifier):
@@ -129,6 +142,12 @@ class Predictor:
         self.classifier = classifier
         # Grad-CAM opens the Keras model at its last convolutional block: an export has no such block.
         self.explainer = classifier.explainer() if classifier.model is not None else None
+        try:
+            classifier.check_similar(1)
+            self.max_similar, self.why_not_similar = min(MAX_SIMILAR, classifier.runtime.bank_size), None
+        except CatsdogsError as error:  # said to a client that asks for similar photos
+            self.max_similar, self.why_not_similar = 0, str(error)
+        self.forward = classifier.runtime.with_similar(self.max_similar) if self.max_similar else classifier.runtime
 
     def __call__(self, jobs):
         info = self.classifier.info
@@ -142,14 +161,19 @@ class Predictor:
             return results
         indices = [i for i, _ in prepared]
         batch = np.stack([pixels for _, pixels in prepared])
-        outputs = self.classifier.runtime(batch)
+        outputs = self.forward(batch)
         labels = outputs["probabilities"].argmax(axis=1) if info.multi_label else \
             model_lib.predicted_classes(outputs["probabilities"], info.threshold)
         explained = [k for k, i in enumerate(indices) if jobs[i].heatmap]
         heatmaps = dict(zip(explained, self.explainer.heatmaps(batch[explained], labels[explained]))) if explained else {}
+        similar = (outputs.pop(model_lib.SIMILAR_ROWS), outputs.pop(model_lib.SIMILARITIES)) if self.max_similar \
+            else None
         for k, i in enumerate(indices):
+            photos = self.classifier.training_photos.similar(similar[0][k][:jobs[i].similar],
+                                                             similar[1][k][:jobs[i].similar]) \
+                if similar and jobs[i].similar else None
             results[i] = Result({name: values[k] for name, values in outputs.items()}, int(labels[k]),
-                                heatmaps.get(k))
+                                heatmaps.get(k), photos)
         return results
 
     def warm_up(self):
@@ -251,6 +275,8 @@ class PredictionAnswer(BaseModel):
     heatmap_png: str | None = Field(None, description=(
         "with heatmap=true: the Grad-CAM heatmap of the predicted class (multi-label: the most probable label), a "
         "base64 PNG with transparency in the photo's proportions, to stretch over the photo"))
+    similar: list[SimilarPhotoAnswer] | None = Field(None, description=(
+        "with similar=K: the K training photos whose features are most similar to the photo's, most similar first"))
 
 
 class PredictResponse(BaseModel):
@@ -280,6 +306,8 @@ class ModelStatus(BaseModel):
     metrics: dict | None = Field(description="the test metrics of the run (metrics.json), if the model came with them")
     format: str = Field(description="how the model served is stored: keras, or the format of the export served")
     heatmaps: bool = Field(description="whether heatmap=true is available (Grad-CAM needs the Keras model)")
+    similar: int = Field(0, description=(
+        "the most training photos similar=K names (0: none, this model does not keep them or is an export)"))
 
 
 class BatchingStatus(BaseModel):
@@ -450,12 +478,13 @@ class Service:
             if idle and pixels >= TRIM_AFTER_PIXELS:
                 release_free_memory()
 
-    async def outputs_of_images(self, images, heatmap=False):
+    async def outputs_of_images(self, images, heatmap=False, similar=0):
         """Decodes image files (their pixels budgeted first) and runs them through the batcher.
 
         Args:
             images: list of (file bytes, source name).
             heatmap: also compute each photo's Grad-CAM heatmap.
+            similar: also name each photo's `similar` most similar training photos.
 
         Returns:
             list of (decoded photo, `Result`), in order.
@@ -464,6 +493,10 @@ class Service:
             raise HTTPException(400, f"heatmap=true needs the Keras model (Grad-CAM opens it at its last "
                                      f"convolutional block), and this server runs a {self.format} export: ask "
                                      f"without heatmap, or serve the run directory or its .keras file")
+        if similar and not self.predictor.max_similar:
+            raise HTTPException(400, f"similar={similar}: {self.predictor.why_not_similar}")
+        if similar > self.predictor.max_similar:
+            raise HTTPException(400, f"similar={similar}: this model names at most {self.predictor.max_similar}")
         pixels = await run_in_threadpool(self.measure, images)
 
         loop = asyncio.get_running_loop()
@@ -473,7 +506,7 @@ class Service:
                 return await loop.run_in_executor(self.decoder, self.decode, data, source, count)
 
         photos = await asyncio.gather(*(decode(data, source, count) for (data, source), count in zip(images, pixels)))
-        results = await asyncio.gather(*(self.batcher.submit(Job(photo, heatmap, source))
+        results = await asyncio.gather(*(self.batcher.submit(Job(photo, heatmap, source, similar))
                                          for photo, (_, source) in zip(photos, images)))
         return list(zip(photos, results))
 
@@ -490,17 +523,18 @@ class Service:
         return await asyncio.gather(*(self.batcher.submit(Job(photo, False, f"{source}[{i}]"))
                                       for i, photo in enumerate(pixels)))
 
-    async def predict_images(self, images, heatmap, reject=True, reject_threshold=None):
+    async def predict_images(self, images, heatmap, reject=True, reject_threshold=None, similar=0):
         """images: list of (file bytes, source name) -> list of PredictionAnswer (see `classifier.decide`)."""
         predictions = []
-        for photo, result in await self.outputs_of_images(images, heatmap):
+        for photo, result in await self.outputs_of_images(images, heatmap, similar):
             png = None
             if result.heatmap is not None:
                 height, width = photo.shape[:2]  # shrunk or not, the photo's proportions
                 png = await run_in_threadpool(explain.heatmap_png, result.heatmap, width, height)
             decision = decide(self.info, {name: value[None] for name, value in result.outputs.items()}, reject,
                               reject_threshold)[0]
-            predictions.append(PredictionAnswer(**decision, heatmap_png=base64.b64encode(png).decode() if png else None))
+            predictions.append(PredictionAnswer(**decision, heatmap_png=base64.b64encode(png).decode() if png else None,
+                                                similar=similar_answers(result.similar) if similar else None))
         return predictions
 
 
@@ -633,7 +667,8 @@ def _add_status_routes(app, service, auth):
             threshold=info.threshold, temperature=info.temperature, multi_label=info.multi_label,
             thresholds=dict(zip(info.class_names, info.thresholds)) if info.multi_label else None,
             reject_threshold=info.reject_threshold,
-            metrics=service.metrics, format=service.format, heatmaps=service.heatmaps)
+            metrics=service.metrics, format=service.format, heatmaps=service.heatmaps,
+            similar=service.predictor.max_similar)
 
     common = dict(response_model=ModelStatus, dependencies=auth["dependencies"])
 
@@ -673,6 +708,9 @@ def _add_predict_routes(app, service, auth):
                                            "(false: always one of the classes)")
     threshold_query = Query(None, ge=0, le=1, description="reject threshold instead of the model's own "
                                                           "(higher rejects more)")
+    similar_query = Query(0, ge=0, le=MAX_SIMILAR, description=(
+        "also name the K training photos most similar to each photo (models that keep them: GET "
+        "/v1/models/NAME says how many at most)"))
     json_request = {"application/json": {"schema": _request_schema(settings)}}
     tf_serving_route = dict(
         response_model=tf_serving.RowAnswer | tf_serving.ColumnarAnswer, dependencies=auth["dependencies"],
@@ -707,7 +745,7 @@ def _add_predict_routes(app, service, auth):
               dependencies=auth["dependencies"],
               openapi_extra={"requestBody": {"required": True, "content": {**upload, **json_request}}})
     async def labelled_predict(request: Request, heatmap: bool = heatmap_query, reject: bool = reject_query,
-                               reject_threshold: float | None = threshold_query):
+                               reject_threshold: float | None = threshold_query, similar: int = similar_query):
         multipart = _media_type(request) == "multipart/form-data"
         if not multipart and _media_type(request) not in JSON_TYPES:
             raise HTTPException(415, f"expected Content-Type multipart/form-data or application/json, got "
@@ -717,7 +755,16 @@ def _add_predict_routes(app, service, auth):
                 images = await _read_uploads(request, settings.max_images)
             else:
                 images, _ = await _read_instances(request, settings.max_images)
-            return PredictResponse(predictions=await service.predict_images(images, heatmap, reject, reject_threshold))
+            return PredictResponse(predictions=await service.predict_images(images, heatmap, reject, reject_threshold,
+                                                                            similar))
+
+    # A plain function: decoding the photo runs in a worker thread, never in the event loop.
+    @app.get(TRAINING_PHOTO_ROUTE, response_class=Response, dependencies=auth["dependencies"],
+             responses=_responses(404, *auth["statuses"]),
+             summary="A training photo that similar=K named, by its row, at most 160 pixels a side")
+    def training_photo(row: int = Path(ge=0, description="its row, as similar=K gives it")):
+        return training_photo_response(service.predictor.classifier.training_photos if service.predictor.max_similar
+                                       else None, row)
 
 
 V2_VERSION_PATH = Path(description="the model's version; a catsdogs server has one",

@@ -155,6 +155,8 @@ def _arrow_schema(classes, multi_label=False):
             fields += [pa.field(f"p_{name}", pa.float64()) for name in classes]
         elif field.name == "labels":
             fields += [pa.field("labels", pa.string())] if multi_label else []
+        elif field.name == "similar":
+            continue  # columns of their own only where asked for (`Prediction.to_row`), which Ray scoring is not
         elif field.type in types:
             fields.append(pa.field(field.name, types[field.type]))
         else:

@@ -30,6 +30,8 @@ function labelsInForce(photo) {
   return labelsOf(photo.decision === "relabel" ? photo.label : photo.given_label);
 }
 
+let showsSimilar = false;  // whether the server names the training photos most similar to a photo
+
 function percent(probability) {
   return `${(100 * probability).toFixed(1)}%`;
 }
@@ -83,6 +85,46 @@ function classKey(name) {
   return number <= 9 ? String(number) : "";
 }
 
+// The training photos most similar to a photo, asked for when its card first comes into view (each
+// costs the server a forward pass): thumbnails where the server can read them, names otherwise.
+async function showSimilar(card, photo) {
+  const figure = card.querySelector(".similar");
+  let similar;
+  try {
+    const response = await fetch(`/photos/${photo.index}/similar`);
+    if (!response.ok) return;  // the photo cannot be read any more: its card says so elsewhere
+    similar = await response.json();
+  } catch {
+    return;
+  }
+  const list = figure.querySelector("ol");
+  for (const training of similar) {
+    const item = document.createElement("li");
+    const name = training.path.split("/").pop();
+    item.title = `${training.path}: ${training.label}, similarity ${training.similarity.toFixed(3)}`;
+    if (training.label !== photo.given_label) item.classList.add("other-label");
+    if (training.photo_url) {
+      const image = document.createElement("img");
+      image.src = training.photo_url;
+      image.alt = `${name}, labelled ${training.label}`;
+      item.append(image);
+    } else {
+      item.append(name, document.createElement("br"));
+    }
+    item.append(`${training.label} ${training.similarity.toFixed(2)}`);
+    list.append(item);
+  }
+  figure.hidden = !similar.length;
+}
+
+const similarWhenSeen = new IntersectionObserver((entries) => {
+  for (const entry of entries) {
+    if (!entry.isIntersecting) continue;
+    similarWhenSeen.unobserve(entry.target);
+    showSimilar(entry.target, photos[Number(entry.target.dataset.index)]);
+  }
+});
+
 function buildCard(photo) {
   const card = template.content.firstElementChild.cloneNode(true);
   const name = fileName(photo);
@@ -133,6 +175,7 @@ function buildCard(photo) {
   card.addEventListener("click", (event) => {
     if (!event.target.closest("button")) select(photo.index);  // a button's decision moves on by itself
   });
+  if (showsSimilar) similarWhenSeen.observe(card);
   return card;
 }
 
@@ -236,6 +279,7 @@ async function start() {
   ({ classes, photos } = listing);
   separator = listing.label_separator ?? null;
   correctionsFile = listing.corrections_file;
+  showsSimilar = listing.similar;
   info.textContent = `Run ${listing.run}: ${photos.length} photos to review, highest loss first: training and ` +
     `validation photos whose labels look wrong, and the most confident mistakes. Classes: ${classes.join(", ")}.`;
   if (listing.note) {

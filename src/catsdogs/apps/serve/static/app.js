@@ -47,6 +47,9 @@ async function getJson(url) {
   return payload;
 }
 
+// How many similar training photos each answer shows, where the model names them.
+const SIMILAR_SHOWN = 5;
+
 async function showModel() {
   const info = document.getElementById("model-info");
   try {
@@ -58,10 +61,10 @@ async function showModel() {
     const format = model.format === "keras" ? "" : ` (${model.format} export: no Grad-CAM overlay)`;
     const classes = `${model.multi_label ? "labels (any number a photo)" : "classes"} ${model.classes.join(", ")}`;
     info.textContent = `Model ${model.name}: ${model.backbone}, ${classes}${accuracy}${format}.`;
-    return model.heatmaps;
+    return { heatmaps: model.heatmaps, similar: Math.min(model.similar || 0, SIMILAR_SHOWN) };
   } catch (error) {
     info.textContent = `The model's description is unavailable (${error.message}).`;
-    return null;  // unknown: ask for heatmaps, as a Keras model gives them
+    return null;  // unknown: ask for heatmaps, as a Keras model gives them, and no similar photos
   }
 }
 
@@ -119,6 +122,7 @@ function showPrediction(card, prediction) {
     row.append(span("class", name), bar, span("value", percent(probability)));
     bars.append(row);
   }
+  showSimilar(card, prediction.similar || []);
   if (!prediction.heatmap_png) {
     card.querySelector(".toggle").hidden = true;
     return;
@@ -128,6 +132,33 @@ function showPrediction(card, prediction) {
   heatmap.src = `data:image/png;base64,${prediction.heatmap_png}`;
   toggle.disabled = false;
   toggle.addEventListener("change", () => { heatmap.hidden = !toggle.checked; });
+}
+
+// The training photos most similar to the photo: thumbnails where the server can read them (fetched
+// with the API key, as every API call), their names otherwise.
+function showSimilar(card, photos) {
+  if (!photos.length) return;
+  const section = card.querySelector(".similar");
+  const list = section.querySelector("ol");
+  for (const photo of photos) {
+    const item = document.createElement("li");
+    const name = photo.path.split("/").pop();
+    item.title = `${photo.path}: ${photo.label}, similarity ${photo.similarity.toFixed(3)}`;
+    const caption = span("similar-caption", `${photo.label} ${photo.similarity.toFixed(2)}`);
+    if (photo.photo_url) {
+      const image = document.createElement("img");
+      image.alt = `${name}, labelled ${photo.label}`;
+      item.append(image);
+      apiFetch(photo.photo_url).then((response) => (response.ok ? response.blob() : Promise.reject()))
+        .then((blob) => { image.src = URL.createObjectURL(blob); })
+        .catch(() => { image.replaceWith(span("similar-name", name)); });
+    } else {
+      item.append(span("similar-name", name));
+    }
+    item.append(caption);
+    list.append(item);
+  }
+  section.hidden = false;
 }
 
 function showError(card, message) {
@@ -151,8 +182,10 @@ async function predict(file) {
   const form = new FormData();
   form.append("files", file, file.name);
   try {
-    const heatmap = (await heatmapsAvailable) !== false;
-    const response = await apiFetch(`/predict?heatmap=${heatmap}`, { method: "POST", body: form });
+    const model = await modelInfo;
+    const heatmap = model?.heatmaps !== false;
+    const similar = model?.similar || 0;
+    const response = await apiFetch(`/predict?heatmap=${heatmap}&similar=${similar}`, { method: "POST", body: form });
     const payload = await response.json();
     if (!response.ok) throw new Error(payload.error || response.statusText);
     showPrediction(card, payload.predictions[0]);
@@ -185,5 +218,6 @@ document.addEventListener("drop", (event) => {
   addPhotos(event.dataTransfer.files);
 });
 
-// Whether the server draws Grad-CAM heatmaps: a Keras model does, an exported one cannot.
-const heatmapsAvailable = showModel();
+// Whether the server draws Grad-CAM heatmaps (a Keras model does, an exported one cannot), and how many
+// similar training photos it names.
+const modelInfo = showModel();
