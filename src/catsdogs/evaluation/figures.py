@@ -346,6 +346,7 @@ def plot_near_duplicates(pairs, total=None, image_size=DISPLAY_SIZE, columns=2, 
             ax = axes.flat[2 * number + side]
             title = f"{split}: {_short(os.path.basename(path), 24)}" + (f"\n{found}" if side == 0 else "\n")
             _show(ax, path, title, WRONG if split == "test" else "black", image_size)
+    return fig
 
 
 def plot_similar(mistakes, image_size=DISPLAY_SIZE):
