@@ -3,6 +3,7 @@
 import contextlib
 import io
 import json
+import logging
 import os
 import pathlib
 import re
@@ -185,6 +186,47 @@ def multilabel_run(tmp_path_factory):
                          image_size=128, runtime="keras", runs_dir=str(tmp_path_factory.mktemp("runs")),
                          name="multilabel")
     return pathlib.Path(run.run_dir), run, data
+
+
+@pytest.fixture(scope="session")
+def planted_run(tmp_path_factory):
+    """One `catsdogs train --learning-curve` on 20 + 20 real training photos and 10 + 10 test ones, with
+    crops of training photos planted beside them (four) and in the test folder (one): near-duplicates
+    only the features find.
+
+    Returns:
+        (run directory, {crop: (kind, the photo it copies)}, data folder, what the command printed and logged).
+    """
+    from catsdogs.cli import main
+    from planted import plant
+
+    root = tmp_path_factory.mktemp("planted")
+    rng = np.random.default_rng(1)
+    planted = {}
+    for cls in ("cats", "dogs"):
+        link_photos(root / "train" / cls, "train", cls, range(1, 21))
+        link_photos(root / "test" / cls, "test", cls, range(4001, 4011))
+        for number, split in ((1, "train"), (2, "train"), (3, "test")):
+            if split == "test" and cls == "dogs":
+                continue
+            copy = root / split / cls / f"crop-of-{cls[:-1]}.{number}.jpg"
+            plant(photo("train", cls, number), "cropped", copy, rng)
+            planted[str(copy)] = ("cropped", str(root / "train" / cls / f"{cls[:-1]}.{number}.jpg"))
+    logs, printed = io.StringIO(), io.StringIO()
+    handler, logger = logging.StreamHandler(logs), logging.getLogger("catsdogs")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(printed):
+            assert main(["train", str(root), "--backbone", "efficientnet_lite0", "--runtime", "keras",
+                         "--precision", "float32", "--open-set", "none", "--learning-curve", "--seed", "3",
+                         "--runs-dir", str(tmp_path_factory.mktemp("runs")), "--name", "planted"]) == 0
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    run_dir = pathlib.Path(printed.getvalue().split("run directory: ")[1].split()[0])
+    return run_dir, planted, root, logs.getvalue() + printed.getvalue()
 
 
 class ServerThread:

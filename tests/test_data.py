@@ -17,11 +17,11 @@ from conftest import gradient, image_bytes, run_bounded
 
 
 def make_images(folder, count, start=0, fmt="PNG"):
+    """`count` different images (random blocks, another pattern in every file: no two are near-duplicates)."""
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(start, start + count):
-        pixels = gradient()
-        pixels[0, 0] = (i % 256, i // 256, zlib.crc32(str(folder).encode()) % 256)  # every file different
-        (folder / f"img{i}.png").write_bytes(image_bytes(pixels, fmt))
+        blocks = np.random.default_rng([zlib.crc32(str(folder).encode()), i]).integers(0, 256, (8, 12, 3), np.uint8)
+        (folder / f"img{i}.png").write_bytes(image_bytes(np.kron(blocks, np.ones((5, 5, 1), np.uint8)), fmt))
 
 
 @pytest.mark.parametrize("layout", [

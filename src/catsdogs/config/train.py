@@ -152,6 +152,12 @@ class TrainConfig:
                               "for any coverage; this one is their default (0: sets only when asked for)")
     unknown_data: str = setting("", "a folder of photos of no trained class: the report says how many are rejected "
                                 "(never used to fit anything)", metavar="DIR")
+    near_duplicates: bool = setting(True, "find near-duplicate photos (re-encoded, resized, cropped a little, "
+                                    "mirrored, recoloured) by a perceptual hash and the backbone's features: kept on "
+                                    "one side of the splits catsdogs makes, reported where they cross the splits given")
+    learning_curve: bool = setting(False, "also refit the head on growing shares of the training photos (stratified, "
+                                   "repeated) and report test accuracy and log-loss against photos per class, with "
+                                   "what more photos would likely bring")
     val_fraction: float = setting(0.2, "fraction of the training images held out for validation (stratified)")
     test_fraction: float = setting(0.2, "fraction held out for testing when the dataset has no test folder")
     seed: int = setting(SEED, "makes splits and training repeatable")
@@ -204,6 +210,8 @@ class TrainConfig:
         if self.multi_label and self.coverage:
             raise ConfigError("coverage: prediction sets are for one class a photo; a multi-label model answers each "
                               "label yes or no at its own threshold (leave out --coverage)")
+        if self.multi_label and self.learning_curve:
+            raise ConfigError("learning_curve: drawn for runs with one class a photo, not with multi_label")
         if not self.label_separator.strip():
             raise ConfigError(f"label_separator {self.label_separator!r}: expected a character such as ';'")
         if self.exclude and not os.path.isfile(self.exclude):

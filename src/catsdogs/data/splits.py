@@ -1,5 +1,5 @@
 """Splits: usable photos per split, the missing splits carved out of the training photos
-(stratified, seeded, identical files kept together)."""
+(stratified, seeded, identical files and near-duplicates kept together)."""
 
 import collections
 import logging
@@ -12,15 +12,16 @@ from catsdogs.errors import DataError
 log = logging.getLogger(__name__)
 
 
-def _grouped_stratified_split(samples, hashes, fraction, seed):
-    """Splits off `fraction` of the samples, stratified by label; identical files stay together.
+def _grouped_stratified_split(samples, keys, fraction, seed):
+    """Splits off `fraction` of the samples, stratified by label; samples of one key (`ScanReport.split_keys`:
+    identical files, near-duplicates) stay together.
 
     Multi-label samples are stratified by their label set where every set has photos enough for
     both sides, else split at random (each label is then checked on both sides by training).
     """
     groups = collections.defaultdict(list)
     for sample in samples:
-        groups[hashes[sample.path]].append(sample)
+        groups[keys[sample.path]].append(sample)
     keys = sorted(groups)
     multi_label = isinstance(samples[0].label, tuple)
     labels = [str(groups[k][0].label) if multi_label else groups[k][0].label for k in keys]  # a set: one stratum
@@ -72,6 +73,7 @@ def make_splits(dataset, report, val_fraction, test_fraction, seed):
 
     A test split is taken from the images only when the dataset has none; the validation split
     comes from the training images (stratified, shuffled with `seed`) unless a val folder exists.
+    Identical files and near-duplicates the scan found stay on one side (`ScanReport.split_keys`).
 
     Returns:
         dict split name -> list of `Sample`, without the files the scan rejected.
@@ -82,12 +84,13 @@ def make_splits(dataset, report, val_fraction, test_fraction, seed):
     if train is None:
         raise DataError(f"{dataset.root}: no training images (expected a train or training_set folder)")
     check_class_counts(dataset, report, usable)
+    keys = report.split_keys()
     test = usable.get("test")
     if test is None:
-        train, test = _grouped_stratified_split(train, report.hashes, test_fraction, seed)
+        train, test = _grouped_stratified_split(train, keys, test_fraction, seed)
     val = usable.get("val")
     if val is None:
-        train, val = _grouped_stratified_split(train, report.hashes, val_fraction, seed)
+        train, val = _grouped_stratified_split(train, keys, val_fraction, seed)
     return {"train": train, "val": val, "test": test}
 
 

@@ -14,14 +14,15 @@ import numpy as np
 
 from catsdogs.config.choices import SIMILAR_SHOWN
 from catsdogs.config.train import TrainConfig
-from catsdogs.data import labels
+from catsdogs.data import labels, near_duplicates
 from catsdogs.data.corrections import apply_listed, new_classes, photos_to_add
 from catsdogs.data.dataset import Sample
 from catsdogs.data.scan import ScanReport, scan_dataset
 from catsdogs.data.splits import make_splits, split_added
 from catsdogs.engine.tracking import log_run
-from catsdogs.errors import ConfigError, DataError
+from catsdogs.errors import ConfigError, DataError, ImageError
 from catsdogs.evaluation.evaluate import Evaluation, OpenSetResults, unknown_scores
+from catsdogs.evaluation.learning_curve import learning_curve
 from catsdogs.evaluation.multilabel import MultiLabelEvaluation
 from catsdogs.inference.backbone_runtime import choose, onnx_backbone
 from catsdogs.inference.classifier import Classifier
@@ -97,6 +98,8 @@ class Prepared:
     splits: dict  # "train", "val", "test" -> list of data.Sample
     target: tuple = None  # parsed --target: (metric, class index, value); multi-label: a list of them
     open_set: tuple = ()  # the methods of the in-distribution score
+    carved: tuple = ()  # the splits catsdogs made ("val", "test"): near-duplicates may move out of them
+    calibration: list = None  # the training photos that calibrate int8 quantization, fixed before any move
 
     @property
     def label_separator(self):
@@ -209,7 +212,8 @@ def prepare(config: TrainConfig, table=None) -> Prepared:
         image_size=config.image_size or backbones.default_image_size(config.backbone), discovered_sources=sources)
     log.info("%s: classes %s, %s", config.data_dir, class_names,
              ", ".join(f"{len(v)} {k} files" for k, v in {**dataset.splits, "discovered": added}.items() if v))
-    scan = scan_dataset(dataclasses.replace(dataset, splits={**dataset.splits, "discovered": added}))
+    scan = scan_dataset(dataclasses.replace(dataset, splits={**dataset.splits, "discovered": added}),
+                        near=config.near_duplicates)
     splits = make_splits(dataset, scan, config.val_fraction, config.test_fraction, config.seed)
     for source in corrections:
         splits = apply_listed(splits, class_names, config.data_dir, source, label_separator=separator)
@@ -219,7 +223,10 @@ def prepare(config: TrainConfig, table=None) -> Prepared:
         splits = {name: samples + more[name] for name, samples in splits.items()}
     if config.exclude:
         splits = apply_listed(splits, class_names, config.data_dir, config.exclude, exclusions_only=True)
-    return Prepared(config, class_names, scan, splits, target, open_set)
+    scan.split_of = {s.path: name for name, samples in splits.items() for s in samples}
+    carved = tuple(name for name in ("val", "test") if name not in dataset.splits)
+    return Prepared(config, class_names, scan, splits, target, open_set, carved,
+                    [s.path for s in splits["train"]])
 
 
 def discovered_photos(corrections, dataset, class_names):
@@ -247,8 +254,10 @@ def keras_precision(config):
 
 def calibration_photos(prepared: Prepared):
     """The training photos (never validation or test ones) that calibrate int8 quantization: those of the data
-    folder, so that adding photos from discovered clusters keeps the int8 backbone, and the features cached."""
-    return [s.path for s in prepared.splits["train"] if is_inside(prepared.config.data_dir, s.path)]
+    folder in the split as first made, so that neither near-duplicates moved into training later nor photos
+    added from discovered clusters change the quantized backbone or the features it computed."""
+    photos = prepared.calibration if prepared.calibration is not None else [s.path for s in prepared.splits["train"]]
+    return [path for path in photos if is_inside(prepared.config.data_dir, path)]
 
 
 def ray_fill(config, paths, hashes, views):
@@ -295,8 +304,6 @@ def extract(prepared: Prepared, extractor) -> dict:
                                          prepared.labels(prepared.splits[name])[ok],
                                          [s.path for s, k in zip(prepared.splits[name], ok) if k])
             start += count
-    for line in scan.summary_lines():
-        log.info("%s", line)
     for name, split in result.items():
         present = set(np.flatnonzero(split.y.any(axis=0))) if config.multi_label else set(split.y.tolist())
         missing = sorted(set(range(len(prepared.class_names))) - present)
@@ -310,6 +317,57 @@ def extract(prepared: Prepared, extractor) -> dict:
                         f"{', '.join(prepared.class_names[i] for i in everywhere)}: a label must be absent from some "
                         f"photos to be told apart")
     return result
+
+
+def keep_near_duplicates_together(prepared: Prepared, extractor, split_features) -> dict:
+    """Stage "near-duplicates": photos whose features are nearly the same and whose colours agree, such as
+    crops, which the perceptual hash of the scan misses, join the scan's near-duplicates
+    (`data.near_duplicates`); then the photos of a group that crosses splits and lie in a split
+    catsdogs carved move to the training split, so that no validation or test photo it made is a
+    near-duplicate of a training photo. Groups that cross the splits the dataset gives stay where
+    they are and are reported (`ScanReport.near_duplicates_across_splits`).
+
+    Args:
+        split_features: from `extract`.
+
+    Returns:
+        the split features, extracted again (from the cache) if photos moved.
+    """
+    config, scan = prepared.config, prepared.scan
+    if not config.near_duplicates or config.weights == "random":  # random features: every photo looks alike
+        return split_features
+    names = ("train", "val", "test")
+    paths = [path for name in names for path in split_features[name].paths]
+    features = np.concatenate([split_features[name].x[0] for name in names])
+    linked = {path: number for number, group in enumerate(scan.near_duplicate_groups()) for path in group}
+    histograms = {}
+    for i, j, similarity in near_duplicates.feature_pairs(features):
+        a, b = paths[i], paths[j]
+        if scan.hashes[a] == scan.hashes[b] or (a in linked and linked[a] == linked.get(b)):
+            continue  # identical files, or near-duplicates known already
+        for path in (a, b):
+            if path not in histograms:  # decoded once, as the scan did, only for the photos paired
+                try:
+                    histograms[path] = near_duplicates.colour_histogram(near_duplicates.load_thumbnail(path))
+                except ImageError:  # changed since it was extracted: left unpaired
+                    histograms[path] = None
+        if histograms[a] is None or histograms[b] is None:
+            continue
+        overlap = near_duplicates.colour_overlap(histograms[a], histograms[b])
+        if overlap >= near_duplicates.COLOUR_MIN_OVERLAP:
+            scan.near_pairs.append({"paths": [a, b], "found_by": "features", "similarity": similarity,
+                                    "colour_overlap": round(overlap, 4)})
+    moving = {photo["path"] for group in scan.near_duplicates_across_splits() for photo in group["photos"]
+              if photo["split"] in prepared.carved}
+    if not moving:
+        return split_features
+    log.info("near-duplicates: %d photos move from the %s split to training, beside their near-duplicates",
+             len(moving), " and ".join(prepared.carved))
+    for name in prepared.carved:
+        prepared.splits["train"] += [s for s in prepared.splits[name] if s.path in moving]
+        prepared.splits[name] = [s for s in prepared.splits[name] if s.path not in moving]
+    scan.split_of.update(dict.fromkeys(moving, "train"))
+    return extract(prepared, extractor)
 
 
 def head_logits(head, split):
@@ -337,6 +395,31 @@ def fit_head(config: TrainConfig, split_features: dict):
         estimator.fit(x, y, groups=np.tile(np.arange(len(train.y)), len(train.x)) if len(train.x) > 1 else None)
         history = []
     return estimator, estimator.to_keras(), history
+
+
+def fit_learning_curve(config: TrainConfig, split_features, class_names) -> dict:
+    """Stage "learning curve": the run's kind of head fitted again on growing shares of the training photos
+    (their original view), each scored on the test photos (`evaluation.learning_curve`).
+
+    Returns:
+        the curve's dict, with "head": the kind of head fitted.
+    """
+    train, val, test = (split_features[name] for name in ("train", "val", "test"))
+
+    def fit(x, y):
+        estimator = heads.make_head(config)
+        if isinstance(estimator, heads.DenseHead):  # stops early on the validation photos, as the run's does
+            return estimator.fit(x, y, validation_data=(val.x[0], val.y))
+        return estimator.fit(x, y)
+
+    start, level = time.perf_counter(), heads.log.level
+    heads.log.setLevel(logging.WARNING)  # not one line per fit
+    try:
+        curve = learning_curve(fit, (train.x[0], train.y), (test.x[0], test.y), class_names, seed=config.seed)
+    finally:
+        heads.log.setLevel(level)
+    log.info("learning curve: %s", curve["statement"])
+    return {**curve, "head": config.head, "seconds": round(time.perf_counter() - start, 1)}
 
 
 def features_of_images(extractor, split, batch_size, views):
@@ -534,7 +617,9 @@ def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:
     config, class_names = prepared.config, prepared.class_names
     extractor = backbones.build_feature_extractor(
         config.backbone, config.weights, config.image_size, keras_precision(config), config.cache_dir)
-    split_features = extract(prepared, extractor)
+    split_features = keep_near_duplicates_together(prepared, extractor, extract(prepared, extractor))
+    for line in prepared.scan.summary_lines():
+        log.info("%s", line)
     val, test = split_features["val"], split_features["test"]
     extracted = time.perf_counter()
     estimator, head, history = fit_head(config, split_features)
@@ -544,6 +629,7 @@ def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:
     stages = {"extract": {"seconds": round(extracted - started, 1)},
               "head": {**kind.stage_summary((val.y, val_logits[0]), (test.y, test_logits[0]), class_names,
                                             time.perf_counter() - extracted), **estimator.summary()}, "kept": "head"}
+    curve = fit_learning_curve(config, split_features, class_names) if config.learning_curve else None
     if config.fine_tune:
         stage1_head = head.get_weights()
         tuned, stages["fine_tune"], tuned_features, tuned_history = fine_tune(prepared, head, split_features)
@@ -594,7 +680,7 @@ def train(data_dir=None, config: TrainConfig = None, **settings) -> Run:
         validation=(val.y, val_logits), data_dir=config.data_dir, stages=stages,
         integrity=prepared.scan.to_json(), history=history,
         title=f"{config.backbone} at {config.image_size} px ({config.runtime}, {config.precision}), {config.head} head",
-        config=config.to_dict(), classifier=classifier, coverage=config.coverage or None,
+        config=config.to_dict(), classifier=classifier, coverage=config.coverage or None, learning_curve=curve,
         open_set=OpenSetResults(
             open_set.methods, open_set.threshold, open_set.keep, open_set.training_kept, scores["val"],
             scores["test"], *(unknown or (None, None))) if open_set else None,

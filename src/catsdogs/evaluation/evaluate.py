@@ -32,6 +32,18 @@ from catsdogs.store import run_dir
 GRADCAM_MISTAKES = 8  # Grad-CAM needs a forward and a backward pass per photo: keep it to a handful
 TOP_LOSSES = 16
 REPORT_MISTAKES = 100
+NEAR_DUPLICATE_PAIRS = 12  # pairs shown side by side (all are listed in integrity.json and the report)
+
+
+def near_duplicate_pairs(crossing):
+    """The pairs of near-duplicates that lie in different splits, from `ScanReport.near_duplicates_across_splits()`:
+    dicts with paths, splits, found_by and distance or similarity."""
+    pairs = []
+    for group in crossing:
+        split_of = {photo["path"]: photo["split"] for photo in group["photos"]}
+        pairs += [{**pair, "splits": [split_of.get(p) for p in pair["paths"]]} for pair in group["pairs"]
+                  if len({split_of.get(p) for p in pair["paths"]}) > 1]
+    return pairs
 
 
 @dataclasses.dataclass
@@ -131,6 +143,7 @@ class Evaluation:
         config: settings shown in the report, if any.
         classifier: the `Classifier` evaluated (for Grad-CAM), if known.
         open_set: `OpenSetResults` where the model has an in-distribution score.
+        learning_curve: `evaluation.learning_curve.learning_curve`'s result, where training drew it.
         similar: for each photo, the training photos most similar to it (`inference.similar.SimilarPhoto`s,
             most similar first), where the classifier names them (`Classifier.check_similar`).
         coverage: the coverage of the prediction sets to measure (`models.conformal`; needs the classifier), if any.
@@ -154,6 +167,7 @@ class Evaluation:
     config: dict = None
     classifier: object = dataclasses.field(default=None, repr=False)
     open_set: OpenSetResults = None
+    learning_curve: dict = None
     similar: list = dataclasses.field(default=None, repr=False)
     coverage: float = None
 
@@ -237,11 +251,11 @@ class Evaluation:
     @functools.cached_property
     def metrics(self) -> dict:
         """Test metrics at the top level (`compute_metrics`), then "tta", "validation",
-        "validation_tta", "stages" and "calibration" where known."""
+        "validation_tta", "stages", "learning_curve" and "calibration" where known."""
         metrics = self.metrics_of(self.y_true, self.probabilities, self.class_names, self.threshold)
         if self.tta_probabilities is not None:
             metrics["tta"] = self.metrics_of(self.y_true, self.tta_probabilities, self.class_names, self.threshold)
-        for key in ("validation", "validation_tta", "stages"):
+        for key in ("validation", "validation_tta", "stages", "learning_curve"):
             if getattr(self, key) is not None:
                 metrics[key] = getattr(self, key)
         if self.open_set is not None:
@@ -353,6 +367,18 @@ class Evaluation:
         self._require_open_set()
         return report.plot_rejections(self.open_set.rejected_rows(self.paths), k, image_size=self._photo_size)
 
+    def plot_learning_curve(self):
+        """Test accuracy (and recall of the smallest classes) and log-loss against training photos per class."""
+        if self.learning_curve is None:
+            raise UnsupportedError("this evaluation has no learning curve: train with learning_curve=True "
+                                   "(--learning-curve)")
+        return report.plot_learning_curve(self.learning_curve)
+
+    def plot_near_duplicates(self, k: int = NEAR_DUPLICATE_PAIRS):
+        """The first `k` pairs of near-duplicates in different splits, side by side; None when there are none."""
+        pairs = near_duplicate_pairs(self.integrity.get("near_duplicates_across_splits", []))
+        return report.plot_near_duplicates(pairs[:k], len(pairs), self._photo_size) if pairs else None
+
     def plot_curves(self):
         """Loss and accuracy per epoch (dense head and fine-tuning); None when training had no epochs."""
         return report.plot_curves(self.history) if self.history else None
@@ -390,6 +416,9 @@ class Evaluation:
             figures[run_dir.SIMILAR_FIGURE] = self.plot_similar
         if self.open_set is not None:
             figures.update({run_dir.OPEN_SET: self.plot_open_set, run_dir.REJECTIONS: self.plot_rejections})
+        if self.learning_curve is not None:
+            figures[run_dir.LEARNING_CURVE] = self.plot_learning_curve
+        figures[run_dir.NEAR_DUPLICATES] = self.plot_near_duplicates
         return figures
 
     def _saved_path(self, path):

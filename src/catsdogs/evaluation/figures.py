@@ -291,6 +291,64 @@ def plot_rejections(rows, k=8, columns=4, image_size=DISPLAY_SIZE):
     return fig
 
 
+def plot_learning_curve(curve):
+    """Test accuracy and log-loss against training photos per class, from `evaluation.learning_curve`.
+
+    Each share's mean is a line with its spread over the draws as a band (one standard deviation);
+    the recall of the smallest classes is drawn against their own photo counts; the fitted power law
+    continues, dashed, to twice the photos.
+    """
+    from catsdogs.evaluation.learning_curve import power_law_error
+
+    points = curve["points"]
+    n = np.array([p["photos_per_class"] for p in points])
+    fig, axes = new_figure(1, 2, figsize=(11, 4.2))
+    for ax, metric, label in ((axes[0, 0], "accuracy", "test accuracy"), (axes[0, 1], "log_loss", "test log-loss")):
+        mean = np.array([p[metric]["mean"] for p in points])
+        std = np.array([p[metric]["std"] for p in points])
+        line, = ax.plot(n, mean, marker="o", label=f"{label} (mean of {curve['repeats']} draws)")
+        ax.fill_between(n, mean - std, mean + std, color=line.get_color(), alpha=0.2, label="± 1 standard deviation")
+        ax.set_xscale("log")
+        ax.set_xlabel("training photos per class")
+        ax.set_title(label)
+        ax.grid(alpha=0.3, which="both")
+    if len(curve["smallest_classes"]) < len(points[0]["photos"]):  # else the classes' recalls are the whole story
+        for name in curve["smallest_classes"]:
+            axes[0, 0].plot([p["photos"][name] for p in points], [p["recall"][name]["mean"] for p in points],
+                            linestyle=":", marker=".", label=f"recall of {_short(name)} (a smallest class)")
+    if curve["power_law"]:
+        extended = np.geomspace(n[0], 2 * n[-1], 50)
+        axes[0, 0].plot(extended, 1 - power_law_error(extended, **curve["power_law"]), color="grey", linestyle="--",
+                        label="power law fitted to the error, extrapolated")
+    axes[0, 0].legend(loc="lower right", fontsize=8)
+    axes[0, 1].legend(loc="upper right", fontsize=8)
+    fig.suptitle(f"Learning curve ({curve['head']} head fitted on shares of the training photos)")
+    return fig
+
+
+def plot_near_duplicates(pairs, total=None, image_size=DISPLAY_SIZE, columns=2, title="Near-duplicates in different splits"):
+    """Pairs of near-duplicate photos (in different splits), side by side.
+
+    Args:
+        pairs: dicts with "paths" and "splits" (two each), "found_by", and "distance" (bits of the
+            perceptual hash) or "similarity" (of the features).
+        total: how many pairs there are in all, if more than shown.
+        image_size: the side photos are decoded near.
+        columns: pairs per line.
+        title: the figure's, before the count of pairs.
+    """
+    shown = f"{len(pairs)} pair" + ("" if len(pairs) == 1 else "s") + (f" of {total}" if total and total > len(pairs) else "")
+    fig, axes = _photo_grid(2 * len(pairs), 2 * max(1, min(columns, len(pairs))), f"{title}: {shown}")
+    for number, pair in enumerate(pairs):
+        found = (f"hash, {pair['distance']} bits apart" if "distance" in pair
+                 else f"features, similarity {pair['similarity']:.3f}")
+        for side, (path, split) in enumerate(zip(pair["paths"], pair["splits"])):
+            ax = axes.flat[2 * number + side]
+            title = f"{split}: {_short(os.path.basename(path), 24)}" + (f"\n{found}" if side == 0 else "\n")
+            _show(ax, path, title, WRONG if split == "test" else "black", image_size)
+    return fig
+
+
 def plot_similar(mistakes, image_size=DISPLAY_SIZE):
     """Mistakes, each beside the training photos most similar to it: which photos the model thinks it resembles.
 

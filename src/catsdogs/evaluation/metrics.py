@@ -146,6 +146,12 @@ def format_metrics(metrics: dict) -> str:
                          f"{u['false_accepts_at_95']:.1%}")
     if metrics.get("prediction_sets"):
         lines.append(format_set_metrics(metrics["prediction_sets"]))
+    if metrics.get("learning_curve"):
+        curve = metrics["learning_curve"]
+        lines.append("learning curve (test accuracy, mean ± std): " + ", ".join(
+            f"{point['photos_per_class']:.0f}/class {point['accuracy']['mean']:.2%} ± {point['accuracy']['std']:.2%}"
+            for point in curve["points"]))
+        lines.append(curve["statement"])
     if metrics.get("tta"):
         tta = metrics["tta"]
         lines.append(f"with test-time augmentation: accuracy {tta['accuracy']:.4f}{_interval(tta.get('accuracy_ci'))} "

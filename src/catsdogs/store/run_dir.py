@@ -53,6 +53,8 @@ SIMILAR_FIGURE = "similar.png"
 RELIABILITY = "reliability.png"
 OPEN_SET = "open_set.png"
 REJECTIONS = "rejections.png"
+LEARNING_CURVE = "learning_curve.png"
+NEAR_DUPLICATES = "near_duplicates.png"
 # The figures, in the order the report shows them, with their headings there.
 FIGURES = {
     GRID: "The study's grid: 25 random test images",
@@ -65,6 +67,8 @@ FIGURES = {
     RELIABILITY: "Reliability of the probabilities (test)",
     OPEN_SET: "Open set: in-distribution scores of known and unknown photos",
     REJECTIONS: "Open set: photos rejected as none of the classes",
+    LEARNING_CURVE: "Learning curve: test scores against training photos per class",
+    NEAR_DUPLICATES: "Near-duplicates across splits",
 }
 
 # Every entry a run directory may hold: the docs' table of a run's files lists the same (a test checks).
