@@ -28,6 +28,19 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: trains or runs a full backbone (still minutes on CPU)")
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Captured output as valid UTF-8: tests of file names that are not (their bytes kept by Python as lone
+    surrogates) log them, and pytest-xdist's workers cannot send such text to the main process."""
+    def utf8(text):
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+    report = (yield).get_result()
+    report.sections = [(name, utf8(text)) for name, text in report.sections]
+    if report.longrepr is not None and utf8(str(report.longrepr)) != str(report.longrepr):
+        report.longrepr = utf8(str(report.longrepr))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
     """Features and converted weights go to a fresh cache, never the user's."""
@@ -139,7 +152,9 @@ def lite0_run(tmp_path_factory):
         import catsdogs
 
         data = real_dataset(folder / "data", train_per_class=100, test_per_class=100)
-        run = catsdogs.train(data, backbone="efficientnet_lite0", runs_dir=str(folder / "runs"), name="lite0")
+        # A cache of its own, beside it (config.json names it), so that every worker can read its features.
+        run = catsdogs.train(data, backbone="efficientnet_lite0", runs_dir=str(folder / "runs"), name="lite0",
+                             cache_dir=str(folder / "cache"))
         return {"run_dir": str(run.run_dir), "metrics": run.metrics, "data": str(data)}
 
     run = built_once(tmp_path_factory, "lite0_run", train)
@@ -277,7 +292,7 @@ def lite0_exports(lite0_run, tmp_path_factory):
             folders.append([format, quantization, str(folder)])
         return folders
 
-    return {(format, quantization): pathlib.Path(folder)
+    return {(format, quantization): folder
             for format, quantization, folder in built_once(tmp_path_factory, "lite0_exports", export)}
 
 

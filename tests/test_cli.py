@@ -172,7 +172,8 @@ def test_serve_settings_from_the_command_line(monkeypatch):
 
 @pytest.mark.parametrize("arguments, message", [
     (["--top-k", "0"], "--top-k 0: expected at least 1"),
-    (["--engine", "ray", "--output", "out", "--top-k", "3"], "--top-k is for predictions printed or written here"),
+    (["--engine", "ray", "--output", "out", "--top-k", "3"],
+     "--top-k and --coverage are for predictions printed or written here"),
 ])
 def test_predict_refuses_a_top_k_it_cannot_give(lite0_run, capsys, arguments, message):
     assert main(["predict", str(lite0_run[0]), str(photo("test", "cats", 4001)), *arguments]) == 2

@@ -84,7 +84,9 @@ def test_rows_whose_file_is_missing_or_unreadable_are_skipped_and_reported_by_ro
     ([("cat.1.jpg", "cats"), ("cat.2.jpg", "")], "rows without a label: labels.csv line 3"),
     ([("cat.1.jpg", "cats", "train"), ("cat.2.jpg", "cats", "holdout")], "split is not one of train, val, test: "
                                                                          "labels.csv line 3"),
-    ([("cat.1.jpg", "cats"), ("cat.1.jpg", "dogs")], "listed twice with different labels or splits: labels.csv line 2, "
+    ([("cat.1.jpg", "cats"), ("cat.1.jpg", "dogs")], "listed twice with different labels or splits (a photo with "
+                                                     "several labels: train with --multi-label, its labels in one "
+                                                     "cell joined by ';' or one row per label): labels.csv line 2, "
                                                      "labels.csv line 3"),
     ([("cat.1.jpg", "cats"), ("cat.2.jpg", "cats"), ("dog.1.jpg", "dgos")], "appear only once (a class needs photos to "
                                                                            "train and to check on; a typo?) 'dgos', in: "

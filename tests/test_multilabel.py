@@ -242,7 +242,8 @@ def test_review_adds_and_removes_labels_and_catsdogs_runs_lists_the_run(multilab
 
     from catsdogs.apps.review.app import create_app
     from catsdogs.apps.review.photos import Photo, RunPhotos, read_run_photos
-    from catsdogs.store.runs import compare_runs, list_runs
+    from catsdogs.engine.compare import compare_runs
+    from catsdogs.store.runs import list_runs
 
     run_dir, run, data = multilabel_run
     explainer = catsdogs.load(run_dir, "keras").explainer()

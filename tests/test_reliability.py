@@ -156,13 +156,16 @@ def test_train_refuses_a_class_with_one_photo(tmp_path, capsys):
 
 
 def test_train_refuses_a_class_whose_files_are_all_truncated(tmp_path, capsys):
-    """Truncated JPEGs pass the header scan and fail to decode: the class is found empty after extraction."""
+    """Truncated JPEGs pass the header scan; the scan's thumbnail for near-duplicates fails to decode them,
+    and without it the class is found empty after extraction. Either way the class is named."""
     data = _small_dataset(tmp_path / "data")
     for link in (data / "dogs").iterdir():
         jpeg = link.read_bytes()
         link.unlink()
         link.write_bytes(jpeg[:len(jpeg) // 3])
     line = _train_fails([str(data)], capsys, tmp_path)
+    assert "'dogs' has 0 usable images" in line and "image file is truncated" in line
+    line = _train_fails([str(data), "--no-near-duplicates"], capsys, tmp_path)
     assert "no usable" in line and "dogs" in line
 
 

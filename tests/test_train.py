@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import re
 import shutil
 import subprocess
@@ -95,12 +96,14 @@ def test_saved_model_is_end_to_end_and_agrees_with_the_run(lite0_run):
     assert abs(direct[1] - float(rows[0]["p_dogs"])) < 1e-4
 
 
-def test_second_run_reuses_the_cached_features(lite0_run, tmp_path, isolated_cache):
+def test_second_run_reuses_the_cached_features(lite0_run, tmp_path):
     run_dir, metrics, data = lite0_run
-    chunks = sorted(isolated_cache.glob("features/*/chunk-*.npz"))
-    config = TrainConfig(data_dir=str(data), backbone="efficientnet_lite0", runs_dir=str(tmp_path), name="again")
+    cache = pathlib.Path(json.loads((run_dir / "config.json").read_text())["cache_dir"])
+    chunks = sorted(cache.glob("features/*/chunk-*.npz"))
+    config = TrainConfig(data_dir=str(data), backbone="efficientnet_lite0", runs_dir=str(tmp_path), name="again",
+                         cache_dir=str(cache))
     again_dir, again = train(config)
-    assert sorted(isolated_cache.glob("features/*/chunk-*.npz")) == chunks
+    assert chunks and sorted(cache.glob("features/*/chunk-*.npz")) == chunks
     assert again["accuracy"] == metrics["accuracy"]  # same seed, same features, same head
 
 

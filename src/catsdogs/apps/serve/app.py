@@ -784,7 +784,7 @@ def _add_predict_routes(app, service, auth):
 
     # A plain function: decoding the photo runs in a worker thread, never in the event loop.
     @app.get(TRAINING_PHOTO_ROUTE, response_class=Response, dependencies=auth["dependencies"],
-             responses=_responses(404, *auth["statuses"]),
+             responses=_responses(400, 404, *auth["statuses"]),
              summary="A training photo that similar=K named, by its row, at most 160 pixels a side")
     def training_photo(row: int = Path(ge=0, description="its row, as similar=K gives it")):
         return training_photo_response(service.predictor.classifier.training_photos if service.predictor.max_similar
