@@ -28,6 +28,18 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: trains or runs a full backbone (still minutes on CPU)")
 
 
+# The files that take longest, longest first: pytest-xdist hands out whole files in collection order, and one
+# of these started last would run on alone while the other worker idles (measured with --durations).
+LONGEST_FIRST = ("test_ray.py", "test_reliability.py", "test_library.py", "test_train.py", "test_readme_promises.py",
+                 "test_ensemble.py", "test_export.py", "test_serve_protocols.py")
+
+
+def pytest_collection_modifyitems(items):
+    """The longest files first (`LONGEST_FIRST`); the others, and the tests within each file, in their order."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Captured output as valid UTF-8: tests of file names that are not (their bytes kept by Python as lone
