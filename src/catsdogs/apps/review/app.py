@@ -193,6 +193,32 @@ class Review:
 INDEX_PATH = Path(ge=0, description="the photo's number in the list (GET /photos)")
 
 
+def check_writable(corrections_file):
+    """Refuses, before anything is shown, a corrections file that decisions could not be appended to."""
+    folder = os.path.dirname(os.path.abspath(corrections_file))
+    if not os.access(folder, os.W_OK) or (os.path.exists(corrections_file) and not os.access(corrections_file, os.W_OK)):
+        raise ConfigError(f"corrections file {corrections_file}: cannot be written here (a missing or read-only "
+                          f"folder, or a read-only file)")
+
+
+def review_app(title, description, page, token, host, allowed_hosts):
+    """A review page's FastAPI application, before its routes: decisions' bodies bounded, other web pages kept
+    out (`security.protect`: the token, the Host and Origin checks, the headers), serve's look and the review
+    page's files, JSON errors, and `page` (a file of the review's static folder) at /."""
+    app = FastAPIOffline(title=title, version=__version__, description=description)
+    app.add_middleware(BodyLimit, max_bytes=MAX_DECISION_BYTES, timeout_s=ServeSettings().body_timeout_s)
+    protect(app, host, allowed_hosts, token)
+    app.mount("/static", StaticFiles(directory=SERVE_STATIC_DIR), name="static")  # the look of serve's page
+    app.mount("/review", StaticFiles(directory=STATIC_DIR), name="review")
+    add_error_handlers(app)
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(os.path.join(STATIC_DIR, page))
+
+    return app
+
+
 def create_app(run_dir, run_photos, explainer, corrections_file, token, host="127.0.0.1", allowed_hosts=(),
                classifier=None):
     """The FastAPI application of the review page.
@@ -210,26 +236,13 @@ def create_app(run_dir, run_photos, explainer, corrections_file, token, host="12
     Returns:
         a FastAPI app.
     """
-    folder = os.path.dirname(os.path.abspath(corrections_file))
-    if not os.access(folder, os.W_OK) or (os.path.exists(corrections_file) and not os.access(corrections_file, os.W_OK)):
-        raise ConfigError(f"corrections file {corrections_file}: cannot be written here (a missing or read-only "
-                          f"folder, or a read-only file)")
+    check_writable(corrections_file)
     review = Review(run_dir, run_photos, explainer, corrections_file, classifier)
-    app = FastAPIOffline(title="catsdogs review", version=__version__,
-                         description=f"Review the labels of run {markdown_text(review.run)}: keep, relabel or "
-                                     "exclude each photo. Every route needs the token in the address that `catsdogs "
-                                     "review` printed: its cookie, `?token=TOKEN` or `Authorization: Bearer TOKEN`. "
-                                     "Errors are JSON objects `{\"error\": \"...\"}`.")
+    app = review_app("catsdogs review", f"Review the labels of run {markdown_text(review.run)}: keep, relabel or "
+                     "exclude each photo. Every route needs the token in the address that `catsdogs review` printed: "
+                     "its cookie, `?token=TOKEN` or `Authorization: Bearer TOKEN`. Errors are JSON objects "
+                     "`{\"error\": \"...\"}`.", "index.html", token, host, allowed_hosts)
     app.state.review = review
-    app.add_middleware(BodyLimit, max_bytes=MAX_DECISION_BYTES, timeout_s=ServeSettings().body_timeout_s)
-    protect(app, host, allowed_hosts, token)
-    app.mount("/static", StaticFiles(directory=SERVE_STATIC_DIR), name="static")  # the look of serve's page
-    app.mount("/review", StaticFiles(directory=STATIC_DIR), name="review")
-    add_error_handlers(app)
-
-    @app.get("/", include_in_schema=False)
-    async def page():
-        return FileResponse(os.path.join(STATIC_DIR, "index.html"))
 
     @app.get("/photos", response_model=Listing, summary="The photos to review, highest loss first, with decisions")
     def photos():

@@ -15,24 +15,15 @@ from typing import Literal
 
 from fastapi import Path
 from fastapi.responses import FileResponse
-from fastapi.staticfiles import StaticFiles
-from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from catsdogs import __version__
-from catsdogs.apps.serve.app import STATIC_DIR as SERVE_STATIC_DIR
-from catsdogs.apps.web.handlers import add_error_handlers
-from catsdogs.apps.web.limits import BodyLimit
-from catsdogs.apps.web.security import markdown_text, protect
+from catsdogs.apps.review.app import check_writable, review_app
+from catsdogs.apps.web.security import markdown_text
 from catsdogs.config.choices import CLUSTER_DECISIONS
-from catsdogs.config.serve import ServeSettings
 from catsdogs.data import corrections
 from catsdogs.errors import DataError
 from catsdogs.store import discover_dir, run_dir
-
-STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
-MAX_DECISION_BYTES = 4096  # a decision is a few words of JSON
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,23 +148,14 @@ def create_clusters_app(run_clusters, corrections_file, token, host="127.0.0.1",
     Returns:
         a FastAPI app.
     """
+    check_writable(corrections_file)
     review = ClusterReview(run_clusters, corrections_file)
     folder = run_clusters.discovered.folder
-    app = FastAPIOffline(title="catsdogs review of discovered clusters", version=__version__,
-                         description=f"Name the clusters that `catsdogs discover` found among the photos run "
-                                     f"{markdown_text(run_clusters.run)} rejects: a new class, a known one, or none. "
-                                     "Every route needs the token in the address that `catsdogs review` printed. "
-                                     "Errors are JSON objects `{\"error\": \"...\"}`.")
+    app = review_app("catsdogs review of discovered clusters", f"Name the clusters that `catsdogs discover` found "
+                     f"among the photos run {markdown_text(run_clusters.run)} rejects: a new class, a known one, or "
+                     "none. Every route needs the token in the address that `catsdogs review` printed. Errors are "
+                     "JSON objects `{\"error\": \"...\"}`.", "clusters.html", token, host, allowed_hosts)
     app.state.review = review
-    app.add_middleware(BodyLimit, max_bytes=MAX_DECISION_BYTES, timeout_s=ServeSettings().body_timeout_s)
-    protect(app, host, allowed_hosts, token)
-    app.mount("/static", StaticFiles(directory=SERVE_STATIC_DIR), name="static")
-    app.mount("/review", StaticFiles(directory=STATIC_DIR), name="review")
-    add_error_handlers(app)
-
-    @app.get("/", include_in_schema=False)
-    async def page():
-        return FileResponse(os.path.join(STATIC_DIR, "clusters.html"))
 
     @app.get("/clusters", response_model=Listing, summary="The clusters, largest first, with their decisions")
     def clusters():
