@@ -517,7 +517,7 @@ def bank_labels(y, rows, class_names, config):
     """The label of each photo of the kNN bank, as similar.csv names it: its class, or a multi-label
     photo's labels joined by the label separator."""
     if config.multi_label:
-        return [config.label_separator.join(name for name, has in zip(class_names, y[row]) if has) for row in rows]
+        return [multilabel.label_text(y[row], class_names, config.label_separator) for row in rows]
     return [class_names[y[row]] for row in rows]
 
 

@@ -21,7 +21,7 @@ from catsdogs.evaluation import figures as report
 from catsdogs.evaluation.evaluate import Evaluation
 from catsdogs.evaluation.metrics import SMALL_CLASS, _prf
 from catsdogs.models import calibration
-from catsdogs.models.multilabel import as_binary, label_probabilities, predicted_labels
+from catsdogs.models.multilabel import as_binary, label_probabilities, label_text, predicted_labels
 from catsdogs.store import run_dir
 
 
@@ -125,8 +125,8 @@ def label_rows(paths, y_true, probabilities, thresholds, class_names, separator,
     clipped = np.clip(probabilities, 1e-12, 1 - 1e-12)
     rows = []
     for path, true, probs, chosen, issue, kept in zip(paths, y_true, probabilities, predicted, issues, clipped):
-        row = {"path": path, "true": separator.join(n for n, t in zip(class_names, true) if t),
-               "predicted": separator.join(n for n, c in zip(class_names, chosen) if c),
+        row = {"path": path, "true": label_text(true, class_names, separator),
+               "predicted": label_text(chosen, class_names, separator),
                "probability": float(np.prod(np.where(chosen, probs, 1 - probs))),
                "loss": float(-np.sum(np.where(true == 1, np.log(kept), np.log(1 - kept)))),
                "label_looks_wrong": bool(issue)}

@@ -36,6 +36,12 @@ def indicator_matrix(label_sets, num_labels) -> np.ndarray:
     return matrix
 
 
+def label_text(indicators, class_names, separator) -> str:
+    """A photo's label set as tables write it: the names of its labels (0/1 `indicators`, one per class),
+    in class order, joined by `separator`; "" for none."""
+    return separator.join(name for name, has in zip(class_names, indicators) if has)
+
+
 def label_set_ids(y) -> tuple:
     """Each photo's label set as one number: (ids, how many distinct sets), for what needs one group a photo
     (stratified folds, the open-set score's class means)."""
