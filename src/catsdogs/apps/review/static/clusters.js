@@ -5,19 +5,11 @@
 
 const list = document.getElementById("clusters");
 const template = document.getElementById("cluster-template");
-const statusLine = document.getElementById("status");
 let classes = [];
 let clusters = [];  // as the server last described them, in the order shown
 const items = [];  // the card of each cluster, in the same order
 let current = 0;
 let correctionsFile = "";
-
-function say(position, message, isError = false) {
-  for (const line of [statusLine, items[position].querySelector(".message")]) {
-    line.textContent = message;
-    line.classList.toggle("error", isError);
-  }
-}
 
 function describeDecision(cluster) {
   switch (cluster.decision) {
@@ -42,25 +34,6 @@ function showNewNames() {
     option.value = name;
     return option;
   }));
-}
-
-function actionButton(text, key, decision, label, onClick) {
-  const button = document.createElement("button");
-  button.type = "button";
-  button.setAttribute("aria-label", text);
-  button.className = decision;
-  button.dataset.decision = decision;
-  if (label) button.dataset.label = label;
-  if (key) button.setAttribute("aria-keyshortcuts", key);
-  button.setAttribute("aria-pressed", "false");
-  button.append(`${text} `);
-  if (key) {
-    const shortcut = document.createElement("kbd");
-    shortcut.textContent = key;
-    button.append(shortcut);
-  }
-  button.addEventListener("click", onClick);
-  return button;
 }
 
 function buildCard(cluster, position) {
@@ -120,18 +93,14 @@ function select(position) {
 async function decide(position, decision, label = null) {
   const cluster = clusters[position];
   try {
-    const response = await fetch(`/clusters/${cluster.number}/decision`, {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ decision, label }),
-    });
-    const payload = await response.json();
-    if (!response.ok) throw new Error(payload.error || response.statusText);
+    const payload = await postDecision(`/clusters/${cluster.number}/decision`, decision, label);
     clusters[position] = payload;
     showDecision(position);
     showProgress();
     showNewNames();
-    say(position, `Cluster ${cluster.number}: ${describeDecision(payload).toLowerCase()} (saved).`);
+    say(items[position], `Cluster ${cluster.number}: ${describeDecision(payload).toLowerCase()} (saved).`);
   } catch (error) {
-    say(position, `Cluster ${cluster.number}: not saved: ${error.message}`, true);
+    say(items[position], `Cluster ${cluster.number}: not saved: ${error.message}`, true);
   }
 }
 
@@ -162,9 +131,7 @@ async function start() {
   const info = document.getElementById("run-info");
   let listing;
   try {
-    const response = await fetch("/clusters");
-    listing = await response.json();
-    if (!response.ok) throw new Error(listing.error || response.statusText);
+    listing = await fetchJson("/clusters");
   } catch (error) {
     info.textContent = `The clusters could not be listed (${error.message}).`;
     return;

@@ -7,7 +7,6 @@
 
 const list = document.getElementById("photos");
 const template = document.getElementById("photo-template");
-const statusLine = document.getElementById("status");
 let classes = [];
 let photos = [];  // as the server last described them, by index
 const items = [];  // the card of each photo, by index
@@ -42,13 +41,6 @@ function fileName(photo) {
 
 // A message about a photo: in the page's status line (announced), and on the photo's card (seen
 // wherever the page is scrolled).
-function say(index, message, isError = false) {
-  for (const line of [statusLine, items[index].querySelector(".message")]) {
-    line.textContent = message;
-    line.classList.toggle("error", isError);
-  }
-}
-
 function describeDecision(photo) {
   switch (photo.decision) {
     case "keep": return `Kept as ${shown(photo.label)}`;
@@ -62,22 +54,6 @@ function showProgress() {
   const decided = photos.filter((photo) => photo.decision).length;
   document.getElementById("progress").textContent =
     `${decided} of ${photos.length} decided. Each decision is saved to ${correctionsFile} as it is made.`;
-}
-
-function actionButton(text, key, decision, label, onClick) {
-  const button = document.createElement("button");
-  button.type = "button";
-  button.setAttribute("aria-label", text);  // the key is announced by aria-keyshortcuts
-  button.className = decision;
-  button.dataset.decision = decision;
-  if (label) button.dataset.label = label;
-  button.setAttribute("aria-keyshortcuts", key);
-  button.setAttribute("aria-pressed", "false");
-  const shortcut = document.createElement("kbd");
-  shortcut.textContent = key;
-  button.append(`${text} `, shortcut);
-  button.addEventListener("click", onClick);
-  return button;
 }
 
 function classKey(name) {
@@ -211,17 +187,13 @@ function select(index) {
 async function decide(index, decision, label = null) {
   const photo = photos[index];
   try {
-    const response = await fetch(`/photos/${index}/decision`, {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ decision, label }),
-    });
-    const payload = await response.json();
-    if (!response.ok) throw new Error(payload.error || response.statusText);
+    const payload = await postDecision(`/photos/${index}/decision`, decision, label);
     photos[index] = payload;
     showDecision(payload);
     showProgress();
-    say(index, `${fileName(photo)}: ${describeDecision(payload).toLowerCase()} (saved).`);
+    say(items[index], `${fileName(photo)}: ${describeDecision(payload).toLowerCase()} (saved).`);
   } catch (error) {
-    say(index, `${fileName(photo)}: not saved: ${error.message}`, true);
+    say(items[index], `${fileName(photo)}: not saved: ${error.message}`, true);
   }
 }
 
@@ -231,7 +203,7 @@ function choose(index, decision, label = null) {
   const photo = photos[index];
   if (decision === "relabel" && label === photo.given_label) decision = "keep";  // its own class: kept
   if (decision === "exclude" && photo.split === "test") {
-    say(index, `${fileName(photo)} is a test photo: test photos are never excluded from evaluation (keep or ` +
+    say(items[index], `${fileName(photo)} is a test photo: test photos are never excluded from evaluation (keep or ` +
         "relabel it).", true);
     return;
   }
@@ -269,9 +241,7 @@ async function start() {
   const info = document.getElementById("run-info");
   let listing;
   try {
-    const response = await fetch("/photos");
-    listing = await response.json();
-    if (!response.ok) throw new Error(listing.error || response.statusText);
+    listing = await fetchJson("/photos");
   } catch (error) {
     info.textContent = `The photos could not be listed (${error.message}).`;
     return;
